@@ -1,0 +1,61 @@
+# tollgate — the one entry point. `make run` starts the demo; `make test` sets up and passes.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     := .venv
+PY       := $(VENV)/bin/python
+WASM     := target/wasm32-wasip1/release/tollgate.wasm
+MOCK     := target/mock/tollgate-mock
+APT_PKGS := redis-server wrk nghttp2-client
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: help setup build unit e2e test run lint fmt clean
+
+help:
+	@echo "make run    build, start the mock LLM upstream and Envoy+tollgate on 127.0.0.1:10000"
+	@echo "make test   setup, native unit tests, then the e2e suite against real Envoy"
+	@echo "make setup | build | unit | e2e | lint | clean"
+
+# Idempotent: installs only what is missing.
+setup: $(VENV)/.done
+	@rustup target list --installed | grep -q wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup component list --installed | grep -q clippy || rustup component add clippy
+	@rustup component list --installed | grep -q rustfmt || rustup component add rustfmt
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+$(VENV)/.done: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r tests/requirements.txt
+	touch $@
+
+build:
+	cargo build --release --target wasm32-wasip1 -p tollgate
+	cargo build --profile mock -p tollgate-mock
+	@ls -l $(WASM) | awk '{print "tollgate.wasm: " $$5 " bytes"}'
+
+unit:
+	cargo test -p tollgate
+
+e2e: build
+	$(PY) -m pytest -q tests/e2e
+
+test: setup
+	$(MAKE) unit
+	$(MAKE) e2e
+
+run: setup build
+	$(PY) tests/run.py
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy -p tollgate --all-targets -- -D warnings
+	cargo clippy -p tollgate --target wasm32-wasip1 -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean

@@ -1,0 +1,1225 @@
+//! The one place that knows Envoy exists: proxy-wasm callbacks read the request and the
+//! response, call the pure core, and apply its decisions. Host calls go through `ffi`, which
+//! turns every unexpected host status into an error instead of the SDK's panic.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::accounts;
+use crate::api::{self, Api, Metered, Reason, Route};
+use crate::config::{self, Config};
+use crate::identity::{self, Caller};
+use crate::limits::{Limit, Usage};
+use crate::metrics;
+use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
+use crate::request::{RequestInfo, RequestScanner};
+use crate::store::{SlotTable, Store, StoreError};
+use crate::usage::ResponseMeter;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(|info| {
+        ffi::log(LogLevel::Critical, &format!("tollgate panicked: {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Bytes read from Envoy's body buffer per host call: the body is read in windows, never
+/// copied into the VM whole.
+const BODY_WINDOW: usize = 64 * 1024;
+
+/// What one worker's VM holds for the current configuration.
+struct Plugin {
+    cfg: Config,
+    stats: RefCell<Stats>,
+    store: HostStore,
+    /// Slots for consumer names taken from `consumer_header` that the config does not list.
+    dynamic: SlotTable,
+}
+
+impl Plugin {
+    fn new(cfg: Config) -> Plugin {
+        Plugin {
+            cfg,
+            stats: RefCell::default(),
+            store: HostStore,
+            dynamic: quota::dynamic_slots(quota::DEFAULT_DYNAMIC_SLOTS),
+        }
+    }
+
+    /// Creates every quota key now, so no two workers race to create one later.
+    fn prepare_store(&self) -> Result<usize, StoreError> {
+        let cfg = &self.cfg;
+        let mut keys: Vec<String> = Vec::new();
+        for c in &cfg.consumers {
+            if !c.limits.is_empty() {
+                keys.push(fixed_key(OwnerKey::consumer(&c.name)));
+            }
+        }
+        if cfg.anonymous.as_ref().is_some_and(|a| !a.limits.is_empty()) {
+            keys.push(fixed_key(OwnerKey::consumer(config::ANONYMOUS)));
+        }
+        for a in &cfg.accounts {
+            if !a.limits.is_empty() {
+                keys.push(fixed_key(OwnerKey::account(&a.name)));
+            }
+        }
+        if cfg.consumer_header.is_some() && !cfg.limits.is_empty() {
+            keys.extend(self.dynamic.keys());
+        }
+        quota::prepare(&self.store, keys)
+    }
+}
+
+fn fixed_key(k: OwnerKey) -> String {
+    match k {
+        OwnerKey::Fixed(s) => s,
+        OwnerKey::Dynamic { slots, .. } => slots[0].clone(),
+    }
+}
+
+/// Envoy shared data: one store for all workers of the VM id.
+struct HostStore;
+
+impl Store for HostStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        ffi::get_shared_data(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        ffi::set_shared_data(key, value, cas)
+    }
+}
+
+/// Metric ids by name, defined on first use (the label sets are bounded: configured names,
+/// matched globs and fixed reasons).
+#[derive(Default)]
+struct Stats {
+    ids: HashMap<String, u32>,
+}
+
+impl Stats {
+    fn add(&mut self, kind: proxy_wasm::types::MetricType, name: String, by: i64) {
+        let id = match self.ids.get(&name) {
+            Some(id) => *id,
+            None => match ffi::define_metric(kind, &name) {
+                Some(id) => {
+                    self.ids.insert(name, id);
+                    id
+                }
+                None => return,
+            },
+        };
+        match kind {
+            proxy_wasm::types::MetricType::Histogram => ffi::record_metric(id, by.max(0) as u64),
+            _ => ffi::increment_metric(id, by),
+        }
+    }
+
+    fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
+        if by > 0 {
+            let by = i64::try_from(by).unwrap_or(i64::MAX);
+            self.add(
+                proxy_wasm::types::MetricType::Counter,
+                metrics::name(metric, labels),
+                by,
+            );
+        }
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let raw = ffi::get_buffer(ffi::BUF_PLUGIN_CONFIGURATION, 0, size.max(1 << 20))
+            .unwrap_or_default();
+        let raw = if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            b"{}".to_vec()
+        } else {
+            raw
+        };
+        match config::parse(&raw) {
+            Ok(cfg) => {
+                ffi::log(
+                    LogLevel::Info,
+                    &format!(
+                        "tollgate: configured ({} consumers, {} accounts, stage {:?})",
+                        cfg.consumers.len(),
+                        cfg.accounts.len(),
+                        cfg.stage
+                    ),
+                );
+                let plugin = Plugin::new(cfg);
+                if let Err(e) = plugin.prepare_store() {
+                    ffi::log(
+                        LogLevel::Warn,
+                        &format!("tollgate: preparing quota keys: {e:?}"),
+                    );
+                }
+                self.plugin = Some(Rc::new(plugin));
+                true
+            }
+            Err(e) => {
+                ffi::log(
+                    LogLevel::Error,
+                    &format!("tollgate: invalid configuration: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(Req::new(context_id, plugin)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing to do for this request (the filter passes it through untouched).
+    Idle,
+    /// Reading the request body of a metered endpoint.
+    ReadingBody,
+    /// Sent upstream; the response is metered.
+    Proxied,
+    /// The filter answered it itself.
+    Answered,
+}
+
+struct Req {
+    id: u32,
+    plugin: Rc<Plugin>,
+    phase: Phase,
+    api: Api,
+    endpoint: Option<Metered>,
+    caller: Option<Caller>,
+    scanner: Option<RequestScanner>,
+    fed: usize,
+    info: Option<RequestInfo>,
+    account: Option<usize>,
+    meter: Option<ResponseMeter>,
+    upstream_status: u32,
+    decision: Option<Reason>,
+    /// The request identified its consumer by a tollgate key (which must not go upstream).
+    presented_tollgate_key: bool,
+    /// The quota state key of the caller, and what admission charged there.
+    owner: Option<OwnerKey>,
+    ticket: Option<Ticket>,
+    rate_headers: RateHeaders,
+}
+
+impl Context for Req {}
+
+impl Req {
+    fn new(id: u32, plugin: Rc<Plugin>) -> Self {
+        Req {
+            id,
+            plugin,
+            phase: Phase::Idle,
+            api: Api::OpenAi,
+            endpoint: None,
+            caller: None,
+            scanner: None,
+            fed: 0,
+            info: None,
+            account: None,
+            meter: None,
+            upstream_status: 0,
+            decision: None,
+            presented_tollgate_key: false,
+            owner: None,
+            ticket: None,
+            rate_headers: RateHeaders::default(),
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.plugin.cfg
+    }
+
+    fn consumer_label(&self) -> &str {
+        match &self.caller {
+            Some(Caller::Consumer(i)) => self
+                .cfg()
+                .consumers
+                .get(*i)
+                .map(|c| c.name.as_str())
+                .unwrap_or("unknown"),
+            Some(Caller::Unlisted(_)) => "unlisted",
+            Some(Caller::Anonymous) => "anonymous",
+            None => "unknown",
+        }
+    }
+
+    fn consumer_name(&self) -> &str {
+        match &self.caller {
+            Some(Caller::Unlisted(n)) => n.as_str(),
+            _ => self.consumer_label(),
+        }
+    }
+
+    /// The `model` label: the matched pricing or allow-list glob, else `other`, so a client
+    /// cannot mint stats without bound.
+    fn model_label(&self) -> String {
+        let Some(model) = self.info.as_ref().and_then(|i| i.model.as_deref()) else {
+            return "other".to_string();
+        };
+        if let Some(Caller::Consumer(i)) = &self.caller {
+            if let Some(globs) = self.cfg().consumers.get(*i).and_then(|c| c.models.as_ref()) {
+                if let Some(g) = globs.iter().find(|g| g.matches(model)) {
+                    return g.as_str().to_string();
+                }
+            }
+        }
+        match self.cfg().price_for(model) {
+            Some((g, _)) => g.as_str().to_string(),
+            None => "other".to_string(),
+        }
+    }
+
+    /// The caller's limits and where their state lives.
+    fn caller_limits<'a>(
+        plugin: &'a Plugin,
+        caller: Option<&Caller>,
+    ) -> (&'a [Limit], Option<OwnerKey>) {
+        let cfg = &plugin.cfg;
+        match caller {
+            Some(Caller::Consumer(i)) => match cfg.consumers.get(*i) {
+                Some(c) => (&c.limits, Some(OwnerKey::consumer(&c.name))),
+                None => (&[], None),
+            },
+            Some(Caller::Unlisted(name)) => {
+                (&cfg.limits, Some(OwnerKey::dynamic(&plugin.dynamic, name)))
+            }
+            Some(Caller::Anonymous) => match &cfg.anonymous {
+                Some(a) => (&a.limits, Some(OwnerKey::consumer(config::ANONYMOUS))),
+                None => (&[], None),
+            },
+            None => (&[], None),
+        }
+    }
+
+    /// Reserves the request's estimate against the caller's limits; `Err` is the answer.
+    fn admit(&mut self) -> Result<(), Action> {
+        let plugin = self.plugin.clone();
+        let (limits, owner) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let Some(owner) = owner.filter(|_| !limits.is_empty()) else {
+            return Ok(());
+        };
+        let cfg = &plugin.cfg;
+        let info = self.info.as_ref();
+        let model = info.and_then(|i| i.model.as_deref()).unwrap_or("");
+        let price = cfg.price_for(model).map(|(_, p)| *p);
+        let amounts = quota::reservation(
+            info.map_or(0, |i| i.input_estimate),
+            info.and_then(|i| i.max_tokens),
+            cfg.estimate.output_reserve,
+            price.as_ref(),
+        );
+        let now = ffi::now_ms();
+        match quota::admit(&plugin.store, &owner, limits, &amounts, now) {
+            Ok(Admission::Admitted { ticket, headers }) => {
+                self.ticket = Some(ticket);
+                self.rate_headers = headers;
+                self.owner = Some(owner);
+                Ok(())
+            }
+            Ok(Admission::Rejected { rejection, headers }) => {
+                self.rate_headers = headers;
+                let limit = limits.get(rejection.limit).cloned();
+                let reason = match rejection.reason() {
+                    "requests" => Reason::Requests,
+                    "cost" => Reason::Cost,
+                    "concurrency" => Reason::Concurrency,
+                    _ => Reason::Tokens,
+                };
+                let retry = rejection.retry_after_s.max(1);
+                let what = limit.map_or_else(String::new, |l| describe_limit(&l));
+                let msg = if rejection.should_retry {
+                    format!("{}: {what}; retry in {retry}s", self.consumer_name())
+                } else {
+                    format!(
+                        "{}: {what}; this request alone exceeds it",
+                        self.consumer_name()
+                    )
+                };
+                let retry_s = retry.to_string();
+                let mut extra: Vec<(String, String)> = rate_header_pairs(&self.rate_headers);
+                extra.push(("retry-after".into(), retry_s));
+                if !rejection.should_retry {
+                    extra.push(("x-should-retry".into(), "false".into()));
+                }
+                let extra: Vec<(&str, &str)> = extra
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                Err(self.reject(reason, &msg, &extra))
+            }
+            Err(e) => {
+                ffi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate[{}]: quota store contended ({e:?}); answering 429",
+                        self.id
+                    ),
+                );
+                let msg = format!("{}: quota state is busy; retry in 1s", self.consumer_name());
+                Err(self.reject(Reason::Tokens, &msg, &[("retry-after", "1")]))
+            }
+        }
+    }
+
+    /// Replaces the reservation with real usage (or refunds it all when nothing was used).
+    fn reconcile(&mut self, usage: &Usage) {
+        let (Some(ticket), Some(owner)) = (self.ticket.take(), self.owner.take()) else {
+            return;
+        };
+        let plugin = self.plugin.clone();
+        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let model = self
+            .info
+            .as_ref()
+            .and_then(|i| i.model.as_deref())
+            .unwrap_or("");
+        let price = self.plugin.cfg.price_for(model).map(|(_, p)| *p);
+        let actual = Amounts::from_usage(usage, price.as_ref());
+        let now = ffi::now_ms();
+        match quota::reconcile(&plugin.store, &owner, limits, &ticket, &actual, now) {
+            Ok(Settled::Dropped) | Err(_) => {
+                ffi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate[{}]: reconciliation dropped after retries",
+                        self.id
+                    ),
+                );
+                self.plugin
+                    .stats
+                    .borrow_mut()
+                    .count("tollgate_reconcile_dropped_total", &[], 1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers the request with an error in the API's own format.
+    fn reject(&mut self, reason: Reason, message: &str, extra: &[(&str, &str)]) -> Action {
+        let body = api::error_body(self.api, reason, message);
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        ffi::send_http_response(reason.status(), &headers, body.as_bytes());
+        self.phase = Phase::Answered;
+        self.decision = Some(reason);
+        let consumer = self.consumer_label().to_string();
+        let model = self.model_label();
+        let mut stats = self.plugin.stats.borrow_mut();
+        stats.count(
+            "tollgate_rejections_total",
+            &[("consumer", &consumer), ("reason", reason.as_str())],
+            1,
+        );
+        stats.count(
+            "tollgate_requests_total",
+            &[
+                ("consumer", &consumer),
+                ("model", &model),
+                ("outcome", reason.as_str()),
+            ],
+            1,
+        );
+        Action::Pause
+    }
+
+    /// Replaces the client's credentials with the account's (or, with no accounts, removes
+    /// only a tollgate key so it never reaches the upstream).
+    fn apply_credentials(&mut self, path: &str) {
+        let cfg = &self.plugin.cfg;
+        let by_key = matches!(self.caller, Some(Caller::Consumer(i)) if cfg.consumers.get(i).is_some_and(|c| !c.keys.is_empty()))
+            && self.presented_tollgate_key;
+        if cfg.accounts.is_empty() && !by_key {
+            return;
+        }
+        for h in accounts::CLIENT_CREDENTIAL_HEADERS {
+            ffi::remove_request_header(h);
+        }
+        if let Some(stripped) = identity::strip_query_key(path) {
+            ffi::set_request_header(":path", &stripped);
+        }
+        let Some(i) = accounts::first_for(&cfg.accounts, self.api) else {
+            return;
+        };
+        self.account = Some(i);
+        let Some(account) = cfg.accounts.get(i) else {
+            return;
+        };
+        let (name, value) = accounts::credential(account);
+        ffi::set_request_header(name, &value);
+        if account.provider == Api::Anthropic && ffi::request_header("anthropic-version").is_none()
+        {
+            ffi::set_request_header("anthropic-version", accounts::ANTHROPIC_VERSION);
+        }
+        for (k, v) in &account.headers {
+            ffi::set_request_header(k, v);
+        }
+        if let Some(route) = &account.route {
+            ffi::set_request_header("x-tollgate-route", route);
+            ffi::clear_route_cache();
+        }
+        ffi::set_filter_state("tollgate.account", &account.name);
+    }
+}
+
+impl HttpContext for Req {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let path = ffi::request_header(":path").unwrap_or_default();
+        let method = ffi::request_header(":method").unwrap_or_default();
+        let x_api_key = ffi::request_header("x-api-key");
+        let authorization = ffi::request_header("authorization");
+        let goog = ffi::request_header("x-goog-api-key");
+        self.api = api::api_hint(
+            ffi::request_header("anthropic-version").is_some(),
+            x_api_key.is_some(),
+            goog.is_some(),
+        );
+        // A client never picks the route cluster itself.
+        ffi::remove_request_header("x-tollgate-route");
+        let cfg = &self.plugin.cfg;
+        let route = api::classify(
+            &method,
+            &path,
+            self.api,
+            cfg.admin.as_ref().map(|a| a.path.as_str()),
+            &cfg.passthrough_paths,
+        );
+        let key = identity::presented_key(
+            x_api_key.as_deref(),
+            authorization.as_deref(),
+            goog.as_deref(),
+            &path,
+        );
+        match route {
+            Route::Admin(sub) => return self.admin(&sub, key, authorization.as_deref()),
+            Route::NotFound(api) => {
+                self.api = api;
+                let msg = format!(
+                    "{method} {} is not served here",
+                    path.split('?').next().unwrap_or("")
+                );
+                return self.reject(Reason::NotFound, &msg, &[]);
+            }
+            Route::Identity(api) => self.api = api,
+            Route::Metered(ref m) => self.api = m.api(),
+        }
+        let header_name = cfg.consumer_header.as_deref().and_then(ffi::request_header);
+        self.caller = identity::identify(cfg, key, header_name.as_deref());
+        if self.caller.is_none() {
+            let msg = if key.is_some() {
+                "invalid API key"
+            } else {
+                "no API key: send it in x-api-key or Authorization: Bearer"
+            };
+            return self.reject(Reason::Auth, msg, &[]);
+        }
+        self.presented_tollgate_key = match (&self.caller, key) {
+            (Some(Caller::Consumer(i)), Some(k)) => cfg.consumers.get(*i).is_some_and(|c| {
+                let d = config::KeyMatcher::digest(k);
+                c.keys.iter().any(|km| km.matches(&d))
+            }),
+            _ => false,
+        };
+        ffi::set_filter_state("tollgate.consumer", self.consumer_name());
+        match route {
+            Route::Metered(m) => {
+                if end_of_stream {
+                    return self.reject(Reason::BadRequest, "request body is required", &[]);
+                }
+                let max = self.plugin.cfg.max_body_bytes;
+                let declared = ffi::request_header("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if declared.is_some_and(|n| n > max) {
+                    return self.too_large();
+                }
+                self.scanner = Some(RequestScanner::new(&m));
+                self.endpoint = Some(m);
+                self.phase = Phase::ReadingBody;
+                // Hold the headers until the body is read: the credential and the quota
+                // decision depend on it (needs allow_on_headers_stop_iteration).
+                Action::Pause
+            }
+            _ => {
+                self.apply_credentials(&path);
+                self.decision = None;
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::ReadingBody {
+            return Action::Continue;
+        }
+        if body_size as u64 > self.plugin.cfg.max_body_bytes {
+            return self.too_large();
+        }
+        while self.fed < body_size {
+            let want = (body_size - self.fed).min(BODY_WINDOW);
+            let Some(window) = ffi::get_buffer(ffi::BUF_REQUEST_BODY, self.fed, want) else {
+                break;
+            };
+            if window.is_empty() {
+                break;
+            }
+            self.fed += window.len();
+            let fed = match self.scanner.as_mut() {
+                Some(s) => s.feed(&window),
+                None => Ok(()),
+            };
+            if let Err(e) = fed {
+                return self.reject(Reason::BadRequest, &e.to_string(), &[]);
+            }
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(scanner) = self.scanner.take() else {
+            return Action::Continue;
+        };
+        let info = match scanner.finish() {
+            Ok(info) => info,
+            Err(e) => return self.reject(Reason::BadRequest, &e.to_string(), &[]),
+        };
+        self.info = Some(info);
+        self.admit_and_forward(body_size)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Proxied {
+            return Action::Continue;
+        }
+        self.upstream_status = ffi::response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let Some(endpoint) = self.endpoint.as_ref() else {
+            return Action::Continue;
+        };
+        let content_type = ffi::response_header("content-type").unwrap_or_default();
+        let encoding = ffi::response_header("content-encoding").unwrap_or_default();
+        let strip = self.info.as_ref().is_some_and(|i| i.usage_splice.is_some());
+        let meter = ResponseMeter::new(endpoint, &content_type, &encoding, strip);
+        if strip {
+            // The usage-only chunk is removed from the stream: its length changes.
+            ffi::remove_response_header("content-length");
+        }
+        // The provider's rate-limit headers describe the pooled account, not the caller.
+        for (name, _) in ffi::response_headers() {
+            if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
+                ffi::remove_response_header(&name);
+            }
+        }
+        for (k, v) in rate_header_pairs(&self.rate_headers) {
+            ffi::set_response_header(&k, &v);
+        }
+        self.meter = Some(meter);
+        if end_of_stream {
+            self.finish_response();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(meter) = self.meter.as_mut() else {
+            return Action::Continue;
+        };
+        let chunk = if body_size > 0 {
+            ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, body_size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        // The last chunk also flushes whatever strip mode still holds.
+        let replacement = if end_of_stream {
+            meter.feed_last(&chunk)
+        } else {
+            meter.feed(&chunk)
+        };
+        if let Some(replacement) = replacement {
+            ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, chunk.len(), &replacement);
+        }
+        if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
+            if ticket.lease.is_some() {
+                let _ = quota::renew(&self.plugin.store, owner, ticket, ffi::now_ms());
+            }
+        }
+        if end_of_stream {
+            self.finish_response();
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.phase == Phase::Proxied {
+            self.finish_response();
+        }
+        let decision = match self.decision {
+            Some(r) => r.as_str(),
+            None if self.phase == Phase::Idle => return,
+            None => "admitted",
+        };
+        ffi::set_filter_state("tollgate.decision", decision);
+    }
+}
+
+impl Req {
+    fn too_large(&mut self) -> Action {
+        let max = self.plugin.cfg.max_body_bytes;
+        self.reject(
+            Reason::TooLarge,
+            &format!("request body is larger than {max} bytes"),
+            &[],
+        )
+    }
+
+    /// The body is read: check the model, admit, choose the account, rewrite, forward.
+    fn admit_and_forward(&mut self, body_size: usize) -> Action {
+        let model = self
+            .info
+            .as_ref()
+            .and_then(|i| i.model.clone())
+            .unwrap_or_default();
+        if let Some(Caller::Consumer(i)) = &self.caller {
+            if let Some(c) = self.plugin.cfg.consumers.get(*i) {
+                if let Some(globs) = &c.models {
+                    if !globs.iter().any(|g| g.matches(&model)) {
+                        let msg = format!("{}: model {model:?} is not allowed", c.name);
+                        return self.reject(Reason::Model, &msg, &[]);
+                    }
+                }
+            }
+        }
+        if let Err(answer) = self.admit() {
+            return answer;
+        }
+        let path = ffi::request_header(":path").unwrap_or_default();
+        self.apply_credentials(&path);
+        if let Some(info) = &self.info {
+            if let Some(splice) = &info.usage_splice {
+                // The usage-only chunk is cut from the stream, which needs it uncompressed.
+                ffi::set_request_header("accept-encoding", "identity");
+                if ffi::set_buffer(
+                    ffi::BUF_REQUEST_BODY,
+                    splice.offset,
+                    splice.remove,
+                    splice.insert.as_bytes(),
+                ) {
+                    let len = body_size.saturating_sub(splice.remove) + splice.insert.len();
+                    ffi::set_request_header("content-length", &len.to_string());
+                }
+            }
+            ffi::set_filter_state("tollgate.model", &model);
+            ffi::set_filter_state("tollgate.estimate", &info.input_estimate.to_string());
+        }
+        self.phase = Phase::Proxied;
+        Action::Continue
+    }
+
+    /// The response ended (completely, reset or aborted): count it once.
+    fn finish_response(&mut self) {
+        let Some(mut meter) = self.meter.take() else {
+            if self.phase == Phase::Proxied {
+                // The upstream never answered (reset, timeout): nothing was produced.
+                self.phase = Phase::Answered;
+                self.record(Usage::default(), false);
+            }
+            return;
+        };
+        self.phase = Phase::Answered;
+        let m = meter.finish();
+        let mut usage = m.usage;
+        let mut input_estimated = false;
+        if !m.complete && usage.input_side() == 0 {
+            usage.input = self.info.as_ref().map_or(0, |i| i.input_estimate);
+            input_estimated = true;
+        }
+        self.record(usage, m.output_estimated || input_estimated);
+    }
+
+    /// Metrics and access-log facts for a finished request.
+    fn record(&mut self, usage: Usage, estimated: bool) {
+        self.reconcile(&usage);
+        ffi::set_filter_state("tollgate.input_tokens", &usage.input_side().to_string());
+        ffi::set_filter_state("tollgate.output_tokens", &usage.output.to_string());
+        if estimated {
+            ffi::set_filter_state("tollgate.usage", "estimated");
+        }
+        let consumer = self.consumer_label().to_string();
+        let model = self.model_label();
+        let account = self
+            .account
+            .and_then(|i| self.plugin.cfg.accounts.get(i))
+            .map_or("none", |a| a.name.as_str())
+            .to_string();
+        let code = self.upstream_status.to_string();
+        let mut stats = self.plugin.stats.borrow_mut();
+        stats.count(
+            "tollgate_requests_total",
+            &[
+                ("consumer", &consumer),
+                ("model", &model),
+                ("outcome", "admitted"),
+            ],
+            1,
+        );
+        stats.count(
+            "tollgate_upstream_responses_total",
+            &[("account", &account), ("code", &code)],
+            1,
+        );
+        for (ty, n) in [
+            ("input", usage.input),
+            ("output", usage.output),
+            ("cache_read", usage.cache_read),
+            ("cache_write", usage.cache_write),
+        ] {
+            stats.count(
+                "tollgate_tokens_total",
+                &[
+                    ("consumer", &consumer),
+                    ("model", &model),
+                    ("account", &account),
+                    ("type", ty),
+                ],
+                n,
+            );
+        }
+    }
+
+    /// The filter's own endpoints under `admin.path`.
+    fn admin(&mut self, sub: &str, key: Option<&str>, authorization: Option<&str>) -> Action {
+        self.phase = Phase::Answered;
+        if sub == "/health" {
+            ffi::send_http_response(
+                200,
+                &[("content-type", "application/json")],
+                br#"{"status":"ok"}"#,
+            );
+            return Action::Pause;
+        }
+        let keys = self
+            .plugin
+            .cfg
+            .admin
+            .as_ref()
+            .map(|a| a.keys.as_slice())
+            .unwrap_or(&[]);
+        let basic = authorization.and_then(crate::admin::basic_password);
+        let ok = key
+            .into_iter()
+            .chain(basic.as_deref())
+            .any(|k| identity::is_admin_key(keys, k));
+        if !ok {
+            ffi::send_http_response(
+                401,
+                &[
+                    ("content-type", "application/json"),
+                    ("www-authenticate", "Basic realm=\"tollgate\""),
+                ],
+                br#"{"error":"admin key required"}"#,
+            );
+            return Action::Pause;
+        }
+        ffi::send_http_response(
+            404,
+            &[("content-type", "application/json")],
+            br#"{"error":"not found"}"#,
+        );
+        Action::Pause
+    }
+}
+
+/// Host calls with every status handled: the SDK's wrappers panic on unexpected statuses,
+/// and a panic aborts the VM (every later request then gets 503).
+mod ffi {
+    use crate::store::StoreError;
+    use proxy_wasm::types::{LogLevel, MetricType};
+    use std::ptr::null_mut;
+
+    pub const BUF_REQUEST_BODY: u32 = 0;
+    pub const BUF_RESPONSE_BODY: u32 = 1;
+    pub const BUF_PLUGIN_CONFIGURATION: u32 = 7;
+    const MAP_REQUEST_HEADERS: u32 = 0;
+    const MAP_RESPONSE_HEADERS: u32 = 2;
+    const OK: u32 = 0;
+    const NOT_FOUND: u32 = 1;
+    const CAS_MISMATCH: u32 = 8;
+
+    #[allow(clashing_extern_declarations)]
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+        fn proxy_get_buffer_bytes(
+            kind: u32,
+            start: usize,
+            max: usize,
+            out: *mut *mut u8,
+            out_size: *mut usize,
+        ) -> u32;
+        fn proxy_set_buffer_bytes(
+            kind: u32,
+            start: usize,
+            size: usize,
+            data: *const u8,
+            len: usize,
+        ) -> u32;
+        fn proxy_get_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            out: *mut *mut u8,
+            out_size: *mut usize,
+        ) -> u32;
+        fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
+        fn proxy_replace_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+        fn proxy_set_property(
+            path: *const u8,
+            path_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_send_local_response(
+            status: u32,
+            details: *const u8,
+            details_size: usize,
+            body: *const u8,
+            body_size: usize,
+            headers: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+        fn proxy_get_shared_data(
+            key: *const u8,
+            key_size: usize,
+            out: *mut *mut u8,
+            out_size: *mut usize,
+            cas: *mut u32,
+        ) -> u32;
+        fn proxy_set_shared_data(
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+        fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+        fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
+        fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        fn proxy_record_metric(id: u32, value: u64) -> u32;
+        fn proxy_call_foreign_function(
+            name: *const u8,
+            name_size: usize,
+            args: *const u8,
+            args_size: usize,
+            out: *mut *mut u8,
+            out_size: *mut usize,
+        ) -> u32;
+    }
+
+    /// Takes ownership of a host-allocated buffer (allocated through the SDK's exported
+    /// `proxy_on_memory_allocate`, i.e. this module's global allocator).
+    unsafe fn owned(ptr: *mut u8, size: usize) -> Vec<u8> {
+        if ptr.is_null() {
+            Vec::new()
+        } else {
+            Vec::from_raw_parts(ptr, size, size)
+        }
+    }
+
+    pub fn log(level: LogLevel, msg: &str) {
+        unsafe {
+            proxy_log(level as u32, msg.as_ptr(), msg.len());
+        }
+    }
+
+    pub fn get_buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
+        let mut ptr = null_mut();
+        let mut size = 0;
+        unsafe {
+            match proxy_get_buffer_bytes(kind, start, max, &mut ptr, &mut size) {
+                OK => Some(owned(ptr, size)),
+                _ => None,
+            }
+        }
+    }
+
+    pub fn set_buffer(kind: u32, start: usize, size: usize, data: &[u8]) -> bool {
+        unsafe { proxy_set_buffer_bytes(kind, start, size, data.as_ptr(), data.len()) == OK }
+    }
+
+    fn header(map: u32, name: &str) -> Option<String> {
+        let mut ptr = null_mut();
+        let mut size = 0;
+        let bytes = unsafe {
+            match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut ptr, &mut size) {
+                OK => owned(ptr, size),
+                _ => return None,
+            }
+        };
+        // A header that is not UTF-8 is treated as absent rather than trusted.
+        String::from_utf8(bytes).ok()
+    }
+
+    pub fn request_header(name: &str) -> Option<String> {
+        header(MAP_REQUEST_HEADERS, name)
+    }
+
+    pub fn response_header(name: &str) -> Option<String> {
+        header(MAP_RESPONSE_HEADERS, name)
+    }
+
+    fn set_header(map: u32, name: &str, value: &str) {
+        unsafe {
+            proxy_replace_header_map_value(
+                map,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            );
+        }
+    }
+
+    pub fn set_request_header(name: &str, value: &str) {
+        set_header(MAP_REQUEST_HEADERS, name, value)
+    }
+
+    pub fn set_response_header(name: &str, value: &str) {
+        set_header(MAP_RESPONSE_HEADERS, name, value)
+    }
+
+    pub fn remove_request_header(name: &str) {
+        unsafe {
+            proxy_remove_header_map_value(MAP_REQUEST_HEADERS, name.as_ptr(), name.len());
+        }
+    }
+
+    pub fn remove_response_header(name: &str) {
+        unsafe {
+            proxy_remove_header_map_value(MAP_RESPONSE_HEADERS, name.as_ptr(), name.len());
+        }
+    }
+
+    /// The response header names and values (names are lowercase in Envoy).
+    pub fn response_headers() -> Vec<(String, Vec<u8>)> {
+        let mut ptr = null_mut();
+        let mut size = 0;
+        let bytes = unsafe {
+            match proxy_get_header_map_pairs(MAP_RESPONSE_HEADERS, &mut ptr, &mut size) {
+                OK => owned(ptr, size),
+                _ => return Vec::new(),
+            }
+        };
+        decode_map(&bytes).unwrap_or_default()
+    }
+
+    /// Envoy's serialised header map: count, (name len, value len)×count, then each name
+    /// and value followed by a NUL.
+    fn decode_map(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+        let word = |at: usize| -> Option<usize> {
+            let w = b.get(at..at + 4)?;
+            Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+        };
+        let n = word(0)?;
+        let mut sizes = Vec::with_capacity(n.min(1024));
+        for i in 0..n {
+            sizes.push((word(4 + i * 8)?, word(8 + i * 8)?));
+        }
+        let mut at = 4 + n * 8;
+        let mut out = Vec::with_capacity(sizes.len());
+        for (k, v) in sizes {
+            let name = b.get(at..at + k)?;
+            at += k + 1;
+            let value = b.get(at..at + v)?;
+            at += v + 1;
+            out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+        }
+        Some(out)
+    }
+
+    fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            4 + pairs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 10)
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    pub fn send_http_response(status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let h = encode_map(headers);
+        let details = "tollgate";
+        unsafe {
+            proxy_send_local_response(
+                status,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                h.as_ptr(),
+                h.len(),
+                -1,
+            );
+        }
+    }
+
+    /// Filter state readable as `%FILTER_STATE(wasm.<name>:PLAIN)%` (one path segment: a
+    /// multi-segment path would be joined with NUL and not be readable there).
+    pub fn set_filter_state(name: &str, value: &str) {
+        unsafe {
+            proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+        }
+    }
+
+    /// Envoy's `clear_route_cache` foreign function, so a header written now picks the route.
+    pub fn clear_route_cache() {
+        let name = "clear_route_cache";
+        let mut ptr = null_mut();
+        let mut size = 0;
+        unsafe {
+            if proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                null_mut(),
+                0,
+                &mut ptr,
+                &mut size,
+            ) == OK
+            {
+                drop(owned(ptr, size));
+            }
+        }
+    }
+
+    pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+        let mut ptr = null_mut();
+        let mut size = 0;
+        let mut cas = 0;
+        unsafe {
+            match proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut size, &mut cas) {
+                OK => {
+                    let v = owned(ptr, size);
+                    Ok((if ptr.is_null() { None } else { Some(v) }, cas))
+                }
+                NOT_FOUND => Ok((None, 0)),
+                s => Err(StoreError::Host(s)),
+            }
+        }
+    }
+
+    pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        unsafe {
+            match proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) {
+                OK => Ok(()),
+                CAS_MISMATCH => Err(StoreError::CasMismatch),
+                s => Err(StoreError::Host(s)),
+            }
+        }
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        let mut ns = 0u64;
+        unsafe {
+            proxy_get_current_time_nanoseconds(&mut ns);
+        }
+        ns / 1_000_000
+    }
+
+    pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+        let mut id = 0;
+        unsafe {
+            match proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) {
+                OK => Some(id),
+                _ => None,
+            }
+        }
+    }
+
+    pub fn increment_metric(id: u32, by: i64) {
+        unsafe {
+            proxy_increment_metric(id, by);
+        }
+    }
+
+    pub fn record_metric(id: u32, value: u64) {
+        unsafe {
+            proxy_record_metric(id, value);
+        }
+    }
+}
+
+/// `tokens 100000 per minute`, as messages name a limit.
+fn describe_limit(l: &Limit) -> String {
+    match l {
+        Limit::Rate {
+            kind, amount, per, ..
+        } => match kind {
+            crate::limits::LimitKind::CostUsd => {
+                format!("{:.2} USD per {}", *amount as f64 / 1e6, per.as_str())
+            }
+            k => format!("{amount} {} per {}", k.as_str(), per.as_str()),
+        },
+        Limit::Concurrent(n) => format!("{n} concurrent requests"),
+    }
+}
+
+/// The binding limits as `x-ratelimit-*` response headers (a kind without a limit gets none).
+fn rate_header_pairs(h: &RateHeaders) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(6);
+    for (suffix, st) in [("tokens", h.tokens), ("requests", h.requests)] {
+        if let Some(st) = st {
+            out.push((format!("x-ratelimit-limit-{suffix}"), st.limit.to_string()));
+            out.push((
+                format!("x-ratelimit-remaining-{suffix}"),
+                st.remaining.to_string(),
+            ));
+            out.push((
+                format!("x-ratelimit-reset-{suffix}"),
+                st.reset_s.to_string(),
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,506 @@
+//! Incremental Server-Sent Events parser: bytes go in chunk by chunk, complete events come
+//! out. It never needs the whole stream, never decodes text per chunk (so a UTF-8 character
+//! split across chunks is harmless) and keeps at most `cap` bytes of one event.
+
+/// Default largest event kept whole (data of one event).
+pub const DEFAULT_EVENT_CAP: usize = 1 << 20;
+/// Largest `event:` name kept; longer names are cut (they never matter for metering).
+const NAME_CAP: usize = 256;
+
+/// One complete event, borrowed from the parser until the callback returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The `event:` field, empty if the event had none.
+    pub name: &'a [u8],
+    /// The `data:` lines joined by `\n`.
+    pub data: &'a [u8],
+    /// The data outgrew the cap: `data` holds only its last bytes (a tail that still shows
+    /// a trailing `usage` object, but no longer a whole JSON document).
+    pub truncated: bool,
+}
+
+impl Event<'_> {
+    /// OpenAI's end-of-stream sentinel.
+    pub fn is_done(&self) -> bool {
+        self.data == b"[DONE]"
+    }
+}
+
+/// What happens to the bytes of the line being read when it outgrew the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineMode {
+    /// Bytes collect in `line` until the line ends.
+    Normal,
+    /// A huge `data:` line: its bytes go straight into the (trimmed) data buffer.
+    Data,
+    /// A huge line of another field: dropped until it ends.
+    Skip,
+}
+
+/// The parser state. Memory: `line` and `data` each stay below `cap` (plus one chunk
+/// while a line is appended).
+#[derive(Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    mode: LineMode,
+    name: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+    truncated: bool,
+    /// The previous chunk ended in `\r`: a `\n` first in the next one ends nothing.
+    after_cr: bool,
+    cap: usize,
+    oversized: u64,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new(DEFAULT_EVENT_CAP)
+    }
+}
+
+impl SseParser {
+    /// A parser keeping at most `cap` bytes of an event's data (at least 16).
+    pub fn new(cap: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            mode: LineMode::Normal,
+            name: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            truncated: false,
+            after_cr: false,
+            cap: cap.max(16),
+            oversized: 0,
+        }
+    }
+
+    /// Events whose data outgrew the cap so far.
+    pub fn oversized(&self) -> u64 {
+        self.oversized
+    }
+
+    /// True when the last byte seen was a `\r` whose line end may still get its `\n`.
+    pub fn after_cr(&self) -> bool {
+        self.after_cr
+    }
+
+    /// Parses `chunk`. `on` is called at every blank line with the offset just past that
+    /// line's end in `chunk` (a safe place to cut the raw stream) and the event it completed,
+    /// or `None` when the blank line completed no event with data.
+    pub fn feed<F>(&mut self, chunk: &[u8], mut on: F)
+    where
+        F: FnMut(usize, Option<Event<'_>>),
+    {
+        let mut i = 0;
+        if self.after_cr && !chunk.is_empty() {
+            self.after_cr = false;
+            if chunk.first() == Some(&b'\n') {
+                i = 1;
+            }
+        }
+        while let Some(rest) = chunk.get(i..) {
+            if rest.is_empty() {
+                break;
+            }
+            let Some(p) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.push_partial(rest);
+                break;
+            };
+            let mut next = i.saturating_add(p).saturating_add(1);
+            if rest.get(p) == Some(&b'\r') {
+                match chunk.get(next) {
+                    Some(b'\n') => next = next.saturating_add(1),
+                    None => self.after_cr = true,
+                    Some(_) => {}
+                }
+            }
+            let segment = rest.get(..p).unwrap_or_default();
+            self.end_line(segment, next, &mut on);
+            i = next;
+        }
+    }
+
+    /// End of stream: an event not closed by a blank line is still delivered (leniently:
+    /// a truncated stream's last complete `data:` line may carry the usage).
+    pub fn finish<F>(&mut self, mut on: F)
+    where
+        F: FnMut(Option<Event<'_>>),
+    {
+        if self.mode != LineMode::Normal || !self.line.is_empty() {
+            self.end_line(&[], 0, &mut |_, _| {});
+        }
+        if self.has_data {
+            on(Some(self.event()));
+        }
+        self.reset_event();
+        self.after_cr = false;
+    }
+
+    fn event(&self) -> Event<'_> {
+        Event {
+            name: &self.name,
+            data: &self.data,
+            truncated: self.truncated,
+        }
+    }
+
+    fn reset_event(&mut self) {
+        self.name.clear();
+        self.data.clear();
+        self.has_data = false;
+        self.truncated = false;
+    }
+
+    /// Bytes of a line whose end is not in this chunk.
+    fn push_partial(&mut self, bytes: &[u8]) {
+        match self.mode {
+            LineMode::Skip => {}
+            LineMode::Data => self.append_data(bytes),
+            LineMode::Normal => {
+                self.line.extend_from_slice(bytes);
+                if self.line.len() > self.cap {
+                    self.overflow_line();
+                }
+            }
+        }
+    }
+
+    /// The partial line outgrew the cap: keep streaming it only if it is data.
+    fn overflow_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        match split_field(&line) {
+            (b"data", value) => {
+                self.start_data_line();
+                self.append_data(value);
+                self.mode = LineMode::Data;
+            }
+            _ => self.mode = LineMode::Skip,
+        }
+        self.line = line;
+        self.line.clear();
+    }
+
+    fn end_line<F>(&mut self, segment: &[u8], end: usize, on: &mut F)
+    where
+        F: FnMut(usize, Option<Event<'_>>),
+    {
+        match self.mode {
+            LineMode::Skip => self.mode = LineMode::Normal,
+            LineMode::Data => {
+                self.append_data(segment);
+                self.mode = LineMode::Normal;
+            }
+            LineMode::Normal if self.line.is_empty() => self.process_line(segment, end, on),
+            LineMode::Normal => {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(segment);
+                if line.len() > self.cap {
+                    self.line = line;
+                    self.overflow_line();
+                    self.mode = LineMode::Normal;
+                } else {
+                    self.process_line(&line, end, on);
+                    line.clear();
+                    self.line = line;
+                }
+            }
+        }
+    }
+
+    fn process_line<F>(&mut self, line: &[u8], end: usize, on: &mut F)
+    where
+        F: FnMut(usize, Option<Event<'_>>),
+    {
+        if line.is_empty() {
+            if self.has_data {
+                on(end, Some(self.event()));
+            } else {
+                on(end, None);
+            }
+            self.reset_event();
+            return;
+        }
+        if line.first() == Some(&b':') {
+            return;
+        }
+        match split_field(line) {
+            (b"data", value) => {
+                self.start_data_line();
+                self.append_data(value);
+            }
+            (b"event", value) => {
+                self.name.clear();
+                self.name
+                    .extend_from_slice(value.get(..NAME_CAP).unwrap_or(value));
+            }
+            // id, retry and unknown fields do not matter for metering.
+            _ => {}
+        }
+    }
+
+    fn start_data_line(&mut self) {
+        if self.has_data {
+            self.append_data(b"\n");
+        }
+        self.has_data = true;
+    }
+
+    /// Appends to the event's data, keeping only a tail once the cap is passed.
+    fn append_data(&mut self, bytes: &[u8]) {
+        let keep = self.cap / 16;
+        if self.data.len().saturating_add(bytes.len()) <= self.cap {
+            self.data.extend_from_slice(bytes);
+            return;
+        }
+        if !self.truncated {
+            self.truncated = true;
+            self.oversized = self.oversized.saturating_add(1);
+        }
+        if bytes.len() >= keep {
+            self.data.clear();
+            let from = bytes.len().saturating_sub(keep);
+            self.data
+                .extend_from_slice(bytes.get(from..).unwrap_or_default());
+        } else {
+            let drop = self
+                .data
+                .len()
+                .saturating_sub(keep.saturating_sub(bytes.len()));
+            self.data.drain(..drop);
+            self.data.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Splits `field: value` (one leading space of the value removed); a line without a colon
+/// is a field with an empty value.
+fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b':') {
+        Some(c) => {
+            let field = line.get(..c).unwrap_or_default();
+            let value = line.get(c.saturating_add(1)..).unwrap_or_default();
+            (field, value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &[]),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Captured streams (trimmed), used here and by `usage`'s tests.
+    pub const ANTHROPIC: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-5-haiku-20241022\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":472,\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":2048,\"output_tokens\":2}}}\n\
+\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\
+\n\
+event: ping\n\
+data: {\"type\": \"ping\"}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Grüße aus Köln! \"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"東京は晴れ 🌤️\"}}\n\
+\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\
+\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\
+\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\
+\n";
+
+    pub const OPENAI_CHAT_USAGE: &str = "data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\
+\n\
+data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Привет, \"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\
+\n\
+data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"мир! 你好\\n\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\
+\n\
+data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\
+\n\
+data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":9,\"total_tokens\":1209,\"prompt_tokens_details\":{\"cached_tokens\":1024,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\
+\n\
+data: [DONE]\n\
+\n";
+
+    pub const OPENAI_CHAT_NO_USAGE: &str = "data: {\"id\":\"chatcmpl-AZ2\",\"object\":\"chat.completion.chunk\",\"created\":1732000001,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\r\n\
+\r\n\
+data: {\"id\":\"chatcmpl-AZ2\",\"object\":\"chat.completion.chunk\",\"created\":1732000001,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Ça va très bien, \"},\"finish_reason\":null}]}\r\n\
+\r\n\
+data: {\"id\":\"chatcmpl-AZ2\",\"object\":\"chat.completion.chunk\",\"created\":1732000001,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"merci ✨\"},\"finish_reason\":null}]}\r\n\
+\r\n\
+data: {\"id\":\"chatcmpl-AZ2\",\"object\":\"chat.completion.chunk\",\"created\":1732000001,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\r\n\
+\r\n\
+data: [DONE]\r\n\
+\r\n";
+
+    pub const OPENAI_RESPONSES: &str = "event: response.created\n\
+data: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_67c9\",\"object\":\"response\",\"created_at\":1741290958,\"status\":\"in_progress\",\"model\":\"gpt-4.1-2025-04-14\",\"output\":[],\"usage\":null}}\n\
+\n\
+event: response.output_item.added\n\
+data: {\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,\"item\":{\"id\":\"msg_67c9\",\"type\":\"message\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}\n\
+\n\
+event: response.output_text.delta\n\
+data: {\"type\":\"response.output_text.delta\",\"sequence_number\":2,\"item_id\":\"msg_67c9\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hallo Wält, \"}\n\
+\n\
+event: response.output_text.delta\n\
+data: {\"type\":\"response.output_text.delta\",\"sequence_number\":3,\"item_id\":\"msg_67c9\",\"output_index\":0,\"content_index\":0,\"delta\":\"こんにちは\"}\n\
+\n\
+event: response.output_text.done\n\
+data: {\"type\":\"response.output_text.done\",\"sequence_number\":4,\"item_id\":\"msg_67c9\",\"output_index\":0,\"content_index\":0,\"text\":\"Hallo Wält, こんにちは\"}\n\
+\n\
+event: response.completed\n\
+data: {\"type\":\"response.completed\",\"sequence_number\":5,\"response\":{\"id\":\"resp_67c9\",\"object\":\"response\",\"created_at\":1741290958,\"status\":\"completed\",\"model\":\"gpt-4.1-2025-04-14\",\"output\":[{\"id\":\"msg_67c9\",\"type\":\"message\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hallo Wält, こんにちは\",\"annotations\":[]}]}],\"usage\":{\"input_tokens\":328,\"input_tokens_details\":{\"cached_tokens\":128},\"output_tokens\":52,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":380},\"user\":null,\"metadata\":{}}}\n\
+\n";
+
+    pub const GEMINI_SSE: &str = "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Der Himmel ist blau, \"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 600,\"totalTokenCount\": 600},\"modelVersion\": \"gemini-2.0-flash\",\"responseId\": \"aXb9Z-abc\"}\r\r\
+data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"weil Licht 散乱する。\"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 600,\"totalTokenCount\": 600},\"modelVersion\": \"gemini-2.0-flash\",\"responseId\": \"aXb9Z-abc\"}\r\r\
+data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"\"}],\"role\": \"model\"},\"finishReason\": \"STOP\"}],\"usageMetadata\": {\"promptTokenCount\": 600,\"candidatesTokenCount\": 21,\"totalTokenCount\": 1021,\"cachedContentTokenCount\": 512,\"thoughtsTokenCount\": 400},\"modelVersion\": \"gemini-2.0-flash\",\"responseId\": \"aXb9Z-abc\"}\r\r";
+
+    fn collect(stream: &[u8], splits: &[usize]) -> (Vec<(String, String)>, Vec<usize>) {
+        let mut p = SseParser::default();
+        let mut events = Vec::new();
+        let mut cuts = Vec::new();
+        let mut base = 0;
+        let mut bounds = splits.to_vec();
+        bounds.push(stream.len());
+        for &b in &bounds {
+            let chunk = &stream[base..b];
+            p.feed(chunk, |end, ev| {
+                cuts.push(base + end);
+                if let Some(ev) = ev {
+                    events.push((
+                        String::from_utf8(ev.name.to_vec()).unwrap(),
+                        String::from_utf8(ev.data.to_vec()).unwrap(),
+                    ));
+                }
+            });
+            base = b;
+        }
+        p.finish(|ev| {
+            if let Some(ev) = ev {
+                events.push((
+                    String::from_utf8(ev.name.to_vec()).unwrap(),
+                    String::from_utf8(ev.data.to_vec()).unwrap(),
+                ));
+            }
+        });
+        (events, cuts)
+    }
+
+    #[test]
+    fn every_split_point_of_captured_streams_yields_the_same_events() {
+        for (name, stream, count) in [
+            ("anthropic", ANTHROPIC, 8),
+            ("openai chat with usage", OPENAI_CHAT_USAGE, 6),
+            ("openai chat without usage (crlf)", OPENAI_CHAT_NO_USAGE, 5),
+            ("openai responses", OPENAI_RESPONSES, 6),
+            ("gemini alt=sse (cr)", GEMINI_SSE, 3),
+        ] {
+            let bytes = stream.as_bytes();
+            // Cut points may differ by the `\n` of a split `\r\n`; events may not.
+            let whole = collect(bytes, &[]).0;
+            assert_eq!(whole.len(), count, "{name}");
+            for i in 0..=bytes.len() {
+                assert_eq!(collect(bytes, &[i]).0, whole, "{name} split at {i}");
+            }
+            // Two splits: every pair near each multi-byte character.
+            for i in (0..bytes.len()).step_by(7) {
+                for j in i..(i + 9).min(bytes.len()) {
+                    assert_eq!(collect(bytes, &[i, j]).0, whole, "{name} split at {i},{j}");
+                }
+            }
+            // One byte at a time.
+            let all: Vec<usize> = (1..bytes.len()).collect();
+            assert_eq!(collect(bytes, &all).0, whole, "{name} byte by byte");
+        }
+    }
+
+    #[test]
+    fn cut_points_fall_just_after_each_blank_line() {
+        let s = b"data: a\n\ndata: b\r\n\r\n: comment\n\n";
+        let (_, cuts) = collect(s, &[]);
+        assert_eq!(cuts, vec![9, 20, 31]);
+    }
+
+    #[test]
+    fn parses_fields_as_the_sse_standard_says() {
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            ("data: x\n\n", &[("", "x")]),
+            ("data:x\n\n", &[("", "x")]),
+            ("data:  two spaces\n\n", &[("", " two spaces")]),
+            ("data: a\ndata: b\n\n", &[("", "a\nb")]),
+            ("event: e\ndata: x\n\n", &[("e", "x")]),
+            (": keepalive\n\ndata: x\n\n", &[("", "x")]),
+            ("id: 7\nretry: 100\ndata: x\n\n", &[("", "x")]),
+            ("event: only-name\n\n", &[]),
+            ("data\n\n", &[("", "")]),
+            ("data: [DONE]\n\n", &[("", "[DONE]")]),
+            ("data: a\r\rdata: b\r\n\r\n", &[("", "a"), ("", "b")]),
+            ("data: unterminated", &[("", "unterminated")]),
+        ];
+        for (input, want) in cases {
+            let (got, _) = collect(input.as_bytes(), &[]);
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect();
+            assert_eq!(got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn recognises_the_done_sentinel() {
+        let mut done = false;
+        SseParser::default().feed(b"data: [DONE]\n\n", |_, ev| {
+            done = ev.is_some_and(|e| e.is_done());
+        });
+        assert!(done);
+    }
+
+    #[test]
+    fn oversized_event_keeps_a_bounded_tail_and_is_counted() {
+        let cap = 1024;
+        let mut big = b"data: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 10_000));
+        big.extend_from_slice(b"\"usage\":{}\n\ndata: small\n\n");
+        for split in [0, 3, 500, 1100, 5000, big.len() - 20] {
+            let mut p = SseParser::new(cap);
+            let mut got = Vec::new();
+            for part in [&big[..split], &big[split..]] {
+                p.feed(part, |_, ev| {
+                    if let Some(ev) = ev {
+                        assert!(ev.data.len() <= cap);
+                        got.push((ev.truncated, ev.data.ends_with(b"\"usage\":{}")));
+                    }
+                });
+                assert!(p.line.capacity() <= 2 * cap + big.len() && p.data.len() <= cap);
+            }
+            assert_eq!(got, vec![(true, true), (false, false)], "split {split}");
+            assert_eq!(p.oversized(), 1);
+        }
+    }
+
+    #[test]
+    fn oversized_non_data_line_is_skipped() {
+        let mut s = b"event: ".to_vec();
+        s.extend(std::iter::repeat_n(b'e', 5000));
+        s.extend_from_slice(b"\ndata: ok\n\n");
+        let mut p = SseParser::new(100);
+        let mut got = Vec::new();
+        for c in s.chunks(64) {
+            p.feed(c, |_, ev| {
+                if let Some(ev) = ev {
+                    got.push(ev.data.to_vec());
+                }
+            });
+        }
+        assert_eq!(got, vec![b"ok".to_vec()]);
+    }
+}

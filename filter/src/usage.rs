@@ -1,0 +1,2078 @@
+//! Counts the real tokens of one response as its body passes through: JSON or SSE, plain or
+//! gzip/deflate, for every metered API, normalised per SPEC "Counting". Bounded memory, never
+//! holds the response back (except one partial event while stripping OpenAI's usage chunk).
+
+use std::borrow::Cow;
+
+use miniz_oxide::inflate::stream::{inflate, InflateState};
+use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::api::{Api, Metered};
+use crate::estimate::Estimator;
+use crate::limits::Usage;
+use crate::sse::{Event, SseParser, DEFAULT_EVENT_CAP};
+
+/// Largest JSON body parsed whole; beyond it only a tail is kept and scanned for usage.
+const JSON_CAP: usize = 4 << 20;
+/// Tail of an over-cap JSON body kept for the usage scan (usage is near the end in every API).
+const TAIL_KEEP: usize = 64 << 10;
+/// Largest element of a streamed JSON array (Gemini without `alt=sse`).
+const ELEMENT_CAP: usize = DEFAULT_EVENT_CAP;
+/// Largest partial event held back in strip mode before it is let through unstripped.
+const HOLD_CAP: usize = DEFAULT_EVENT_CAP;
+/// Longest model name kept.
+const MODEL_CAP: usize = 256;
+/// Inflate output window.
+const INFLATE_OUT: usize = 16 << 10;
+/// Decompression stops (counting stays partial) past this many bytes when the ratio to the
+/// compressed input is absurd: a gzip bomb must not burn the worker's CPU.
+const INFLATE_FREE: u64 = 16 << 20;
+const INFLATE_RATIO: u64 = 200;
+
+/// How a response body is framed, decided from its content type and endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// One JSON document.
+    Json,
+    /// `text/event-stream`.
+    Sse,
+    /// Gemini `:streamGenerateContent` without `alt=sse`: a JSON array sent element by element.
+    JsonArrayStream,
+}
+
+impl Body {
+    pub fn detect(endpoint: &Metered, content_type: &str) -> Body {
+        let ct = content_type.trim_start().as_bytes();
+        let sse = b"text/event-stream";
+        if ct.len() >= sse.len()
+            && ct
+                .get(..sse.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(sse))
+        {
+            Body::Sse
+        } else if matches!(endpoint, Metered::Gemini { stream: true, .. }) {
+            Body::JsonArrayStream
+        } else {
+            Body::Json
+        }
+    }
+}
+
+/// An error reported inside a 200 stream; it affects account health like the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamError {
+    RateLimited,
+    Overloaded,
+    Other,
+}
+
+/// What one response used.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metering {
+    pub usage: Usage,
+    /// The upstream reported the input side (`input`, `cache_read`, `cache_write`). When
+    /// false they are 0 and the caller should use its own input estimate.
+    pub complete: bool,
+    /// `output` is estimated from the streamed text (the final usage never came).
+    pub output_estimated: bool,
+    /// The model the response names (`model`, or Gemini's `modelVersion`).
+    pub model: Option<String>,
+    /// The first error event seen in the body.
+    pub stream_error: Option<StreamError>,
+    /// `content-encoding` was neither identity, gzip nor deflate: nothing could be counted.
+    pub unsupported_encoding: bool,
+    /// Events or array elements too large to parse whole (their usage, if any, was looked
+    /// for in their tail).
+    pub oversized_events: u64,
+}
+
+/// Which response shape to expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Anthropic,
+    /// Chat Completions and Completions.
+    Chat,
+    Embeddings,
+    Responses,
+    Gemini,
+}
+
+impl Kind {
+    fn of(endpoint: &Metered) -> Kind {
+        match endpoint {
+            Metered::Messages => Kind::Anthropic,
+            Metered::ChatCompletions | Metered::Completions => Kind::Chat,
+            Metered::Embeddings => Kind::Embeddings,
+            Metered::Responses => Kind::Responses,
+            Metered::Gemini { .. } => Kind::Gemini,
+        }
+    }
+}
+
+/// Meters one response. Create it when the response headers arrive, `feed` every body chunk,
+/// `finish` at the end (or on reset/abort).
+pub struct ResponseMeter {
+    decoder: Decoder,
+    parser: Parser,
+    counter: Counter,
+    strip: Option<Strip>,
+    done: Option<Metering>,
+}
+
+impl ResponseMeter {
+    /// `strip_usage_chunk`: the filter added `stream_options.include_usage` itself, so the
+    /// usage-only chunk is removed from what the client receives. Honoured only for an
+    /// uncompressed Chat Completions / Completions SSE body (a compressed one would need
+    /// re-compressing: the client then just sees one extra chunk with `choices: []`).
+    pub fn new(
+        endpoint: &Metered,
+        content_type: &str,
+        content_encoding: &str,
+        strip_usage_chunk: bool,
+    ) -> Self {
+        let kind = Kind::of(endpoint);
+        let body = Body::detect(endpoint, content_type);
+        let decoder = Decoder::new(content_encoding);
+        let parser = match body {
+            Body::Sse => Parser::Sse(SseParser::default()),
+            Body::JsonArrayStream => Parser::Array(ArrayScanner::default()),
+            Body::Json => Parser::Json(JsonBuffer::default()),
+        };
+        let strip = (strip_usage_chunk
+            && body == Body::Sse
+            && kind == Kind::Chat
+            && matches!(decoder, Decoder::Identity))
+        .then(Strip::default);
+        ResponseMeter {
+            decoder,
+            parser,
+            counter: Counter::new(kind, endpoint.api()),
+            strip,
+            done: None,
+        }
+    }
+
+    /// Called per body chunk. Returns what to send to the client instead of `chunk`, or
+    /// `None` to send it unchanged. Only strip mode ever returns `Some`: it holds back the
+    /// unfinished last event of a chunk until its end arrives.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        self.feed_chunk(chunk, false)
+    }
+
+    /// Like `feed`, for the chunk that comes with `end_of_stream` (call it even when that
+    /// chunk is empty): in strip mode it also releases whatever is still held back.
+    pub fn feed_last(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        self.feed_chunk(chunk, true)
+    }
+
+    fn feed_chunk(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        if self.done.is_some() {
+            return None;
+        }
+        let ResponseMeter {
+            decoder,
+            parser,
+            counter,
+            strip,
+            ..
+        } = self;
+        match strip {
+            Some(strip) => strip.feed(chunk, end_of_stream, parser, counter),
+            None => {
+                decoder.decode(chunk, |bytes| parser.feed(bytes, counter, None));
+                None
+            }
+        }
+    }
+
+    /// The usage of the response. Call at the end of the stream, or when it was cut short
+    /// (then output may be estimated). Later calls return the same answer.
+    pub fn finish(&mut self) -> Metering {
+        if let Some(m) = &self.done {
+            return m.clone();
+        }
+        self.parser.finish(&mut self.counter);
+        let mut m = self.counter.metering();
+        m.unsupported_encoding = matches!(self.decoder, Decoder::Unsupported);
+        m.oversized_events = m.oversized_events.saturating_add(self.parser.oversized());
+        self.done = Some(m.clone());
+        m
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Strip mode: forward whole events only, drop the usage-only chunk.
+
+#[derive(Default)]
+struct Strip {
+    /// Raw bytes of the unfinished event at the end of the previous chunk.
+    held: Vec<u8>,
+    /// The current event outgrew `HOLD_CAP` and is being let through as it comes.
+    passing: bool,
+    /// A dropped event ended in `\r` at a chunk's end: its `\n` may start the next chunk.
+    skip_lf: bool,
+    /// Cut points of the current chunk and whether the event before each is dropped.
+    cuts: Vec<(usize, bool)>,
+}
+
+impl Strip {
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        parser: &mut Parser,
+        counter: &mut Counter,
+    ) -> Option<Vec<u8>> {
+        // A `\n` completing a `\r\n` split across chunks belongs to the bytes before it:
+        // to a whole event already dealt with when nothing is held.
+        let mut start = 0;
+        let mut lead_lf = false;
+        if !chunk.is_empty() {
+            if chunk.first() == Some(&b'\n') && parser.after_cr() && self.held.is_empty() {
+                start = 1;
+                lead_lf = !self.skip_lf;
+            }
+            self.skip_lf = false;
+        }
+        self.cuts.clear();
+        parser.feed(chunk, counter, Some(&mut self.cuts));
+
+        // The common case: whole events, nothing dropped, nothing held back.
+        let ends_at_cut = self.cuts.last().map(|c| c.0) == Some(chunk.len());
+        if start == 0 && self.held.is_empty() && self.cuts.iter().all(|c| !c.1) {
+            if ends_at_cut || end_of_stream {
+                self.passing = false;
+                return None;
+            }
+            if chunk.is_empty() || (self.passing && self.cuts.is_empty()) {
+                return None;
+            }
+        }
+
+        let mut out = Vec::with_capacity(self.held.len().saturating_add(chunk.len()));
+        if lead_lf {
+            out.push(b'\n');
+        }
+        let mut pos = start;
+        for &(end, drop) in &self.cuts {
+            let end = end.max(pos);
+            if drop && !self.passing {
+                self.held.clear();
+                if end == chunk.len() && parser.after_cr() {
+                    self.skip_lf = true;
+                }
+            } else {
+                out.append(&mut self.held);
+                out.extend_from_slice(chunk.get(pos..end).unwrap_or_default());
+            }
+            // A cut ends the event that was passing.
+            self.passing = false;
+            pos = end;
+        }
+        let tail = chunk.get(pos..).unwrap_or_default();
+        if end_of_stream {
+            out.append(&mut self.held);
+            out.extend_from_slice(tail);
+            self.passing = false;
+        } else if self.passing {
+            out.extend_from_slice(tail);
+        } else if self.held.len().saturating_add(tail.len()) > HOLD_CAP {
+            // Too big to be a usage chunk: let it through as it comes.
+            out.append(&mut self.held);
+            out.extend_from_slice(tail);
+            self.passing = true;
+        } else {
+            self.held.extend_from_slice(tail);
+        }
+        if out.as_slice() == chunk {
+            None
+        } else {
+            Some(out)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Framing: SSE, streamed JSON array, or one JSON document.
+
+enum Parser {
+    Sse(SseParser),
+    Array(ArrayScanner),
+    Json(JsonBuffer),
+}
+
+impl Parser {
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        counter: &mut Counter,
+        mut cuts: Option<&mut Vec<(usize, bool)>>,
+    ) {
+        if let Parser::Json(j) = self {
+            // Gemini's streamed array can arrive without the streaming path in the URL
+            // we were told about: recognise it by its first byte.
+            if counter.kind == Kind::Gemini
+                && !j.truncated
+                && j.buf.iter().all(u8::is_ascii_whitespace)
+            {
+                if let Some(&b'[') = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+                    *self = Parser::Array(ArrayScanner::default());
+                }
+            }
+        }
+        match self {
+            Parser::Sse(p) => p.feed(bytes, |end, ev| {
+                let drop = ev.is_some_and(|e| counter.event(e));
+                if let Some(c) = cuts.as_deref_mut() {
+                    c.push((end, drop));
+                }
+            }),
+            Parser::Array(a) => a.feed(bytes, |doc| {
+                counter.doc(doc, false);
+            }),
+            Parser::Json(j) => j.feed(bytes, counter),
+        }
+    }
+
+    fn finish(&mut self, counter: &mut Counter) {
+        match self {
+            Parser::Sse(p) => p.finish(|ev| {
+                if let Some(e) = ev {
+                    counter.event(e);
+                }
+            }),
+            Parser::Array(_) => {}
+            Parser::Json(j) => j.finish(counter),
+        }
+    }
+
+    fn after_cr(&self) -> bool {
+        matches!(self, Parser::Sse(p) if p.after_cr())
+    }
+
+    fn oversized(&self) -> u64 {
+        match self {
+            Parser::Sse(p) => p.oversized(),
+            Parser::Array(a) => a.oversized,
+            Parser::Json(j) => u64::from(j.truncated),
+        }
+    }
+}
+
+/// Splits a streamed JSON array into its elements as they complete.
+#[derive(Default)]
+struct ArrayScanner {
+    /// Nesting depth; elements live at `elem_depth`.
+    depth: u32,
+    /// 2 inside a top-level array; 1 when the body turned out to be a lone object.
+    elem_depth: u32,
+    in_str: bool,
+    esc: bool,
+    buf: Vec<u8>,
+    too_big: bool,
+    oversized: u64,
+}
+
+impl ArrayScanner {
+    fn feed<F: FnMut(&[u8])>(&mut self, chunk: &[u8], mut on: F) {
+        let mut start = (self.elem_depth > 0 && self.depth >= self.elem_depth).then_some(0);
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.in_str {
+                if self.esc {
+                    self.esc = false;
+                } else if b == b'\\' {
+                    self.esc = true;
+                } else if b == b'"' {
+                    self.in_str = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'[' | b'{' => {
+                    if self.elem_depth == 0 {
+                        self.elem_depth = if b == b'[' { 2 } else { 1 };
+                    }
+                    self.depth = self.depth.saturating_add(1);
+                    if self.depth == self.elem_depth {
+                        start = Some(i);
+                    }
+                }
+                b']' | b'}' => {
+                    if self.depth == self.elem_depth {
+                        if let Some(s) = start.take() {
+                            let piece = chunk.get(s..=i).unwrap_or_default();
+                            if self.too_big {
+                                self.oversized = self.oversized.saturating_add(1);
+                            } else if self.buf.is_empty() {
+                                on(piece);
+                            } else if self.buf.len().saturating_add(piece.len()) <= ELEMENT_CAP {
+                                self.buf.extend_from_slice(piece);
+                                on(&self.buf);
+                            } else {
+                                self.oversized = self.oversized.saturating_add(1);
+                            }
+                            self.buf.clear();
+                            self.too_big = false;
+                        }
+                    }
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            let piece = chunk.get(s..).unwrap_or_default();
+            if self.buf.len().saturating_add(piece.len()) > ELEMENT_CAP {
+                self.too_big = true;
+                self.buf.clear();
+            } else if !self.too_big {
+                self.buf.extend_from_slice(piece);
+            }
+        }
+    }
+}
+
+/// A JSON body: kept whole up to `JSON_CAP`, then only its tail.
+#[derive(Default)]
+struct JsonBuffer {
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl JsonBuffer {
+    fn feed(&mut self, bytes: &[u8], counter: &mut Counter) {
+        if !self.truncated {
+            if self.buf.len().saturating_add(bytes.len()) <= JSON_CAP {
+                self.buf.extend_from_slice(bytes);
+                return;
+            }
+            self.truncated = true;
+            // The model name is near the start in OpenAI and Anthropic bodies.
+            if let Some(v) = find_value(&self.buf, b"\"model\"", false) {
+                if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
+                    counter.set_model(&t);
+                }
+            }
+            // Start a small buffer: the big one's capacity would otherwise stay allocated.
+            let old = std::mem::replace(&mut self.buf, Vec::with_capacity(3 * TAIL_KEEP));
+            let cut = old.len().saturating_sub(TAIL_KEEP);
+            counter.push_raw(old.get(..cut).unwrap_or_default());
+            self.buf
+                .extend_from_slice(old.get(cut..).unwrap_or_default());
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > 2 * TAIL_KEEP {
+            let cut = self.buf.len().saturating_sub(TAIL_KEEP);
+            // Should the tail hold no usage, the dropped bytes are the only text we saw.
+            counter.push_raw(self.buf.get(..cut).unwrap_or_default());
+            self.buf.drain(..cut);
+        }
+    }
+
+    fn finish(&mut self, counter: &mut Counter) {
+        if self.truncated {
+            counter.push_raw(&self.buf);
+            counter.tail(&self.buf);
+        } else if !self.buf.is_empty() {
+            counter.doc(&self.buf, true);
+        }
+        self.buf = Vec::new();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Content decoding (for counting only: the bytes sent on are never changed).
+
+enum Decoder {
+    Identity,
+    Inflate(Box<Inflater>),
+    Unsupported,
+}
+
+impl Decoder {
+    fn new(content_encoding: &str) -> Decoder {
+        let enc = content_encoding.trim();
+        if enc.is_empty() || enc.eq_ignore_ascii_case("identity") {
+            Decoder::Identity
+        } else if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") {
+            Decoder::Inflate(Box::new(Inflater::new(Gz::Fixed { got: 0, flags: 0 })))
+        } else if enc.eq_ignore_ascii_case("deflate") {
+            Decoder::Inflate(Box::new(Inflater::new(Gz::Sniff)))
+        } else {
+            Decoder::Unsupported
+        }
+    }
+
+    fn decode<F: FnMut(&[u8])>(&mut self, input: &[u8], mut sink: F) {
+        match self {
+            Decoder::Identity => sink(input),
+            Decoder::Inflate(i) => i.decode(input, &mut sink),
+            Decoder::Unsupported => {}
+        }
+    }
+}
+
+/// Where the gzip/deflate decoder is in its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gz {
+    /// deflate: the first byte tells zlib from raw deflate (both are sent as "deflate").
+    Sniff,
+    /// The 10 fixed gzip header bytes.
+    Fixed {
+        got: u8,
+        flags: u8,
+    },
+    ExtraLen {
+        flags: u8,
+        got: u8,
+        len: u16,
+    },
+    Extra {
+        flags: u8,
+        left: u16,
+    },
+    Name {
+        flags: u8,
+    },
+    Comment {
+        flags: u8,
+    },
+    HeaderCrc {
+        left: u8,
+    },
+    Body {
+        gzip: bool,
+    },
+    /// CRC32 and size: not checked, counting does not need them.
+    Trailer {
+        left: u8,
+    },
+    /// Finished, or broken: the rest is ignored.
+    Stop,
+}
+
+const FHCRC: u8 = 2;
+const FEXTRA: u8 = 4;
+const FNAME: u8 = 8;
+const FCOMMENT: u8 = 16;
+
+/// The header part that follows once the parts in `done` (flag bits) are read.
+fn after_header(flags: u8, done: u8) -> Gz {
+    let todo = flags & !done;
+    if todo & FEXTRA != 0 {
+        Gz::ExtraLen {
+            flags,
+            got: 0,
+            len: 0,
+        }
+    } else if todo & FNAME != 0 {
+        Gz::Name { flags }
+    } else if todo & FCOMMENT != 0 {
+        Gz::Comment { flags }
+    } else if todo & FHCRC != 0 {
+        Gz::HeaderCrc { left: 2 }
+    } else {
+        Gz::Body { gzip: true }
+    }
+}
+
+struct Inflater {
+    state: Box<InflateState>,
+    out: Vec<u8>,
+    gz: Gz,
+    total_in: u64,
+    total_out: u64,
+}
+
+impl Inflater {
+    fn new(gz: Gz) -> Self {
+        Inflater {
+            state: InflateState::new_boxed(DataFormat::Raw),
+            out: vec![0; INFLATE_OUT],
+            gz,
+            total_in: 0,
+            total_out: 0,
+        }
+    }
+
+    fn decode(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        self.total_in = self.total_in.saturating_add(input.len() as u64);
+        while !input.is_empty() {
+            let Some((&b, rest)) = input.split_first() else {
+                return;
+            };
+            match self.gz {
+                Gz::Stop => return,
+                Gz::Body { gzip } => {
+                    input = self.inflate(input, gzip, sink);
+                    continue;
+                }
+                Gz::Sniff => {
+                    // zlib: CM = 8 and a window of at most 32 KiB; anything else is raw.
+                    let zlib = b & 0x0f == 8 && b >> 4 <= 7;
+                    let format = if zlib {
+                        DataFormat::Zlib
+                    } else {
+                        DataFormat::Raw
+                    };
+                    self.state.reset(format);
+                    self.gz = Gz::Body { gzip: false };
+                    continue;
+                }
+                Gz::Fixed { got, flags } => {
+                    let ok = match got {
+                        0 => b == 0x1f,
+                        1 => b == 0x8b,
+                        2 => b == 8,
+                        _ => true,
+                    };
+                    let flags = if got == 3 { b } else { flags };
+                    self.gz = if !ok {
+                        Gz::Stop
+                    } else if got == 9 {
+                        self.state.reset(DataFormat::Raw);
+                        after_header(flags, 0)
+                    } else {
+                        Gz::Fixed {
+                            got: got.saturating_add(1),
+                            flags,
+                        }
+                    };
+                }
+                Gz::ExtraLen { flags, got, len } => {
+                    let len = if got == 0 {
+                        u16::from(b)
+                    } else {
+                        len | u16::from(b) << 8
+                    };
+                    self.gz = match (got, len) {
+                        (0, _) => Gz::ExtraLen { flags, got: 1, len },
+                        (_, 0) => after_header(flags, FEXTRA),
+                        _ => Gz::Extra { flags, left: len },
+                    };
+                }
+                Gz::Extra { flags, left } => {
+                    let left = left.saturating_sub(1);
+                    self.gz = if left == 0 {
+                        after_header(flags, FEXTRA)
+                    } else {
+                        Gz::Extra { flags, left }
+                    };
+                }
+                Gz::Name { flags } => {
+                    if b == 0 {
+                        self.gz = after_header(flags, FEXTRA | FNAME);
+                    }
+                }
+                Gz::Comment { flags } => {
+                    if b == 0 {
+                        self.gz = after_header(flags, FEXTRA | FNAME | FCOMMENT);
+                    }
+                }
+                Gz::HeaderCrc { left } => {
+                    self.gz = if left <= 1 {
+                        Gz::Body { gzip: true }
+                    } else {
+                        Gz::HeaderCrc {
+                            left: left.saturating_sub(1),
+                        }
+                    };
+                }
+                Gz::Trailer { left } => {
+                    // A next gzip member may follow (concatenated gzip is legal).
+                    self.gz = if left <= 1 {
+                        Gz::Fixed { got: 0, flags: 0 }
+                    } else {
+                        Gz::Trailer {
+                            left: left.saturating_sub(1),
+                        }
+                    };
+                }
+            }
+            input = rest;
+        }
+    }
+
+    /// Inflates as much of `input` as possible; returns what is left after the stream end.
+    fn inflate<'a>(
+        &mut self,
+        mut input: &'a [u8],
+        gzip: bool,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> &'a [u8] {
+        loop {
+            let r = inflate(&mut self.state, input, &mut self.out, MZFlush::None);
+            input = input.get(r.bytes_consumed..).unwrap_or_default();
+            if r.bytes_written > 0 {
+                self.total_out = self.total_out.saturating_add(r.bytes_written as u64);
+                if self.total_out > INFLATE_FREE
+                    && self.total_out > self.total_in.saturating_mul(INFLATE_RATIO)
+                {
+                    self.gz = Gz::Stop;
+                    return &[];
+                }
+                sink(self.out.get(..r.bytes_written).unwrap_or_default());
+            }
+            match r.status {
+                Ok(MZStatus::StreamEnd) => {
+                    self.gz = if gzip {
+                        Gz::Trailer { left: 8 }
+                    } else {
+                        Gz::Stop
+                    };
+                    return input;
+                }
+                Ok(_) => {
+                    let full = r.bytes_written == self.out.len();
+                    if (input.is_empty() && !full)
+                        || (r.bytes_consumed == 0 && r.bytes_written == 0)
+                    {
+                        return input;
+                    }
+                }
+                Err(MZError::Buf) => return input,
+                Err(_) => {
+                    self.gz = Gz::Stop;
+                    return &[];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What the wire says: minimal borrowed structs, everything else skipped unparsed.
+
+/// A JSON scalar; arrays and objects are skipped (so a surprising type never fails a parse).
+#[derive(Debug, Default)]
+enum Scalar<'a> {
+    #[default]
+    Null,
+    Num(u64),
+    Str(Cow<'a, str>),
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Num(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Num(u64::try_from(v).unwrap_or(0)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // `as` saturates; NaN becomes 0.
+        Ok(Scalar::Num(if v > 0.0 { v as u64 } else { 0 }))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Null)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Null)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// A string field (anything else reads as absent).
+#[derive(Debug, Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Text(match Scalar::deserialize(d)? {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }))
+    }
+}
+
+impl Text<'_> {
+    fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// A token count (anything but a number reads as absent).
+#[derive(Debug, Default, Clone, Copy)]
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Count(match Scalar::deserialize(d)? {
+            Scalar::Num(n) => Some(n),
+            _ => None,
+        }))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Count,
+}
+
+/// Every usage shape at once; `raw` picks the fields of the API at hand.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireUsage {
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    #[serde(rename = "promptTokenCount")]
+    prompt_token_count: Count,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates_token_count: Count,
+    #[serde(rename = "thoughtsTokenCount")]
+    thoughts_token_count: Count,
+    #[serde(rename = "cachedContentTokenCount")]
+    cached_content_token_count: Count,
+}
+
+impl WireUsage {
+    fn raw(&self, kind: Kind) -> Raw {
+        let cached = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens.0);
+        match kind {
+            Kind::Anthropic => Raw {
+                prompt: self.input_tokens.0,
+                cached: self.cache_read_input_tokens.0,
+                cache_write: self.cache_creation_input_tokens.0,
+                output: self.output_tokens.0,
+                thoughts: None,
+            },
+            Kind::Chat | Kind::Embeddings => Raw {
+                prompt: self.prompt_tokens.0,
+                cached: cached(&self.prompt_tokens_details),
+                cache_write: None,
+                output: self.completion_tokens.0,
+                thoughts: None,
+            },
+            Kind::Responses => Raw {
+                prompt: self.input_tokens.0,
+                cached: cached(&self.input_tokens_details),
+                cache_write: None,
+                output: self.output_tokens.0,
+                thoughts: None,
+            },
+            Kind::Gemini => Raw {
+                prompt: self.prompt_token_count.0,
+                cached: self.cached_content_token_count.0,
+                cache_write: None,
+                output: self.candidates_token_count.0,
+                thoughts: self.thoughts_token_count.0,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireError<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    code: Scalar<'a>,
+    #[serde(borrow)]
+    status: Text<'a>,
+}
+
+impl WireError<'_> {
+    fn classify(&self) -> StreamError {
+        let code_str = match &self.code {
+            Scalar::Str(s) => Some(s.as_ref()),
+            _ => None,
+        };
+        let code_num = match self.code {
+            Scalar::Num(n) => n,
+            _ => 0,
+        };
+        let names = [self.kind.get(), code_str, self.status.get()];
+        let any = |f: &dyn Fn(&str) -> bool| names.iter().flatten().any(|s| f(s));
+        if code_num == 429 || any(&|s| s.contains("rate_limit") || s == "RESOURCE_EXHAUSTED") {
+            StreamError::RateLimited
+        } else if code_num == 529
+            || code_num == 503
+            || any(&|s| s.contains("overloaded") || s == "UNAVAILABLE")
+        {
+            StreamError::Overloaded
+        } else {
+            StreamError::Other
+        }
+    }
+}
+
+/// An Anthropic body or SSE event (`message_start`, `content_block_delta`, `message_delta`,
+/// `error`, ...): one struct covers them all.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnthropicDoc<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    usage: Option<WireUsage>,
+    #[serde(borrow)]
+    message: Option<AnthropicMessage<'a>>,
+    #[serde(borrow)]
+    delta: Option<AnthropicText<'a>>,
+    #[serde(borrow)]
+    content: Option<Vec<AnthropicText<'a>>>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnthropicMessage<'a> {
+    #[serde(borrow)]
+    model: Text<'a>,
+    usage: Option<WireUsage>,
+}
+
+/// A content block or a delta of one.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnthropicText<'a> {
+    #[serde(borrow)]
+    text: Text<'a>,
+    #[serde(borrow)]
+    thinking: Text<'a>,
+    #[serde(borrow)]
+    partial_json: Text<'a>,
+}
+
+/// A Chat Completions / Completions / Embeddings body or chunk.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OpenAiDoc<'a> {
+    #[serde(borrow)]
+    model: Text<'a>,
+    #[serde(borrow)]
+    choices: Option<Vec<OpenAiChoice<'a>>>,
+    usage: Option<WireUsage>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OpenAiChoice<'a> {
+    #[serde(borrow)]
+    delta: Option<OpenAiMessage<'a>>,
+    #[serde(borrow)]
+    message: Option<OpenAiMessage<'a>>,
+    /// `/v1/completions`
+    #[serde(borrow)]
+    text: Text<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OpenAiMessage<'a> {
+    #[serde(borrow)]
+    content: Text<'a>,
+    /// vLLM, DeepSeek and others stream reasoning under one of these.
+    #[serde(borrow)]
+    reasoning_content: Text<'a>,
+    #[serde(borrow)]
+    reasoning: Text<'a>,
+    #[serde(borrow)]
+    refusal: Text<'a>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<OpenAiToolCall<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OpenAiToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<OpenAiFunction<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OpenAiFunction<'a> {
+    #[serde(borrow)]
+    arguments: Text<'a>,
+}
+
+/// A Responses body (the response object itself) or SSE event (which wraps the response
+/// object in `response`, or carries a `delta`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResponsesDoc<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    delta: Text<'a>,
+    #[serde(borrow)]
+    code: Scalar<'a>,
+    #[serde(borrow)]
+    response: Option<ResponsesObject<'a>>,
+    #[serde(borrow)]
+    model: Text<'a>,
+    usage: Option<WireUsage>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+    #[serde(borrow)]
+    output: Option<Vec<ResponsesItem<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResponsesObject<'a> {
+    #[serde(borrow)]
+    model: Text<'a>,
+    usage: Option<WireUsage>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+    #[serde(borrow)]
+    output: Option<Vec<ResponsesItem<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResponsesItem<'a> {
+    #[serde(borrow)]
+    content: Option<Vec<AnthropicText<'a>>>,
+    #[serde(borrow)]
+    arguments: Text<'a>,
+}
+
+/// A Gemini body or stream element.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GeminiDoc<'a> {
+    #[serde(borrow)]
+    candidates: Option<Vec<GeminiCandidate<'a>>>,
+    #[serde(rename = "usageMetadata")]
+    usage: Option<WireUsage>,
+    #[serde(rename = "modelVersion", borrow)]
+    model: Text<'a>,
+    #[serde(borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GeminiCandidate<'a> {
+    #[serde(borrow)]
+    content: Option<GeminiContent<'a>>,
+    #[serde(rename = "finishReason", borrow)]
+    finish_reason: Text<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GeminiContent<'a> {
+    #[serde(borrow)]
+    parts: Option<Vec<AnthropicText<'a>>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The counting itself.
+
+/// Usage fields as last reported; each field replaces its earlier value when present.
+#[derive(Debug, Default, Clone, Copy)]
+struct Raw {
+    prompt: Option<u64>,
+    cached: Option<u64>,
+    cache_write: Option<u64>,
+    output: Option<u64>,
+    thoughts: Option<u64>,
+}
+
+impl Raw {
+    fn merge(&mut self, o: Raw) {
+        self.prompt = o.prompt.or(self.prompt);
+        self.cached = o.cached.or(self.cached);
+        self.cache_write = o.cache_write.or(self.cache_write);
+        self.output = o.output.or(self.output);
+        self.thoughts = o.thoughts.or(self.thoughts);
+    }
+}
+
+struct Counter {
+    kind: Kind,
+    raw: Raw,
+    /// The final usage arrived: `output` is real.
+    final_seen: bool,
+    model: Option<String>,
+    error: Option<StreamError>,
+    est: Estimator,
+    oversized: u64,
+}
+
+impl Counter {
+    fn new(kind: Kind, api: Api) -> Self {
+        Counter {
+            kind,
+            raw: Raw::default(),
+            final_seen: false,
+            model: None,
+            error: None,
+            est: Estimator::new(api),
+            oversized: 0,
+        }
+    }
+
+    /// One SSE event. Returns true for OpenAI's usage-only chunk (the one strip mode drops).
+    fn event(&mut self, e: Event<'_>) -> bool {
+        if e.truncated {
+            self.tail(e.data);
+            false
+        } else if e.data.is_empty() || e.is_done() {
+            false
+        } else {
+            self.doc(e.data, false)
+        }
+    }
+
+    /// One JSON document: a whole body (`whole`), an SSE event's data or an array element.
+    /// Unparsable documents are ignored. Returns true for a usage-only Chat chunk.
+    fn doc(&mut self, bytes: &[u8], whole: bool) -> bool {
+        match self.kind {
+            Kind::Anthropic => {
+                if let Ok(d) = serde_json::from_slice::<AnthropicDoc>(bytes) {
+                    self.anthropic(d);
+                }
+                false
+            }
+            Kind::Chat | Kind::Embeddings => match serde_json::from_slice::<OpenAiDoc>(bytes) {
+                Ok(d) => self.openai(d),
+                Err(_) => false,
+            },
+            Kind::Responses => {
+                if let Ok(d) = serde_json::from_slice::<ResponsesDoc>(bytes) {
+                    self.responses(d);
+                }
+                false
+            }
+            Kind::Gemini => {
+                if let Ok(d) = serde_json::from_slice::<GeminiDoc>(bytes) {
+                    self.gemini(d, whole);
+                }
+                false
+            }
+        }
+    }
+
+    fn anthropic(&mut self, d: AnthropicDoc<'_>) {
+        self.set_model(&d.model);
+        if let Some(m) = &d.message {
+            self.set_model(&m.model);
+            if let Some(u) = &m.usage {
+                self.raw.merge(u.raw(self.kind));
+            }
+        }
+        // Top-level usage: `message_delta` (cumulative) or the whole JSON body.
+        if let Some(u) = &d.usage {
+            self.raw.merge(u.raw(self.kind));
+            self.final_seen = true;
+        }
+        if let Some(t) = &d.delta {
+            self.push_texts(t);
+        }
+        for t in d.content.iter().flatten() {
+            self.push_texts(t);
+        }
+        if d.kind.get() == Some("error") {
+            let e = d
+                .error
+                .as_ref()
+                .map_or(StreamError::Other, WireError::classify);
+            self.set_error(e);
+        }
+    }
+
+    fn openai(&mut self, d: OpenAiDoc<'_>) -> bool {
+        self.set_model(&d.model);
+        for c in d.choices.iter().flatten() {
+            self.text(&c.text);
+            for m in [&c.delta, &c.message].into_iter().flatten() {
+                self.text(&m.content);
+                self.text(&m.reasoning_content);
+                self.text(&m.reasoning);
+                self.text(&m.refusal);
+                for call in m.tool_calls.iter().flatten() {
+                    if let Some(f) = &call.function {
+                        self.text(&f.arguments);
+                    }
+                }
+            }
+        }
+        if let Some(e) = &d.error {
+            self.set_error(e.classify());
+        }
+        match &d.usage {
+            Some(u) => {
+                self.raw.merge(u.raw(self.kind));
+                self.final_seen = true;
+                // Usage-only: `choices: []` (or, from some servers, no `choices` at all).
+                d.choices.as_ref().is_none_or(Vec::is_empty)
+            }
+            None => false,
+        }
+    }
+
+    fn responses(&mut self, d: ResponsesDoc<'_>) {
+        let kind = d.kind.get().unwrap_or_default();
+        let is_error = kind == "error";
+        if kind.ends_with(".delta") && !kind.contains("audio") {
+            self.text(&d.delta);
+        }
+        if is_error {
+            let e = match &d.error {
+                Some(e) => e.classify(),
+                None => WireError {
+                    code: d.code,
+                    ..WireError::default()
+                }
+                .classify(),
+            };
+            self.set_error(e);
+        }
+        // A stream's output text comes from its deltas; a body's from `output`.
+        let body = kind.is_empty();
+        let top = ResponsesObject {
+            model: d.model,
+            usage: d.usage,
+            error: if is_error { None } else { d.error },
+            output: if body { d.output } else { None },
+        };
+        for r in [d.response.as_ref(), Some(&top)].into_iter().flatten() {
+            self.set_model(&r.model);
+            if let Some(u) = &r.usage {
+                self.raw.merge(u.raw(self.kind));
+                self.final_seen = true;
+            }
+            if let Some(e) = &r.error {
+                self.set_error(e.classify());
+            }
+            if body {
+                for item in r.output.iter().flatten() {
+                    self.text(&item.arguments);
+                    for c in item.content.iter().flatten() {
+                        self.push_texts(c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn gemini(&mut self, d: GeminiDoc<'_>, whole: bool) {
+        self.set_model(&d.model);
+        let mut finished = whole;
+        for c in d.candidates.iter().flatten() {
+            finished |= c.finish_reason.get().is_some_and(|r| !r.is_empty());
+            let parts = c.content.as_ref().and_then(|c| c.parts.as_ref());
+            for p in parts.into_iter().flatten() {
+                self.text(&p.text);
+            }
+        }
+        if let Some(u) = &d.usage {
+            self.raw.merge(u.raw(self.kind));
+            // Every chunk repeats usageMetadata; only the last one's output is final.
+            self.final_seen |= finished;
+        }
+        if let Some(e) = &d.error {
+            self.set_error(e.classify());
+        }
+    }
+
+    /// The tail of a document too large to parse: look for its usage object.
+    fn tail(&mut self, tail: &[u8]) {
+        let key: &[u8] = if self.kind == Kind::Gemini {
+            b"\"usageMetadata\""
+        } else {
+            b"\"usage\""
+        };
+        // The last `"usage":` whose value reads as a usage object (a key named so inside
+        // e.g. tool arguments would sit earlier and usually fail to read).
+        let found = (0..tail.len()).rev().find_map(|i| {
+            let v = value_at(tail, i, key)?;
+            WireUsage::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok()
+        });
+        if let Some(u) = found {
+            self.raw.merge(u.raw(self.kind));
+            self.final_seen = true;
+        }
+        if self.kind == Kind::Gemini {
+            if let Some(v) = find_value(tail, b"\"modelVersion\"", true) {
+                if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
+                    self.set_model(&t);
+                }
+            }
+        }
+    }
+
+    fn push_texts(&mut self, t: &AnthropicText<'_>) {
+        self.text(&t.text);
+        self.text(&t.thinking);
+        self.text(&t.partial_json);
+    }
+
+    fn text(&mut self, t: &Text<'_>) {
+        if let Some(s) = t.get() {
+            if !s.is_empty() {
+                self.est.push_str(s);
+            }
+        }
+    }
+
+    /// Raw bytes of an over-cap JSON body, the fallback estimate's only source.
+    fn push_raw(&mut self, bytes: &[u8]) {
+        if self.kind == Kind::Embeddings || self.final_seen {
+            return;
+        }
+        for c in bytes.utf8_chunks() {
+            self.est.push_str(c.valid());
+        }
+    }
+
+    fn set_model(&mut self, t: &Text<'_>) {
+        if self.model.is_some() {
+            return;
+        }
+        if let Some(s) = t.get().filter(|s| !s.is_empty()) {
+            let mut end = s.len().min(MODEL_CAP);
+            while !s.is_char_boundary(end) {
+                end = end.saturating_sub(1);
+            }
+            self.model = Some(s.get(..end).unwrap_or_default().to_owned());
+        }
+    }
+
+    fn set_error(&mut self, e: StreamError) {
+        self.error.get_or_insert(e);
+    }
+
+    fn metering(&mut self) -> Metering {
+        self.est.end_text();
+        let r = self.raw;
+        let cached = r.cached.unwrap_or(0);
+        let (input, cache_write) = match self.kind {
+            Kind::Anthropic => (r.prompt.unwrap_or(0), r.cache_write.unwrap_or(0)),
+            _ => (r.prompt.unwrap_or(0).saturating_sub(cached), 0),
+        };
+        let reported = r
+            .output
+            .unwrap_or(0)
+            .saturating_add(r.thoughts.unwrap_or(0));
+        let (output, output_estimated) = if self.kind == Kind::Embeddings {
+            (0, false)
+        } else if self.final_seen {
+            (reported, false)
+        } else {
+            (reported.max(self.est.tokens()), true)
+        };
+        let complete = r.prompt.is_some();
+        Metering {
+            usage: Usage {
+                input: if complete { input } else { 0 },
+                cache_read: if complete { cached } else { 0 },
+                cache_write: if complete { cache_write } else { 0 },
+                output,
+            },
+            complete,
+            output_estimated,
+            model: self.model.clone(),
+            stream_error: self.error,
+            unsupported_encoding: false,
+            oversized_events: self.oversized,
+        }
+    }
+}
+
+/// The value after `key` if `hay` holds `key`, optional whitespace and `:` at `i`. Inside
+/// valid JSON a string followed by `:` is always a key.
+fn value_at<'a>(hay: &'a [u8], i: usize, key: &[u8]) -> Option<&'a [u8]> {
+    if hay.get(i..i.saturating_add(key.len()))? != key {
+        return None;
+    }
+    let rest = hay.get(i.saturating_add(key.len())..)?;
+    let rest = rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)?;
+    let rest = rest.strip_prefix(b":")?;
+    rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)
+}
+
+/// The value of the first (or with `from_end` the last) `key` in `hay`.
+fn find_value<'a>(hay: &'a [u8], key: &[u8], from_end: bool) -> Option<&'a [u8]> {
+    if from_end {
+        (0..hay.len()).rev().find_map(|i| value_at(hay, i, key))
+    } else {
+        (0..hay.len()).find_map(|i| value_at(hay, i, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::tests::{
+        ANTHROPIC, GEMINI_SSE, OPENAI_CHAT_NO_USAGE, OPENAI_CHAT_USAGE, OPENAI_RESPONSES,
+    };
+    use proptest::prelude::*;
+
+    const SSE: &str = "text/event-stream; charset=utf-8";
+    const JSON: &str = "application/json";
+
+    fn gemini(stream: bool) -> Metered {
+        Metered::Gemini {
+            model: "gemini-2.0-flash".into(),
+            stream,
+        }
+    }
+
+    /// Feeds `body` split at `splits`; returns what the client received and the metering.
+    fn run(
+        endpoint: &Metered,
+        ct: &str,
+        enc: &str,
+        strip: bool,
+        body: &[u8],
+        splits: &[usize],
+    ) -> (Vec<u8>, Metering) {
+        let mut m = ResponseMeter::new(endpoint, ct, enc, strip);
+        let mut client = Vec::new();
+        let mut bounds = splits.to_vec();
+        bounds.push(body.len());
+        let mut from = 0;
+        for (n, &to) in bounds.iter().enumerate() {
+            let chunk = &body[from..to];
+            let out = if n + 1 == bounds.len() {
+                m.feed_last(chunk)
+            } else {
+                m.feed(chunk)
+            };
+            match out {
+                Some(out) => client.extend_from_slice(&out),
+                None => client.extend_from_slice(chunk),
+            }
+            from = to;
+        }
+        (client, m.finish())
+    }
+
+    fn usage(input: u64, cache_read: u64, cache_write: u64, output: u64) -> Usage {
+        Usage {
+            input,
+            cache_read,
+            cache_write,
+            output,
+        }
+    }
+
+    fn real(u: Usage, model: &str) -> Metering {
+        Metering {
+            usage: u,
+            complete: true,
+            model: Some(model.into()),
+            ..Metering::default()
+        }
+    }
+
+    /// What the estimator makes of these deltas, pushed one by one as the meter does.
+    fn estimate(api: Api, deltas: &[&str]) -> u64 {
+        let mut e = Estimator::new(api);
+        for d in deltas {
+            e.push_str(d);
+        }
+        e.end_text();
+        e.tokens()
+    }
+
+    const ANTHROPIC_JSON: &str = r#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hi \u00e9t\u00e9!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":3,"cache_read_input_tokens":40,"output_tokens":6,"service_tier":"standard"}}"#;
+    const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Bonjour à tous","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920},"completion_tokens_details":{"reasoning_tokens":100}}}"#;
+    const COMPLETIONS_JSON: &str = r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"meta-llama/Llama-3.1-8B","choices":[{"index":0,"text":" the sea.","logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"total_tokens":12,"completion_tokens":7,"prompt_tokens_details":null}}"#;
+    const EMBEDDINGS_JSON: &str = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0151]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    const RESPONSES_JSON: &str = r#"{"id":"resp_1","object":"response","created_at":1,"status":"completed","error":null,"model":"o4-mini-2025-04-16","output":[{"type":"reasoning","id":"rs_1","summary":[]},{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"42","annotations":[]}]}],"tools":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":64},"total_tokens":123},"user":null,"metadata":{}}"#;
+    const GEMINI_JSON: &str = r#"{"candidates":[{"content":{"parts":[{"text":"Hello"}],"role":"model"},"finishReason":"STOP","avgLogprobs":-0.1}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"totalTokenCount":15,"promptTokensDetails":[{"modality":"TEXT","tokenCount":10}]},"modelVersion":"gemini-1.5-flash-002"}"#;
+    const GEMINI_ARRAY: &str = "[{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Ein {Satz} mit \\\"Klammern]\"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 9,\"totalTokenCount\": 9},\"modelVersion\": \"gemini-2.5-pro\"}\r\n,\r\n{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"und Ümläute 日本\"}],\"role\": \"model\"},\"finishReason\": \"STOP\"}],\"usageMetadata\": {\"promptTokenCount\": 9,\"candidatesTokenCount\": 7,\"totalTokenCount\": 116,\"thoughtsTokenCount\": 100},\"modelVersion\": \"gemini-2.5-pro\"}\r\n]";
+
+    #[test]
+    fn normalises_json_bodies_of_every_api() {
+        let cases = [
+            (
+                "anthropic",
+                Metered::Messages,
+                ANTHROPIC_JSON,
+                real(usage(12, 40, 3, 6), "claude-sonnet-4-20250514"),
+            ),
+            (
+                "chat",
+                Metered::ChatCompletions,
+                CHAT_JSON,
+                real(usage(86, 1920, 0, 300), "gpt-4o-2024-08-06"),
+            ),
+            (
+                "completions",
+                Metered::Completions,
+                COMPLETIONS_JSON,
+                real(usage(5, 0, 0, 7), "meta-llama/Llama-3.1-8B"),
+            ),
+            (
+                "embeddings",
+                Metered::Embeddings,
+                EMBEDDINGS_JSON,
+                real(usage(8, 0, 0, 0), "text-embedding-3-small"),
+            ),
+            (
+                "responses",
+                Metered::Responses,
+                RESPONSES_JSON,
+                real(usage(36, 0, 0, 87), "o4-mini-2025-04-16"),
+            ),
+            (
+                "gemini",
+                gemini(false),
+                GEMINI_JSON,
+                real(usage(10, 0, 0, 5), "gemini-1.5-flash-002"),
+            ),
+            (
+                "gemini array",
+                gemini(true),
+                GEMINI_ARRAY,
+                real(usage(9, 0, 0, 107), "gemini-2.5-pro"),
+            ),
+            (
+                "gemini array as json",
+                gemini(false),
+                GEMINI_ARRAY,
+                real(usage(9, 0, 0, 107), "gemini-2.5-pro"),
+            ),
+        ];
+        for (name, endpoint, body, want) in cases {
+            let b = body.as_bytes();
+            let (client, whole) = run(&endpoint, JSON, "", false, b, &[]);
+            assert_eq!(whole, want, "{name}");
+            assert_eq!(client, b, "{name}");
+            for i in 0..=b.len() {
+                assert_eq!(
+                    run(&endpoint, JSON, "", false, b, &[i]).1,
+                    want,
+                    "{name} split at {i}"
+                );
+            }
+        }
+    }
+
+    fn stream_cases() -> Vec<(&'static str, Metered, &'static str, Metering)> {
+        vec![
+            (
+                "anthropic",
+                Metered::Messages,
+                ANTHROPIC,
+                real(usage(472, 2048, 100, 15), "claude-3-5-haiku-20241022"),
+            ),
+            (
+                "chat with usage",
+                Metered::ChatCompletions,
+                OPENAI_CHAT_USAGE,
+                real(usage(176, 1024, 0, 9), "gpt-4o-mini-2024-07-18"),
+            ),
+            (
+                "chat without usage",
+                Metered::ChatCompletions,
+                OPENAI_CHAT_NO_USAGE,
+                Metering {
+                    usage: usage(
+                        0,
+                        0,
+                        0,
+                        estimate(Api::OpenAi, &["Ça va très bien, ", "merci ✨"]),
+                    ),
+                    output_estimated: true,
+                    model: Some("gpt-4o-2024-08-06".into()),
+                    ..Metering::default()
+                },
+            ),
+            (
+                "responses",
+                Metered::Responses,
+                OPENAI_RESPONSES,
+                real(usage(200, 128, 0, 52), "gpt-4.1-2025-04-14"),
+            ),
+            (
+                "gemini alt=sse",
+                gemini(true),
+                GEMINI_SSE,
+                real(usage(88, 512, 0, 421), "gemini-2.0-flash"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn normalises_streams_of_every_api_at_every_split_point() {
+        for (name, endpoint, body, want) in stream_cases() {
+            let b = body.as_bytes();
+            let (client, whole) = run(&endpoint, SSE, "", false, b, &[]);
+            assert_eq!(whole, want, "{name}");
+            assert_eq!(client, b, "{name}");
+            for i in 0..=b.len() {
+                assert_eq!(
+                    run(&endpoint, SSE, "", false, b, &[i]).1,
+                    want,
+                    "{name} split at {i}"
+                );
+            }
+            let all: Vec<usize> = (1..b.len()).collect();
+            assert_eq!(
+                run(&endpoint, SSE, "", false, b, &all).1,
+                want,
+                "{name} byte by byte"
+            );
+        }
+    }
+
+    #[test]
+    fn gemini_array_stream_gives_the_same_usage_at_every_split_point() {
+        let b = GEMINI_ARRAY.as_bytes();
+        let want = real(usage(9, 0, 0, 107), "gemini-2.5-pro");
+        for i in 0..=b.len() {
+            for j in (i..=b.len()).step_by(13) {
+                assert_eq!(
+                    run(&gemini(true), JSON, "", false, b, &[i, j]).1,
+                    want,
+                    "split {i},{j}"
+                );
+            }
+        }
+    }
+
+    /// The usage-only chunk of `OPENAI_CHAT_USAGE` and the stream without it.
+    fn without_usage_chunk(stream: &str) -> String {
+        let start = stream.find("data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[],").unwrap();
+        let end = start + stream[start..].find("data: [DONE]").unwrap();
+        format!("{}{}", &stream[..start], &stream[end..])
+    }
+
+    #[test]
+    fn strip_mode_drops_exactly_the_usage_chunk_at_every_split_point() {
+        let variants = [
+            ("lf", OPENAI_CHAT_USAGE.to_string()),
+            ("crlf", OPENAI_CHAT_USAGE.replace('\n', "\r\n")),
+            ("cr", OPENAI_CHAT_USAGE.replace('\n', "\r")),
+        ];
+        let want_usage = real(usage(176, 1024, 0, 9), "gpt-4o-mini-2024-07-18");
+        for (name, stream) in variants {
+            let b = stream.as_bytes();
+            let want = without_usage_chunk(&stream);
+            let (client, m) = run(&Metered::ChatCompletions, SSE, "", true, b, &[]);
+            assert_eq!(String::from_utf8(client).unwrap(), want, "{name}");
+            assert_eq!(m, want_usage, "{name}");
+            for i in 0..=b.len() {
+                for j in (i..=b.len()).step_by(61) {
+                    let (client, m) = run(&Metered::ChatCompletions, SSE, "", true, b, &[i, j]);
+                    let client = String::from_utf8(client).unwrap();
+                    assert_eq!(client, want, "{name} split at {i},{j}");
+                    assert_eq!(m, want_usage, "{name} split at {i},{j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strip_mode_passes_whole_events_unchanged_without_copying() {
+        let mut m = ResponseMeter::new(&Metered::ChatCompletions, SSE, "", true);
+        let events: Vec<&str> = OPENAI_CHAT_USAGE.split_inclusive("\n\n").collect();
+        for (i, e) in events.iter().enumerate() {
+            let out = if i + 1 == events.len() {
+                m.feed_last(e.as_bytes())
+            } else {
+                m.feed(e.as_bytes())
+            };
+            if e.contains("\"choices\":[]") {
+                assert_eq!(out, Some(Vec::new()));
+            } else {
+                assert_eq!(out, None, "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn strip_mode_drops_a_usage_chunk_without_choices_too() {
+        let body = "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+data: {\"model\":\"m\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n\
+data: [DONE]\n\n";
+        let (client, m) = run(
+            &Metered::ChatCompletions,
+            SSE,
+            "",
+            true,
+            body.as_bytes(),
+            &[],
+        );
+        assert_eq!(
+            String::from_utf8(client).unwrap(),
+            "data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(m, real(usage(3, 0, 0, 1), "m"));
+    }
+
+    #[test]
+    fn strip_mode_is_off_for_other_apis_and_for_compressed_bodies() {
+        for (endpoint, enc) in [(Metered::ChatCompletions, "gzip"), (Metered::Messages, "")] {
+            let m = ResponseMeter::new(&endpoint, SSE, enc, true);
+            assert!(m.strip.is_none());
+        }
+        assert!(ResponseMeter::new(&Metered::Completions, SSE, "", true)
+            .strip
+            .is_some());
+    }
+
+    #[test]
+    fn strip_mode_lets_a_huge_event_through_as_it_comes() {
+        let mut big = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        big.extend(std::iter::repeat_n(b'a', HOLD_CAP + 10));
+        big.extend_from_slice(b"\"}}]}\n\n");
+        let mut m = ResponseMeter::new(&Metered::ChatCompletions, SSE, "", true);
+        let mut client = Vec::new();
+        for c in big.chunks(64 * 1024) {
+            let out = m.feed(c);
+            assert!(m.strip.as_ref().unwrap().held.len() <= HOLD_CAP);
+            client.extend(out.unwrap_or_else(|| c.to_vec()));
+        }
+        assert_eq!(client, big);
+    }
+
+    fn gzip(data: &[u8], header_extras: bool) -> Vec<u8> {
+        let mut out = vec![0x1f, 0x8b, 8];
+        if header_extras {
+            out.extend_from_slice(&[FEXTRA | FNAME | FCOMMENT | FHCRC, 0, 0, 0, 0, 0, 3]);
+            out.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+            out.extend_from_slice(b"name.txt\0a comment\0");
+            out.extend_from_slice(&[0xaa, 0xbb]);
+        } else {
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 3]);
+        }
+        out.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+        out.extend_from_slice(&[0; 8]); // CRC and size: not checked
+        out
+    }
+
+    #[test]
+    fn counts_gzip_and_deflate_bodies_at_every_split_point() {
+        for (name, endpoint, body, want) in stream_cases() {
+            let b = body.as_bytes();
+            for (enc, packed) in [
+                ("gzip", gzip(b, false)),
+                ("gzip", gzip(b, true)),
+                ("deflate", miniz_oxide::deflate::compress_to_vec_zlib(b, 6)),
+                ("deflate", miniz_oxide::deflate::compress_to_vec(b, 6)),
+            ] {
+                let (client, whole) = run(&endpoint, SSE, enc, false, &packed, &[]);
+                assert_eq!(client, packed, "{name} {enc}: bytes go on unchanged");
+                assert_eq!(whole, want, "{name} {enc}");
+                for i in 0..=packed.len() {
+                    assert_eq!(
+                        run(&endpoint, SSE, enc, false, &packed, &[i]).1,
+                        want,
+                        "{name} {enc} split at {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn counts_a_concatenated_gzip_body() {
+        let b = OPENAI_CHAT_USAGE.as_bytes();
+        let (first, second) = b.split_at(300);
+        let mut packed = gzip(first, false);
+        packed.extend(gzip(second, true));
+        let want = real(usage(176, 1024, 0, 9), "gpt-4o-mini-2024-07-18");
+        assert_eq!(
+            run(&Metered::ChatCompletions, SSE, "gzip", false, &packed, &[]).1,
+            want
+        );
+    }
+
+    #[test]
+    fn unsupported_encoding_is_reported_as_uncounted() {
+        let m = run(
+            &Metered::Messages,
+            SSE,
+            "br",
+            false,
+            ANTHROPIC.as_bytes(),
+            &[],
+        )
+        .1;
+        assert!(m.unsupported_encoding && !m.complete && m.output_estimated);
+        assert_eq!(m.usage, Usage::default());
+    }
+
+    #[test]
+    fn aborted_streams_estimate_output_from_the_streamed_text() {
+        let cut = |s: &str, before: &str| s[..s.find(before).unwrap()].to_string();
+        let cases = [
+            // Anthropic told the input at message_start: it stays real.
+            (
+                "anthropic",
+                Metered::Messages,
+                cut(ANTHROPIC, "event: content_block_stop"),
+                Metering {
+                    usage: usage(472, 2048, 100, estimate(Api::Anthropic, &["Grüße aus Köln! ", "東京は晴れ 🌤️"]).max(2)),
+                    complete: true,
+                    output_estimated: true,
+                    model: Some("claude-3-5-haiku-20241022".into()),
+                    ..Metering::default()
+                },
+            ),
+            (
+                "chat",
+                Metered::ChatCompletions,
+                cut(OPENAI_CHAT_USAGE, "data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{},"),
+                Metering {
+                    usage: usage(0, 0, 0, estimate(Api::OpenAi, &["Привет, ", "мир! 你好\n"])),
+                    output_estimated: true,
+                    model: Some("gpt-4o-mini-2024-07-18".into()),
+                    ..Metering::default()
+                },
+            ),
+            (
+                "responses",
+                Metered::Responses,
+                cut(OPENAI_RESPONSES, "event: response.output_text.done"),
+                Metering {
+                    usage: usage(0, 0, 0, estimate(Api::OpenAi, &["Hallo Wält, ", "こんにちは"])),
+                    output_estimated: true,
+                    model: Some("gpt-4.1-2025-04-14".into()),
+                    ..Metering::default()
+                },
+            ),
+            (
+                "gemini",
+                gemini(true),
+                cut(GEMINI_SSE, "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"\"}]"),
+                Metering {
+                    usage: usage(600, 0, 0, estimate(Api::Gemini, &["Der Himmel ist blau, ", "weil Licht 散乱する。"])),
+                    complete: true,
+                    output_estimated: true,
+                    model: Some("gemini-2.0-flash".into()),
+                    ..Metering::default()
+                },
+            ),
+        ];
+        for (name, endpoint, body, want) in cases {
+            // Also cut mid-event: the half event adds nothing.
+            for extra in ["", "event: x\ndata: {\"type\":\"content_blo"] {
+                let body = format!("{body}{extra}");
+                assert_eq!(
+                    run(&endpoint, SSE, "", false, body.as_bytes(), &[]).1,
+                    want,
+                    "{name} {extra:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reports_error_events_inside_streams() {
+        let cases = [
+            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", StreamError::Overloaded),
+            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\"}}\n\n", StreamError::RateLimited),
+            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"boom\"}}\n\n", StreamError::Other),
+            (Metered::ChatCompletions, "data: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}\n\n", StreamError::RateLimited),
+            (Metered::ChatCompletions, "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n", StreamError::Other),
+            (Metered::Responses, "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"x\",\"param\":null}\n\n", StreamError::RateLimited),
+            (Metered::Responses, "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"usage\":null}}\n\n", StreamError::Other),
+            (gemini(true), "data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\n\n", StreamError::Overloaded),
+            (gemini(true), "data: {\"error\":{\"code\":429,\"message\":\"quota\",\"status\":\"RESOURCE_EXHAUSTED\"}}\n\n", StreamError::RateLimited),
+        ];
+        for (endpoint, body, want) in cases {
+            let m = run(&endpoint, SSE, "", false, body.as_bytes(), &[]).1;
+            assert_eq!(m.stream_error, Some(want), "{body}");
+        }
+    }
+
+    #[test]
+    fn later_usage_replaces_earlier_usage_field_by_field() {
+        let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":20}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":11,\"output_tokens\":30}}\n\n";
+        let m = run(&Metered::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+        assert_eq!(m, real(usage(11, 5, 0, 30), "m"));
+    }
+
+    #[test]
+    fn finds_usage_at_the_end_of_an_oversized_json_body() {
+        let mut body = br#"{"object":"list","model":"text-embedding-3-large","data":[{"object":"embedding","index":0,"embedding":["#.to_vec();
+        while body.len() < JSON_CAP + 300_000 {
+            body.extend_from_slice(b"-0.0123456789,");
+        }
+        body.extend_from_slice(br#"0.1]}],"usage":{"prompt_tokens":8191,"total_tokens":8191}}"#);
+        let m = run(
+            &Metered::Embeddings,
+            JSON,
+            "",
+            false,
+            &body,
+            &[JSON_CAP - 7, JSON_CAP + 100_000],
+        )
+        .1;
+        assert_eq!(
+            m,
+            Metering {
+                oversized_events: 1,
+                ..real(usage(8191, 0, 0, 0), "text-embedding-3-large")
+            }
+        );
+    }
+
+    #[test]
+    fn finds_usage_in_the_tail_of_an_oversized_event() {
+        let text = "x".repeat(DEFAULT_EVENT_CAP + 1000);
+        let body = format!(
+            "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"model\":\"gpt-4.1\",\"output\":[{{\"content\":[{{\"text\":\"{text}\"}}]}}],\"usage\":{{\"input_tokens\":10,\"input_tokens_details\":{{\"cached_tokens\":4}},\"output_tokens\":300000}}}}}}\n\n"
+        );
+        let m = run(
+            &Metered::Responses,
+            SSE,
+            "",
+            false,
+            body.as_bytes(),
+            &[100, 500_000],
+        )
+        .1;
+        assert_eq!(m.usage, usage(6, 4, 0, 300_000));
+        assert!(m.complete && !m.output_estimated);
+        assert_eq!(m.oversized_events, 1);
+    }
+
+    #[test]
+    fn garbage_gives_an_incomplete_metering() {
+        for (endpoint, ct, body) in [
+            (Metered::Messages, SSE, "data: {not json\n\n"),
+            (
+                Metered::ChatCompletions,
+                JSON,
+                "<html>502 Bad Gateway</html>",
+            ),
+            (gemini(true), JSON, "[{\"a\":}]]]]{{{"),
+            (Metered::Responses, JSON, ""),
+        ] {
+            let m = run(&endpoint, ct, "", false, body.as_bytes(), &[]).1;
+            assert!(!m.complete, "{body}");
+            assert_eq!(m.usage.input_side(), 0);
+        }
+    }
+
+    #[test]
+    fn detects_the_body_framing() {
+        assert_eq!(
+            Body::detect(&Metered::Messages, "Text/Event-Stream"),
+            Body::Sse
+        );
+        assert_eq!(
+            Body::detect(&gemini(true), "application/json"),
+            Body::JsonArrayStream
+        );
+        assert_eq!(Body::detect(&gemini(true), "text/event-stream"), Body::Sse);
+        assert_eq!(Body::detect(&gemini(false), "application/json"), Body::Json);
+    }
+
+    #[test]
+    fn finish_twice_gives_the_same_answer() {
+        let mut m = ResponseMeter::new(&Metered::Messages, JSON, "", false);
+        assert_eq!(m.feed_last(ANTHROPIC_JSON.as_bytes()), None);
+        let a = m.finish();
+        assert_eq!(m.finish(), a);
+    }
+
+    fn endpoints() -> Vec<Metered> {
+        vec![
+            Metered::Messages,
+            Metered::ChatCompletions,
+            Metered::Completions,
+            Metered::Embeddings,
+            Metered::Responses,
+            gemini(false),
+            gemini(true),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn random_bytes_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            splits in proptest::collection::vec(0usize..600, 0..6),
+            e in 0usize..7,
+            ct in prop::sample::select(vec![SSE, JSON]),
+            enc in prop::sample::select(vec!["", "gzip", "deflate", "br"]),
+            strip in any::<bool>(),
+        ) {
+            let mut splits: Vec<usize> = splits.into_iter().map(|s| s.min(body.len())).collect();
+            splits.sort_unstable();
+            let endpoint = &endpoints()[e];
+            let (client, _) = run(endpoint, ct, enc, strip, &body, &splits);
+            prop_assert!(client.len() <= body.len());
+            if !strip {
+                prop_assert_eq!(client, body);
+            }
+        }
+
+        #[test]
+        fn mutated_real_streams_never_panic(
+            e in 0usize..5,
+            flips in proptest::collection::vec((0usize..2000, any::<u8>()), 0..8),
+            splits in proptest::collection::vec(0usize..2000, 0..4),
+            gz in any::<bool>(),
+        ) {
+            let (_, endpoint, body, _) = &stream_cases()[e];
+            let mut body = body.as_bytes().to_vec();
+            for (at, b) in flips {
+                if let Some(x) = body.get_mut(at) { *x = b; }
+            }
+            let body = if gz { gzip(&body, true) } else { body };
+            let mut splits: Vec<usize> = splits.into_iter().map(|s| s.min(body.len())).collect();
+            splits.sort_unstable();
+            let enc = if gz { "gzip" } else { "" };
+            let (client, _) = run(endpoint, SSE, enc, true, &body, &splits);
+            prop_assert!(client.len() <= body.len());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+"""e2e fixtures: the mock LLM upstream and real Envoy 1.40 processes running the built
+tollgate.wasm with `--concurrency 2`. Every test fails if any Envoy's log holds a
+`panicked` line afterwards; every process is torn down even when a test fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import envoyctl  # noqa: E402
+from mockctl import Mock  # noqa: E402
+
+ACCOUNT_KEYS = {
+    "TOLLGATE_ANTHROPIC_KEY_1": "sk-ant-api03-upstream-account-one-0000000000AAAA",
+    "TOLLGATE_OPENAI_KEY_1": "sk-proj-upstream-account-one-000000000000BBBB",
+    "TOLLGATE_GEMINI_KEY_1": "AIza-upstream-gemini-account-one-CCCC",
+}
+KEY_A = "tg-test-key-team-a"
+KEY_B = "tg-test-key-team-b"
+ADMIN_KEY = "tg-test-admin"
+
+
+def sha(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def base_config(**overrides) -> dict:
+    """The tollgate configuration most e2e tests run with."""
+    cfg = {
+        "consumers": [
+            {"name": "team-a", "keys": [KEY_A]},
+            {"name": "team-b", "keys": [sha(KEY_B)], "models": ["claude-haiku-*", "gpt-4o-mini", "gemini-2.0-flash"]},
+        ],
+        "limits": [{"tokens": 10_000_000, "per": "minute"}],
+        "accounts": [
+            {"name": "anthropic-1", "provider": "anthropic", "key_env": "TOLLGATE_ANTHROPIC_KEY_1"},
+            {"name": "openai-1", "provider": "openai", "key_env": "TOLLGATE_OPENAI_KEY_1"},
+            {"name": "gemini-1", "provider": "gemini", "key_env": "TOLLGATE_GEMINI_KEY_1"},
+        ],
+        "admin": {"path": "/tollgate", "keys": [sha(ADMIN_KEY)]},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+_started: list[envoyctl.Envoy] = []
+
+
+@pytest.fixture(scope="session")
+def mock():
+    if not envoyctl.MOCK.exists():
+        pytest.fail(f"{envoyctl.MOCK} is missing: run `make build`")
+    m = Mock(str(envoyctl.MOCK))
+    m.start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("envoy")
+
+
+class EnvoyFactory:
+    def __init__(self, mock: Mock, workdir: Path):
+        self.mock = mock
+        self.workdir = workdir
+        self.mine: list[envoyctl.Envoy] = []
+
+    def __call__(self, tollgate: dict | str | None = None, shipped: str = "envoy.yaml",
+                 env: dict | None = None, expect_fail: bool = False, name: str | None = None,
+                 concurrency: int = 2, patch=None) -> envoyctl.Envoy:
+        cfg = envoyctl.load(shipped)
+        ports = {"tollgate": envoyctl.free_port(), "llm": self.mock.port}
+        cfg = envoyctl.render(cfg, ports=ports, admin_port=envoyctl.free_port(),
+                              tollgate=tollgate if tollgate is not None else base_config())
+        if patch:
+            patch(cfg)
+        n = name or f"envoy-{len(_started)}"
+        e = envoyctl.Envoy(cfg, self.workdir, env={**ACCOUNT_KEYS, **(env or {})},
+                           concurrency=concurrency, name=n)
+        _started.append(e)
+        self.mine.append(e)
+        return e.start(expect_fail=expect_fail)
+
+    def close(self):
+        for e in self.mine:
+            e.stop()
+
+
+@pytest.fixture
+def make_envoy(mock, workdir):
+    f = EnvoyFactory(mock, workdir)
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def envoy(mock, workdir):
+    """One Envoy with `base_config()`, shared by a test module."""
+    f = EnvoyFactory(mock, workdir)
+    yield f()
+    f.close()
+
+
+@pytest.fixture(autouse=True)
+def no_panics():
+    """Fails the test if any Envoy started so far logged a panic."""
+    yield
+    for e in _started:
+        text = e.log_text()
+        if "panicked" in text:
+            lines = [ln for ln in text.splitlines() if "panicked" in ln]
+            pytest.fail(f"{e.name} logged a panic: {lines[:3]}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for e in _started:
+        e.stop()

@@ -1,0 +1,359 @@
+//! The response body: one buffer, or a stream plan played frame by frame with optional delays,
+//! sync-flushed gzip, and a deliberate abort (the body errors, so hyper drops the connection
+//! without a proper end: no last chunk on HTTP/1.1, RST_STREAM on HTTP/2).
+
+use std::future::Future as _;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+use crate::providers::{Part, Plan};
+use crate::record::{End, Record};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug)]
+struct MockReset;
+
+impl std::fmt::Display for MockReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("tollgate-mock: scripted reset")
+    }
+}
+
+impl std::error::Error for MockReset {}
+
+enum Source {
+    /// A whole body; with `truncate`, only its first half is sent, then the connection aborts.
+    Once {
+        data: Option<Bytes>,
+        len: u64,
+        truncate: bool,
+    },
+    Stream(Box<StreamState>),
+}
+
+struct StreamState {
+    plan: Plan,
+    pos: usize,
+    delay: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Abort before the delta with this index (after that many deltas were sent).
+    reset_after: Option<usize>,
+    gzip: Option<GzEncoder<Vec<u8>>>,
+    deltas_sent: usize,
+    end: End,
+}
+
+pub struct MockBody {
+    src: Source,
+    rec: Option<Arc<Record>>,
+    done: bool,
+    /// Armed at the abort point: hyper only flushes what it buffered when the body is pending,
+    /// and an error drops the buffer, so the abort waits a moment for the bytes to go out.
+    reset_wait: Option<Pin<Box<Sleep>>>,
+}
+
+/// Long enough for hyper to flush the frames already produced before the abort.
+const RESET_FLUSH: Duration = Duration::from_millis(5);
+
+pub fn gzip_all(data: &[u8]) -> Bytes {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+impl MockBody {
+    pub fn full(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody {
+            src: Source::Once {
+                len: data.len() as u64,
+                data: Some(data),
+                truncate: false,
+            },
+            rec,
+            done: false,
+            reset_wait: None,
+        }
+    }
+
+    pub fn truncated(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody {
+            src: Source::Once {
+                len: data.len() as u64,
+                data: Some(data),
+                truncate: true,
+            },
+            rec,
+            done: false,
+            reset_wait: None,
+        }
+    }
+
+    pub fn stream(
+        plan: Plan,
+        delay_ms: u64,
+        reset_after: Option<usize>,
+        gzip: bool,
+        sse_error: bool,
+        rec: Option<Arc<Record>>,
+    ) -> MockBody {
+        MockBody {
+            src: Source::Stream(Box::new(StreamState {
+                plan,
+                pos: 0,
+                delay: Duration::from_millis(delay_ms),
+                sleep: None,
+                reset_after,
+                gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
+                deltas_sent: 0,
+                end: if sse_error {
+                    End::SseError
+                } else {
+                    End::Complete
+                },
+            })),
+            rec,
+            done: false,
+            reset_wait: None,
+        }
+    }
+
+    /// Waits for the flush, then fails the body so hyper aborts the connection/stream.
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let wait = self
+            .reset_wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESET_FLUSH)));
+        if wait.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.finish(End::Reset);
+        Poll::Ready(Some(Err(Box::new(MockReset))))
+    }
+
+    fn finish(&mut self, end: End) {
+        self.done = true;
+        if let Some(r) = &self.rec {
+            r.set_end(end);
+        }
+    }
+}
+
+impl Drop for MockBody {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(r) = &self.rec {
+                // Hyper dropped the body before its end: the client went away.
+                r.set_end(End::ClientGone);
+            }
+        }
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match &mut this.src {
+            Source::Once {
+                data,
+                truncate,
+                len: _,
+            } => match data.take() {
+                Some(mut d) => {
+                    if *truncate {
+                        // Leave a half body behind and then fail on the next poll.
+                        Poll::Ready(Some(Ok(Frame::data(d.split_to(d.len() / 2)))))
+                    } else {
+                        this.finish(End::Complete);
+                        Poll::Ready(Some(Ok(Frame::data(d))))
+                    }
+                }
+                None => this.poll_reset(cx),
+            },
+            Source::Stream(st) => {
+                let part = st.plan.part(st.pos);
+                // The abort point is before delta N, or before the tail when N is all of them.
+                let at_boundary = part == Some(Part::Delta)
+                    || (part == Some(Part::Tail) && st.deltas_sent == st.plan.n);
+                if at_boundary && st.reset_after == Some(st.deltas_sent) {
+                    return this.poll_reset(cx);
+                }
+                if part == Some(Part::Delta) && !st.delay.is_zero() {
+                    let sleep = st
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(st.delay)));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    st.sleep = None;
+                }
+                let Some(frame) = st.plan.frame(st.pos) else {
+                    // Past the end: flush the gzip trailer if any, then stop.
+                    let trailer = st.gzip.take().and_then(|g| g.finish().ok());
+                    let end = st.end;
+                    if let Some(r) = &this.rec {
+                        r.events_sent.store(st.deltas_sent, Ordering::Relaxed);
+                    }
+                    this.finish(end);
+                    return match trailer {
+                        Some(t) if !t.is_empty() => {
+                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(t)))))
+                        }
+                        _ => Poll::Ready(None),
+                    };
+                };
+                st.pos += 1;
+                if part == Some(Part::Delta) {
+                    st.deltas_sent += 1;
+                    // Cheap enough per delta, and lets tests see how far an aborted stream got.
+                    if let Some(r) = &this.rec {
+                        r.events_sent.store(st.deltas_sent, Ordering::Relaxed);
+                    }
+                }
+                let out = match st.gzip.as_mut() {
+                    Some(g) => {
+                        let _ = g.write_all(&frame);
+                        let _ = g.flush();
+                        Bytes::from(std::mem::take(g.get_mut()))
+                    }
+                    None => frame,
+                };
+                Poll::Ready(Some(Ok(Frame::data(out))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.src {
+            Source::Once { len, .. } => SizeHint::with_exact(*len),
+            Source::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{stream_plan, Kind, Req, Usage};
+    use crate::script::Words;
+    use http_body_util::BodyExt;
+    use std::io::Read as _;
+
+    fn plan(n: usize) -> Plan {
+        let r = Req {
+            id: 1,
+            created: 0,
+            model: "m".into(),
+            include_usage: false,
+            n,
+            capped: false,
+            usage: Usage {
+                input: 1,
+                output: n as u64,
+                ..Usage::default()
+            },
+            words: Words::default_answer(),
+        };
+        stream_plan(Kind::Messages, &r, None)
+    }
+
+    async fn frames(mut b: MockBody) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            match b.frame().await {
+                None => return (out, false),
+                Some(Err(_)) => return (out, true),
+                Some(Ok(f)) => out.extend_from_slice(f.data_ref().unwrap()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_stream_decodes_to_the_plain_stream() {
+        let plain = plan(50).concat();
+        let (gz, failed) = frames(MockBody::stream(plan(50), 0, None, true, false, None)).await;
+        assert!(!failed);
+        let mut dec = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut dec)
+            .unwrap();
+        assert_eq!(dec, plain);
+    }
+
+    #[tokio::test]
+    async fn reset_stops_after_n_deltas_with_an_error() {
+        let rec = Arc::new(Record::for_test());
+        let (out, failed) = frames(MockBody::stream(
+            plan(10),
+            0,
+            Some(4),
+            false,
+            false,
+            Some(rec.clone()),
+        ))
+        .await;
+        assert!(failed);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("content_block_delta").count(), 4 * 2);
+        assert!(!text.contains("message_delta"));
+        assert_eq!(rec.end(), End::Reset);
+        assert_eq!(rec.events_sent.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn reset_at_n_drops_only_the_tail() {
+        let (out, failed) = frames(MockBody::stream(plan(3), 0, Some(3), false, false, None)).await;
+        assert!(failed);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("text_delta").count(), 3);
+        assert!(!text.contains("message_stop"));
+    }
+
+    #[tokio::test]
+    async fn truncated_json_sends_half_then_fails() {
+        let (out, failed) =
+            frames(MockBody::truncated(Bytes::from_static(b"0123456789"), None)).await;
+        assert!(failed);
+        assert_eq!(out, b"01234");
+    }
+
+    #[tokio::test]
+    async fn delays_between_deltas() {
+        let t = std::time::Instant::now();
+        let (_, failed) = frames(MockBody::stream(plan(5), 10, None, false, false, None)).await;
+        assert!(!failed);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn dropped_body_records_client_gone() {
+        let rec = Arc::new(Record::for_test());
+        let mut b = MockBody::stream(plan(5), 0, None, false, false, Some(rec.clone()));
+        let _ = b.frame().await;
+        drop(b);
+        assert_eq!(rec.end(), End::ClientGone);
+    }
+}

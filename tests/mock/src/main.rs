@@ -1,0 +1,798 @@
+//! tollgate-mock: a fast, scriptable mock of the Anthropic, OpenAI(-compatible) and Gemini HTTP
+//! APIs, the upstream of tollgate's e2e tests and benchmarks. HTTP/1.1 and h2c (prior knowledge)
+//! on one port; a control API under `/__mock/` scripts behaviours per upstream key.
+
+mod body;
+mod providers;
+mod record;
+mod script;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+
+use body::{gzip_all, MockBody};
+use providers::{Api, Kind, Req, Usage};
+use record::{Record, Recorder};
+use script::{Behaviour, Scripts, Words};
+
+struct State {
+    scripts: Scripts,
+    recorder: Recorder,
+    seq: AtomicU64,
+    total: AtomicU64,
+}
+
+const USAGE: &str = "usage: tollgate-mock --listen 127.0.0.1:PORT [--no-record] [--threads N]";
+
+fn main() {
+    let mut listen: Option<String> = None;
+    let mut record = true;
+    let mut threads: Option<usize> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next(),
+            "--no-record" => record = false,
+            "--threads" => threads = args.next().and_then(|t| t.parse().ok()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let addr: SocketAddr = match listen.as_deref().unwrap_or("127.0.0.1:8089").parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("--listen: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = threads.filter(|t| *t > 0) {
+        rt.worker_threads(t);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let state = Arc::new(State {
+        scripts: Scripts::default(),
+        recorder: Recorder::new(record),
+        seq: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+    });
+    if let Err(e) = rt.block_on(serve(addr, state)) {
+        eprintln!("tollgate-mock: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "tollgate-mock listening on {} (http1 + h2c, recording {})",
+        listener.local_addr()?,
+        if state.recorder.enabled { "on" } else { "off" }
+    );
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(4096);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, incoming) = req.into_parts();
+    let body = match incoming.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Ok(json_response(
+                400,
+                json!({"error": format!("reading body: {e}")}),
+            ))
+        }
+    };
+    if parts.uri.path().starts_with("/__mock/") {
+        return Ok(control(
+            &state,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            &body,
+        ));
+    }
+    state.total.fetch_add(1, Ordering::Relaxed);
+    Ok(upstream(&state, &parts, body).await)
+}
+
+// ---------------------------------------------------------------- control API
+
+fn control(
+    state: &State,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Response<MockBody> {
+    let q = |name: &str| query_param(query, name);
+    match (method, path) {
+        (&Method::GET, "/__mock/health") => {
+            json_response(200, json!({"status": "ok", "pid": std::process::id()}))
+        }
+        (&Method::POST, "/__mock/script") => {
+            let v: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return json_response(400, json!({"error": format!("script body: {e}")})),
+            };
+            let list = match v {
+                Value::Array(a) => a,
+                other => vec![other],
+            };
+            let mut ids = Vec::new();
+            for s in &list {
+                match state.scripts.add(s) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => return json_response(400, json!({"error": e, "added": ids})),
+                }
+            }
+            json_response(200, json!({"ok": true, "ids": ids}))
+        }
+        (&Method::GET, "/__mock/scripts") => json_response(200, state.scripts.list()),
+        (&Method::GET, "/__mock/requests") => {
+            let since = q("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let prefix = q("path");
+            json_response(200, state.recorder.list(since, prefix.as_deref()))
+        }
+        (&Method::POST, "/__mock/reset") => {
+            let only = q("only");
+            if only.as_deref() != Some("requests") {
+                state.scripts.clear();
+            }
+            if only.as_deref() != Some("scripts") {
+                state.recorder.clear();
+            }
+            json_response(200, json!({"ok": true}))
+        }
+        (&Method::GET, "/__mock/stats") => json_response(
+            200,
+            json!({"requests": state.total.load(Ordering::Relaxed),
+                   "recording": state.recorder.enabled,
+                   "last_seq": state.seq.load(Ordering::Relaxed)}),
+        ),
+        (
+            _,
+            "/__mock/health" | "/__mock/script" | "/__mock/scripts" | "/__mock/requests"
+            | "/__mock/reset" | "/__mock/stats",
+        ) => json_response(405, json!({"error": "method not allowed"})),
+        _ => json_response(404, json!({"error": format!("no control endpoint {path}")})),
+    }
+}
+
+fn json_response(status: u16, v: Value) -> Response<MockBody> {
+    let mut r = Response::new(MockBody::full(Bytes::from(v.to_string()), None));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|h| char::from(*h).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------- upstream API
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Generate(Kind),
+    CountTokens,
+    Embeddings,
+    Models(Api),
+    NotFound(Api),
+}
+
+impl Route {
+    fn api(self) -> Api {
+        match self {
+            Route::Generate(k) => k.api(),
+            Route::CountTokens => Api::Anthropic,
+            Route::Embeddings => Api::OpenAi,
+            Route::Models(a) | Route::NotFound(a) => a,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Route::Generate(Kind::Messages) => "messages",
+            Route::Generate(Kind::Chat) => "chat_completions",
+            Route::Generate(Kind::Completions) => "completions",
+            Route::Generate(Kind::Responses) => "responses",
+            Route::Generate(Kind::Gemini { .. }) => "gemini",
+            Route::CountTokens => "count_tokens",
+            Route::Embeddings => "embeddings",
+            Route::Models(_) => "models",
+            Route::NotFound(_) => "not_found",
+        }
+    }
+}
+
+/// Routes a request; for Gemini also returns the model from the path and whether it streams.
+fn route<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> (Route, Option<&'a str>, bool) {
+    let anthropic_client =
+        headers.contains_key("x-api-key") || headers.contains_key("anthropic-version");
+    let post = method == Method::POST;
+    let r = match path {
+        "/v1/messages" if post => Route::Generate(Kind::Messages),
+        "/v1/messages/count_tokens" if post => Route::CountTokens,
+        "/v1/chat/completions" if post => Route::Generate(Kind::Chat),
+        "/v1/completions" if post => Route::Generate(Kind::Completions),
+        "/v1/responses" if post => Route::Generate(Kind::Responses),
+        "/v1/embeddings" if post => Route::Embeddings,
+        "/v1/models" if method == Method::GET => Route::Models(if anthropic_client {
+            Api::Anthropic
+        } else {
+            Api::OpenAi
+        }),
+        "/v1beta/models" if method == Method::GET => Route::Models(Api::Gemini),
+        _ => {
+            let rest = path
+                .strip_prefix("/v1beta/models/")
+                .or_else(|| path.strip_prefix("/v1/models/"));
+            if let (Some(rest), true) = (rest, post) {
+                match rest.rsplit_once(':') {
+                    Some((model, "generateContent")) => {
+                        return (
+                            Route::Generate(Kind::Gemini { array: false }),
+                            Some(model),
+                            false,
+                        )
+                    }
+                    Some((model, "streamGenerateContent")) => {
+                        let sse = query_param(query, "alt").as_deref() == Some("sse");
+                        return (
+                            Route::Generate(Kind::Gemini { array: !sse }),
+                            Some(model),
+                            true,
+                        );
+                    }
+                    _ => Route::NotFound(Api::Gemini),
+                }
+            } else if path.starts_with("/v1beta") {
+                Route::NotFound(Api::Gemini)
+            } else if anthropic_client {
+                Route::NotFound(Api::Anthropic)
+            } else {
+                Route::NotFound(Api::OpenAi)
+            }
+        }
+    };
+    (r, None, false)
+}
+
+/// The upstream credential the request came with (what scripts are keyed by).
+fn key_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(k) = h("x-api-key") {
+        return Some(k.to_owned());
+    }
+    if let Some(a) = h("authorization") {
+        let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(rest.trim().to_owned());
+        }
+    }
+    if let Some(k) = h("x-goog-api-key") {
+        return Some(k.to_owned());
+    }
+    query_param(query, "key")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn max_tokens(v: &Value) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| v.get(k).and_then(Value::as_u64))
+        .or_else(|| {
+            v.pointer("/generationConfig/maxOutputTokens")
+                .and_then(Value::as_u64)
+        })
+}
+
+fn embedding_inputs(v: &Value) -> usize {
+    match v.get("input") {
+        Some(Value::Array(a)) if a.first().is_some_and(Value::is_number) => 1,
+        Some(Value::Array(a)) => a.len(),
+        _ => 1,
+    }
+}
+
+async fn upstream(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Response<MockBody> {
+    let path = parts.uri.path();
+    let query = parts.uri.query();
+    let (route, path_model, gemini_stream) = route(&parts.method, path, query, &parts.headers);
+    let api = route.api();
+    let key = key_of(&parts.headers, query);
+
+    // Only POSTs with a body are parsed; an unparsable body is the real APIs' 400.
+    let json: Option<Value> = if parts.method == Method::POST && !body.is_empty() {
+        serde_json::from_slice(&body).ok()
+    } else {
+        None
+    };
+    let bad_json =
+        parts.method == Method::POST && json.is_none() && !matches!(route, Route::NotFound(_));
+    let model: Option<String> = path_model.map(str::to_owned).or_else(|| {
+        json.as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let stream = match route {
+        Route::Generate(Kind::Gemini { .. }) => gemini_stream,
+        Route::Generate(_) => {
+            json.as_ref()
+                .and_then(|v| v.get("stream"))
+                .and_then(Value::as_bool)
+                == Some(true)
+        }
+        _ => false,
+    };
+
+    let picked = state.scripts.pick(key.as_deref(), model.as_deref(), path);
+    let default_beh;
+    let (beh, script_id): (&Behaviour, Option<u64>) = match &picked {
+        Some(p) => (&p.behaviour, Some(p.id)),
+        None => {
+            default_beh = Behaviour::default();
+            (&default_beh, None)
+        }
+    };
+
+    let seq = state.seq.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let pathq = parts.uri.path_and_query().map_or(path, |p| p.as_str());
+    let mut rec = state.recorder.enabled.then(|| {
+        Record::new(
+            seq,
+            parts.method.as_str(),
+            pathq,
+            &parts.headers,
+            &body,
+            key.as_deref(),
+            model.as_deref(),
+            route.name(),
+        )
+    });
+    if let Some(r) = rec.as_mut() {
+        r.script = script_id;
+        r.stream = stream;
+    }
+
+    if beh.first_byte_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(beh.first_byte_delay_ms)).await;
+    }
+
+    // Decide status and body.
+    let scripted_status = beh.status.unwrap_or(200);
+    let mut usage = None;
+    let mut stream_body = None;
+    let (status, content_type, payload): (u16, &'static str, Bytes) = if let Some(raw) = &beh.body {
+        (scripted_status, "application/json", raw.clone())
+    } else if scripted_status >= 300 {
+        (
+            scripted_status,
+            "application/json",
+            Bytes::from(providers::error_body(api, scripted_status, None, seq)),
+        )
+    } else if let Route::NotFound(a) = route {
+        (
+            404,
+            "application/json",
+            Bytes::from(providers::error_body(
+                a,
+                404,
+                Some(&format!("no route for {} {path}", parts.method)),
+                seq,
+            )),
+        )
+    } else if bad_json {
+        (
+            400,
+            "application/json",
+            Bytes::from(providers::error_body(
+                api,
+                400,
+                Some("request body is not valid JSON"),
+                seq,
+            )),
+        )
+    } else {
+        let v = json.as_ref().unwrap_or(&Value::Null);
+        let words = beh.text.clone().unwrap_or_else(Words::default_answer);
+        let (n, capped) = match (beh.events, max_tokens(v)) {
+            (Some(e), _) => (e, false),
+            (None, Some(m)) if m < words.len() as u64 => (usize::try_from(m).unwrap_or(0), true),
+            (None, _) => (words.len(), false),
+        };
+        let ov = beh.usage;
+        let mut u = Usage {
+            input: ov
+                .input
+                .unwrap_or_else(|| (body.len() as u64).div_ceil(4).max(1)),
+            output: ov.output.unwrap_or(n as u64),
+            cache_read: ov.cache_read.unwrap_or(0),
+            cache_write: ov.cache_write.unwrap_or(0),
+            reasoning: 0,
+        };
+        u.reasoning = ov.reasoning.unwrap_or(0).min(u.output);
+        if api != Api::Anthropic {
+            // Only Anthropic reports cache writes; the others bill them as plain input.
+            u.input = u.input.saturating_add(u.cache_write);
+            u.cache_write = 0;
+        }
+        if route == Route::Embeddings {
+            u.output = 0;
+            u.reasoning = 0;
+        }
+        let r = Req {
+            id: seq,
+            created: now_secs(),
+            model: script::escape(model.as_deref().unwrap_or(match api {
+                Api::Anthropic => "claude-mock",
+                Api::OpenAi => "gpt-mock",
+                Api::Gemini => "gemini-mock",
+            })),
+            include_usage: v
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true),
+            n,
+            capped,
+            usage: u,
+            words,
+        };
+        match route {
+            Route::Generate(kind) => {
+                usage = Some(u);
+                if stream {
+                    stream_body = Some(providers::stream_plan(kind, &r, beh.sse_error.as_ref()));
+                    let ct = match kind {
+                        Kind::Gemini { array: true } => "application/json; charset=UTF-8",
+                        Kind::Messages => "text/event-stream; charset=utf-8",
+                        _ => "text/event-stream",
+                    };
+                    (scripted_status, ct, Bytes::new())
+                } else {
+                    (
+                        scripted_status,
+                        "application/json",
+                        Bytes::from(providers::json_body(kind, &r)),
+                    )
+                }
+            }
+            Route::CountTokens => (
+                scripted_status,
+                "application/json",
+                Bytes::from(providers::count_tokens_body(u.input)),
+            ),
+            Route::Embeddings => {
+                usage = Some(u);
+                let b64 = v.get("encoding_format").and_then(Value::as_str) == Some("base64");
+                (
+                    scripted_status,
+                    "application/json",
+                    Bytes::from(providers::embeddings_body(&r, embedding_inputs(v), b64)),
+                )
+            }
+            Route::Models(a) => (
+                scripted_status,
+                "application/json",
+                Bytes::from(providers::models_body(a)),
+            ),
+            Route::NotFound(_) => (404, "application/json", Bytes::new()),
+        }
+    };
+
+    let rec = rec.map(|mut r| {
+        r.status = status;
+        r.usage = usage;
+        let r = Arc::new(r);
+        state.recorder.push(r.clone());
+        r
+    });
+
+    let sse_error = beh.sse_error.is_some();
+    let body = match stream_body {
+        Some(plan) => MockBody::stream(
+            plan,
+            beh.delay_ms,
+            beh.reset_after_events,
+            beh.gzip,
+            sse_error,
+            rec,
+        ),
+        None => {
+            let payload = if beh.gzip {
+                gzip_all(&payload)
+            } else {
+                payload
+            };
+            if beh.reset_after_events.is_some() {
+                MockBody::truncated(payload, rec)
+            } else {
+                MockBody::full(payload, rec)
+            }
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if stream {
+        h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    }
+    let (id_header, id_prefix) = match api {
+        Api::Anthropic => ("request-id", "req_mock_"),
+        Api::OpenAi => ("x-request-id", "req_mock_"),
+        Api::Gemini => ("x-mock-request-id", ""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{id_prefix}{seq}")) {
+        h.insert(HeaderName::from_static(id_header), v);
+    }
+    if beh.gzip {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    for (k, v) in &beh.headers {
+        h.insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_every_documented_endpoint() {
+        let h = HeaderMap::new();
+        let mut anth = HeaderMap::new();
+        anth.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        type Case<'a> = (Method, &'a str, Option<&'a str>, &'a HeaderMap, Route, bool);
+        let cases: &[Case] = &[
+            (
+                Method::POST,
+                "/v1/messages",
+                None,
+                &h,
+                Route::Generate(Kind::Messages),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1/messages/count_tokens",
+                None,
+                &h,
+                Route::CountTokens,
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1/chat/completions",
+                None,
+                &h,
+                Route::Generate(Kind::Chat),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1/completions",
+                None,
+                &h,
+                Route::Generate(Kind::Completions),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1/responses",
+                None,
+                &h,
+                Route::Generate(Kind::Responses),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1/embeddings",
+                None,
+                &h,
+                Route::Embeddings,
+                false,
+            ),
+            (
+                Method::GET,
+                "/v1/models",
+                None,
+                &h,
+                Route::Models(Api::OpenAi),
+                false,
+            ),
+            (
+                Method::GET,
+                "/v1/models",
+                None,
+                &anth,
+                Route::Models(Api::Anthropic),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                None,
+                &h,
+                Route::Generate(Kind::Gemini { array: false }),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                Some("alt=sse"),
+                &h,
+                Route::Generate(Kind::Gemini { array: false }),
+                true,
+            ),
+            (
+                Method::POST,
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                None,
+                &h,
+                Route::Generate(Kind::Gemini { array: true }),
+                true,
+            ),
+            (
+                Method::GET,
+                "/v1/messages",
+                None,
+                &anth,
+                Route::NotFound(Api::Anthropic),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v2/anything",
+                None,
+                &h,
+                Route::NotFound(Api::OpenAi),
+                false,
+            ),
+            (
+                Method::POST,
+                "/v1beta/models/x:countTokens",
+                None,
+                &h,
+                Route::NotFound(Api::Gemini),
+                false,
+            ),
+        ];
+        for (m, p, q, hs, want, want_stream) in cases {
+            let (r, _, s) = route(m, p, *q, hs);
+            assert_eq!((r, s), (*want, *want_stream), "{m} {p}");
+        }
+        let (_, model, _) = route(
+            &Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            None,
+            &h,
+        );
+        assert_eq!(model, Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn finds_the_key_in_each_providers_place() {
+        let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+            ("x-api-key", "sk-ant-1", None, Some("sk-ant-1")),
+            ("authorization", "Bearer sk-2", None, Some("sk-2")),
+            ("authorization", "bearer  sk-3 ", None, Some("sk-3")),
+            ("x-goog-api-key", "g-4", None, Some("g-4")),
+            ("x-other", "v", Some("alt=sse&key=g%2D5"), Some("g-5")),
+            ("x-other", "v", None, None),
+        ];
+        for (name, value, query, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            assert_eq!(key_of(&h, *query).as_deref(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn reads_max_tokens_under_each_providers_name() {
+        let cases = [
+            (json!({"max_tokens": 3}), Some(3)),
+            (json!({"max_completion_tokens": 4}), Some(4)),
+            (json!({"max_output_tokens": 5}), Some(5)),
+            (json!({"generationConfig": {"maxOutputTokens": 6}}), Some(6)),
+            (json!({}), None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(max_tokens(&v), want, "{v}");
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Scripted behaviours: what the mock does for a given upstream credential (and optionally
+//! model or path). Scripts are parsed and validated once when posted; a request only picks one
+//! under a short lock, so the hot path stays cheap.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper::header::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+/// Usage numbers a script pins, in tollgate's normalised terms (SPEC "Counting").
+/// `reasoning` is the part of `output` that is reasoning/thoughts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageOverride {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cache_read: Option<u64>,
+    pub cache_write: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+/// An error event injected into a stream after `after` content events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseError {
+    pub after: usize,
+    /// Anthropic error type (`rate_limit_error`, `overloaded_error`, ...); mapped for the others.
+    pub kind: String,
+    pub message: Option<String>,
+}
+
+/// The answer text as stream pieces, each already JSON-escaped (without quotes), so
+/// concatenating pieces gives the escaped full text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Words {
+    /// Pieces in order; the first has no leading space, the others do.
+    pieces: Vec<String>,
+    /// The same pieces, each with a leading space, used when the stream cycles past the end.
+    cycled: Vec<String>,
+}
+
+impl Words {
+    pub fn from_text(text: &str) -> Words {
+        let mut pieces = Vec::new();
+        let mut cur = String::new();
+        for ch in text.chars() {
+            if ch.is_whitespace() && !cur.trim().is_empty() {
+                pieces.push(std::mem::take(&mut cur));
+            }
+            cur.push(ch);
+        }
+        if !cur.is_empty() {
+            pieces.push(cur);
+        }
+        if pieces.is_empty() {
+            pieces.push(String::from("."));
+        }
+        let pieces: Vec<String> = pieces.iter().map(|p| escape(p)).collect();
+        let cycled = pieces
+            .iter()
+            .map(|p| {
+                if p.starts_with(' ') {
+                    p.clone()
+                } else {
+                    format!(" {p}")
+                }
+            })
+            .collect();
+        Words { pieces, cycled }
+    }
+
+    pub fn default_answer() -> Arc<Words> {
+        static DEFAULT: std::sync::OnceLock<Arc<Words>> = std::sync::OnceLock::new();
+        DEFAULT
+            .get_or_init(|| Arc::new(Words::from_text("Hello from the mock upstream")))
+            .clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The i-th stream piece (escaped), cycling through the text when `i` passes its end.
+    pub fn piece(&self, i: usize) -> &str {
+        let n = self.pieces.len().max(1);
+        let list = if i < self.pieces.len() {
+            &self.pieces
+        } else {
+            &self.cycled
+        };
+        list.get(i % n).map(String::as_str).unwrap_or("")
+    }
+
+    /// The escaped concatenation of the first `n` pieces.
+    pub fn text(&self, n: usize) -> String {
+        let mut s = String::new();
+        for i in 0..n {
+            s.push_str(self.piece(i));
+        }
+        s
+    }
+}
+
+/// JSON-escapes a string, without the surrounding quotes.
+pub fn escape(s: &str) -> String {
+    let quoted = Value::String(s.to_owned()).to_string();
+    quoted
+        .get(1..quoted.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    pub status: Option<u16>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub usage: UsageOverride,
+    pub events: Option<usize>,
+    pub delay_ms: u64,
+    pub first_byte_delay_ms: u64,
+    pub reset_after_events: Option<usize>,
+    pub gzip: bool,
+    pub sse_error: Option<SseError>,
+    pub text: Option<Arc<Words>>,
+    /// Raw response body replacing the generated one (status and headers still apply).
+    pub body: Option<bytes::Bytes>,
+}
+
+struct Entry {
+    id: u64,
+    key: String,
+    model: Option<String>,
+    path: Option<String>,
+    remaining: Option<u64>,
+    behaviour: Arc<Behaviour>,
+    source: Value,
+}
+
+impl Entry {
+    fn matches(&self, key: Option<&str>, model: Option<&str>, path: &str) -> bool {
+        let key_ok = self.key == "*" || Some(self.key.as_str()) == key;
+        let model_ok = match (&self.model, model) {
+            (None, _) => true,
+            (Some(want), Some(got)) => glob(want, got),
+            (Some(_), None) => false,
+        };
+        let path_ok = self.path.as_deref().is_none_or(|p| path.starts_with(p));
+        key_ok && model_ok && path_ok
+    }
+
+    /// Exact key beats "*", then model, then path; one-off scripts beat standing ones; newest wins.
+    fn rank(&self) -> (u8, bool, u64) {
+        let spec = (u8::from(self.key != "*") << 2)
+            | (u8::from(self.model.is_some()) << 1)
+            | u8::from(self.path.is_some());
+        (spec, self.remaining.is_some(), self.id)
+    }
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => s.starts_with(prefix),
+        None => pattern == s,
+    }
+}
+
+/// The picked behaviour and the id of the script it came from.
+pub struct Picked {
+    pub id: u64,
+    pub behaviour: Arc<Behaviour>,
+}
+
+#[derive(Default)]
+pub struct Scripts {
+    entries: Mutex<Vec<Entry>>,
+    // Lets requests skip the lock entirely when nothing is scripted (the benchmark case).
+    count: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Scripts {
+    /// Parses and stores one script; returns its id.
+    pub fn add(&self, v: &Value) -> Result<u64, String> {
+        let obj = v.as_object().ok_or("a script must be a JSON object")?;
+        let (entry_parts, behaviour) = parse(obj)?;
+        let id = self
+            .next_id
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let (key, model, path, remaining) = entry_parts;
+        let entry = Entry {
+            id,
+            key,
+            model,
+            path,
+            remaining,
+            behaviour: Arc::new(behaviour),
+            source: v.clone(),
+        };
+        let mut entries = lock(&self.entries);
+        // A standing script replaces the standing one with the same scope; one-offs pile up.
+        if entry.remaining.is_none() {
+            entries.retain(|e| {
+                !(e.remaining.is_none()
+                    && e.key == entry.key
+                    && e.model == entry.model
+                    && e.path == entry.path)
+            });
+        }
+        entries.push(entry);
+        self.count.store(entries.len(), Ordering::Release);
+        Ok(id)
+    }
+
+    pub fn pick(&self, key: Option<&str>, model: Option<&str>, path: &str) -> Option<Picked> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut entries = lock(&self.entries);
+        let idx = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.matches(key, model, path))
+            .max_by_key(|(_, e)| e.rank())
+            .map(|(i, _)| i)?;
+        let e = entries.get_mut(idx)?;
+        let picked = Picked {
+            id: e.id,
+            behaviour: e.behaviour.clone(),
+        };
+        if let Some(r) = e.remaining.as_mut() {
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                entries.remove(idx);
+                self.count.store(entries.len(), Ordering::Release);
+            }
+        }
+        Some(picked)
+    }
+
+    pub fn clear(&self) {
+        let mut entries = lock(&self.entries);
+        entries.clear();
+        self.count.store(0, Ordering::Release);
+    }
+
+    pub fn list(&self) -> Value {
+        let entries = lock(&self.entries);
+        Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    let mut m = Map::new();
+                    m.insert("id".into(), e.id.into());
+                    m.insert(
+                        "remaining".into(),
+                        e.remaining.map_or(Value::Null, Value::from),
+                    );
+                    m.insert("script".into(), e.source.clone());
+                    Value::Object(m)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A poisoned lock only means another request panicked mid-update of plain data; keep going.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Scope = (String, Option<String>, Option<String>, Option<u64>);
+
+fn parse(obj: &Map<String, Value>) -> Result<(Scope, Behaviour), String> {
+    let mut key = None;
+    let mut model = None;
+    let mut path = None;
+    let mut times = None;
+    let mut b = Behaviour::default();
+    let mut sse_error_after = None;
+    for (name, v) in obj {
+        match name.as_str() {
+            "key" => key = Some(string(name, v)?),
+            "model" => model = opt(v, |v| string(name, v))?,
+            "path" => path = opt(v, |v| string(name, v))?,
+            "times" => {
+                times = opt(v, |v| uint(name, v))?;
+                if times == Some(0) {
+                    return Err("times: must be at least 1 (omit it for a standing script)".into());
+                }
+            }
+            "status" => {
+                b.status = opt(v, |v| {
+                    let s = uint(name, v)?;
+                    if (100..=999).contains(&s) {
+                        u16::try_from(s).map_err(|e| e.to_string())
+                    } else {
+                        Err(format!("status: {s} is not an HTTP status"))
+                    }
+                })?
+            }
+            "headers" => b.headers = headers(v)?,
+            "usage" => b.usage = usage(v)?,
+            "events" => b.events = opt(v, |v| usize_of(name, v))?,
+            "delay_ms" => b.delay_ms = opt(v, |v| uint(name, v))?.unwrap_or(0),
+            "first_byte_delay_ms" => {
+                b.first_byte_delay_ms = opt(v, |v| uint(name, v))?.unwrap_or(0)
+            }
+            "reset_after_events" => b.reset_after_events = opt(v, |v| usize_of(name, v))?,
+            "gzip" => b.gzip = v.as_bool().ok_or("gzip: expected a boolean")?,
+            "sse_error" => b.sse_error = sse_error(v)?,
+            "sse_error_after" => sse_error_after = opt(v, |v| usize_of(name, v))?,
+            "text" => b.text = opt(v, |v| string(name, v))?.map(|t| Arc::new(Words::from_text(&t))),
+            "body" => {
+                b.body = match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(bytes::Bytes::from(s.clone())),
+                    other => Some(bytes::Bytes::from(other.to_string())),
+                }
+            }
+            other => return Err(format!("unknown script field {other:?}")),
+        }
+    }
+    if let (Some(after), Some(e)) = (sse_error_after, b.sse_error.as_mut()) {
+        e.after = after;
+    }
+    let key = key.ok_or("key: required (\"*\" for every key)")?;
+    Ok(((key, model, path, times), b))
+}
+
+fn opt<T>(v: &Value, f: impl FnOnce(&Value) -> Result<T, String>) -> Result<Option<T>, String> {
+    if v.is_null() {
+        Ok(None)
+    } else {
+        f(v).map(Some)
+    }
+}
+
+fn string(name: &str, v: &Value) -> Result<String, String> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{name}: expected a string"))
+}
+
+fn uint(name: &str, v: &Value) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("{name}: expected a non-negative integer"))
+}
+
+fn usize_of(name: &str, v: &Value) -> Result<usize, String> {
+    usize::try_from(uint(name, v)?).map_err(|e| format!("{name}: {e}"))
+}
+
+fn headers(v: &Value) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let obj = v.as_object().ok_or("headers: expected an object")?;
+    obj.iter()
+        .map(|(k, v)| {
+            let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|e| format!("headers.{k}: {e}"))?;
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err(format!("headers.{k}: expected a string or number")),
+            };
+            let value = HeaderValue::from_str(&text).map_err(|e| format!("headers.{k}: {e}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn usage(v: &Value) -> Result<UsageOverride, String> {
+    let mut u = UsageOverride::default();
+    if v.is_null() {
+        return Ok(u);
+    }
+    let obj = v.as_object().ok_or("usage: expected an object")?;
+    for (k, v) in obj {
+        let n = opt(v, |v| uint(&format!("usage.{k}"), v))?;
+        match k.as_str() {
+            "input" => u.input = n,
+            "output" => u.output = n,
+            "cache_read" => u.cache_read = n,
+            "cache_write" => u.cache_write = n,
+            "reasoning" => u.reasoning = n,
+            other => {
+                return Err(format!(
+                    "usage: unknown field {other:?} (input, output, cache_read, cache_write, reasoning)"
+                ))
+            }
+        }
+    }
+    Ok(u)
+}
+
+fn sse_error(v: &Value) -> Result<Option<SseError>, String> {
+    match v {
+        Value::Null | Value::Bool(false) => Ok(None),
+        Value::Bool(true) => Ok(Some(SseError {
+            after: 0,
+            kind: "overloaded_error".into(),
+            message: None,
+        })),
+        Value::String(s) => Ok(Some(SseError {
+            after: 0,
+            kind: s.clone(),
+            message: None,
+        })),
+        Value::Object(o) => {
+            let mut e = SseError {
+                after: 0,
+                kind: "overloaded_error".into(),
+                message: None,
+            };
+            for (k, v) in o {
+                match k.as_str() {
+                    "after" => e.after = usize_of("sse_error.after", v)?,
+                    "type" => e.kind = string("sse_error.type", v)?,
+                    "message" => e.message = Some(string("sse_error.message", v)?),
+                    other => return Err(format!("sse_error: unknown field {other:?}")),
+                }
+            }
+            Ok(Some(e))
+        }
+        _ => Err("sse_error: expected a type string or {type, after, message}".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status_of(s: &Scripts, key: Option<&str>, model: Option<&str>) -> Option<u16> {
+        s.pick(key, model, "/v1/messages")
+            .and_then(|p| p.behaviour.status)
+    }
+
+    #[test]
+    fn picks_most_specific_script_and_falls_back_after_times_run_out() {
+        let s = Scripts::default();
+        s.add(&json!({"key": "*", "status": 503})).unwrap();
+        s.add(&json!({"key": "k1", "status": 401})).unwrap();
+        s.add(&json!({"key": "k1", "model": "claude-*", "status": 403}))
+            .unwrap();
+        s.add(&json!({"key": "k1", "status": 429, "times": 2}))
+            .unwrap();
+        let cases: &[(Option<&str>, Option<&str>, Option<u16>)] = &[
+            (Some("k1"), Some("claude-3"), Some(403)),
+            (Some("k1"), Some("gpt-4o"), Some(429)),
+            (Some("k1"), Some("gpt-4o"), Some(429)),
+            (Some("k1"), Some("gpt-4o"), Some(401)),
+            (Some("k2"), None, Some(503)),
+            (None, None, Some(503)),
+        ];
+        for (key, model, want) in cases {
+            assert_eq!(status_of(&s, *key, *model), *want, "{key:?} {model:?}");
+        }
+    }
+
+    #[test]
+    fn standing_script_replaces_same_scope_and_reset_clears_all() {
+        let s = Scripts::default();
+        s.add(&json!({"key": "k", "status": 429})).unwrap();
+        s.add(&json!({"key": "k", "status": 529})).unwrap();
+        assert_eq!(s.list().as_array().unwrap().len(), 1);
+        assert_eq!(status_of(&s, Some("k"), None), Some(529));
+        s.clear();
+        assert!(s.pick(Some("k"), None, "/").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_scripts_with_a_named_field() {
+        let cases = [
+            (json!({"status": 429}), "key"),
+            (json!({"key": "k", "stauts": 429}), "stauts"),
+            (json!({"key": "k", "usage": {"inptu": 1}}), "inptu"),
+            (
+                json!({"key": "k", "headers": {"retry-after": true}}),
+                "retry-after",
+            ),
+            (json!({"key": "k", "times": 0}), "times"),
+            (json!({"key": "k", "status": 7}), "status"),
+        ];
+        for (v, want) in cases {
+            let err = Scripts::default().add(&v).unwrap_err();
+            assert!(err.contains(want), "{err} should name {want}");
+        }
+    }
+
+    #[test]
+    fn parses_every_behaviour_field() {
+        let s = Scripts::default();
+        s.add(
+            &json!({"key": "k", "status": 200, "headers": {"Retry-After": 3},
+            "usage": {"input": 10, "output": 20, "cache_read": 3, "cache_write": 4},
+            "events": 500, "delay_ms": 2, "first_byte_delay_ms": 5, "reset_after_events": 7,
+            "gzip": true, "sse_error": "rate_limit_error", "sse_error_after": 2, "text": "a b"}),
+        )
+        .unwrap();
+        let b = s.pick(Some("k"), None, "/").unwrap().behaviour;
+        assert_eq!(b.headers.first().unwrap().0.as_str(), "retry-after");
+        assert_eq!(b.usage.cache_write, Some(4));
+        assert_eq!(b.events, Some(500));
+        assert_eq!(b.reset_after_events, Some(7));
+        assert_eq!(b.sse_error.as_ref().unwrap().after, 2);
+        assert_eq!(b.text.as_ref().unwrap().len(), 2);
+        assert!(b.gzip);
+    }
+
+    #[test]
+    fn words_cycle_with_spaces_and_escape_json() {
+        let w = Words::from_text("Hi \"you\"");
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.text(5), "Hi \\\"you\\\" Hi \\\"you\\\" Hi");
+    }
+}
