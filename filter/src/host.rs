@@ -13,6 +13,7 @@ use crate::accounts;
 use crate::api::{self, Api, Metered, Reason, Route};
 use crate::config::{self, Config};
 use crate::identity::{self, Caller};
+use crate::learn;
 use crate::limits::{Limit, Usage};
 use crate::metrics;
 use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
@@ -39,6 +40,9 @@ struct Plugin {
     store: HostStore,
     /// Slots for consumer names taken from `consumer_header` that the config does not list.
     dynamic: SlotTable,
+    /// Learned real/estimate input ratios per model, and this worker's cache of them.
+    learned: SlotTable,
+    ratios: RefCell<HashMap<String, (f64, u64)>>,
 }
 
 impl Plugin {
@@ -48,7 +52,27 @@ impl Plugin {
             stats: RefCell::default(),
             store: HostStore,
             dynamic: quota::dynamic_slots(quota::DEFAULT_DYNAMIC_SLOTS),
+            learned: learn::table(),
+            ratios: RefCell::default(),
         }
+    }
+
+    /// The learned ratio for `model`, from this worker's cache (refreshed every 2 s).
+    fn ratio(&self, model: &str, now: u64) -> f64 {
+        const FRESH_MS: u64 = 2_000;
+        const CACHED: usize = 512;
+        if let Some((r, at)) = self.ratios.borrow().get(model) {
+            if now.saturating_sub(*at) < FRESH_MS {
+                return *r;
+            }
+        }
+        let r = learn::lookup(&self.store, &self.learned, model).unwrap_or(1.0);
+        let mut cache = self.ratios.borrow_mut();
+        if cache.len() >= CACHED {
+            cache.clear();
+        }
+        cache.insert(model.to_string(), (r, now));
+        r
     }
 
     /// Creates every quota key now, so no two workers race to create one later.
@@ -71,7 +95,11 @@ impl Plugin {
         if cfg.consumer_header.is_some() && !cfg.limits.is_empty() {
             keys.extend(self.dynamic.keys());
         }
-        quota::prepare(&self.store, keys)
+        let n = quota::prepare(&self.store, keys)?;
+        for key in self.learned.keys() {
+            crate::store::ensure(&self.store, &key, b"-")?;
+        }
+        Ok(n)
     }
 }
 
@@ -222,6 +250,8 @@ struct Req {
     owner: Option<OwnerKey>,
     ticket: Option<Ticket>,
     rate_headers: RateHeaders,
+    /// The input estimate used at admission (the raw estimate times the learned ratio).
+    estimate: u64,
 }
 
 impl Context for Req {}
@@ -246,6 +276,7 @@ impl Req {
             owner: None,
             ticket: None,
             rate_headers: RateHeaders::default(),
+            estimate: 0,
         }
     }
 
@@ -327,7 +358,7 @@ impl Req {
         let model = info.and_then(|i| i.model.as_deref()).unwrap_or("");
         let price = cfg.price_for(model).map(|(_, p)| *p);
         let amounts = quota::reservation(
-            info.map_or(0, |i| i.input_estimate),
+            self.estimate,
             info.and_then(|i| i.max_tokens),
             cfg.estimate.output_reserve,
             price.as_ref(),
@@ -711,6 +742,12 @@ impl Req {
                 }
             }
         }
+        let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
+        self.estimate = if model.is_empty() {
+            raw
+        } else {
+            learn::apply(raw, self.plugin.ratio(&model, ffi::now_ms()))
+        };
         if let Err(answer) = self.admit() {
             return answer;
         }
@@ -731,7 +768,7 @@ impl Req {
                 }
             }
             ffi::set_filter_state("tollgate.model", &model);
-            ffi::set_filter_state("tollgate.estimate", &info.input_estimate.to_string());
+            ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
         }
         self.phase = Phase::Proxied;
         Action::Continue
@@ -752,10 +789,32 @@ impl Req {
         let mut usage = m.usage;
         let mut input_estimated = false;
         if !m.complete && usage.input_side() == 0 {
-            usage.input = self.info.as_ref().map_or(0, |i| i.input_estimate);
+            usage.input = self.estimate;
             input_estimated = true;
         }
+        if m.complete {
+            self.learn(usage.input_side());
+        }
         self.record(usage, m.output_estimated || input_estimated);
+    }
+
+    /// Feeds the real input count back into the per-model ratio, and records the error of
+    /// the estimate that was used.
+    fn learn(&mut self, real: u64) {
+        let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
+        let Some(model) = self.info.as_ref().and_then(|i| i.model.clone()) else {
+            return;
+        };
+        if real == 0 || raw == 0 {
+            return;
+        }
+        let _ = learn::observe(&self.plugin.store, &self.plugin.learned, &model, real, raw);
+        let error = (real.abs_diff(self.estimate) as f64 * 100.0 / real as f64).round() as i64;
+        self.plugin.stats.borrow_mut().add(
+            proxy_wasm::types::MetricType::Histogram,
+            "tollgate_estimate_error_percent".to_string(),
+            error,
+        );
     }
 
     /// Metrics and access-log facts for a finished request.
@@ -763,9 +822,9 @@ impl Req {
         self.reconcile(&usage);
         ffi::set_filter_state("tollgate.input_tokens", &usage.input_side().to_string());
         ffi::set_filter_state("tollgate.output_tokens", &usage.output.to_string());
-        if estimated {
-            ffi::set_filter_state("tollgate.usage", "estimated");
-        }
+        // Whether the numbers came from the provider or were estimated (abort, reset).
+        let source = if estimated { "estimated" } else { "reported" };
+        ffi::set_filter_state("tollgate.usage", source);
         let consumer = self.consumer_label().to_string();
         let model = self.model_label();
         let account = self

@@ -9,6 +9,7 @@ pub mod config;
 pub mod estimate;
 pub mod identity;
 pub mod json;
+pub mod learn;
 pub mod limits;
 pub mod metrics;
 pub mod quota;
