@@ -7,6 +7,9 @@ PY       := $(VENV)/bin/python
 WASM     := target/wasm32-wasip1/release/tollgate.wasm
 MOCK     := target/mock/tollgate-mock
 APT_PKGS := redis-server wrk nghttp2-client
+# envoyproxy/ratelimit, the reference global rate-limit service (pinned; v1.4.0 is too old).
+RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
+GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help setup build unit e2e test run lint fmt clean
@@ -24,6 +27,9 @@ setup: $(VENV)/.done
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@go version -m $(GOBIN)/service_cmd 2>/dev/null | grep -Eq 'mod[[:space:]]+github.com/envoyproxy/ratelimit[[:space:]]+$(RATELIMIT_VERSION)([[:space:]]|$$)' || \
+	  { echo "go install envoyproxy/ratelimit service_cmd@$(RATELIMIT_VERSION)"; \
+	    go install github.com/envoyproxy/ratelimit/src/service_cmd@$(RATELIMIT_VERSION); }
 
 $(VENV)/.done: tests/requirements.txt
 	python3 -m venv $(VENV)

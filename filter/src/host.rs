@@ -17,9 +17,12 @@ use crate::learn;
 use crate::limits::{Limit, Usage};
 use crate::metrics;
 use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
+use crate::ratelimit::{self, ChargeQueue, Unit};
 use crate::request::{RequestInfo, RequestScanner};
 use crate::store::{SlotTable, Store, StoreError};
 use crate::usage::ResponseMeter;
+use std::cell::Cell;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -43,6 +46,10 @@ struct Plugin {
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     learned: SlotTable,
     ratios: RefCell<HashMap<String, (f64, u64)>>,
+    /// Charges for the global rate-limit service, sent from the root context.
+    charges: RefCell<ChargeQueue>,
+    /// Whether the global service is failing (for the log-once-per-transition rule).
+    degraded: Cell<bool>,
 }
 
 impl Plugin {
@@ -54,6 +61,8 @@ impl Plugin {
             dynamic: quota::dynamic_slots(quota::DEFAULT_DYNAMIC_SLOTS),
             learned: learn::table(),
             ratios: RefCell::default(),
+            charges: RefCell::new(ChargeQueue::new(4096, 16)),
+            degraded: Cell::new(false),
         }
     }
 
@@ -76,6 +85,18 @@ impl Plugin {
     }
 
     /// Creates every quota key now, so no two workers race to create one later.
+    /// Records whether the global service answered, logging each transition once.
+    fn set_degraded(&self, degraded: bool, why: &str) {
+        if self.degraded.replace(degraded) != degraded {
+            let msg = if degraded {
+                format!("tollgate: global rate-limit service failing ({why}); failure_mode applies")
+            } else {
+                "tollgate: global rate-limit service answering again".to_string()
+            };
+            ffi::log(LogLevel::Warn, &msg);
+        }
+    }
+
     fn prepare_store(&self) -> Result<usize, StoreError> {
         let cfg = &self.cfg;
         let mut keys: Vec<String> = Vec::new();
@@ -165,7 +186,17 @@ struct Root {
     plugin: Option<Rc<Plugin>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
+        let Some(plugin) = &self.plugin else {
+            return;
+        };
+        plugin.charges.borrow_mut().finished(status == 0);
+        let mut stats = plugin.stats.borrow_mut();
+        let outcome = if status == 0 { "sent" } else { "dropped" };
+        stats.count("tollgate_global_charges_total", &[("outcome", outcome)], 1);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -188,6 +219,10 @@ impl RootContext for Root {
                     ),
                 );
                 let plugin = Plugin::new(cfg);
+                if plugin.cfg.global.is_some() {
+                    // Charges after a response are sent from here, never from the request.
+                    let _ = proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(100));
+                }
                 if let Err(e) = plugin.prepare_store() {
                     ffi::log(
                         LogLevel::Warn,
@@ -203,6 +238,37 @@ impl RootContext for Root {
                     &format!("tollgate: invalid configuration: {e}"),
                 );
                 false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        let Some(global) = &plugin.cfg.global else {
+            return;
+        };
+        loop {
+            let Some(body) = plugin.charges.borrow_mut().next_to_send() else {
+                break;
+            };
+            let sent = self.dispatch_grpc_call(
+                &global.cluster,
+                ratelimit::SERVICE,
+                ratelimit::METHOD,
+                Vec::new(),
+                Some(&body),
+                Duration::from_millis(global.timeout.millis().max(1000)),
+            );
+            if sent.is_err() {
+                plugin.charges.borrow_mut().dispatch_failed();
+                let mut stats = plugin.stats.borrow_mut();
+                stats.count(
+                    "tollgate_global_charges_total",
+                    &[("outcome", "dropped")],
+                    1,
+                );
             }
         }
     }
@@ -226,6 +292,8 @@ enum Phase {
     ReadingBody,
     /// Sent upstream; the response is metered.
     Proxied,
+    /// Sent upstream with identity only (count_tokens, model lists, passthrough paths).
+    Passthrough,
     /// The filter answered it itself.
     Answered,
 }
@@ -252,9 +320,67 @@ struct Req {
     rate_headers: RateHeaders,
     /// The input estimate used at admission (the raw estimate times the learned ratio).
     estimate: u64,
+    /// The global admission call under way: its token and what each descriptor must allow.
+    global_call: Option<(u32, Vec<ratelimit::Check>)>,
+    /// The global units this request is charged in when it ends.
+    global_units: Vec<Unit>,
 }
 
-impl Context for Req {}
+impl Context for Req {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let Some((expected, checks)) = self.global_call.take() else {
+            return;
+        };
+        if expected != token {
+            return;
+        }
+        let decision = if status == 0 {
+            let body = ffi::get_buffer(ffi::BUF_GRPC_RECEIVE, 0, size).unwrap_or_default();
+            ratelimit::decide(&body, &checks)
+        } else {
+            ratelimit::Decision::Error(ratelimit::RlsError::UnknownCode)
+        };
+        let why = if status == 0 {
+            "bad answer".to_string()
+        } else {
+            format!("gRPC status {status}")
+        };
+        match decision {
+            ratelimit::Decision::Admit(_) => {
+                self.plugin.set_degraded(false, "");
+                ffi::resume_http_request();
+            }
+            ratelimit::Decision::Reject(r) => {
+                self.plugin.set_degraded(false, "");
+                self.cancel_reservation();
+                self.global_units.clear();
+                let retry = r.retry_after_s.max(1).to_string();
+                let unit = r.unit.map_or("tokens", |u| u.as_str());
+                let what = match (r.limit, r.per) {
+                    (Some(l), Some(p)) => format!("{l} {unit} per {} (global)", p.as_str()),
+                    _ => format!("global {unit} limit"),
+                };
+                let msg = if r.should_retry {
+                    format!("{}: {what}; retry in {retry}s", self.consumer_name())
+                } else {
+                    format!(
+                        "{}: {what}; this request alone exceeds it",
+                        self.consumer_name()
+                    )
+                };
+                let mut extra = vec![("retry-after", retry.as_str())];
+                if !r.should_retry {
+                    extra.push(("x-should-retry", "false"));
+                }
+                self.reject(Reason::Global, &msg, &extra);
+            }
+            ratelimit::Decision::Error(e) => {
+                let why = if status == 0 { e.to_string() } else { why };
+                self.global_failed(&why, true);
+            }
+        }
+    }
+}
 
 impl Req {
     fn new(id: u32, plugin: Rc<Plugin>) -> Self {
@@ -277,6 +403,8 @@ impl Req {
             ticket: None,
             rate_headers: RateHeaders::default(),
             estimate: 0,
+            global_call: None,
+            global_units: Vec::new(),
         }
     }
 
@@ -414,6 +542,129 @@ impl Req {
                 Err(self.reject(Reason::Tokens, &msg, &[("retry-after", "1")]))
             }
         }
+    }
+
+    /// Asks the global rate-limit service; `Some(action)` when the request waits for it or
+    /// was answered, `None` to go on at once.
+    fn admit_global(&mut self) -> Option<Action> {
+        let plugin = self.plugin.clone();
+        let global = plugin.cfg.global.as_ref()?;
+        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let units = ratelimit::units_for(limits);
+        if units.is_empty() {
+            return None;
+        }
+        let model = self.info.as_ref().and_then(|i| i.model.clone());
+        let price = model
+            .as_deref()
+            .and_then(|m| plugin.cfg.price_for(m))
+            .map(|(_, p)| *p);
+        let amounts = quota::reservation(
+            self.estimate,
+            self.info.as_ref().and_then(|i| i.max_tokens),
+            plugin.cfg.estimate.output_reserve,
+            price.as_ref(),
+        );
+        let consumer = self.consumer_name().to_string();
+        let adm = ratelimit::admission_request(
+            &global.domain,
+            &consumer,
+            model.as_deref(),
+            &units,
+            &amounts,
+        );
+        self.global_units = units;
+        match self.dispatch_grpc_call(
+            &global.cluster,
+            ratelimit::SERVICE,
+            ratelimit::METHOD,
+            Vec::new(),
+            Some(&adm.body),
+            Duration::from_millis(global.timeout.millis().max(1)),
+        ) {
+            Ok(token) => {
+                self.global_call = Some((token, adm.checks));
+                Some(Action::Pause)
+            }
+            Err(e) => match self.global_failed(&format!("dispatch failed: {e:?}"), false) {
+                Action::Continue => None,
+                other => Some(other),
+            },
+        }
+    }
+
+    /// The global service did not answer usably: `failure_mode` decides.
+    fn global_failed(&mut self, why: &str, paused: bool) -> Action {
+        self.plugin.set_degraded(true, why);
+        let deny = self
+            .plugin
+            .cfg
+            .global
+            .as_ref()
+            .is_some_and(|g| g.failure_mode == config::FailureMode::Deny);
+        if deny {
+            self.cancel_reservation();
+            self.global_units.clear();
+            let msg = "the global rate-limit service is unavailable";
+            return self.reject(Reason::GlobalUnavailable, msg, &[]);
+        }
+        self.plugin
+            .stats
+            .borrow_mut()
+            .count("tollgate_global_degraded_total", &[], 1);
+        if paused {
+            ffi::resume_http_request();
+        }
+        Action::Continue
+    }
+
+    /// Gives back the whole local reservation of a request that will not go upstream.
+    fn cancel_reservation(&mut self) {
+        let (Some(ticket), Some(owner)) = (self.ticket.take(), self.owner.take()) else {
+            return;
+        };
+        let plugin = self.plugin.clone();
+        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let _ = quota::reconcile(
+            &plugin.store,
+            &owner,
+            limits,
+            &ticket,
+            &Amounts::ZERO,
+            ffi::now_ms(),
+        );
+    }
+
+    /// Queues the real usage for the global service (sent by the root context).
+    fn charge_global(&mut self, usage: &Usage) {
+        let Some(global) = &self.plugin.cfg.global else {
+            return;
+        };
+        if self.global_units.is_empty() {
+            return;
+        }
+        let model = self.info.as_ref().and_then(|i| i.model.as_deref());
+        let price = model
+            .and_then(|m| self.plugin.cfg.price_for(m))
+            .map(|(_, p)| *p);
+        let actual = Amounts::from_usage(usage, price.as_ref());
+        let body = ratelimit::charge_request(
+            &global.domain,
+            self.consumer_name(),
+            model,
+            &self.global_units,
+            &actual,
+        );
+        if let Some(body) = body {
+            if !self.plugin.charges.borrow_mut().push(body) {
+                self.plugin.stats.borrow_mut().count(
+                    "tollgate_global_charges_total",
+                    &[("outcome", "dropped")],
+                    1,
+                );
+            }
+        }
+        self.global_units.clear();
     }
 
     /// Replaces the reservation with real usage (or refunds it all when nothing was used).
@@ -596,6 +847,7 @@ impl HttpContext for Req {
             _ => {
                 self.apply_credentials(&path);
                 self.decision = None;
+                self.phase = Phase::Passthrough;
                 Action::Continue
             }
         }
@@ -640,7 +892,19 @@ impl HttpContext for Req {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        if self.phase != Phase::Proxied {
+        if !matches!(self.phase, Phase::Proxied | Phase::Passthrough) {
+            return Action::Continue;
+        }
+        // The provider's rate-limit headers describe the pooled account, not the caller.
+        for (name, _) in ffi::response_headers() {
+            if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
+                ffi::remove_response_header(&name);
+            }
+        }
+        for (k, v) in rate_header_pairs(&self.rate_headers) {
+            ffi::set_response_header(&k, &v);
+        }
+        if self.phase == Phase::Passthrough {
             return Action::Continue;
         }
         self.upstream_status = ffi::response_header(":status")
@@ -656,15 +920,6 @@ impl HttpContext for Req {
         if strip {
             // The usage-only chunk is removed from the stream: its length changes.
             ffi::remove_response_header("content-length");
-        }
-        // The provider's rate-limit headers describe the pooled account, not the caller.
-        for (name, _) in ffi::response_headers() {
-            if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
-                ffi::remove_response_header(&name);
-            }
-        }
-        for (k, v) in rate_header_pairs(&self.rate_headers) {
-            ffi::set_response_header(&k, &v);
         }
         self.meter = Some(meter);
         if end_of_stream {
@@ -771,7 +1026,7 @@ impl Req {
             ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
         }
         self.phase = Phase::Proxied;
-        Action::Continue
+        self.admit_global().unwrap_or(Action::Continue)
     }
 
     /// The response ended (completely, reset or aborted): count it once.
@@ -820,6 +1075,7 @@ impl Req {
     /// Metrics and access-log facts for a finished request.
     fn record(&mut self, usage: Usage, estimated: bool) {
         self.reconcile(&usage);
+        self.charge_global(&usage);
         ffi::set_filter_state("tollgate.input_tokens", &usage.input_side().to_string());
         ffi::set_filter_state("tollgate.output_tokens", &usage.output.to_string());
         // Whether the numbers came from the provider or were estimated (abort, reset).
@@ -919,6 +1175,7 @@ mod ffi {
 
     pub const BUF_REQUEST_BODY: u32 = 0;
     pub const BUF_RESPONSE_BODY: u32 = 1;
+    pub const BUF_GRPC_RECEIVE: u32 = 5;
     pub const BUF_PLUGIN_CONFIGURATION: u32 = 7;
     const MAP_REQUEST_HEADERS: u32 = 0;
     const MAP_RESPONSE_HEADERS: u32 = 2;
@@ -991,6 +1248,7 @@ mod ffi {
             cas: u32,
         ) -> u32;
         fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+        fn proxy_continue_stream(stream: u32) -> u32;
         fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
         fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -1214,6 +1472,13 @@ mod ffi {
                 CAS_MISMATCH => Err(StoreError::CasMismatch),
                 s => Err(StoreError::Host(s)),
             }
+        }
+    }
+
+    /// Lets a paused request go on.
+    pub fn resume_http_request() {
+        unsafe {
+            proxy_continue_stream(0);
         }
     }
 

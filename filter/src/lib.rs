@@ -13,6 +13,7 @@ pub mod learn;
 pub mod limits;
 pub mod metrics;
 pub mod quota;
+pub mod ratelimit;
 pub mod request;
 pub mod sse;
 pub mod store;
