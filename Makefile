@@ -12,11 +12,12 @@ RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
 GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help setup build unit e2e test run lint fmt clean
+.PHONY: help setup build unit e2e test run lint fmt clean bench
 
 help:
 	@echo "make run    build, start the mock LLM upstream and Envoy+tollgate on 127.0.0.1:10000"
 	@echo "make test   setup, native unit tests, then the e2e suite against real Envoy"
+	@echo "make bench  side-by-side benchmark (tests/bench/RESULTS.md)"
 	@echo "make setup | build | unit | e2e | lint | clean"
 
 # Idempotent: installs only what is missing.
@@ -65,3 +66,18 @@ fmt:
 
 clean:
 	cargo clean
+
+# --- benchmark: `make bench`, or `make bench BENCH_ARGS=--quick`; results in tests/bench/RESULTS.md ---
+BENCH_VENV      := .bench-venv
+LITELLM_VERSION := 1.106.2
+
+bench: setup build $(BENCH_VENV)/.done
+	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
+# LiteLLM's proxy (the peer row) in a venv of its own: its dependency tree must not mix with
+# the test venv's pins.
+$(BENCH_VENV)/.done:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@

@@ -83,10 +83,12 @@ def render(
     admin_port: int | None = None,
     tollgate: dict | str | None = None,
     env_keys: list[str] | None = None,
+    upstream: dict | str | None = None,
 ) -> dict:
     """A copy of `cfg` with absolute wasm paths, the given listener/cluster ports
     (`ports` maps a listener name or a cluster name to a port) and optionally a new
-    tollgate configuration for the first wasm filter."""
+    tollgate configuration for the first wasm filter (`upstream`: for the second, the
+    upstream-stage instance of a failover config)."""
     cfg = copy.deepcopy(cfg)
     ports = ports or {}
     if admin_port is not None:
@@ -105,6 +107,8 @@ def render(
             wc["vm_config"].setdefault("environment_variables", {})["host_env_keys"] = env_keys
         if i == 0 and tollgate is not None:
             set_tollgate_config(wc, tollgate)
+        if i == 1 and upstream is not None:
+            set_tollgate_config(wc, upstream)
     return cfg
 
 

@@ -171,6 +171,8 @@ pub enum Reason {
     AccountsCooling,
     Global,
     GlobalUnavailable,
+    /// No account serves the API, or every one that does is disabled.
+    NoAccount,
 }
 
 impl Reason {
@@ -188,6 +190,7 @@ impl Reason {
             Reason::AccountsCooling => "accounts_cooling",
             Reason::Global => "global",
             Reason::GlobalUnavailable => "global_unavailable",
+            Reason::NoAccount => "no_account",
         }
     }
 
@@ -198,7 +201,7 @@ impl Reason {
             Reason::NotFound => 404,
             Reason::BadRequest => 400,
             Reason::TooLarge => 413,
-            Reason::GlobalUnavailable => 503,
+            Reason::GlobalUnavailable | Reason::NoAccount => 503,
             _ => 429,
         }
     }
@@ -236,7 +239,7 @@ impl Reason {
                 "request_too_large",
                 "INVALID_ARGUMENT",
             ),
-            Reason::GlobalUnavailable => (
+            Reason::GlobalUnavailable | Reason::NoAccount => (
                 "api_error",
                 "server_error",
                 "service_unavailable",

@@ -116,7 +116,7 @@ impl Plugin {
         if cfg.consumer_header.is_some() && !cfg.limits.is_empty() {
             keys.extend(self.dynamic.keys());
         }
-        let n = quota::prepare(&self.store, keys)?;
+        let n = quota::prepare(&self.store, keys)? + accounts::prepare(&self.store, cfg)?;
         for key in self.learned.keys() {
             crate::store::ensure(&self.store, &key, b"-")?;
         }
@@ -167,6 +167,20 @@ impl Stats {
             proxy_wasm::types::MetricType::Histogram => ffi::record_metric(id, by.max(0) as u64),
             _ => ffi::increment_metric(id, by),
         }
+    }
+
+    fn set_gauge(&mut self, name: String, value: i64) {
+        let id = match self.ids.get(&name) {
+            Some(id) => *id,
+            None => match ffi::define_metric(proxy_wasm::types::MetricType::Gauge, &name) {
+                Some(id) => {
+                    self.ids.insert(name, id);
+                    id
+                }
+                None => return,
+            },
+        };
+        ffi::record_metric(id, value.max(0) as u64);
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -294,6 +308,8 @@ enum Phase {
     Proxied,
     /// Sent upstream with identity only (count_tokens, model lists, passthrough paths).
     Passthrough,
+    /// Upstream stage: one retry attempt with its account chosen.
+    Attempt,
     /// The filter answered it itself.
     Answered,
 }
@@ -324,6 +340,10 @@ struct Req {
     global_call: Option<(u32, Vec<ratelimit::Check>)>,
     /// The global units this request is charged in when it ends.
     global_units: Vec<Unit>,
+    /// What the chosen account's own limits charged for this request or attempt.
+    account_ticket: Option<Ticket>,
+    /// tollgate added `stream_options.include_usage`, so the usage-only chunk is removed.
+    strip_usage: bool,
 }
 
 impl Context for Req {
@@ -405,6 +425,8 @@ impl Req {
             estimate: 0,
             global_call: None,
             global_units: Vec::new(),
+            account_ticket: None,
+            strip_usage: false,
         }
     }
 
@@ -700,8 +722,42 @@ impl Req {
         }
     }
 
+    /// Settles what the account's own limits charged: real usage when known, the
+    /// reservation for a served attempt whose usage is counted downstream, nothing for a
+    /// failed one; and adds the tokens to the account's totals.
+    fn settle_account(&mut self, usage: Option<&Usage>) {
+        let plugin = self.plugin.clone();
+        let Some(account) = self.account.and_then(|i| plugin.cfg.accounts.get(i)) else {
+            return;
+        };
+        let now = ffi::now_ms();
+        if let Some(u) = usage {
+            let _ = accounts::record_tokens(&plugin.store, account, u.total());
+        }
+        let Some(ticket) = self.account_ticket.take() else {
+            return;
+        };
+        let ok = (200..300).contains(&self.upstream_status);
+        let actual = match usage {
+            Some(u) => Amounts::from_usage(u, None),
+            None if ok => ticket.charged,
+            None => Amounts::ZERO,
+        };
+        let owner = OwnerKey::account(&account.name);
+        let _ = quota::reconcile(
+            &plugin.store,
+            &owner,
+            &account.limits,
+            &ticket,
+            &actual,
+            now,
+        );
+    }
+
     /// Answers the request with an error in the API's own format.
     fn reject(&mut self, reason: Reason, message: &str, extra: &[(&str, &str)]) -> Action {
+        // An account's own limits may have been charged before a later check refused.
+        self.settle_account(None);
         let body = api::error_body(self.api, reason, message);
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend_from_slice(extra);
@@ -728,14 +784,37 @@ impl Req {
         Action::Pause
     }
 
-    /// Replaces the client's credentials with the account's (or, with no accounts, removes
-    /// only a tollgate key so it never reaches the upstream).
-    fn apply_credentials(&mut self, path: &str) {
+    /// What this request reserves, in every unit (SPEC "Reservation").
+    fn need(&self) -> Amounts {
         let cfg = &self.plugin.cfg;
-        let by_key = matches!(self.caller, Some(Caller::Consumer(i)) if cfg.consumers.get(i).is_some_and(|c| !c.keys.is_empty()))
-            && self.presented_tollgate_key;
+        let info = self.info.as_ref();
+        let price = info
+            .and_then(|i| i.model.as_deref())
+            .and_then(|m| cfg.price_for(m))
+            .map(|(_, p)| *p);
+        quota::reservation(
+            self.estimate,
+            info.and_then(|i| i.max_tokens),
+            cfg.estimate.output_reserve,
+            price.as_ref(),
+        )
+    }
+
+    /// Replaces the client's credentials with an account's: for a metered request the one
+    /// `selection` picks (never one in `exclude`), else the first account of the API. With no
+    /// accounts, only a tollgate key is removed, so it never reaches the upstream.
+    fn choose_account(
+        &mut self,
+        path: &str,
+        metered: bool,
+        session: Option<&str>,
+        exclude: &[usize],
+    ) -> Result<(), Action> {
+        let plugin = self.plugin.clone();
+        let cfg = &plugin.cfg;
+        let by_key = self.presented_tollgate_key;
         if cfg.accounts.is_empty() && !by_key {
-            return;
+            return Ok(());
         }
         for h in accounts::CLIENT_CREDENTIAL_HEADERS {
             ffi::remove_request_header(h);
@@ -743,12 +822,55 @@ impl Req {
         if let Some(stripped) = identity::strip_query_key(path) {
             ffi::set_request_header(":path", &stripped);
         }
-        let Some(i) = accounts::first_for(&cfg.accounts, self.api) else {
-            return;
+        if cfg.accounts.is_empty() {
+            return Ok(());
+        }
+        let chosen = if metered {
+            let need = self.need();
+            let attempt = accounts::Attempt {
+                api: self.api,
+                need: &need,
+                session,
+                exclude,
+                now_ms: ffi::now_ms(),
+            };
+            match accounts::select(&plugin.store, cfg, &attempt) {
+                accounts::Outcome::Picked(p) => {
+                    self.account_ticket = p.ticket;
+                    if !matches!(p.affinity, accounts::AffinityUse::Off) {
+                        let mut stats = plugin.stats.borrow_mut();
+                        stats.count(
+                            "tollgate_affinity_total",
+                            &[("outcome", p.affinity.as_str())],
+                            1,
+                        );
+                    }
+                    Some(p.account)
+                }
+                accounts::Outcome::AllCooling { retry_after_s } => {
+                    let retry = retry_after_s.max(1).to_string();
+                    let msg = format!(
+                        "every {} account is cooling down; retry in {retry}s",
+                        self.api.as_str()
+                    );
+                    return Err(self.reject(
+                        Reason::AccountsCooling,
+                        &msg,
+                        &[("retry-after", &retry)],
+                    ));
+                }
+                accounts::Outcome::NoAccount => None,
+            }
+        } else {
+            accounts::first_for(&cfg.accounts, self.api)
+        };
+        let Some(i) = chosen else {
+            let msg = format!("no usable {} account is configured", self.api.as_str());
+            return Err(self.reject(Reason::NoAccount, &msg, &[]));
         };
         self.account = Some(i);
         let Some(account) = cfg.accounts.get(i) else {
-            return;
+            return Ok(());
         };
         let (name, value) = accounts::credential(account);
         ffi::set_request_header(name, &value);
@@ -764,11 +886,109 @@ impl Req {
             ffi::clear_route_cache();
         }
         ffi::set_filter_state("tollgate.account", &account.name);
+        Ok(())
+    }
+
+    /// Learns the account's health from a response (status and rate-limit headers), and
+    /// logs a change of state once.
+    fn observe_account(&mut self, obs: accounts::Observation) {
+        let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) else {
+            return;
+        };
+        if obs.is_empty() {
+            return;
+        }
+        if let Ok(t) = accounts::record(&self.plugin.store, account, &obs, ffi::now_ms()) {
+            let mut stats = self.plugin.stats.borrow_mut();
+            if t.changed() {
+                ffi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: account {} is now {} (was {})",
+                        account.name,
+                        t.after.as_str(),
+                        t.before.as_str()
+                    ),
+                );
+                let name = metrics::name("tollgate_account_state", &[("account", &account.name)]);
+                stats.set_gauge(name, t.after.gauge());
+            }
+        }
+    }
+
+    /// The upstream stage: one retry attempt. Picks an account not tried by earlier attempts
+    /// of this request (the downstream published consumer, estimate and session).
+    fn upstream_attempt(&mut self) -> Action {
+        let path = ffi::request_header(":path").unwrap_or_default();
+        let method = ffi::request_header(":method").unwrap_or_default();
+        self.api = api::api_hint(
+            ffi::request_header("anthropic-version").is_some(),
+            ffi::request_header("x-api-key").is_some(),
+            ffi::request_header("x-goog-api-key").is_some(),
+        );
+        let metered = match api::classify(
+            &method,
+            &path,
+            self.api,
+            None,
+            &self.plugin.cfg.passthrough_paths,
+        ) {
+            Route::Metered(m) => {
+                self.api = m.api();
+                true
+            }
+            Route::Identity(api) => {
+                self.api = api;
+                false
+            }
+            _ => return Action::Continue,
+        };
+        self.estimate = ffi::get_filter_state("tollgate.estimate")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let affinity = self.plugin.cfg.selection.affinity.as_ref();
+        let header = affinity
+            .and_then(|a| a.header.as_deref())
+            .and_then(ffi::request_header);
+        let fingerprint = ffi::get_filter_state("tollgate.fingerprint")
+            .and_then(|f| u64::from_str_radix(&f, 16).ok());
+        let session = accounts::session_id(affinity, header.as_deref(), fingerprint)
+            .or_else(|| ffi::get_filter_state("tollgate.session"));
+        let tried_s = ffi::get_filter_state("tollgate.tried").unwrap_or_default();
+        let tried: Vec<usize> = tried_s.split(',').filter_map(|t| t.parse().ok()).collect();
+        // Credentials the downstream left (a caller's own) never go upstream from a pool.
+        self.presented_tollgate_key = true;
+        if let Err(answer) = self.choose_account(&path, metered, session.as_deref(), &tried) {
+            return answer;
+        }
+        if let Some(i) = self.account {
+            let list = if tried_s.is_empty() {
+                i.to_string()
+            } else {
+                format!("{tried_s},{i}")
+            };
+            ffi::set_filter_state("tollgate.tried", &list);
+            if !tried.is_empty() {
+                if let Some(a) = self.plugin.cfg.accounts.get(i) {
+                    let name = a.name.clone();
+                    self.plugin.stats.borrow_mut().count(
+                        "tollgate_failovers_total",
+                        &[("account", &name)],
+                        1,
+                    );
+                }
+            }
+        }
+        self.phase = Phase::Attempt;
+        Action::Continue
     }
 }
 
 impl HttpContext for Req {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        if self.plugin.cfg.stage == config::Stage::Upstream {
+            return self.upstream_attempt();
+        }
         let path = ffi::request_header(":path").unwrap_or_default();
         let method = ffi::request_header(":method").unwrap_or_default();
         let x_api_key = ffi::request_header("x-api-key");
@@ -845,7 +1065,9 @@ impl HttpContext for Req {
                 Action::Pause
             }
             _ => {
-                self.apply_credentials(&path);
+                if let Err(answer) = self.choose_account(&path, false, None, &[]) {
+                    return answer;
+                }
                 self.decision = None;
                 self.phase = Phase::Passthrough;
                 Action::Continue
@@ -892,7 +1114,26 @@ impl HttpContext for Req {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        if !matches!(self.phase, Phase::Proxied | Phase::Passthrough) {
+        if !matches!(
+            self.phase,
+            Phase::Proxied | Phase::Passthrough | Phase::Attempt
+        ) {
+            return Action::Continue;
+        }
+        let status: u32 = ffi::response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.upstream_status = status;
+        if self.account.is_some() {
+            let headers: Vec<(String, String)> = ffi::response_headers()
+                .into_iter()
+                .filter(|(k, _)| k == "retry-after" || accounts::is_provider_ratelimit_header(k))
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect();
+            self.observe_account(accounts::observe_response(status, &headers, ffi::now_ms()));
+        }
+        if self.phase == Phase::Attempt {
+            // The downstream stage strips the provider's headers after it, too.
             return Action::Continue;
         }
         // The provider's rate-limit headers describe the pooled account, not the caller.
@@ -907,15 +1148,12 @@ impl HttpContext for Req {
         if self.phase == Phase::Passthrough {
             return Action::Continue;
         }
-        self.upstream_status = ffi::response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
         let Some(endpoint) = self.endpoint.as_ref() else {
             return Action::Continue;
         };
         let content_type = ffi::response_header("content-type").unwrap_or_default();
         let encoding = ffi::response_header("content-encoding").unwrap_or_default();
-        let strip = self.info.as_ref().is_some_and(|i| i.usage_splice.is_some());
+        let strip = self.strip_usage;
         let meter = ResponseMeter::new(endpoint, &content_type, &encoding, strip);
         if strip {
             // The usage-only chunk is removed from the stream: its length changes.
@@ -960,6 +1198,10 @@ impl HttpContext for Req {
     fn on_log(&mut self) {
         if self.phase == Phase::Proxied {
             self.finish_response();
+        }
+        if self.phase == Phase::Attempt {
+            self.settle_account(None);
+            return;
         }
         let decision = match self.decision {
             Some(r) => r.as_str(),
@@ -1007,23 +1249,58 @@ impl Req {
             return answer;
         }
         let path = ffi::request_header(":path").unwrap_or_default();
-        self.apply_credentials(&path);
+        let cfg = &self.plugin.cfg;
+        let header = cfg
+            .selection
+            .affinity
+            .as_ref()
+            .and_then(|a| a.header.as_deref())
+            .and_then(ffi::request_header);
+        let session = accounts::session_id(
+            cfg.selection.affinity.as_ref(),
+            header.as_deref(),
+            self.info.as_ref().and_then(|i| i.fingerprint),
+        );
+        if let Some(s) = &session {
+            ffi::set_filter_state("tollgate.session", s);
+        }
+        if let Some(fp) = self.info.as_ref().and_then(|i| i.fingerprint) {
+            // For an upstream stage that keeps conversations on one account.
+            ffi::set_filter_state("tollgate.fingerprint", &format!("{fp:016x}"));
+        }
+        ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
+        if let Err(answer) = self.choose_account(&path, true, session.as_deref(), &[]) {
+            self.cancel_reservation();
+            return answer;
+        }
         if let Some(info) = &self.info {
             if let Some(splice) = &info.usage_splice {
-                // The usage-only chunk is cut from the stream, which needs it uncompressed.
-                ffi::set_request_header("accept-encoding", "identity");
-                if ffi::set_buffer(
-                    ffi::BUF_REQUEST_BODY,
-                    splice.offset,
-                    splice.remove,
-                    splice.insert.as_bytes(),
-                ) {
+                // Envoy replaces a body buffer only from its start (or appends), so the
+                // bytes before the splice point are copied back with the insertion; the
+                // scanner puts the splice right after the root `{` where it can.
+                let mut head = if splice.offset == 0 {
+                    Vec::new()
+                } else {
+                    ffi::get_buffer(ffi::BUF_REQUEST_BODY, 0, splice.offset).unwrap_or_default()
+                };
+                let fits = head.len() == splice.offset;
+                head.extend_from_slice(splice.insert.as_bytes());
+                if fits
+                    && ffi::set_buffer(
+                        ffi::BUF_REQUEST_BODY,
+                        0,
+                        splice.offset + splice.remove,
+                        &head,
+                    )
+                {
                     let len = body_size.saturating_sub(splice.remove) + splice.insert.len();
                     ffi::set_request_header("content-length", &len.to_string());
+                    // The usage-only chunk is cut from the stream, which needs it uncompressed.
+                    ffi::set_request_header("accept-encoding", "identity");
+                    self.strip_usage = true;
                 }
             }
             ffi::set_filter_state("tollgate.model", &model);
-            ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
         }
         self.phase = Phase::Proxied;
         self.admit_global().unwrap_or(Action::Continue)
@@ -1049,6 +1326,16 @@ impl Req {
         }
         if m.complete {
             self.learn(usage.input_side());
+        }
+        // An error event inside a successful stream; an error status was observed already.
+        let ok = (200..300).contains(&self.upstream_status);
+        if let Some(err) = m.stream_error.filter(|_| ok) {
+            let kind = match err {
+                crate::usage::StreamError::RateLimited => "rate_limit_error",
+                crate::usage::StreamError::Overloaded => "overloaded_error",
+                crate::usage::StreamError::Other => "api_error",
+            };
+            self.observe_account(accounts::observe_stream_error(kind));
         }
         self.record(usage, m.output_estimated || input_estimated);
     }
@@ -1076,6 +1363,7 @@ impl Req {
     fn record(&mut self, usage: Usage, estimated: bool) {
         self.reconcile(&usage);
         self.charge_global(&usage);
+        self.settle_account(Some(&usage));
         ffi::set_filter_state("tollgate.input_tokens", &usage.input_side().to_string());
         ffi::set_filter_state("tollgate.output_tokens", &usage.output.to_string());
         // Whether the numbers came from the provider or were estimated (abort, reset).
@@ -1248,6 +1536,12 @@ mod ffi {
             cas: u32,
         ) -> u32;
         fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+        fn proxy_get_property(
+            path: *const u8,
+            path_size: usize,
+            out: *mut *mut u8,
+            out_size: *mut usize,
+        ) -> u32;
         fn proxy_continue_stream(stream: u32) -> u32;
         fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
         fn proxy_increment_metric(id: u32, offset: i64) -> u32;
@@ -1430,6 +1724,19 @@ mod ffi {
     }
 
     /// Envoy's `clear_route_cache` foreign function, so a header written now picks the route.
+    /// Filter state set by this or another tollgate instance of the same stream.
+    pub fn get_filter_state(name: &str) -> Option<String> {
+        let mut ptr = null_mut();
+        let mut size = 0;
+        let bytes = unsafe {
+            match proxy_get_property(name.as_ptr(), name.len(), &mut ptr, &mut size) {
+                OK => owned(ptr, size),
+                _ => return None,
+            }
+        };
+        String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    }
+
     pub fn clear_route_cache() {
         let name = "clear_route_cache";
         let mut ptr = null_mut();

@@ -218,6 +218,7 @@ impl RequestScanner {
                 usage_literal: None,
                 usage_other: false,
                 stream_options: StreamOptions::Absent,
+                root_open: None,
                 root_close: None,
                 in_message: false,
                 role: Small::default(),
@@ -305,6 +306,8 @@ struct Collector {
     usage_literal: Option<(usize, usize)>,
     usage_other: bool,
     stream_options: StreamOptions,
+    /// Offsets of the root object's `{` and `}`.
+    root_open: Option<usize>,
     root_close: Option<usize>,
     in_message: bool,
     role: Small,
@@ -572,10 +575,13 @@ impl Collector {
                 insert: "{\"include_usage\":true}",
             }),
             StreamOptions::Other => None,
-            StreamOptions::Absent => self.root_close.map(|offset| Splice {
-                offset,
+            // Right after the root `{`: Envoy can only replace a body's head (drain, then
+            // prepend), so a splice near the start costs the host almost no copying. A
+            // streaming request has `stream`, so the root is never empty here.
+            StreamOptions::Absent => self.root_close.and(self.root_open).map(|open| Splice {
+                offset: open + 1,
                 remove: 0,
-                insert: ",\"stream_options\":{\"include_usage\":true}",
+                insert: "\"stream_options\":{\"include_usage\":true},",
             }),
         }
     }
@@ -690,6 +696,7 @@ impl Sink for Collector {
             if kind != Container::Object {
                 self.fail(RequestError::NotObject);
             }
+            self.root_open = Some(offset);
             return;
         }
         match (self.field(p), kind) {
@@ -1734,17 +1741,17 @@ mod tests {
             (
                 r#"{"model":"m","stream":true}"#,
                 Some(Splice {
-                    offset: 26,
+                    offset: 1,
                     remove: 0,
-                    insert: ",\"stream_options\":{\"include_usage\":true}",
+                    insert: "\"stream_options\":{\"include_usage\":true},",
                 }),
             ),
             (
-                r#"{ "model" : "m" , "stream" : true }"#,
+                r#" { "model" : "m" , "stream" : true }"#,
                 Some(Splice {
-                    offset: 34,
+                    offset: 2,
                     remove: 0,
-                    insert: ",\"stream_options\":{\"include_usage\":true}",
+                    insert: "\"stream_options\":{\"include_usage\":true},",
                 }),
             ),
             (

@@ -21,6 +21,8 @@ from mockctl import Mock  # noqa: E402
 
 ACCOUNT_KEYS = {
     "TOLLGATE_ANTHROPIC_KEY_1": "sk-ant-api03-upstream-account-one-0000000000AAAA",
+    "TOLLGATE_ANTHROPIC_KEY_2": "sk-ant-api03-upstream-account-two-0000000000DDDD",
+    "TOLLGATE_ANTHROPIC_KEY_3": "sk-ant-api03-upstream-account-three-00000000EEEE",
     "TOLLGATE_OPENAI_KEY_1": "sk-proj-upstream-account-one-000000000000BBBB",
     "TOLLGATE_GEMINI_KEY_1": "AIza-upstream-gemini-account-one-CCCC",
 }
@@ -78,11 +80,12 @@ class EnvoyFactory:
 
     def __call__(self, tollgate: dict | str | None = None, shipped: str = "envoy.yaml",
                  env: dict | None = None, expect_fail: bool = False, name: str | None = None,
-                 concurrency: int = 2, patch=None) -> envoyctl.Envoy:
+                 concurrency: int = 2, patch=None, upstream: dict | None = None) -> envoyctl.Envoy:
         cfg = envoyctl.load(shipped)
         ports = {"tollgate": envoyctl.free_port(), "llm": self.mock.port}
         cfg = envoyctl.render(cfg, ports=ports, admin_port=envoyctl.free_port(),
-                              tollgate=tollgate if tollgate is not None else base_config())
+                              tollgate=tollgate if tollgate is not None else base_config(),
+                              upstream=upstream, env_keys=list(ACCOUNT_KEYS))
         if patch:
             patch(cfg)
         n = name or f"envoy-{len(_started)}"
