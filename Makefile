@@ -10,6 +10,8 @@ APT_PKGS := redis-server wrk nghttp2-client
 # envoyproxy/ratelimit, the reference global rate-limit service (pinned; v1.4.0 is too old).
 RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
 GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
+# func-e runs the demo as `ENVOY_PATH=.venv/bin/envoy func-e run -c envoy/envoy.yaml` (pinned).
+FUNCE_VERSION := v1.6.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help setup build unit e2e test run lint fmt clean bench
@@ -31,6 +33,9 @@ setup: $(VENV)/.done
 	@go version -m $(GOBIN)/service_cmd 2>/dev/null | grep -Eq 'mod[[:space:]]+github.com/envoyproxy/ratelimit[[:space:]]+$(RATELIMIT_VERSION)([[:space:]]|$$)' || \
 	  { echo "go install envoyproxy/ratelimit service_cmd@$(RATELIMIT_VERSION)"; \
 	    go install github.com/envoyproxy/ratelimit/src/service_cmd@$(RATELIMIT_VERSION); }
+	@go version -m $(GOBIN)/func-e 2>/dev/null | grep -Eq 'mod[[:space:]]+github.com/tetratelabs/func-e[[:space:]]+$(FUNCE_VERSION)([[:space:]]|$$)' || \
+	  { echo "go install tetratelabs/func-e@$(FUNCE_VERSION)"; \
+	    go install github.com/tetratelabs/func-e/cmd/func-e@$(FUNCE_VERSION); }
 
 $(VENV)/.done: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -40,11 +45,12 @@ $(VENV)/.done: tests/requirements.txt
 
 build:
 	cargo build --release --target wasm32-wasip1 -p tollgate
+	cargo build --release -p tollgate-cli
 	cargo build --profile mock -p tollgate-mock
 	@ls -l $(WASM) | awk '{print "tollgate.wasm: " $$5 " bytes"}'
 
 unit:
-	cargo test -p tollgate
+	cargo test -p tollgate -p tollgate-cli
 
 e2e: build
 	$(PY) -m pytest -q tests/e2e
@@ -60,6 +66,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy -p tollgate --all-targets -- -D warnings
 	cargo clippy -p tollgate --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p tollgate-cli --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all

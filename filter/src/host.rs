@@ -169,6 +169,21 @@ impl Stats {
         }
     }
 
+    /// The process-wide value of a gauge (0 if it was never set).
+    fn gauge_value(&mut self, name: &str) -> i64 {
+        let id = match self.ids.get(name) {
+            Some(id) => *id,
+            None => match ffi::define_metric(proxy_wasm::types::MetricType::Gauge, name) {
+                Some(id) => {
+                    self.ids.insert(name.to_string(), id);
+                    id
+                }
+                None => return 0,
+            },
+        };
+        ffi::get_metric(id).map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
     fn set_gauge(&mut self, name: String, value: i64) {
         let id = match self.ids.get(&name) {
             Some(id) => *id,
@@ -895,11 +910,22 @@ impl Req {
         let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) else {
             return;
         };
+        let gauge = metrics::name("tollgate_account_state", &[("account", &account.name)]);
         if obs.is_empty() {
+            // Nothing to learn; but a cooling that ended on time must show as ok again.
+            let shown = self.plugin.stats.borrow_mut().gauge_value(&gauge);
+            if shown > 0 {
+                if let Ok(h) = accounts::read_health(&self.plugin.store, account) {
+                    let now = h.kind_at(ffi::now_ms()).gauge();
+                    self.plugin.stats.borrow_mut().set_gauge(gauge, now);
+                }
+            }
             return;
         }
         if let Ok(t) = accounts::record(&self.plugin.store, account, &obs, ffi::now_ms()) {
             let mut stats = self.plugin.stats.borrow_mut();
+            // Every observation sets the gauge: a cooling that ended on time is no transition.
+            stats.set_gauge(gauge, t.after.gauge());
             if t.changed() {
                 ffi::log(
                     LogLevel::Warn,
@@ -910,8 +936,6 @@ impl Req {
                         t.before.as_str()
                     ),
                 );
-                let name = metrics::name("tollgate_account_state", &[("account", &account.name)]);
-                stats.set_gauge(name, t.after.gauge());
             }
         }
     }
@@ -1392,6 +1416,19 @@ impl Req {
             &[("account", &account), ("code", &code)],
             1,
         );
+        let price = self
+            .info
+            .as_ref()
+            .and_then(|i| i.model.as_deref())
+            .and_then(|m| self.plugin.cfg.price_for(m))
+            .map(|(_, p)| *p);
+        if let Some(p) = price {
+            stats.count(
+                "tollgate_cost_usd_micros_total",
+                &[("consumer", &consumer), ("model", &model)],
+                p.cost_micros(&usage),
+            );
+        }
         for (ty, n) in [
             ("input", usage.input),
             ("output", usage.output),
@@ -1546,6 +1583,7 @@ mod ffi {
         fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
         fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         fn proxy_record_metric(id: u32, value: u64) -> u32;
+        fn proxy_get_metric(id: u32, out: *mut u64) -> u32;
         fn proxy_call_foreign_function(
             name: *const u8,
             name_size: usize,
@@ -1812,6 +1850,11 @@ mod ffi {
         unsafe {
             proxy_increment_metric(id, by);
         }
+    }
+
+    pub fn get_metric(id: u32) -> Option<u64> {
+        let mut v = 0u64;
+        unsafe { (proxy_get_metric(id, &mut v) == OK).then_some(v) }
     }
 
     pub fn record_metric(id: u32, value: u64) {

@@ -223,6 +223,8 @@ def istio_as_plain_envoy(cfg: dict) -> None:
     hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, value)
     listener_patch = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "LISTENER")
     cfg["static_resources"]["listeners"][0].update(listener_patch["patch"]["value"])
+    bootstrap = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "BOOTSTRAP")
+    cfg.update(bootstrap["patch"]["value"])
 
 
 def test_istio_envoyfilter_serves_a_request(make_envoy, mock):
@@ -235,3 +237,5 @@ def test_istio_envoyfilter_serves_a_request(make_envoy, mock):
     assert msg.content[0].text
     seen = last_request(mock, "/v1/messages")
     assert seen["headers"]["x-api-key"] == ANTHROPIC_ACCOUNT
+    # The bootstrap patch's stats_tags make Prometheus labels of tollgate's stats.
+    assert 'tollgate_requests_total{consumer="search-team"' in e.prometheus()
