@@ -50,6 +50,8 @@ struct Plugin {
     charges: RefCell<ChargeQueue>,
     /// Whether the global service is failing (for the log-once-per-transition rule).
     degraded: Cell<bool>,
+    /// This worker's analytics facts, merged into shared data from the root tick.
+    analytics: RefCell<crate::analytics::Accumulator>,
 }
 
 impl Plugin {
@@ -63,6 +65,7 @@ impl Plugin {
             ratios: RefCell::default(),
             charges: RefCell::new(ChargeQueue::new(4096, 16)),
             degraded: Cell::new(false),
+            analytics: RefCell::default(),
         }
     }
 
@@ -248,10 +251,14 @@ impl RootContext for Root {
                     ),
                 );
                 let plugin = Plugin::new(cfg);
-                if plugin.cfg.global.is_some() {
-                    // Charges after a response are sent from here, never from the request.
-                    let _ = proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(100));
-                }
+                // Charges after a response are sent from the tick, never from the request;
+                // analytics are flushed from it about once a second.
+                let tick = if plugin.cfg.global.is_some() {
+                    100
+                } else {
+                    1000
+                };
+                let _ = proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(tick));
                 if let Err(e) = plugin.prepare_store() {
                     ffi::log(
                         LogLevel::Warn,
@@ -275,6 +282,10 @@ impl RootContext for Root {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
+        let _ = plugin
+            .analytics
+            .borrow_mut()
+            .flush_if_due(&plugin.store, ffi::now_ms());
         let Some(global) = &plugin.cfg.global else {
             return;
         };
@@ -357,6 +368,8 @@ struct Req {
     global_units: Vec<Unit>,
     /// What the chosen account's own limits charged for this request or attempt.
     account_ticket: Option<Ticket>,
+    /// When the request arrived (for the analytics response time).
+    started_ms: u64,
     /// tollgate added `stream_options.include_usage`, so the usage-only chunk is removed.
     strip_usage: bool,
 }
@@ -441,6 +454,7 @@ impl Req {
             global_call: None,
             global_units: Vec::new(),
             account_ticket: None,
+            started_ms: ffi::now_ms(),
             strip_usage: false,
         }
     }
@@ -1040,7 +1054,16 @@ impl HttpContext for Req {
             &path,
         );
         match route {
-            Route::Admin(sub) => return self.admin(&sub, key, authorization.as_deref()),
+            Route::Admin(sub) => {
+                // The admin key is never taken from the URL (`?key=`).
+                let key = identity::presented_key(
+                    x_api_key.as_deref(),
+                    authorization.as_deref(),
+                    None,
+                    "",
+                );
+                return self.admin(&sub, key, authorization.as_deref());
+            }
             Route::NotFound(api) => {
                 self.api = api;
                 let msg = format!(
@@ -1401,6 +1424,35 @@ impl Req {
             .map_or("none", |a| a.name.as_str())
             .to_string();
         let code = self.upstream_status.to_string();
+        {
+            let now = ffi::now_ms();
+            let model_name = self
+                .info
+                .as_ref()
+                .and_then(|i| i.model.as_deref())
+                .unwrap_or("");
+            let cost_micros = self
+                .plugin
+                .cfg
+                .price_for(model_name)
+                .map_or(0, |(_, p)| p.cost_micros(&usage));
+            self.plugin
+                .analytics
+                .borrow_mut()
+                .record(&crate::analytics::Fact {
+                    consumer: self.consumer_name(),
+                    model_label: &model,
+                    account: self
+                        .account
+                        .and_then(|i| self.plugin.cfg.accounts.get(i))
+                        .map(|a| a.name.as_str()),
+                    usage,
+                    cost_micros,
+                    response_ms: now.saturating_sub(self.started_ms),
+                    ok: (200..300).contains(&self.upstream_status),
+                    now_ms: now,
+                });
+        }
         let mut stats = self.plugin.stats.borrow_mut();
         stats.count(
             "tollgate_requests_total",
@@ -1455,7 +1507,7 @@ impl Req {
             ffi::send_http_response(
                 200,
                 &[("content-type", "application/json")],
-                br#"{"status":"ok"}"#,
+                crate::admin::health_json().as_bytes(),
             );
             return Action::Pause;
         }
@@ -1482,11 +1534,88 @@ impl Req {
             );
             return Action::Pause;
         }
-        ffi::send_http_response(
-            404,
-            &[("content-type", "application/json")],
-            br#"{"error":"not found"}"#,
-        );
+        let plugin = self.plugin.clone();
+        let cfg = &plugin.cfg;
+        match sub {
+            "/usage" => {
+                let now = ffi::now_ms();
+                // This worker's facts now; the other workers' within a second.
+                let _ = plugin.analytics.borrow_mut().flush(&plugin.store, now);
+                let totals = crate::analytics::load(&plugin.store);
+                let mut consumers: Vec<crate::admin::ConsumerView<'_>> = cfg
+                    .consumers
+                    .iter()
+                    .map(|c| crate::admin::ConsumerView {
+                        name: &c.name,
+                        usage: quota::usage_snapshot(
+                            &plugin.store,
+                            &OwnerKey::consumer(&c.name),
+                            &c.limits,
+                            now,
+                        )
+                        .unwrap_or_default(),
+                    })
+                    .collect();
+                if let Some(a) = &cfg.anonymous {
+                    consumers.push(crate::admin::ConsumerView {
+                        name: config::ANONYMOUS,
+                        usage: quota::usage_snapshot(
+                            &plugin.store,
+                            &OwnerKey::consumer(config::ANONYMOUS),
+                            &a.limits,
+                            now,
+                        )
+                        .unwrap_or_default(),
+                    });
+                }
+                let healths: Vec<accounts::Health> = cfg
+                    .accounts
+                    .iter()
+                    .map(|a| {
+                        accounts::read_health(&plugin.store, a)
+                            .unwrap_or_else(|_| accounts::Health::fresh(a))
+                    })
+                    .collect();
+                let views = cfg
+                    .accounts
+                    .iter()
+                    .zip(&healths)
+                    .map(|(a, h)| {
+                        crate::admin::AccountView::from_health(&a.name, a.provider.as_str(), h, now)
+                    })
+                    .collect();
+                let body = crate::admin::usage_json(&crate::admin::UsageReport {
+                    now_ms: now,
+                    consumers,
+                    accounts: views,
+                    totals: &totals,
+                });
+                ffi::send_http_response(
+                    200,
+                    &[
+                        ("content-type", "application/json"),
+                        ("cache-control", "no-store"),
+                    ],
+                    body.as_bytes(),
+                );
+            }
+            "" | "/" => {
+                let path = cfg.admin.as_ref().map_or("", |a| a.path.as_str());
+                ffi::send_http_response(
+                    200,
+                    &[
+                        ("content-type", "text/html; charset=utf-8"),
+                        ("cache-control", "no-store"),
+                    ],
+                    crate::admin::dashboard_html(path).as_bytes(),
+                );
+            }
+            _ => ffi::send_http_response(
+                404,
+                &[("content-type", "application/json")],
+                br#"{"error":"not found"}"#,
+            ),
+        }
         Action::Pause
     }
 }
