@@ -181,20 +181,275 @@ impl Estimator {
         }
     }
 
+    /// ASCII goes through `ascii_block` 64 bytes at a time (short stretches a run at a time
+    /// through `ascii_runs`), other chars one by one through `classify`.
     pub fn push_str(&mut self, s: &str) {
-        let bytes = s.as_bytes();
-        let mut i = 0;
-        while let Some(&b) = bytes.get(i) {
-            if b < 0x80 {
-                self.step(ascii_class(b), 1);
-                i += 1;
-            } else {
-                let Some(c) = s.get(i..).and_then(|rest| rest.chars().next()) else {
-                    break;
+        let mut rest = s.as_bytes();
+        while let Some(&first) = rest.first() {
+            if first < 0x80 {
+                let window = rest.get(..64).unwrap_or(rest);
+                // Masks pay off from BLOCK_MIN ASCII bytes on (between CJK words, a space
+                // alone is common).
+                let long = window
+                    .get(..BLOCK_MIN)
+                    .is_some_and(|head| head.iter().fold(0, |a, &b| a | b) < 0x80);
+                let n = if long {
+                    let m = Masks::new(window);
+                    if m.len >= BLOCK_MIN {
+                        self.ascii_block(window.get(..m.len).unwrap_or_default(), &m);
+                    } else {
+                        self.ascii_runs(window.get(..m.len).unwrap_or_default());
+                    }
+                    m.len
+                } else {
+                    let n = window
+                        .iter()
+                        .position(|&b| b >= 0x80)
+                        .unwrap_or(window.len());
+                    self.ascii_runs(window.get(..n).unwrap_or_default());
+                    n
                 };
-                self.step(classify(c), c.len_utf8() as u32);
-                i += c.len_utf8();
+                rest = rest.get(n..).unwrap_or_default();
             }
+            let n = self.non_ascii(rest);
+            rest = rest.get(n..).unwrap_or_default();
+        }
+    }
+
+    /// The non-ASCII chars that start `rest`, one by one; returns their length in bytes.
+    #[inline(never)]
+    fn non_ascii(&mut self, rest: &[u8]) -> usize {
+        let mut at = 0;
+        // `rest` is UTF-8, so a whole char follows a lead byte.
+        while let Some(c) = rest
+            .get(at..)
+            .filter(|r| r.first().is_some_and(|&b| b >= 0x80))
+            .and_then(decode)
+        {
+            let n = c.len_utf8();
+            self.step(classify(c), n as u32);
+            at += n;
+        }
+        at
+    }
+
+    /// ASCII bytes a run at a time: a word's lowercase letters, digits, punctuation, whitespace.
+    fn ascii_runs(&mut self, mut rest: &[u8]) {
+        while let Some(&b) = rest.first() {
+            let used = match ASCII_KIND[usize::from(b)] {
+                K_LOWER => self.lowers(rest),
+                K_DIGIT => self.digits(rest),
+                K_PUNCT => self.puncts(rest),
+                K_SPACE => self.spaces(rest),
+                _ => {
+                    self.step(ascii_class(b), 1);
+                    1
+                }
+            };
+            rest = rest.get(used..).unwrap_or_default();
+        }
+    }
+
+    /// A segment of at most 64 ASCII bytes at once: classes become bit masks (bit j for byte
+    /// j), runs and their starts and ends come from shifts, and only the Latin words and digit
+    /// groups that end here are visited one by one. Counts exactly as `step` would.
+    #[inline(never)]
+    fn ascii_block(&mut self, t: &[u8], m: &Masks) {
+        let n = m.len;
+        if n == 0 {
+            return;
+        }
+        let valid = m.valid;
+        let (lw, lo, up, dg, pu, ws, sp, nl, ct) = (
+            m.lower | m.upper,
+            m.lower,
+            m.upper,
+            m.digit,
+            m.punct,
+            m.space | m.newline,
+            m.space,
+            m.newline,
+            m.control,
+        );
+        let carry = |on: bool| u64::from(on);
+        let was = self.run;
+        let (cw, cd, cp, cs) = (
+            carry(was == Run::Word(Script::Latin)),
+            carry(was == Run::Digits),
+            carry(was == Run::Punct),
+            carry(was == Run::Space),
+        );
+        // Bit j: byte j continues the run of byte j - 1 (bit 0: the run carried in).
+        let cont_w = lw & (lw << 1 | cw) & !(up & (lo << 1 | carry(self.lower)));
+        let cont_d = dg & (dg << 1 | cd);
+        let cont_p = pu & (pu << 1 | cp);
+        let cont_s = ws & (ws << 1 | cs);
+        let cont = cont_w | cont_d | cont_p | cont_s;
+        let (start_w, start_d) = (lw & !cont_w, dg & !cont_d);
+        // Last bytes of runs that end inside the segment (the one at byte n - 1 stays open).
+        let inner = valid >> 1;
+        let end_w = lw & !(cont_w >> 1) & inner;
+        let end_d = dg & !(cont_d >> 1) & inner;
+        let end_p = pu & !(cont_p >> 1) & inner;
+        let end_s = ws & !(cont_s >> 1) & inner;
+
+        // Transitions between runs.
+        let punct_before = start_w & (pu << 1 | cp);
+        let space_before = start_d & (sp << 1 | carry(was == Run::Space && self.tail > 0));
+        bump(&mut self.counts, F_PUNCT_BEFORE_WORD, ones(punct_before));
+        bump(&mut self.counts, F_SPACE_BEFORE_DIGIT, ones(space_before));
+        bump(&mut self.counts, F_SYMBOL_BYTES, ones(ct));
+
+        // The carried run, when byte 0 does not continue it, ends before the segment.
+        let carried = cont & 1 != 0;
+        if !carried {
+            self.flush();
+        }
+        let p0 = if carried { self.len } else { 0 };
+
+        // Punctuation runs: counted at their end, as `flush` would.
+        bump(&mut self.counts, F_PUNCT_RUNS, ones(end_p));
+        // Whitespace runs: those holding a newline (a newline's carry runs out of its run's
+        // top bit when added to the run), and those ending in two spaces.
+        let newline_in = nl | carry(carried && was == Run::Space && self.newline);
+        let with_newline = ws.wrapping_add(newline_in) & !ws & valid;
+        bump(&mut self.counts, F_NEWLINE_RUNS, ones(with_newline));
+        let space_prev = sp << 1 | carry(carried && was == Run::Space && self.tail > 0);
+        bump(
+            &mut self.counts,
+            F_INDENT_RUNS,
+            ones(end_s & sp & space_prev),
+        );
+
+        // Latin words and digit runs, one by one: start and end bits pair up in order.
+        let mut starts = start_w;
+        let mut ends = end_w;
+        let mut open = None;
+        if carried && was == Run::Word(Script::Latin) {
+            if ends == 0 {
+                open = Some((0usize, true));
+            } else {
+                let e = ends.trailing_zeros() as usize;
+                ends &= ends - 1;
+                self.len = self.len.saturating_add(clamp32(e + 1));
+                self.packed = extend_packed(self.packed, p0, t.get(..=e).unwrap_or_default());
+                self.flush();
+            }
+        }
+        // Words inside the segment: ASCII, so only their length and letters matter.
+        let (mut words, mut letters, mut long, mut huge, mut short, mut common) =
+            (0, 0, 0, 0, 0, 0);
+        while starts != 0 {
+            let s = starts.trailing_zeros();
+            starts &= starts - 1;
+            if ends == 0 {
+                open = Some((s as usize, false));
+                break;
+            }
+            let e = ends.trailing_zeros();
+            ends &= ends - 1;
+            let len = u64::from(e - s + 1);
+            let is = u64::from(is_common(m.word(s, len)));
+            let not = 1 - is;
+            common += is;
+            words += not;
+            letters += not * len;
+            long += not * len.saturating_sub(u64::from(LONG));
+            huge += len.saturating_sub(u64::from(HUGE));
+            short += not * u64::from(len <= u64::from(SHORT));
+        }
+        let latin = Script::Latin as usize;
+        bump(&mut self.counts, F_WORDS + latin, words);
+        bump(&mut self.counts, F_LETTERS + latin, letters);
+        bump(&mut self.counts, F_LONG + latin, long);
+        bump(&mut self.counts, F_HUGE, huge);
+        bump(&mut self.counts, F_SHORT_WORDS, short);
+        bump(&mut self.counts, F_COMMON, common);
+        let mut starts = start_d;
+        let mut ends = end_d;
+        let mut groups = 0u64;
+        if carried && was == Run::Digits {
+            if ends == 0 {
+                open = Some((0, true));
+            } else {
+                let e = ends.trailing_zeros() as usize;
+                ends &= ends - 1;
+                groups += (u64::from(p0) + e as u64 + 1).div_ceil(3);
+            }
+        }
+        while starts != 0 {
+            let s = starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if ends == 0 {
+                open = Some((s, false));
+                break;
+            }
+            let e = ends.trailing_zeros() as usize;
+            ends &= ends - 1;
+            groups += (e - s) as u64 / 3 + 1;
+        }
+        bump(&mut self.counts, F_DIGIT_GROUPS, groups);
+
+        // The run open at byte n - 1 becomes the state.
+        let last = n - 1;
+        let bit = 1u64 << last;
+        let run = if lw & bit != 0 {
+            Run::Word(Script::Latin)
+        } else if dg & bit != 0 {
+            Run::Digits
+        } else if pu & bit != 0 {
+            Run::Punct
+        } else if ws & bit != 0 {
+            Run::Space
+        } else {
+            Run::None
+        };
+        // Where the open run starts, and whether it is the carried one.
+        let (from, same) = match run {
+            Run::Word(_) | Run::Digits => open.unwrap_or((0, true)),
+            Run::Punct => from_start(pu & !cont_p & valid, carried && was == Run::Punct),
+            Run::Space => from_start(ws & !cont_s & valid, carried && was == Run::Space),
+            Run::None => (n, false),
+        };
+        let tail_bytes = t.get(from..).unwrap_or_default();
+        let len = clamp32(tail_bytes.len());
+        // Punctuation chars of the runs that ended here: all of them but the open run's.
+        let carried_punct = if carried && was == Run::Punct { p0 } else { 0 };
+        let open_punct = match (run, same) {
+            (Run::Punct, true) => u64::from(len) + u64::from(p0),
+            (Run::Punct, false) => u64::from(len),
+            _ => 0,
+        };
+        bump(
+            &mut self.counts,
+            F_PUNCT_CHARS,
+            (u64::from(carried_punct) + ones(pu)).saturating_sub(open_punct),
+        );
+        if same {
+            self.len = self.len.saturating_add(len);
+        } else {
+            self.len = len;
+            self.nonascii = 0;
+            self.extended = 0;
+            self.packed = 0;
+            self.newline = false;
+            self.tail = 0;
+        }
+        self.run = run;
+        self.lower = run == Run::Word(Script::Latin) && lo & bit != 0;
+        match run {
+            Run::Word(_) => {
+                let before = if same { p0 } else { 0 };
+                self.packed = extend_packed(self.packed, before, tail_bytes);
+            }
+            Run::Space => match tail_bytes.iter().rposition(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    self.newline = true;
+                    self.tail = clamp32(tail_bytes.len() - i - 1);
+                }
+                None => self.tail = self.tail.saturating_add(len),
+            },
+            _ => {}
         }
     }
 
@@ -209,9 +464,7 @@ impl Estimator {
 
     /// The current string value ended: runs do not continue into the next one.
     pub fn end_text(&mut self) {
-        let mut counts = self.counts;
-        self.flush_into(&mut counts);
-        self.counts = counts;
+        self.flush();
         self.run = Run::None;
         self.len = 0;
     }
@@ -221,8 +474,7 @@ impl Estimator {
     }
 
     pub fn tokens(&self) -> u64 {
-        let mut counts = self.counts;
-        self.flush_into(&mut counts);
+        let counts = self.flushed();
         let milli = counts
             .iter()
             .zip(self.weights.iter())
@@ -237,14 +489,77 @@ impl Estimator {
         text.saturating_add(self.extra)
     }
 
+    /// The counts with the current run added (it may still continue in the next piece).
+    fn flushed(&self) -> [u64; FEATURES] {
+        let mut e = self.clone();
+        e.flush();
+        e.counts
+    }
+
     /// The raw feature counts (for the calibration fit).
     #[cfg(test)]
     fn features(&self) -> [u64; FEATURES] {
-        let mut counts = self.counts;
-        self.flush_into(&mut counts);
-        counts
+        self.flushed()
     }
 
+    /// Lowercase ASCII letters at the start of `rest`: they continue the Latin word.
+    fn lowers(&mut self, rest: &[u8]) -> usize {
+        let n = ascii_run(rest, K_LOWER);
+        if self.run != Run::Word(Script::Latin) {
+            self.start(Run::Word(Script::Latin));
+        }
+        let at = self.len as usize;
+        if at.saturating_add(n) <= 8 && (at == 0 || self.packed != 0) {
+            for (k, &b) in rest.iter().take(n).enumerate() {
+                self.packed |= u64::from(b) << (8 * (at + k));
+            }
+        } else {
+            self.packed = 0;
+        }
+        self.len = self.len.saturating_add(clamp32(n));
+        self.lower = true;
+        n
+    }
+
+    fn digits(&mut self, rest: &[u8]) -> usize {
+        let n = ascii_run(rest, K_DIGIT);
+        if self.run != Run::Digits {
+            self.start(Run::Digits);
+        }
+        self.len = self.len.saturating_add(clamp32(n));
+        n
+    }
+
+    fn puncts(&mut self, rest: &[u8]) -> usize {
+        let n = ascii_run(rest, K_PUNCT);
+        if self.run != Run::Punct {
+            self.start(Run::Punct);
+        }
+        self.len = self.len.saturating_add(clamp32(n));
+        n
+    }
+
+    /// Spaces, tabs and newlines: what counts is whether a newline came and the spaces after
+    /// the last one.
+    fn spaces(&mut self, rest: &[u8]) -> usize {
+        let n = ascii_run(rest, K_SPACE);
+        if self.run != Run::Space {
+            self.start(Run::Space);
+            self.newline = false;
+            self.tail = 0;
+        }
+        let run = rest.get(..n).unwrap_or_default();
+        match run.iter().rposition(|&b| b == b'\n' || b == b'\r') {
+            Some(last) => {
+                self.newline = true;
+                self.tail = clamp32(n - last - 1);
+            }
+            None => self.tail = self.tail.saturating_add(clamp32(n)),
+        }
+        n
+    }
+
+    #[inline(always)]
     fn step(&mut self, class: Class, bytes: u32) {
         match class {
             Class::Lower(b) => {
@@ -313,6 +628,7 @@ impl Estimator {
         }
     }
 
+    #[inline(always)]
     fn letter(&mut self, script: Script, nonascii: bool) {
         let run = Run::Word(script);
         if self.run != run {
@@ -337,9 +653,7 @@ impl Estimator {
 
     /// Ends the current run and starts `run`.
     fn start(&mut self, run: Run) {
-        let mut counts = self.counts;
-        self.flush_into(&mut counts);
-        self.counts = counts;
+        self.flush();
         if let (Run::Word(_), Run::Punct) = (run, self.run) {
             bump(&mut self.counts, F_PUNCT_BEFORE_WORD, 1);
         }
@@ -356,30 +670,22 @@ impl Estimator {
         self.packed = 0;
     }
 
-    /// Adds the current run's features to `counts`.
-    fn flush_into(&self, counts: &mut [u64; FEATURES]) {
+    /// Adds the current run's features to the counts (the run's state stays as it is).
+    fn flush(&mut self) {
+        let counts = &mut self.counts;
         let len = u64::from(self.len);
         match self.run {
             Run::None => {}
-            Run::Word(Script::Latin) if self.packed != 0 && is_common(self.packed) => {
-                bump(counts, F_COMMON, 1);
+            Run::Word(Script::Latin) => {
+                latin_word(counts, self.len, self.packed, self.nonascii, self.extended);
             }
             Run::Word(script) => {
                 let s = script as usize;
                 bump(counts, F_WORDS + s, 1);
                 bump(counts, F_LETTERS + s, len);
                 bump(counts, F_LONG + s, u64::from(self.len.saturating_sub(LONG)));
-                match script {
-                    Script::Latin => {
-                        bump(counts, F_NONASCII, u64::from(self.nonascii));
-                        bump(counts, F_LATIN_EXTENDED, u64::from(self.extended));
-                        bump(counts, F_HUGE, u64::from(self.len.saturating_sub(HUGE)));
-                        if self.len <= SHORT {
-                            bump(counts, F_SHORT_WORDS, 1);
-                        }
-                    }
-                    Script::Cyrillic => bump(counts, F_CYRILLIC_RARE, u64::from(self.nonascii)),
-                    _ => {}
+                if script == Script::Cyrillic {
+                    bump(counts, F_CYRILLIC_RARE, u64::from(self.nonascii));
                 }
             }
             // o200k and cl100k split digit runs into groups of up to three.
@@ -399,6 +705,243 @@ impl Estimator {
             }
         }
     }
+}
+
+/// Adds one Latin word: a common word counts as such, any other by its letters.
+fn latin_word(counts: &mut [u64; FEATURES], len: u32, packed: u64, nonascii: u32, extended: u32) {
+    if packed != 0 && is_common(packed) {
+        bump(counts, F_COMMON, 1);
+        return;
+    }
+    let s = Script::Latin as usize;
+    bump(counts, F_WORDS + s, 1);
+    bump(counts, F_LETTERS + s, u64::from(len));
+    bump(counts, F_LONG + s, u64::from(len.saturating_sub(LONG)));
+    bump(counts, F_NONASCII, u64::from(nonascii));
+    bump(counts, F_LATIN_EXTENDED, u64::from(extended));
+    bump(counts, F_HUGE, u64::from(len.saturating_sub(HUGE)));
+    if len <= SHORT {
+        bump(counts, F_SHORT_WORDS, 1);
+    }
+}
+
+/// `packed` (a word's first `at` letters) with the ASCII letters `more` appended.
+fn extend_packed(packed: u64, at: u32, more: &[u8]) -> u64 {
+    let at = at as usize;
+    if at.saturating_add(more.len()) > 8 || (at > 0 && packed == 0) {
+        return 0;
+    }
+    more.iter().enumerate().fold(packed, |w, (k, &b)| {
+        w | u64::from(b | 0x20) << (8 * (at + k))
+    })
+}
+
+fn ones(mask: u64) -> u64 {
+    u64::from(mask.count_ones())
+}
+
+/// Where the run open at the end starts, given its kind's start bits: the highest one, or the
+/// carried run when there is none.
+fn from_start(starts: u64, carried: bool) -> (usize, bool) {
+    if starts == 0 {
+        (0, carried)
+    } else {
+        (63 - starts.leading_zeros() as usize, false)
+    }
+}
+
+/// ASCII stretches shorter than this go a run at a time (the masks cost more than they save).
+const BLOCK_MIN: usize = 16;
+
+/// Byte classes of up to 64 ASCII bytes, bit j for byte j.
+struct Masks {
+    /// How many bytes (the ASCII ones at the start).
+    len: usize,
+    /// Bits 0..len.
+    valid: u64,
+    /// The bytes, 8 to a lane (high bits cleared), and a zero lane.
+    lanes: [u64; 9],
+    lower: u64,
+    upper: u64,
+    digit: u64,
+    punct: u64,
+    /// Spaces, tabs, vertical tabs, form feeds.
+    space: u64,
+    /// Line feeds and carriage returns.
+    newline: u64,
+    control: u64,
+}
+
+const LANES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit of each byte lane (all below 0x80) that is at least `v` (1..=0x80).
+#[inline(always)]
+fn at_least(x: u64, v: u8) -> u64 {
+    x.wrapping_add(LANES * u64::from(0x80 - v)) & HIGH
+}
+
+#[inline(always)]
+fn within(x: u64, lo: u8, hi: u8) -> u64 {
+    at_least(x, lo) & !at_least(x, hi + 1)
+}
+
+/// High bit of each byte lane (all below 0x80) that is 0.
+#[inline(always)]
+fn zero(x: u64) -> u64 {
+    !x.wrapping_add(LANES * 0x7f) & HIGH
+}
+
+/// The high bits of the 8 lanes as 8 bits, lane j to bit j.
+#[inline(always)]
+fn gather(m: u64) -> u64 {
+    (m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+impl Masks {
+    /// Classes of the ASCII bytes that start `t` (at most 64 of them: `len`).
+    fn new(t: &[u8]) -> Self {
+        let mut m = Masks {
+            len: 0,
+            valid: 0,
+            lanes: [0; 9],
+            lower: 0,
+            upper: 0,
+            digit: 0,
+            punct: 0,
+            space: 0,
+            newline: 0,
+            control: 0,
+        };
+        // Whole 64-byte blocks are read in place, a shorter tail through a NUL-padded copy
+        // (NUL is a control char: the padding is masked off below).
+        let mut padded = [0u8; 64];
+        let block: &[u8; 64] = match t.get(..64).and_then(|b| <&[u8; 64]>::try_from(b).ok()) {
+            Some(b) => b,
+            None => {
+                padded.iter_mut().zip(t).for_each(|(d, &b)| *d = b);
+                &padded
+            }
+        };
+        for (lane, chunk) in m.lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        }
+        let avail = t.len().min(64);
+        let len = if m.lanes.iter().fold(0, |a, &x| a | x) & HIGH == 0 {
+            avail
+        } else {
+            let n = block.iter().position(|&b| b >= 0x80).unwrap_or(avail);
+            n.min(avail)
+        };
+        for (k, lane) in m.lanes.iter_mut().take(8).enumerate() {
+            // Clear the high bits so that no lane carries into the next.
+            let x = *lane & !HIGH;
+            *lane = x;
+            // Letters fold to lowercase with bit 5; uppercase ones have it clear.
+            let letter = within(x | (LANES * 0x20), b'a', b'z');
+            let upper = letter & !(x << 2);
+            let digit = within(x, b'0', b'9');
+            let at_21 = at_least(x, 0x21);
+            let print = at_21 & !at_least(x, 0x7f);
+            let newline =
+                zero(x ^ (LANES * u64::from(b'\n'))) | zero(x ^ (LANES * u64::from(b'\r')));
+            let white = within(x, 0x09, 0x0d) | (at_least(x, b' ') & !at_21);
+            let at = 8 * k;
+            let (letter, upper, digit) = (gather(letter), gather(upper), gather(digit));
+            let (print, white, newline) = (gather(print), gather(white), gather(newline));
+            m.lower |= (letter & !upper) << at;
+            m.upper |= upper << at;
+            m.digit |= digit << at;
+            m.punct |= (print & !(letter | digit)) << at;
+            m.space |= (white & !newline) << at;
+            m.newline |= newline << at;
+            m.control |= (!(white | print) & 0xff) << at;
+        }
+        m.len = len;
+        m.valid = if len >= 64 { !0 } else { (1u64 << len) - 1 };
+        for mask in [
+            &mut m.lower,
+            &mut m.upper,
+            &mut m.digit,
+            &mut m.punct,
+            &mut m.space,
+            &mut m.newline,
+            &mut m.control,
+        ] {
+            *mask &= m.valid;
+        }
+        m
+    }
+
+    /// The `len` (at least 1) letters from byte `at`, lowercased and packed like
+    /// `Estimator::packed`; 0 when they are more than 8.
+    #[inline(always)]
+    fn word(&self, at: u32, len: u64) -> u64 {
+        let lane = (at / 8) as usize;
+        let lo = self.lanes.get(lane).copied().unwrap_or(0);
+        let hi = self.lanes.get(lane + 1).copied().unwrap_or(0);
+        let shift = 8 * (at % 8);
+        // `hi << (64 - shift)` in two steps, as the shift may be 0.
+        let w = lo >> shift | (hi << 1) << (63 - shift);
+        let keep = u64::MAX >> (64 - 8 * len.clamp(1, 8));
+        let fits = 0u64.wrapping_sub(u64::from(len <= 8));
+        (w | 0x2020_2020_2020_2020) & keep & fits
+    }
+}
+
+fn clamp32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Kinds of bytes for the ASCII runs of `push_str`.
+const K_LOWER: u8 = 0;
+const K_DIGIT: u8 = 1;
+const K_PUNCT: u8 = 2;
+/// Spaces, tabs, newlines.
+const K_SPACE: u8 = 3;
+/// Uppercase letters and control chars: one at a time through `step`.
+const K_OTHER: u8 = 4;
+/// Bytes of a non-ASCII char.
+const K_UTF8: u8 = 5;
+
+const ASCII_KIND: [u8; 256] = {
+    let mut t = [K_UTF8; 256];
+    let mut b = 0;
+    while b < 0x80 {
+        t[b] = match b as u8 {
+            b'a'..=b'z' => K_LOWER,
+            b'0'..=b'9' => K_DIGIT,
+            b'\n' | b'\r' | b' ' | b'\t' | 0x0b | 0x0c => K_SPACE,
+            b'A'..=b'Z' => K_OTHER,
+            0x21..=0x7e => K_PUNCT,
+            _ => K_OTHER,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Length of the run of `kind` bytes that starts `bytes`.
+#[inline(always)]
+fn ascii_run(bytes: &[u8], kind: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| ASCII_KIND[usize::from(b)] != kind)
+        .unwrap_or(bytes.len())
+}
+
+/// The char that starts `bytes`, which start at a char boundary of a `str` (so its lead byte
+/// and continuation bytes are valid UTF-8).
+#[inline]
+fn decode(bytes: &[u8]) -> Option<char> {
+    let cont = |i: usize| bytes.get(i).map(|&b| u32::from(b & 0x3f));
+    let b0 = u32::from(*bytes.first()?);
+    let u = match b0 {
+        0xc0..=0xdf => (b0 & 0x1f) << 6 | cont(1)?,
+        0xe0..=0xef => (b0 & 0x0f) << 12 | cont(1)? << 6 | cont(2)?,
+        _ => (b0 & 0x07) << 18 | cont(1)? << 12 | cont(2)? << 6 | cont(3)?,
+    };
+    char::from_u32(u)
 }
 
 fn bump(counts: &mut [u64; FEATURES], i: usize, n: u64) {
@@ -434,6 +977,16 @@ fn classify(c: char) -> Class {
     }
     let u = c as u32;
     let letter = |s| Class::Letter(s, true);
+    // The commonest blocks of CJK text first (the full table below has them too).
+    if (0x4e00..=0x9fff).contains(&u) {
+        return letter(Han);
+    }
+    if (0xac00..=0xd7af).contains(&u) {
+        return letter(Hangul);
+    }
+    if (0x3041..=0x30ff).contains(&u) {
+        return letter(Kana);
+    }
     match u {
         0x00a0 | 0x2000..=0x200a | 0x202f | 0x205f | 0x3000 => Class::Space,
         0x0085 | 0x2028 | 0x2029 => Class::Newline,
@@ -531,10 +1084,19 @@ const COMMON_WORDS: &[&str] = &[
 ];
 
 const COMMON_LEN: usize = COMMON_WORDS.len();
+const COMMON_BITS: u32 = 10;
+/// A word sits at most this many slots past its hash's: lookups read that window whole.
+const COMMON_WINDOW: usize = 4;
 
-/// The common words packed like `Estimator::packed` and sorted (at compile time).
-const COMMON: [u64; COMMON_LEN] = {
-    let mut out = [0u64; COMMON_LEN];
+const fn common_slot(packed: u64) -> usize {
+    (packed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - COMMON_BITS)) as usize
+}
+
+/// The common words packed like `Estimator::packed` in an open-addressing hash table without
+/// wrap-around (built at compile time, a quarter full so that probes stay in the window).
+const COMMON: [u64; (1 << COMMON_BITS) + COMMON_WINDOW] = {
+    assert!(4 * COMMON_LEN <= 1 << COMMON_BITS);
+    let mut table = [0u64; (1 << COMMON_BITS) + COMMON_WINDOW];
     let mut i = 0;
     while i < COMMON_LEN {
         let bytes = COMMON_WORDS[i].as_bytes();
@@ -544,20 +1106,28 @@ const COMMON: [u64; COMMON_LEN] = {
             w |= (bytes[j] as u64) << (8 * j);
             j += 1;
         }
-        // Insertion sort: a few hundred entries, once, in the compiler.
-        let mut k = i;
-        while k > 0 && out[k - 1] > w {
-            out[k] = out[k - 1];
-            k -= 1;
+        let home = common_slot(w);
+        let mut slot = home;
+        while table[slot] != 0 && table[slot] != w {
+            slot += 1;
         }
-        out[k] = w;
+        assert!(
+            slot < home + COMMON_WINDOW,
+            "a common word is too far from its slot"
+        );
+        table[slot] = w;
         i += 1;
     }
-    out
+    table
 };
 
+/// Whether `packed` (0: no short ASCII word) is a common word; no branches.
+#[inline(always)]
 fn is_common(packed: u64) -> bool {
-    COMMON.binary_search(&packed).is_ok()
+    let slot = common_slot(packed);
+    let window = COMMON.get(slot..slot + COMMON_WINDOW).unwrap_or_default();
+    let hit = window.iter().fold(false, |hit, &w| hit | (w == packed));
+    hit & (packed != 0)
 }
 
 #[cfg(test)]
@@ -725,12 +1295,14 @@ mod calibration {
                 csv.push('\n');
             }
         }
-        std::fs::write("/tmp/estimate/features.csv", csv).expect("write csv");
+        let dir = std::env::temp_dir().join("tollgate-estimate");
+        std::fs::create_dir_all(&dir).expect("feature dir");
+        std::fs::write(dir.join("features.csv"), csv).expect("write csv");
         let all: Vec<String> = samples()
             .iter()
             .flat_map(|(n, t)| chunks(t).into_iter().map(move |c| format!("{n}\u{1}{c}")))
             .collect();
-        std::fs::write("/tmp/estimate/chunks.txt", all.join("\u{0}")).expect("write chunks");
+        std::fs::write(dir.join("chunks.txt"), all.join("\u{0}")).expect("write chunks");
     }
 }
 
@@ -850,9 +1422,11 @@ mod tests {
             assert!(!w.is_empty() && w.len() <= 8, "{w}");
             assert!(w.bytes().all(|b| b.is_ascii_lowercase()), "{w}");
         }
-        let mut sorted = COMMON.to_vec();
-        sorted.dedup();
-        assert_eq!(sorted.len(), COMMON.len(), "duplicates in COMMON_WORDS");
+        let stored = COMMON.iter().filter(|&&w| w != 0).count();
+        assert_eq!(stored, COMMON_LEN, "duplicates in COMMON_WORDS");
+        for w in COMMON_WORDS {
+            assert!(is_common(features_packed(w)), "{w}");
+        }
         assert!(is_common(features_packed("The")));
         assert!(!is_common(features_packed("cats")));
     }
@@ -909,7 +1483,35 @@ mod tests {
         assert_eq!(features_of(&digits)[F_DIGIT_GROUPS], 1 << 20);
     }
 
+    /// Text built from the pieces where the ASCII kernel's runs, carries and word packing
+    /// can go wrong: long words, camelCase, digit groups, spaces after newlines, controls,
+    /// and non-ASCII letters, marks and spaces between them.
+    const TRICKY: &str = "([a-zA-Z]{1,12}|[a-z]{9,70}|[0-9]{1,9}|[ ]{1,5}|[\\n\\r]{1,2}|\\t|[.,;(){}\"]{1,3}|\\u{1}|é|ș|人|🎉|\\u{301}|\\u{a0}|ы){0,60}";
+
     proptest! {
+        #[test]
+        fn strings_in_pieces_count_like_chars_one_by_one(
+            s in TRICKY,
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts
+                .into_iter()
+                .map(|c| c.min(s.len()))
+                .filter(|&c| s.is_char_boundary(c))
+                .collect();
+            cuts.sort_unstable();
+            let mut e = Estimator::new(Api::OpenAi);
+            let mut from = 0;
+            for c in cuts {
+                e.push_str(&s[from..c]);
+                from = c;
+            }
+            e.push_str(&s[from..]);
+            let mut one_by_one = Estimator::new(Api::OpenAi);
+            s.chars().for_each(|c| one_by_one.push_char(c));
+            prop_assert_eq!(e.features(), one_by_one.features());
+        }
+
         #[test]
         fn any_split_of_any_text_counts_the_same(s in "\\PC{0,64}", at in 0usize..64) {
             let mut cut = at.min(s.len());
@@ -920,6 +1522,83 @@ mod tests {
             e.push_str(&s[..cut]);
             e.push_str(&s[cut..]);
             prop_assert_eq!(e.features(), features_of(&s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    //! Throughput of the estimator alone (run with `--release -- --ignored --nocapture`).
+
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    fn corpus(paths: &[&str]) -> String {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+        paths
+            .iter()
+            .map(|p| std::fs::read_to_string(dir.join(p)).expect("corpus file"))
+            .collect()
+    }
+
+    /// About 256 KB of `text`, repeated, cut at a char boundary.
+    fn body(text: &str) -> String {
+        let mut out = String::new();
+        while out.len() < 256 * 1024 {
+            out.push_str(text);
+        }
+        out
+    }
+
+    /// MB/s of `count` over `text`: the best of many short rounds (the machine may be busy).
+    fn measure(text: &str, count: impl Fn(&str) -> u64) -> (f64, u64) {
+        let passes = ((1 << 20) / text.len().max(1)).max(1);
+        let mut best = f64::MAX;
+        let mut tokens = 0;
+        for _ in 0..100 {
+            let t = Instant::now();
+            for _ in 0..passes {
+                tokens = std::hint::black_box(count(std::hint::black_box(text)));
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        ((passes * text.len()) as f64 / best / 1e6, tokens)
+    }
+
+    #[test]
+    #[ignore = "benchmark: run with --release"]
+    fn throughput() {
+        let cases = [
+            ("english prose", body(&corpus(&["udhr/en.txt"]))),
+            (
+                "code",
+                body(&corpus(&[
+                    "code/serde_json_value.rs",
+                    "code/json_decoder.py",
+                    "code/textwrap.py",
+                    "code/serde_json_README.md",
+                ])),
+            ),
+            (
+                "cjk",
+                body(&corpus(&["udhr/zh.txt", "udhr/ja.txt", "udhr/ko.txt"])),
+            ),
+        ];
+        println!("| text | whole MB/s | JSON pieces MB/s | tokens |\n|---|---:|---:|---:|");
+        for (name, text) in &cases {
+            let (whole, tokens) = measure(text, |t| estimate_text(Api::OpenAi, t));
+            // As the JSON scanner feeds a string: runs between escapes, each "\n" alone.
+            let (pieces, _) = measure(text, |t| {
+                let mut e = Estimator::new(Api::OpenAi);
+                for line in t.split_inclusive('\n') {
+                    let (head, nl) = line.split_at(line.len() - usize::from(line.ends_with('\n')));
+                    e.push_str(head);
+                    e.push_str(nl);
+                }
+                e.tokens()
+            });
+            println!("| {name} | {whole:.0} | {pieces:.0} | {tokens} |");
         }
     }
 }
