@@ -14,12 +14,14 @@ GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
 FUNCE_VERSION := v1.6.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help setup build unit e2e test run lint fmt clean bench
+.PHONY: help setup build unit e2e test run lint fmt clean bench soak fuzz
 
 help:
 	@echo "make run    build, start the mock LLM upstream and Envoy+tollgate on 127.0.0.1:10000"
 	@echo "make test   setup, native unit tests, then the e2e suite against real Envoy"
 	@echo "make bench  side-by-side benchmark (tests/bench/RESULTS.md)"
+	@echo "make soak   steady mixed SDK traffic through real Envoy (SOAK_SECONDS=180, SOAK_RPS=20)"
+	@echo "make fuzz   every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make setup | build | unit | e2e | lint | clean"
 
 # Idempotent: installs only what is missing.
@@ -88,3 +90,10 @@ $(BENCH_VENV)/.done:
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
 	touch $@
+
+soak: setup build
+	$(PY) tests/soak.py
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) fuzz/run.sh

@@ -2482,4 +2482,56 @@ mod tests {
         let e = parse_with_env(json, &|_| None).unwrap_err();
         assert_eq!(e.path, "accounts[0].key_env");
     }
+    /// A full configuration with every section, for mutation.
+    const FULL: &str = r#"{"stage":"downstream",
+      "consumers":[{"name":"team-a","keys":["plain-secret-key"],
+        "limits":[{"tokens":100000,"per":"minute"},{"requests":60,"per":"minute"},
+                  {"tokens":2000000,"per":"day","window":"fixed"},{"cost_usd":25.0,"per":"day"},
+                  {"concurrent":4}],
+        "models":["claude-*","gpt-4o-mini"]}],
+      "consumer_header":null,"anonymous":null,"limits":[{"tokens":50000,"per":"minute"}],
+      "accounts":[{"name":"org-1","provider":"anthropic","key_env":"ANTHROPIC_KEY_1"},
+        {"name":"vllm","provider":"openai","key":"token-abc","headers":{"x-tenant":"blue"},
+         "weight":2,"limits":[{"concurrent":20}]}],
+      "selection":{"strategy":"least_loaded",
+        "affinity":{"header":"x-session-id","conversation":true,"ttl":"5h"}},
+      "global":{"cluster":"ratelimit","domain":"tollgate","timeout":"50ms","failure_mode":"allow"},
+      "estimate":{"output_reserve":1024},
+      "pricing":{"claude-3-5-haiku-*":{"input":0.8,"output":4.0,"cache_write":1.0,"cache_read":0.08}},
+      "admin":{"path":"/tollgate","keys":["plain-admin"]},"max_body_bytes":1048576}"#;
+
+    #[test]
+    fn the_mutation_base_parses() {
+        parse_test(FULL).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Arbitrary bytes: an error (naming a path that exists in the message), never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Err(e) = parse_with_env(&bytes, &test_env) {
+                let _ = e.to_string();
+            }
+        }
+
+        /// A valid configuration with a few bytes replaced: parses or names a field.
+        #[test]
+        fn mutated_configurations_never_panic(
+            flips in proptest::collection::vec((0usize..1400, proptest::sample::select(
+                b"{}[]:,\"0123456789-.eE abtrufnl\\\xc3\xa9\x00".to_vec())), 1..6),
+        ) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            for (at, b) in flips {
+                if let Some(x) = bytes.get_mut(at % FULL.len()) {
+                    *x = b;
+                }
+            }
+            match parse_with_env(&bytes, &test_env) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 }

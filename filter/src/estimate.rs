@@ -162,6 +162,45 @@ pub struct Estimator {
     /// The current Latin word, lowercased and packed little-endian while it is ASCII and at
     /// most 8 letters long (0 otherwise): to look it up among the common words.
     packed: u64,
+    /// Long strings are sampled (see `push_str`): bytes of the current string so far, and
+    /// the block under way past the first `SAMPLE_FULL` bytes.
+    seen: u64,
+    block_left: u64,
+    block_no: u64,
+    block_sampled: bool,
+    block_start_milli: u64,
+    block_bytes: u64,
+    /// Milli-tokens and bytes of every sampled block, and the bytes skipped.
+    sample_milli: u64,
+    sample_bytes: u64,
+    skipped: u64,
+}
+
+/// The first bytes of a string are always read whole; past them, one block in
+/// `SAMPLE_EVERY` of `SAMPLE_BLOCK` bytes is read and the others are counted at the sampled
+/// blocks' tokens per byte. Long strings (pasted documents, logs) are homogeneous enough
+/// that this keeps the estimate within a few percent while a 256 KB body costs a fraction.
+const SAMPLE_FULL: u64 = 16 * 1024;
+const SAMPLE_BLOCK: u64 = 2 * 1024;
+const SAMPLE_EVERY: u64 = 8;
+/// Milli-tokens per byte for skipped text before any block was sampled (4 bytes a token).
+const DEFAULT_MILLI_PER_BYTE: u64 = 250;
+
+/// The largest prefix of `s` of at most `max` bytes that ends on a char boundary, or the
+/// first char when even that is longer.
+fn char_prefix(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    let mut i = max;
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    if i == 0 {
+        s.chars().next().map_or(s.len(), char::len_utf8)
+    } else {
+        i
+    }
 }
 
 impl Estimator {
@@ -178,12 +217,109 @@ impl Estimator {
             tail: 0,
             lower: false,
             packed: 0,
+            seen: 0,
+            block_left: 0,
+            block_no: 0,
+            block_sampled: false,
+            block_start_milli: 0,
+            block_bytes: 0,
+            sample_milli: 0,
+            sample_bytes: 0,
+            skipped: 0,
         }
+    }
+
+    /// Text of the current string value, sampled past its first `SAMPLE_FULL` bytes.
+    pub fn push_str(&mut self, s: &str) {
+        let len = s.len() as u64;
+        if self.seen.saturating_add(len) <= SAMPLE_FULL {
+            self.seen += len;
+            self.push_all(s);
+            return;
+        }
+        let mut rest = s;
+        while !rest.is_empty() {
+            if self.seen < SAMPLE_FULL {
+                let take = char_prefix(rest, (SAMPLE_FULL - self.seen) as usize);
+                let (head, tail) = rest.split_at(take);
+                self.push_all(head);
+                self.seen += take as u64;
+                rest = tail;
+                continue;
+            }
+            if self.block_left == 0 {
+                self.block_sampled = self.block_no % SAMPLE_EVERY == 0;
+                self.block_no += 1;
+                self.block_left = SAMPLE_BLOCK;
+                self.block_bytes = 0;
+                if self.block_sampled {
+                    self.block_start_milli = self.milli();
+                } else {
+                    // A skipped block ends the run: no word joins across the gap.
+                    self.cut();
+                }
+            }
+            let take = char_prefix(rest, self.block_left as usize);
+            let (head, tail) = rest.split_at(take);
+            if self.block_sampled {
+                self.push_all(head);
+            } else {
+                self.skipped += take as u64;
+            }
+            self.seen += take as u64;
+            self.block_bytes += take as u64;
+            self.block_left = self.block_left.saturating_sub(take as u64);
+            rest = tail;
+            if self.block_left == 0 {
+                self.close_block();
+            }
+        }
+    }
+
+    /// Ends the block under way, adding a sampled one to the tokens-per-byte sample.
+    fn close_block(&mut self) {
+        if self.block_sampled && self.block_bytes > 0 {
+            let m = self.milli();
+            self.sample_milli = self
+                .sample_milli
+                .saturating_add(m.saturating_sub(self.block_start_milli));
+            self.sample_bytes = self.sample_bytes.saturating_add(self.block_bytes);
+        }
+        self.block_left = 0;
+        self.block_sampled = false;
+        self.block_bytes = 0;
+    }
+
+    /// Ends the current run (as the end of a string does).
+    fn cut(&mut self) {
+        self.flush();
+        self.run = Run::None;
+        self.len = 0;
+    }
+
+    /// Milli-tokens of the text read so far.
+    fn milli(&self) -> u64 {
+        self.flushed()
+            .iter()
+            .zip(self.weights.iter())
+            .fold(0u64, |acc, (&n, &w)| acc.saturating_add(n.saturating_mul(u64::from(w))))
+    }
+
+    /// Milli-tokens of the skipped bytes, at the sampled blocks' rate.
+    fn skipped_milli(&self) -> u64 {
+        if self.skipped == 0 {
+            return 0;
+        }
+        let per_byte_milli = |bytes: u64| match (self.sample_milli, self.sample_bytes) {
+            (m, b) if b > 0 => (u128::from(bytes) * u128::from(m) / u128::from(b)) as u64,
+            _ => bytes.saturating_mul(DEFAULT_MILLI_PER_BYTE),
+        };
+        per_byte_milli(self.skipped)
     }
 
     /// ASCII goes through `ascii_block` 64 bytes at a time (short stretches a run at a time
     /// through `ascii_runs`), other chars one by one through `classify`.
-    pub fn push_str(&mut self, s: &str) {
+    fn push_all(&mut self, s: &str) {
         let mut rest = s.as_bytes();
         while let Some(&first) = rest.first() {
             if first < 0x80 {
@@ -454,19 +590,18 @@ impl Estimator {
     }
 
     pub fn push_char(&mut self, c: char) {
-        let class = if c.is_ascii() {
-            ascii_class(c as u8)
-        } else {
-            classify(c)
-        };
-        self.step(class, c.len_utf8() as u32);
+        let mut buf = [0u8; 4];
+        self.push_str(c.encode_utf8(&mut buf));
     }
 
     /// The current string value ended: runs do not continue into the next one.
     pub fn end_text(&mut self) {
-        self.flush();
-        self.run = Run::None;
-        self.len = 0;
+        if self.block_left > 0 {
+            self.close_block();
+        }
+        self.block_no = 0;
+        self.seen = 0;
+        self.cut();
     }
 
     pub fn add_tokens(&mut self, n: u64) {
@@ -481,6 +616,7 @@ impl Estimator {
             .fold(0u64, |acc, (&n, &w)| {
                 acc.saturating_add(n.saturating_mul(u64::from(w)))
             });
+        let milli = milli.saturating_add(self.skipped_milli());
         let mut text = milli.saturating_add(500) / 1000;
         // A non-empty text is at least one token.
         if text == 0 && counts.iter().any(|&n| n > 0) {
@@ -1311,9 +1447,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn long_strings_are_sampled_within_a_few_percent() {
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus");
+        for file in ["udhr/en.txt", "udhr/ru.txt", "udhr/zh.txt", "code/json_encoder.py"] {
+            let Ok(text) = std::fs::read_to_string(format!("{corpus}/{file}")) else {
+                continue;
+            };
+            let mut big = String::new();
+            while big.len() < 256 * 1024 {
+                big.push_str(&text);
+                big.push('\n');
+            }
+            // Exact: the same text as many strings, each under the sampling threshold.
+            let mut exact = Estimator::new(Api::OpenAi);
+            let mut at = 0;
+            while at < big.len() {
+                let end = char_prefix(&big[at..], 8 * 1024) + at;
+                exact.push_str(&big[at..end]);
+                at = end;
+            }
+            let mut sampled = Estimator::new(Api::OpenAi);
+            sampled.push_str(&big);
+            sampled.end_text();
+            let (e, s) = (exact.tokens() as f64, sampled.tokens() as f64);
+            assert!((e - s).abs() / e < 0.05, "{file}: exact {e}, sampled {s}");
+            assert!(sampled.skipped > 0);
+        }
+    }
+
+    /// The features of all of `s` (read whole: no sampling).
     fn features_of(s: &str) -> [u64; FEATURES] {
         let mut e = Estimator::new(Api::OpenAi);
-        e.push_str(s);
+        e.push_all(s);
         e.features()
     }
 

@@ -191,6 +191,14 @@ impl SseParser {
                 self.append_data(segment);
                 self.mode = LineMode::Normal;
             }
+            // A whole line over the cap is treated as if it had arrived in pieces (streamed
+            // if data, else dropped), so the events never depend on where chunks fall.
+            LineMode::Normal if self.line.is_empty() && segment.len() > self.cap => {
+                if let (b"data", value) = split_field(segment) {
+                    self.start_data_line();
+                    self.append_data(value);
+                }
+            }
             LineMode::Normal if self.line.is_empty() => self.process_line(segment, end, on),
             LineMode::Normal => {
                 let mut line = std::mem::take(&mut self.line);
@@ -502,5 +510,70 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"\"}],\"role\": \
             });
         }
         assert_eq!(got, vec![b"ok".to_vec()]);
+    }
+
+    /// Every event and cut offset the parser reports for `body` fed in `cuts` pieces.
+    type Seen = (Vec<(Vec<u8>, Vec<u8>, bool)>, Vec<usize>);
+
+    fn parse_in_pieces(body: &[u8], cuts: &[usize], cap: usize) -> Seen {
+        let mut p = SseParser::new(cap);
+        let (mut events, mut offsets, mut at) = (Vec::new(), Vec::new(), 0usize);
+        let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(body.len())).collect();
+        bounds.sort_unstable();
+        bounds.push(body.len());
+        for end in bounds {
+            let chunk = body.get(at..end).unwrap_or_default();
+            p.feed(chunk, |off, ev| {
+                // A cut between `\r` and `\n` is reported after the `\r`: the same place.
+                let abs = at + off;
+                let abs = match (abs.checked_sub(1).and_then(|i| body.get(i)), body.get(abs)) {
+                    (Some(b'\r'), Some(b'\n')) => abs + 1,
+                    _ => abs,
+                };
+                offsets.push(abs);
+                if let Some(e) = ev {
+                    events.push((e.name.to_vec(), e.data.to_vec(), e.truncated));
+                }
+            });
+            at = end;
+        }
+        p.finish(|ev| {
+            if let Some(e) = ev {
+                events.push((e.name.to_vec(), e.data.to_vec(), e.truncated));
+            }
+        });
+        (events, offsets)
+    }
+
+    #[test]
+    fn a_long_event_line_in_one_chunk_is_dropped_as_in_pieces() {
+        // Found by the `sse` fuzz target: a non-data line over the cap was kept when it came
+        // whole and dropped when split, so the event's name depended on chunking.
+        let body = b"event: message_delta_long\ndata: {}\n\n";
+        let whole = parse_in_pieces(body, &[], 16);
+        assert_eq!(whole, parse_in_pieces(body, &[10], 16));
+        assert_eq!(whole.0, vec![(Vec::new(), b"{}".to_vec(), false)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn any_chunking_gives_the_same_events(
+            body in proptest::collection::vec(
+                proptest::sample::select(b"data:event: x{}\r\n\r\n\n:ping\xc3\xa9".to_vec()), 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+            cap in 16usize..64,
+        ) {
+            let whole = parse_in_pieces(&body, &[], cap);
+            let split = parse_in_pieces(&body, &cuts, cap);
+            proptest::prop_assert_eq!(&whole.1, &split.1);
+            if whole.0.iter().any(|e| e.2) {
+                // Over-cap data keeps a tail whose start may move with the chunks.
+                proptest::prop_assert_eq!(whole.0.len(), split.0.len());
+            } else {
+                proptest::prop_assert_eq!(whole.0, split.0);
+            }
+        }
     }
 }

@@ -53,7 +53,11 @@ LITELLM = BENCH_VENV / "bin" / "litellm"
 
 TOLLGATE_KEY = "tg-bench-key"
 LITELLM_MASTER_KEY = "sk-bench-master-key"
-ACCOUNT_KEYS = {"TOLLGATE_ANTHROPIC_KEY_1": "sk-ant-bench-upstream-account-0001"}
+ACCOUNT_KEYS = {"TOLLGATE_ANTHROPIC_KEY_1": "sk-ant-bench-upstream-account-0001",
+                "TOLLGATE_ANTHROPIC_KEY_2": "sk-ant-bench-upstream-account-0002",
+                "TOLLGATE_ANTHROPIC_KEY_3": "sk-ant-bench-upstream-account-0003",
+                "TOLLGATE_OPENAI_KEY_1": "sk-bench-openai-0001",
+                "TOLLGATE_GEMINI_KEY_1": "bench-gemini-0001"}
 MODEL = "claude-haiku-4-5"
 STREAM_MODEL = "claude-bench-stream"  # the mock answers this model with 500 SSE events
 SSE_EVENTS = 500
@@ -266,9 +270,45 @@ class Row:
     proxy: bool = True  # has its own process(es) to measure CPU and RSS on
 
 
-# The table of rows: (d) global limits and (e) the upstream stage are one line each, e.g.
-#   Row("d", "Envoy + tollgate + global limits", start_envoy_row("d", lambda c: envoy_config(
-#       c, "envoy-global.yaml", tollgate_global())), TOLLGATE_KEY, tollgate=True),
+def tollgate_downstream_only() -> dict:
+    """(e)'s downstream instance: (c) without accounts (the upstream stage holds them)."""
+    cfg = tollgate_local()
+    cfg.pop("accounts")
+    return cfg
+
+
+_RL: list = []
+
+
+def ratelimit_port() -> int:
+    """The reference rate-limit service (+ Redis) for row (d), started once, with limits for
+    the bench consumer that never reject."""
+    if not _RL:
+        import ratelimitctl
+        rl = ratelimitctl.RateLimitStack(config={"domain": "tollgate", "descriptors": [
+            {"key": "consumer", "value": "bench", "descriptors": [
+                {"key": "unit", "value": u, "rate_limit": {"unit": "minute", "requests_per_unit": 4_000_000_000}}
+                for u in ("tokens", "requests")]}]})
+        rl.start()
+        _RL.append(rl)
+    return _RL[0].grpc_port
+
+
+def with_global(cfg: dict) -> None:
+    port = ratelimit_port()
+    for c in cfg["static_resources"]["clusters"]:
+        if c["name"] == "ratelimit":
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+                "socket_address"]["port_value"] = port
+
+
+def tollgate_global() -> dict:
+    cfg = tollgate_local()
+    cfg["global"] = {"cluster": "ratelimit", "domain": "tollgate", "timeout": "250ms",
+                     "failure_mode": "allow"}
+    return cfg
+
+
 ROWS: list[Row] = [
     Row("a", "mock direct", start_mock_row, proxy=False),
     Row("b", "Envoy, no filter", start_envoy_row("b", lambda c: envoy_config(c, wasm=False))),
@@ -276,6 +316,13 @@ ROWS: list[Row] = [
         start_envoy_row("n", lambda c: envoy_config(c, wasm=False, patch=add_ai_protocol_manager))),
     Row("c", "Envoy + tollgate (keys, local quotas, metering, accounts)",
         start_envoy_row("c", lambda c: envoy_config(c, tollgate=tollgate_local())),
+        TOLLGATE_KEY, tollgate=True),
+    Row("d", "Envoy + tollgate + global limits (ratelimit + Redis)",
+        start_envoy_row("d", lambda c: envoy_config(c, "envoy-global.yaml", tollgate_global(),
+                                                    patch=with_global)),
+        TOLLGATE_KEY, tollgate=True),
+    Row("e", "Envoy + tollgate + upstream stage (failover)",
+        start_envoy_row("e", lambda c: envoy_config(c, "envoy-failover.yaml", tollgate_downstream_only())),
         TOLLGATE_KEY, tollgate=True),
     Row("litellm", "LiteLLM proxy (master key, tpm/rpm)", start_litellm_row, LITELLM_MASTER_KEY),
 ]
@@ -897,6 +944,8 @@ def main() -> int:
             except Exception as e:  # keep stopping the others
                 print(f"bench: stop: {e}", file=sys.stderr)
         mock.stop()
+        for rl in _RL:
+            rl.stop()
 
     elapsed = time.time() - t_start
     out = Path(args.out)

@@ -1,0 +1,146 @@
+//! tollgate's pure core, compiled natively for libFuzzer.
+//!
+//! The filter crate is cdylib-only, so its modules are included by path under the same
+//! names they have at the filter's crate root (they refer to each other as `crate::...`).
+//! `host` (the only proxy-wasm code) is left out, and so are modules the targets don't need.
+
+#[path = "../../filter/src/accounts.rs"]
+pub mod accounts;
+#[path = "../../filter/src/api.rs"]
+pub mod api;
+#[path = "../../filter/src/config.rs"]
+pub mod config;
+#[path = "../../filter/src/estimate.rs"]
+pub mod estimate;
+#[path = "../../filter/src/json.rs"]
+pub mod json;
+#[path = "../../filter/src/limits.rs"]
+pub mod limits;
+#[path = "../../filter/src/quota.rs"]
+pub mod quota;
+#[path = "../../filter/src/ratelimit.rs"]
+pub mod ratelimit;
+#[path = "../../filter/src/request.rs"]
+pub mod request;
+#[path = "../../filter/src/sse.rs"]
+pub mod sse;
+#[path = "../../filter/src/store.rs"]
+pub mod store;
+#[path = "../../filter/src/usage.rs"]
+pub mod usage;
+
+use api::Metered;
+
+/// Reads fuzzer bytes as structured choices; runs dry into zeros / empty.
+pub struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Input { data }
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        for x in &mut b {
+            *x = self.u8();
+        }
+        u64::from_le_bytes(b)
+    }
+
+    pub fn bool(&mut self) -> bool {
+        self.u8() & 1 == 1
+    }
+
+    /// Up to 7 cut points, each a position in a body of `len` bytes, sorted.
+    pub fn cuts(&mut self, len: usize) -> Vec<usize> {
+        let n = self.u8() % 8;
+        let mut v: Vec<usize> = (0..n)
+            .map(|_| {
+                let c = self.u16() as usize;
+                if len == 0 {
+                    0
+                } else {
+                    c % (len + 1)
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn rest(self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// `body` cut at `cuts` (sorted positions); empty windows included.
+pub fn windows<'b>(body: &'b [u8], cuts: &[usize]) -> Vec<&'b [u8]> {
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut at = 0;
+    for &c in cuts {
+        let c = c.clamp(at, body.len());
+        out.push(&body[at..c]);
+        at = c;
+    }
+    out.push(&body[at..]);
+    out
+}
+
+/// Every metered endpoint.
+pub fn endpoint(choice: u8) -> Metered {
+    match choice % 7 {
+        0 => Metered::Messages,
+        1 => Metered::ChatCompletions,
+        2 => Metered::Completions,
+        3 => Metered::Embeddings,
+        4 => Metered::Responses,
+        5 => Metered::Gemini {
+            model: "gemini-2.0-flash".into(),
+            stream: false,
+        },
+        _ => Metered::Gemini {
+            model: "gemini-2.0-flash".into(),
+            stream: true,
+        },
+    }
+}
+
+/// gzip framing around raw deflate (the decoder checks the header; a CRC for completeness).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend(miniz_oxide::deflate::compress_to_vec(body, 6));
+    out.extend(crc32(body).to_le_bytes());
+    out.extend((body.len() as u32).to_le_bytes());
+    out
+}
+
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
