@@ -302,7 +302,9 @@ impl Estimator {
         self.flushed()
             .iter()
             .zip(self.weights.iter())
-            .fold(0u64, |acc, (&n, &w)| acc.saturating_add(n.saturating_mul(u64::from(w))))
+            .fold(0u64, |acc, (&n, &w)| {
+                acc.saturating_add(n.saturating_mul(u64::from(w)))
+            })
     }
 
     /// Milli-tokens of the skipped bytes, at the sampled blocks' rate.
@@ -1450,7 +1452,12 @@ mod tests {
     #[test]
     fn long_strings_are_sampled_within_a_few_percent() {
         let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus");
-        for file in ["udhr/en.txt", "udhr/ru.txt", "udhr/zh.txt", "code/json_encoder.py"] {
+        for file in [
+            "udhr/en.txt",
+            "udhr/ru.txt",
+            "udhr/zh.txt",
+            "code/json_encoder.py",
+        ] {
             let Ok(text) = std::fs::read_to_string(format!("{corpus}/{file}")) else {
                 continue;
             };
