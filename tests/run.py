@@ -60,9 +60,10 @@ def main() -> int:
         tg["accounts"] = [{"name": f"anthropic-{i + 1}", "provider": "anthropic", "key_env": n}
                           for i, n in enumerate(names)]
         cfg["static_resources"]["clusters"] = [anthropic_cluster()]
-        route = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-            "typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-        route["auto_host_rewrite"] = True
+        vhost = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]
+        vhost["routes"] = [r for r in vhost["routes"] if r["route"]["cluster"] == "llm"]
+        vhost["routes"][0]["route"]["auto_host_rewrite"] = True
         upstream = f"the Anthropic API with {len(keys)} account key(s)"
         env_keys = names
     else:
@@ -70,10 +71,11 @@ def main() -> int:
         mock.start()
         env.update({"TOLLGATE_ANTHROPIC_KEY_1": "mock-anthropic-key",
                     "TOLLGATE_OPENAI_KEY_1": "mock-openai-key",
-                    "TOLLGATE_GEMINI_KEY_1": "mock-gemini-key"})
+                    "TOLLGATE_GEMINI_KEY_1": "mock-gemini-key",
+                    "TOLLGATE_VLLM_KEY": "mock-vllm-key"})
         upstream = f"the mock LLM upstream on 127.0.0.1:{MOCK_PORT}"
         env_keys = None
-    ports = {"tollgate": PORT} if keys else {"tollgate": PORT, "llm": MOCK_PORT}
+    ports = {"tollgate": PORT} if keys else {"tollgate": PORT, "llm": MOCK_PORT, "llm-vllm": MOCK_PORT}
     cfg = envoyctl.render(cfg, ports=ports, admin_port=ADMIN_PORT, tollgate=tg, env_keys=env_keys)
     work = Path(tempfile.mkdtemp(prefix="tollgate-run-"))
     envoy = envoyctl.Envoy(cfg, work, env=env, name="envoy")

@@ -25,6 +25,7 @@ ACCOUNT_KEYS = {
     "TOLLGATE_ANTHROPIC_KEY_3": "sk-ant-api03-upstream-account-three-00000000EEEE",
     "TOLLGATE_OPENAI_KEY_1": "sk-proj-upstream-account-one-000000000000BBBB",
     "TOLLGATE_GEMINI_KEY_1": "AIza-upstream-gemini-account-one-CCCC",
+    "TOLLGATE_VLLM_KEY": "vllm-upstream-token-FFFF",
 }
 KEY_A = "tg-test-key-team-a"
 KEY_B = "tg-test-key-team-b"
@@ -82,7 +83,7 @@ class EnvoyFactory:
                  env: dict | None = None, expect_fail: bool = False, name: str | None = None,
                  concurrency: int = 2, patch=None, upstream: dict | None = None) -> envoyctl.Envoy:
         cfg = envoyctl.load(shipped)
-        ports = {"tollgate": envoyctl.free_port(), "llm": self.mock.port}
+        ports = {"tollgate": envoyctl.free_port(), "llm": self.mock.port, "llm-vllm": self.mock.port}
         cfg = envoyctl.render(cfg, ports=ports, admin_port=envoyctl.free_port(),
                               tollgate=tollgate if tollgate is not None else base_config(),
                               upstream=upstream, env_keys=list(ACCOUNT_KEYS))

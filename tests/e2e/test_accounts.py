@@ -187,3 +187,29 @@ def test_no_configured_key_appears_in_logs_admin_output_or_responses(make_envoy,
         for where, text in haystacks.items():
             assert key not in text, f"{key[:10]}… found in the {where}"
     mock.reset(only="scripts")
+
+
+def test_an_accounts_route_sends_its_requests_to_its_own_cluster(make_envoy, mock):
+    cfg = base_config()
+    cfg["accounts"] = [{"name": "vllm", "provider": "openai", "key_env": "TOLLGATE_VLLM_KEY",
+                        "headers": {"x-tenant": "blue"}, "route": "vllm"},
+                       {"name": "anthropic-1", "provider": "anthropic", "key_env": "TOLLGATE_ANTHROPIC_KEY_1"}]
+    e = make_envoy(cfg)
+    mock.reset()
+    import openai
+    c = openai.OpenAI(base_url=e.url() + "/v1", api_key=KEY_A, max_retries=0)
+    out = c.chat.completions.create(model="qwen-7b", messages=[{"role": "user", "content": "hi"}])
+    assert out.choices[0].message.content
+    seen = mock.requests("/v1/chat/completions")[-1]["headers"]
+    assert seen["x-tollgate-cluster"] == "llm-vllm"          # the demo route picked its cluster
+    assert seen["x-tenant"] == "blue"
+    assert seen["authorization"] == f"Bearer {ACCOUNT_KEYS['TOLLGATE_VLLM_KEY']}"
+    assert "x-tollgate-route" not in seen
+    # An account without a route goes to the default cluster, whatever the client sends.
+    r = requests.post(e.url() + "/v1/messages",
+                      headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01", "x-tollgate-route": "vllm"},
+                      json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+                      timeout=10)
+    assert r.status_code == 200, r.text
+    seen = mock.requests("/v1/messages")[-1]["headers"]
+    assert "x-tollgate-cluster" not in seen

@@ -172,3 +172,25 @@ def test_service_down_deny_answers_503_in_the_providers_format(make_envoy, mock,
         if "global rate-limit service answering again" in e.log_text():
             break
     assert "global rate-limit service answering again" in e.log_text()
+
+
+def test_every_post_response_charge_is_counted_by_the_service(make_envoy, mock, rl):
+    """Under the limit, the service's counter equals the real usage to the token: no charge
+    sent after a response is lost, across two Envoys."""
+    envoys = start_envoys(make_envoy, rl)
+    mock.reset()
+    mock.script(ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"], usage={"input": 37, "output": 11})
+    ratelimitctl.wait_for_fresh_window(margin_s=20)
+    for i in range(10):
+        assert call(envoys[i % 2], key=KEY_B)[0] == 200
+    deadline = time.time() + 10
+    sent = 0
+    while time.time() < deadline:
+        sent = sum(global_charges(e).get("sent", 0) for e in envoys)
+        if sent >= 10:
+            break
+        time.sleep(0.2)
+    remaining = rl.remaining([("consumer", "team-b"), ("unit", "tokens")])
+    print(f"\ncharges sent {sent}; service counted {LIMIT - remaining} of 10 × 48 real tokens")
+    assert sent == 10
+    assert LIMIT - remaining == 10 * 48
