@@ -96,10 +96,11 @@ Demo consumer key: {DEMO_KEY}        Admin key: {ADMIN_KEY}
   curl -s {base}/v1/messages -H 'x-api-key: {DEMO_KEY}' -H 'content-type: application/json' \\
        -d '{{"model":"claude-haiku-4-5","max_tokens":64,"messages":[{{"role":"user","content":"Hello"}}]}}'
 
-  python3 -c 'import anthropic; c = anthropic.Anthropic(base_url="{base}", api_key="{DEMO_KEY}"); \\
+  .venv/bin/python -c 'import anthropic; c = anthropic.Anthropic(base_url="{base}", api_key="{DEMO_KEY}"); \\
 print(c.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=[{{"role":"user","content":"Hello"}}]).content[0].text)'
 
   curl -s {base}/tollgate/health
+  Dashboard: {base}/tollgate/   (user name anything, password {ADMIN_KEY})
 
 Ctrl-C stops it.
 """, flush=True)
