@@ -1171,7 +1171,11 @@ impl HttpContext for Req {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         self.upstream_status = status;
-        if self.account.is_some() {
+        // Envoy's own reply (route timeout, failed connection) is no answer of the provider:
+        // it neither cools an account nor is metered as a cut-off stream.
+        let local_reply =
+            ffi::get_filter_state("response\0code_details").is_some_and(|d| d != "via_upstream");
+        if self.account.is_some() && !local_reply {
             let headers: Vec<(String, String)> = ffi::response_headers()
                 .into_iter()
                 .filter(|(k, _)| k == "retry-after" || accounts::is_provider_ratelimit_header(k))
@@ -1192,7 +1196,7 @@ impl HttpContext for Req {
         for (k, v) in rate_header_pairs(&self.rate_headers) {
             ffi::set_response_header(&k, &v);
         }
-        if self.phase == Phase::Passthrough {
+        if self.phase == Phase::Passthrough || local_reply {
             return Action::Continue;
         }
         let Some(endpoint) = self.endpoint.as_ref() else {
