@@ -31,10 +31,11 @@ def test_estimates_converge_on_a_model_whose_real_counts_are_30_percent_higher(m
     e = make_envoy(base_config())
     c = anthropic.Anthropic(base_url=e.url(), api_key=KEY_A, max_retries=0)
 
-    def call():
-        c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": PROMPT}])
+    def call(model):
+        c.messages.create(model=model, max_tokens=16, messages=[{"role": "user", "content": PROMPT}])
 
-    call()
+    # The raw estimate of this body, learned on another model (ratios are per model).
+    call(MODEL + "-probe")
     first = wait_estimates(e, 1)[0]
     real = round(first * 1.3)
     mock.script(ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"], model=MODEL, usage={"input": real, "output": 5})
@@ -42,12 +43,12 @@ def test_estimates_converge_on_a_model_whose_real_counts_are_30_percent_higher(m
         for i in range(6):
             # The per-worker cache of learned ratios refreshes every 2 s.
             time.sleep(2.1 if i else 0)
-            call()
-        got = wait_estimates(e, 7)
+            call(MODEL)
+        got = wait_estimates(e, 7)[1:]
     finally:
         mock.reset(only="scripts")
-    print(f"\nreal input {real}; estimates used at admission: {got}")
-    assert got[0] == first
+    print(f"\nraw estimate {first}, real input {real}; estimates used at admission: {got}")
+    assert got[0] == first                      # nothing learned yet for this model
     assert abs(got[-1] - real) <= max(2, real * 0.02), got
     # Every estimate after the first observation is closer than the unlearned one.
-    assert all(abs(x - real) < abs(first - real) for x in got[2:]), got
+    assert all(abs(x - real) < abs(first - real) for x in got[1:]), got
