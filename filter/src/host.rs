@@ -59,7 +59,7 @@ impl Plugin {
         Plugin {
             cfg,
             stats: RefCell::default(),
-            store: HostStore,
+            store: HostStore::default(),
             dynamic: quota::dynamic_slots(quota::DEFAULT_DYNAMIC_SLOTS),
             learned: learn::table(),
             ratios: RefCell::default(),
@@ -134,8 +134,14 @@ fn fixed_key(k: OwnerKey) -> String {
     }
 }
 
-/// Envoy shared data: one store for all workers of the VM id.
-struct HostStore;
+/// Envoy shared data: one store for all workers of the VM id. Every key tollgate creates is
+/// written with `CREATE_CAS` (see `store`), so counting those writes counts the keys: Envoy
+/// never frees one, and `tollgate_shared_data_keys_created_total` shows the key set stays
+/// bounded (flat after the configuration loads).
+#[derive(Default)]
+struct HostStore {
+    created: Cell<Option<u32>>,
+}
 
 impl Store for HostStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
@@ -143,7 +149,21 @@ impl Store for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        ffi::set_shared_data(key, value, cas)
+        ffi::set_shared_data(key, value, cas)?;
+        if cas == crate::store::CREATE_CAS {
+            let id = match self.created.get() {
+                Some(id) => Some(id),
+                None => ffi::define_metric(
+                    proxy_wasm::types::MetricType::Counter,
+                    "tollgate_shared_data_keys_created_total",
+                ),
+            };
+            self.created.set(id);
+            if let Some(id) = id {
+                ffi::increment_metric(id, 1);
+            }
+        }
+        Ok(())
     }
 }
 
