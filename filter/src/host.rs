@@ -123,6 +123,8 @@ impl Plugin {
         for key in self.learned.keys() {
             crate::store::ensure(&self.store, &key, b"-")?;
         }
+        // Made now like every other key, so the key set is complete once the config loads.
+        crate::store::ensure(&self.store, crate::analytics::KEY, b"-")?;
         Ok(n)
     }
 }
