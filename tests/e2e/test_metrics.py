@@ -31,6 +31,7 @@ FAMILIES = {"tollgate_requests_total", "tollgate_tokens_total", "tollgate_cost_u
             "tollgate_rejections_total", "tollgate_account_state", "tollgate_upstream_responses_total",
             "tollgate_failovers_total", "tollgate_global_degraded_total", "tollgate_global_charges_total",
             "tollgate_reconcile_dropped_total", "tollgate_affinity_total",
+            "tollgate_shared_data_keys_created_total",
             "tollgate_estimate_error_percent_bucket", "tollgate_estimate_error_percent_sum",
             "tollgate_estimate_error_percent_count"}
 
@@ -43,6 +44,7 @@ LABELS = {"tollgate_requests_total": {"consumer", "model", "outcome"},
           "tollgate_upstream_responses_total": {"account", "code"},
           "tollgate_failovers_total": {"account"},
           "tollgate_global_degraded_total": set(),
+          "tollgate_shared_data_keys_created_total": set(),
           "tollgate_estimate_error_percent_bucket": {"le"},
           "tollgate_estimate_error_percent_sum": set(),
           "tollgate_estimate_error_percent_count": set()}
