@@ -14,7 +14,7 @@ use crate::api::{self, Api, Metered, Reason, Route};
 use crate::config::{self, Config};
 use crate::identity::{self, Caller};
 use crate::learn;
-use crate::limits::{Limit, Usage};
+use crate::limits::{Limit, Price, Usage};
 use crate::metrics;
 use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
 use crate::ratelimit::{self, ChargeQueue, Unit};
@@ -394,6 +394,7 @@ struct Req {
     started_ms: u64,
     /// tollgate added `stream_options.include_usage`, so the usage-only chunk is removed.
     strip_usage: bool,
+    price_cache: Cell<Option<Option<Price>>>,
 }
 
 impl Context for Req {
@@ -478,6 +479,7 @@ impl Req {
             account_ticket: None,
             started_ms: ffi::now_ms(),
             strip_usage: false,
+            price_cache: Cell::new(None),
         }
     }
 
@@ -504,6 +506,21 @@ impl Req {
             Some(Caller::Unlisted(n)) => n.as_str(),
             _ => self.consumer_label(),
         }
+    }
+
+    /// The price of the request's model (pricing globs are matched once per request).
+    fn price(&self) -> Option<Price> {
+        if let Some(p) = self.price_cache.get() {
+            return p;
+        }
+        let info = self.info.as_ref()?;
+        let p = info
+            .model
+            .as_deref()
+            .and_then(|m| self.plugin.cfg.price_for(m))
+            .map(|(_, p)| *p);
+        self.price_cache.set(Some(p));
+        p
     }
 
     /// The `model` label: the matched pricing or allow-list glob, else `other`, so a client
@@ -556,8 +573,7 @@ impl Req {
         };
         let cfg = &plugin.cfg;
         let info = self.info.as_ref();
-        let model = info.and_then(|i| i.model.as_deref()).unwrap_or("");
-        let price = cfg.price_for(model).map(|(_, p)| *p);
+        let price = self.price();
         let amounts = quota::reservation(
             self.estimate,
             info.and_then(|i| i.max_tokens),
@@ -628,10 +644,7 @@ impl Req {
             return None;
         }
         let model = self.info.as_ref().and_then(|i| i.model.clone());
-        let price = model
-            .as_deref()
-            .and_then(|m| plugin.cfg.price_for(m))
-            .map(|(_, p)| *p);
+        let price = self.price();
         let amounts = quota::reservation(
             self.estimate,
             self.info.as_ref().and_then(|i| i.max_tokens),
@@ -717,9 +730,7 @@ impl Req {
             return;
         }
         let model = self.info.as_ref().and_then(|i| i.model.as_deref());
-        let price = model
-            .and_then(|m| self.plugin.cfg.price_for(m))
-            .map(|(_, p)| *p);
+        let price = self.price();
         let actual = Amounts::from_usage(usage, price.as_ref());
         let body = ratelimit::charge_request(
             &global.domain,
@@ -747,12 +758,7 @@ impl Req {
         };
         let plugin = self.plugin.clone();
         let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
-        let model = self
-            .info
-            .as_ref()
-            .and_then(|i| i.model.as_deref())
-            .unwrap_or("");
-        let price = self.plugin.cfg.price_for(model).map(|(_, p)| *p);
+        let price = self.price();
         let actual = Amounts::from_usage(usage, price.as_ref());
         let now = ffi::now_ms();
         match quota::reconcile(&plugin.store, &owner, limits, &ticket, &actual, now) {
@@ -839,10 +845,7 @@ impl Req {
     fn need(&self) -> Amounts {
         let cfg = &self.plugin.cfg;
         let info = self.info.as_ref();
-        let price = info
-            .and_then(|i| i.model.as_deref())
-            .and_then(|m| cfg.price_for(m))
-            .map(|(_, p)| *p);
+        let price = self.price();
         quota::reservation(
             self.estimate,
             info.and_then(|i| i.max_tokens),
@@ -1189,19 +1192,24 @@ impl HttpContext for Req {
         ) {
             return Action::Continue;
         }
-        let status: u32 = ffi::response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        // One read of the header map serves the account, the stripping and the meter.
+        let all = ffi::response_headers();
+        let find = |name: &str| {
+            all.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let status: u32 = find(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         self.upstream_status = status;
         // Envoy's own reply (route timeout, failed connection) is no answer of the provider:
         // it neither cools an account nor is metered as a cut-off stream.
         let local_reply =
             ffi::get_filter_state("response\0code_details").is_some_and(|d| d != "via_upstream");
         if self.account.is_some() && !local_reply {
-            let headers: Vec<(String, String)> = ffi::response_headers()
-                .into_iter()
+            let headers: Vec<(&str, String)> = all
+                .iter()
                 .filter(|(k, _)| k == "retry-after" || accounts::is_provider_ratelimit_header(k))
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
                 .collect();
             self.observe_account(accounts::observe_response(status, &headers, ffi::now_ms()));
         }
@@ -1210,9 +1218,9 @@ impl HttpContext for Req {
             return Action::Continue;
         }
         // The provider's rate-limit headers describe the pooled account, not the caller.
-        for (name, _) in ffi::response_headers() {
+        for (name, _) in &all {
             if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
-                ffi::remove_response_header(&name);
+                ffi::remove_response_header(name);
             }
         }
         for (k, v) in rate_header_pairs(&self.rate_headers) {
@@ -1224,8 +1232,8 @@ impl HttpContext for Req {
         let Some(endpoint) = self.endpoint.as_ref() else {
             return Action::Continue;
         };
-        let content_type = ffi::response_header("content-type").unwrap_or_default();
-        let encoding = ffi::response_header("content-encoding").unwrap_or_default();
+        let content_type = find("content-type").unwrap_or_default();
+        let encoding = find("content-encoding").unwrap_or_default();
         let strip = self.strip_usage;
         let meter = ResponseMeter::new(endpoint, &content_type, &encoding, strip);
         if strip {
@@ -1452,16 +1460,7 @@ impl Req {
         let code = self.upstream_status.to_string();
         {
             let now = ffi::now_ms();
-            let model_name = self
-                .info
-                .as_ref()
-                .and_then(|i| i.model.as_deref())
-                .unwrap_or("");
-            let cost_micros = self
-                .plugin
-                .cfg
-                .price_for(model_name)
-                .map_or(0, |(_, p)| p.cost_micros(&usage));
+            let cost_micros = self.price().map_or(0, |p| p.cost_micros(&usage));
             self.plugin
                 .analytics
                 .borrow_mut()
@@ -1494,13 +1493,7 @@ impl Req {
             &[("account", &account), ("code", &code)],
             1,
         );
-        let price = self
-            .info
-            .as_ref()
-            .and_then(|i| i.model.as_deref())
-            .and_then(|m| self.plugin.cfg.price_for(m))
-            .map(|(_, p)| *p);
-        if let Some(p) = price {
+        if let Some(p) = self.price() {
             stats.count(
                 "tollgate_cost_usd_micros_total",
                 &[("consumer", &consumer), ("model", &model)],
@@ -1795,10 +1788,6 @@ mod ffi {
 
     pub fn request_header(name: &str) -> Option<String> {
         header(MAP_REQUEST_HEADERS, name)
-    }
-
-    pub fn response_header(name: &str) -> Option<String> {
-        header(MAP_RESPONSE_HEADERS, name)
     }
 
     fn set_header(map: u32, name: &str, value: &str) {
