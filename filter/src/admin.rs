@@ -892,8 +892,8 @@ mod tests {
     #[test]
     fn usage_json_never_contains_a_configured_key() {
         let secrets = [
-            "sk-ant-api03-inline-account-key-AAAA",
-            "sk-proj-inline-openai-key-BBBB",
+            "sk-ant-test03-inline-account-key-AAAA",
+            "sk-proj-inline-key-BBBB",
             "plain-consumer-key-CCCC",
             "admin-key-DDDD",
         ];

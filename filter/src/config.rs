@@ -1788,8 +1788,8 @@ mod tests {
 
     fn test_env(name: &str) -> Option<String> {
         match name {
-            "ANTHROPIC_KEY_1" => Some("sk-ant-api03-AAAAAAAAAAAAAAAAAAAAx7Qa\n".to_string()),
-            "ANTHROPIC_KEY_2" => Some("sk-ant-api03-BBBBBBBBBBBBBBBBBBBBzzzz".to_string()),
+            "ANTHROPIC_KEY_1" => Some("sk-ant-test03-AAAAAAAAAAAAAAAAAAAAx7Qa\n".to_string()),
+            "ANTHROPIC_KEY_2" => Some("sk-ant-test03-BBBBBBBBBBBBBBBBBBBBzzzz".to_string()),
             "EMPTY_KEY" => Some("  \n".to_string()),
             "SPACED_KEY" => Some("sk-ant bad key".to_string()),
             _ => None,
@@ -1892,7 +1892,7 @@ mod tests {
             panic!("three accounts")
         };
         assert_eq!(org1.provider, Api::Anthropic);
-        assert_eq!(org1.key.expose(), "sk-ant-api03-AAAAAAAAAAAAAAAAAAAAx7Qa");
+        assert_eq!(org1.key.expose(), "sk-ant-test03-AAAAAAAAAAAAAAAAAAAAx7Qa");
         assert_eq!((org1.weight, org1.limits.len()), (1, 0));
         assert_eq!(org2.weight, 2);
         assert_eq!(
@@ -2369,8 +2369,8 @@ mod tests {
     #[test]
     fn masks_secrets() {
         let table = [
-            ("sk-ant-api03-abcdefghijklmnopx7Qa", "sk-ant-…x7Qa"),
-            ("sk-proj-abcdefghijklmnopWXYZ", "sk-proj-…WXYZ"),
+            ("sk-ant-test03-abcdefghijklmnopx7Qa", "sk-ant-…x7Qa"),
+            ("sk-proj-abcdefghijklmnWXYZ", "sk-proj-…WXYZ"),
             ("sk-abcdefghijklmnop1234", "sk-…1234"),
             ("AIzaSyabcdefghijklmnop9876", "AIza…9876"),
             ("token-abc", "…"),
