@@ -177,16 +177,19 @@ struct Stats {
 }
 
 impl Stats {
+    /// The id of metric `name`, defined on first use.
+    fn id(&mut self, kind: proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = ffi::define_metric(kind, name)?;
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
     fn add(&mut self, kind: proxy_wasm::types::MetricType, name: String, by: i64) {
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => match ffi::define_metric(kind, &name) {
-                Some(id) => {
-                    self.ids.insert(name, id);
-                    id
-                }
-                None => return,
-            },
+        let Some(id) = self.id(kind, &name) else {
+            return;
         };
         match kind {
             proxy_wasm::types::MetricType::Histogram => ffi::record_metric(id, by.max(0) as u64),
@@ -196,31 +199,15 @@ impl Stats {
 
     /// The process-wide value of a gauge (0 if it was never set).
     fn gauge_value(&mut self, name: &str) -> i64 {
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
-            None => match ffi::define_metric(proxy_wasm::types::MetricType::Gauge, name) {
-                Some(id) => {
-                    self.ids.insert(name.to_string(), id);
-                    id
-                }
-                None => return 0,
-            },
-        };
-        ffi::get_metric(id).map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+        self.id(proxy_wasm::types::MetricType::Gauge, name)
+            .and_then(ffi::get_metric)
+            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
     }
 
     fn set_gauge(&mut self, name: String, value: i64) {
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => match ffi::define_metric(proxy_wasm::types::MetricType::Gauge, &name) {
-                Some(id) => {
-                    self.ids.insert(name, id);
-                    id
-                }
-                None => return,
-            },
-        };
-        ffi::record_metric(id, value.max(0) as u64);
+        if let Some(id) = self.id(proxy_wasm::types::MetricType::Gauge, &name) {
+            ffi::record_metric(id, value.max(0) as u64);
+        }
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -571,15 +558,7 @@ impl Req {
         let Some(owner) = owner.filter(|_| !limits.is_empty()) else {
             return Ok(());
         };
-        let cfg = &plugin.cfg;
-        let info = self.info.as_ref();
-        let price = self.price();
-        let amounts = quota::reservation(
-            self.estimate,
-            info.and_then(|i| i.max_tokens),
-            cfg.estimate.output_reserve,
-            price.as_ref(),
-        );
+        let amounts = self.need();
         let now = ffi::now_ms();
         match quota::admit(&plugin.store, &owner, limits, &amounts, now) {
             Ok(Admission::Admitted { ticket, headers }) => {
@@ -644,13 +623,7 @@ impl Req {
             return None;
         }
         let model = self.info.as_ref().and_then(|i| i.model.clone());
-        let price = self.price();
-        let amounts = quota::reservation(
-            self.estimate,
-            self.info.as_ref().and_then(|i| i.max_tokens),
-            plugin.cfg.estimate.output_reserve,
-            price.as_ref(),
-        );
+        let amounts = self.need();
         let consumer = self.consumer_name().to_string();
         let adm = ratelimit::admission_request(
             &global.domain,
@@ -706,19 +679,7 @@ impl Req {
 
     /// Gives back the whole local reservation of a request that will not go upstream.
     fn cancel_reservation(&mut self) {
-        let (Some(ticket), Some(owner)) = (self.ticket.take(), self.owner.take()) else {
-            return;
-        };
-        let plugin = self.plugin.clone();
-        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
-        let _ = quota::reconcile(
-            &plugin.store,
-            &owner,
-            limits,
-            &ticket,
-            &Amounts::ZERO,
-            ffi::now_ms(),
-        );
+        self.settle_quota(&Amounts::ZERO);
     }
 
     /// Queues the real usage for the global service (sent by the root context).
@@ -753,15 +714,19 @@ impl Req {
 
     /// Replaces the reservation with real usage (or refunds it all when nothing was used).
     fn reconcile(&mut self, usage: &Usage) {
+        let actual = Amounts::from_usage(usage, self.price().as_ref());
+        self.settle_quota(&actual);
+    }
+
+    /// Replaces the caller's reservation with `actual` (once; later calls do nothing).
+    fn settle_quota(&mut self, actual: &Amounts) {
         let (Some(ticket), Some(owner)) = (self.ticket.take(), self.owner.take()) else {
             return;
         };
         let plugin = self.plugin.clone();
         let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
-        let price = self.price();
-        let actual = Amounts::from_usage(usage, price.as_ref());
         let now = ffi::now_ms();
-        match quota::reconcile(&plugin.store, &owner, limits, &ticket, &actual, now) {
+        match quota::reconcile(&plugin.store, &owner, limits, &ticket, actual, now) {
             Ok(Settled::Dropped) | Err(_) => {
                 ffi::log(
                     LogLevel::Warn,
@@ -1101,7 +1066,9 @@ impl HttpContext for Req {
             Route::Metered(ref m) => self.api = m.api(),
         }
         let header_name = cfg.consumer_header.as_deref().and_then(ffi::request_header);
-        self.caller = identity::identify(cfg, key, header_name.as_deref());
+        let identified = identity::identify(cfg, key, header_name.as_deref());
+        self.presented_tollgate_key = identified.as_ref().is_some_and(|(_, by_key)| *by_key);
+        self.caller = identified.map(|(caller, _)| caller);
         if self.caller.is_none() {
             let msg = if key.is_some() {
                 "invalid API key"
@@ -1110,13 +1077,6 @@ impl HttpContext for Req {
             };
             return self.reject(Reason::Auth, msg, &[]);
         }
-        self.presented_tollgate_key = match (&self.caller, key) {
-            (Some(Caller::Consumer(i)), Some(k)) => cfg.consumers.get(*i).is_some_and(|c| {
-                let d = config::KeyMatcher::digest(k);
-                c.keys.iter().any(|km| km.matches(&d))
-            }),
-            _ => false,
-        };
         ffi::set_filter_state("tollgate.consumer", self.consumer_name());
         match route {
             Route::Metered(m) => {

@@ -65,8 +65,13 @@ pub fn strip_query_key(path: &str) -> Option<String> {
     })
 }
 
-/// Maps a request to its consumer, or `None` for 401.
-pub fn identify(cfg: &Config, key: Option<&str>, header_name: Option<&str>) -> Option<Caller> {
+/// Maps a request to its consumer, or `None` for 401; the flag says whether a tollgate key
+/// identified it (that key must then not go upstream).
+pub fn identify(
+    cfg: &Config,
+    key: Option<&str>,
+    header_name: Option<&str>,
+) -> Option<(Caller, bool)> {
     if let Some(key) = key {
         let digest = KeyMatcher::digest(key);
         // Every key is compared, whatever matched, so timing says nothing about which.
@@ -79,18 +84,19 @@ pub fn identify(cfg: &Config, key: Option<&str>, header_name: Option<&str>) -> O
             }
         }
         if let Some(i) = found {
-            return Some(Caller::Consumer(i));
+            return Some((Caller::Consumer(i), true));
         }
     }
     if cfg.consumer_header.is_some() {
         if let Some(name) = header_name.map(str::trim).filter(|n| !n.is_empty()) {
-            return Some(match cfg.consumers.iter().position(|c| c.name == name) {
+            let caller = match cfg.consumers.iter().position(|c| c.name == name) {
                 Some(i) => Caller::Consumer(i),
                 None => Caller::Unlisted(name.to_string()),
-            });
+            };
+            return Some((caller, false));
         }
     }
-    cfg.anonymous.as_ref().map(|_| Caller::Anonymous)
+    cfg.anonymous.as_ref().map(|_| (Caller::Anonymous, false))
 }
 
 /// Whether `key` is one of the admin keys.
