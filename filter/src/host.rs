@@ -365,6 +365,8 @@ struct Req {
     decision: Option<Reason>,
     /// The request identified its consumer by a tollgate key (which must not go upstream).
     presented_tollgate_key: bool,
+    /// The client's request headers as they arrived (read once).
+    headers: ffi::Headers,
     /// The quota state key of the caller, and what admission charged there.
     owner: Option<OwnerKey>,
     ticket: Option<Ticket>,
@@ -457,6 +459,7 @@ impl Req {
             upstream_status: 0,
             decision: None,
             presented_tollgate_key: false,
+            headers: ffi::Headers::default(),
             owner: None,
             ticket: None,
             rate_headers: RateHeaders::default(),
@@ -836,7 +839,9 @@ impl Req {
             return Ok(());
         }
         for h in accounts::CLIENT_CREDENTIAL_HEADERS {
-            ffi::remove_request_header(h);
+            if self.headers.has(h) {
+                ffi::remove_request_header(h);
+            }
         }
         if let Some(stripped) = identity::strip_query_key(path) {
             ffi::set_request_header(":path", &stripped);
@@ -893,8 +898,7 @@ impl Req {
         };
         let (name, value) = accounts::credential(account);
         ffi::set_request_header(name, &value);
-        if account.provider == Api::Anthropic && ffi::request_header("anthropic-version").is_none()
-        {
+        if account.provider == Api::Anthropic && self.headers.get("anthropic-version").is_none() {
             ffi::set_request_header("anthropic-version", accounts::ANTHROPIC_VERSION);
         }
         for (k, v) in &account.headers {
@@ -947,12 +951,13 @@ impl Req {
     /// The upstream stage: one retry attempt. Picks an account not tried by earlier attempts
     /// of this request (the downstream published consumer, estimate and session).
     fn upstream_attempt(&mut self) -> Action {
-        let path = ffi::request_header(":path").unwrap_or_default();
-        let method = ffi::request_header(":method").unwrap_or_default();
+        self.headers = ffi::request_headers();
+        let path = self.headers.get(":path").unwrap_or_default().to_string();
+        let method = self.headers.get(":method").unwrap_or_default().to_string();
         self.api = api::api_hint(
-            ffi::request_header("anthropic-version").is_some(),
-            ffi::request_header("x-api-key").is_some(),
-            ffi::request_header("x-goog-api-key").is_some(),
+            self.headers.has("anthropic-version"),
+            self.headers.has("x-api-key"),
+            self.headers.has("x-goog-api-key"),
         );
         let metered = match api::classify(
             &method,
@@ -977,7 +982,8 @@ impl Req {
         let affinity = self.plugin.cfg.selection.affinity.as_ref();
         let header = affinity
             .and_then(|a| a.header.as_deref())
-            .and_then(ffi::request_header);
+            .and_then(|h| self.headers.get(h))
+            .map(str::to_string);
         let fingerprint = ffi::get_filter_state("tollgate.fingerprint")
             .and_then(|f| u64::from_str_radix(&f, 16).ok());
         let session = accounts::session_id(affinity, header.as_deref(), fingerprint)
@@ -1017,42 +1023,36 @@ impl HttpContext for Req {
         if self.plugin.cfg.stage == config::Stage::Upstream {
             return self.upstream_attempt();
         }
-        let path = ffi::request_header(":path").unwrap_or_default();
-        let method = ffi::request_header(":method").unwrap_or_default();
-        let x_api_key = ffi::request_header("x-api-key");
-        let authorization = ffi::request_header("authorization");
-        let goog = ffi::request_header("x-goog-api-key");
+        let headers = ffi::request_headers();
+        let path = headers.get(":path").unwrap_or_default().to_string();
+        let method = headers.get(":method").unwrap_or_default();
+        let x_api_key = headers.get("x-api-key");
+        let authorization = headers.get("authorization");
+        let goog = headers.get("x-goog-api-key");
         self.api = api::api_hint(
-            ffi::request_header("anthropic-version").is_some(),
+            headers.get("anthropic-version").is_some(),
             x_api_key.is_some(),
             goog.is_some(),
         );
         // A client never picks the route cluster itself.
-        ffi::remove_request_header("x-tollgate-route");
-        let cfg = &self.plugin.cfg;
+        if headers.has("x-tollgate-route") {
+            ffi::remove_request_header("x-tollgate-route");
+        }
+        let plugin = self.plugin.clone();
+        let cfg = &plugin.cfg;
         let route = api::classify(
-            &method,
+            method,
             &path,
             self.api,
             cfg.admin.as_ref().map(|a| a.path.as_str()),
             &cfg.passthrough_paths,
         );
-        let key = identity::presented_key(
-            x_api_key.as_deref(),
-            authorization.as_deref(),
-            goog.as_deref(),
-            &path,
-        );
+        let key = identity::presented_key(x_api_key, authorization, goog, &path);
         match route {
             Route::Admin(sub) => {
                 // The admin key is never taken from the URL (`?key=`).
-                let key = identity::presented_key(
-                    x_api_key.as_deref(),
-                    authorization.as_deref(),
-                    None,
-                    "",
-                );
-                return self.admin(&sub, key, authorization.as_deref());
+                let key = identity::presented_key(x_api_key, authorization, None, "");
+                return self.admin(&sub, key, authorization);
             }
             Route::NotFound(api) => {
                 self.api = api;
@@ -1065,8 +1065,8 @@ impl HttpContext for Req {
             Route::Identity(api) => self.api = api,
             Route::Metered(ref m) => self.api = m.api(),
         }
-        let header_name = cfg.consumer_header.as_deref().and_then(ffi::request_header);
-        let identified = identity::identify(cfg, key, header_name.as_deref());
+        let header_name = cfg.consumer_header.as_deref().and_then(|h| headers.get(h));
+        let identified = identity::identify(cfg, key, header_name);
         self.presented_tollgate_key = identified.as_ref().is_some_and(|(_, by_key)| *by_key);
         self.caller = identified.map(|(caller, _)| caller);
         if self.caller.is_none() {
@@ -1083,8 +1083,9 @@ impl HttpContext for Req {
                 if end_of_stream {
                     return self.reject(Reason::BadRequest, "request body is required", &[]);
                 }
-                let max = self.plugin.cfg.max_body_bytes;
-                let declared = ffi::request_header("content-length")
+                let max = cfg.max_body_bytes;
+                let declared = headers
+                    .get("content-length")
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if declared.is_some_and(|n| n > max) {
                     return self.too_large();
@@ -1092,11 +1093,13 @@ impl HttpContext for Req {
                 self.scanner = Some(RequestScanner::new(&m));
                 self.endpoint = Some(m);
                 self.phase = Phase::ReadingBody;
+                self.headers = headers;
                 // Hold the headers until the body is read: the credential and the quota
                 // decision depend on it (needs allow_on_headers_stop_iteration).
                 Action::Pause
             }
             _ => {
+                self.headers = headers;
                 if let Err(answer) = self.choose_account(&path, false, None, &[]) {
                     return answer;
                 }
@@ -1154,22 +1157,18 @@ impl HttpContext for Req {
         }
         // One read of the header map serves the account, the stripping and the meter.
         let all = ffi::response_headers();
-        let find = |name: &str| {
-            all.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
-        let status: u32 = find(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u32 = all.get(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         self.upstream_status = status;
         // Envoy's own reply (route timeout, failed connection) is no answer of the provider:
-        // it neither cools an account nor is metered as a cut-off stream.
-        let local_reply =
-            ffi::get_filter_state("response\0code_details").is_some_and(|d| d != "via_upstream");
+        // it neither cools an account nor is metered as a cut-off stream. Envoy answers
+        // with an error status, so a 2xx needs no look at the response's details.
+        let local_reply = !(200..300).contains(&status)
+            && ffi::get_filter_state("response\0code_details").is_some_and(|d| d != "via_upstream");
         if self.account.is_some() && !local_reply {
             let headers: Vec<(&str, String)> = all
                 .iter()
-                .filter(|(k, _)| k == "retry-after" || accounts::is_provider_ratelimit_header(k))
-                .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+                .filter(|(k, _)| *k == "retry-after" || accounts::is_provider_ratelimit_header(k))
+                .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
                 .collect();
             self.observe_account(accounts::observe_response(status, &headers, ffi::now_ms()));
         }
@@ -1178,7 +1177,7 @@ impl HttpContext for Req {
             return Action::Continue;
         }
         // The provider's rate-limit headers describe the pooled account, not the caller.
-        for (name, _) in &all {
+        for (name, _) in all.iter() {
             if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
                 ffi::remove_response_header(name);
             }
@@ -1192,10 +1191,10 @@ impl HttpContext for Req {
         let Some(endpoint) = self.endpoint.as_ref() else {
             return Action::Continue;
         };
-        let content_type = find("content-type").unwrap_or_default();
-        let encoding = find("content-encoding").unwrap_or_default();
+        let content_type = all.get("content-type").unwrap_or_default();
+        let encoding = all.get("content-encoding").unwrap_or_default();
         let strip = self.strip_usage;
-        let meter = ResponseMeter::new(endpoint, &content_type, &encoding, strip);
+        let meter = ResponseMeter::new(endpoint, content_type, encoding, strip);
         if strip {
             // The usage-only chunk is removed from the stream: its length changes.
             ffi::remove_response_header("content-length");
@@ -1289,17 +1288,17 @@ impl Req {
         if let Err(answer) = self.admit() {
             return answer;
         }
-        let path = ffi::request_header(":path").unwrap_or_default();
+        let path = self.headers.get(":path").unwrap_or_default().to_string();
         let cfg = &self.plugin.cfg;
         let header = cfg
             .selection
             .affinity
             .as_ref()
             .and_then(|a| a.header.as_deref())
-            .and_then(ffi::request_header);
+            .and_then(|h| self.headers.get(h));
         let session = accounts::session_id(
             cfg.selection.affinity.as_ref(),
-            header.as_deref(),
+            header,
             self.info.as_ref().and_then(|i| i.fingerprint),
         );
         if let Some(s) = &session {
@@ -1634,13 +1633,6 @@ mod ffi {
             data: *const u8,
             len: usize,
         ) -> u32;
-        fn proxy_get_header_map_value(
-            map: u32,
-            key: *const u8,
-            key_size: usize,
-            out: *mut *mut u8,
-            out_size: *mut usize,
-        ) -> u32;
         fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
         fn proxy_replace_header_map_value(
             map: u32,
@@ -1733,23 +1725,6 @@ mod ffi {
         unsafe { proxy_set_buffer_bytes(kind, start, size, data.as_ptr(), data.len()) == OK }
     }
 
-    fn header(map: u32, name: &str) -> Option<String> {
-        let mut ptr = null_mut();
-        let mut size = 0;
-        let bytes = unsafe {
-            match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut ptr, &mut size) {
-                OK => owned(ptr, size),
-                _ => return None,
-            }
-        };
-        // A header that is not UTF-8 is treated as absent rather than trusted.
-        String::from_utf8(bytes).ok()
-    }
-
-    pub fn request_header(name: &str) -> Option<String> {
-        header(MAP_REQUEST_HEADERS, name)
-    }
-
     fn set_header(map: u32, name: &str, value: &str) {
         unsafe {
             proxy_replace_header_map_value(
@@ -1782,41 +1757,83 @@ mod ffi {
         }
     }
 
-    /// The response header names and values (names are lowercase in Envoy).
-    pub fn response_headers() -> Vec<(String, Vec<u8>)> {
+    /// A header map read in one host call (a read that returns data costs a call back into
+    /// the VM to allocate, so one map read beats several single-header reads). Names are
+    /// lowercase in Envoy; a name seen twice answers with its first value, as Envoy's
+    /// single-header read does.
+    #[derive(Default)]
+    pub struct Headers {
+        buf: Vec<u8>,
+        /// (name start, name len, value start, value len) into `buf`.
+        spans: Vec<(usize, usize, usize, usize)>,
+    }
+
+    impl Headers {
+        /// Envoy's serialised header map: count, (name len, value len)×count, then each
+        /// name and value followed by a NUL. A malformed map reads as empty.
+        fn decode(buf: Vec<u8>) -> Headers {
+            let word = |at: usize| -> Option<usize> {
+                let w = buf.get(at..at + 4)?;
+                Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+            };
+            let spans = (|| {
+                let n = word(0)?;
+                let mut at = 4usize.checked_add(n.checked_mul(8)?)?;
+                let mut spans = Vec::with_capacity(n.min(1024));
+                for i in 0..n {
+                    let (k, v) = (word(4 + i * 8)?, word(8 + i * 8)?);
+                    let value_at = at.checked_add(k)?.checked_add(1)?;
+                    let end = value_at.checked_add(v)?;
+                    if end > buf.len() {
+                        return None;
+                    }
+                    spans.push((at, k, value_at, v));
+                    at = end + 1;
+                }
+                Some(spans)
+            })()
+            .unwrap_or_default();
+            Headers { buf, spans }
+        }
+
+        /// Every (name, value) in order.
+        pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+            self.spans.iter().filter_map(|&(n, nl, v, vl)| {
+                let name = core::str::from_utf8(self.buf.get(n..n + nl)?).ok()?;
+                Some((name, self.buf.get(v..v + vl)?))
+            })
+        }
+
+        /// The first value of `name`; a value that is not UTF-8 reads as absent rather
+        /// than trusted.
+        pub fn get(&self, name: &str) -> Option<&str> {
+            let (_, value) = self.iter().find(|(k, _)| *k == name)?;
+            core::str::from_utf8(value).ok()
+        }
+
+        pub fn has(&self, name: &str) -> bool {
+            self.iter().any(|(k, _)| k == name)
+        }
+    }
+
+    fn header_map(map: u32) -> Headers {
         let mut ptr = null_mut();
         let mut size = 0;
         let bytes = unsafe {
-            match proxy_get_header_map_pairs(MAP_RESPONSE_HEADERS, &mut ptr, &mut size) {
+            match proxy_get_header_map_pairs(map, &mut ptr, &mut size) {
                 OK => owned(ptr, size),
-                _ => return Vec::new(),
+                _ => Vec::new(),
             }
         };
-        decode_map(&bytes).unwrap_or_default()
+        Headers::decode(bytes)
     }
 
-    /// Envoy's serialised header map: count, (name len, value len)×count, then each name
-    /// and value followed by a NUL.
-    fn decode_map(b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-        let word = |at: usize| -> Option<usize> {
-            let w = b.get(at..at + 4)?;
-            Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
-        };
-        let n = word(0)?;
-        let mut sizes = Vec::with_capacity(n.min(1024));
-        for i in 0..n {
-            sizes.push((word(4 + i * 8)?, word(8 + i * 8)?));
-        }
-        let mut at = 4 + n * 8;
-        let mut out = Vec::with_capacity(sizes.len());
-        for (k, v) in sizes {
-            let name = b.get(at..at + k)?;
-            at += k + 1;
-            let value = b.get(at..at + v)?;
-            at += v + 1;
-            out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
-        }
-        Some(out)
+    pub fn request_headers() -> Headers {
+        header_map(MAP_REQUEST_HEADERS)
+    }
+
+    pub fn response_headers() -> Headers {
+        header_map(MAP_RESPONSE_HEADERS)
     }
 
     fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {

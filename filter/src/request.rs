@@ -26,6 +26,9 @@ const SNIFF_LIMIT: usize = 256 * 1024;
 const MODEL_CAP: usize = 256;
 /// Bytes of each media payload that go into the conversation fingerprint.
 const MEDIA_HASH_BYTES: usize = 1024;
+/// Bytes of each text that go into the conversation fingerprint (with the text's length):
+/// enough to tell conversations apart without hashing a pasted 256 KB document whole.
+const TEXT_HASH_BYTES: usize = 4096;
 
 /// What tollgate needs from a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +227,7 @@ impl RequestScanner {
                 role: Small::default(),
                 msg_hash: Fp::new(),
                 sys_hash: Fp::new(),
+                text_hashed: 0,
                 prefix: Fp::new(),
                 first_user: None,
                 media: MediaReader::new(),
@@ -313,6 +317,8 @@ struct Collector {
     role: Small,
     msg_hash: Fp,
     sys_hash: Fp,
+    /// Bytes of the current text hashed so far (at most `TEXT_HASH_BYTES`).
+    text_hashed: usize,
     /// The messages before and including the first user message.
     prefix: Fp,
     first_user: Option<u64>,
@@ -483,9 +489,15 @@ impl Collector {
     }
 
     fn hash_text(&mut self, d: Dest, s: &str) {
+        let take = s.len().min(TEXT_HASH_BYTES - self.text_hashed);
+        if take == 0 {
+            return;
+        }
+        let head = s.as_bytes().get(..take).unwrap_or_default();
+        self.text_hashed += take;
         match d {
-            Dest::System => self.sys_hash.write(s.as_bytes()),
-            Dest::Message if self.first_user.is_none() => self.msg_hash.write(s.as_bytes()),
+            Dest::System => self.sys_hash.write(head),
+            Dest::Message if self.first_user.is_none() => self.msg_hash.write(head),
             _ => {}
         }
     }
@@ -825,8 +837,13 @@ impl Sink for Collector {
         match role {
             Role::Text(d) => {
                 self.est.end_text();
-                if d == Dest::Message && self.first_user.is_none() {
-                    self.msg_hash.write_u64(len as u64);
+                self.text_hashed = 0;
+                match d {
+                    Dest::Message if self.first_user.is_none() => {
+                        self.msg_hash.write_u64(len as u64)
+                    }
+                    Dest::System => self.sys_hash.write_u64(len as u64),
+                    _ => {}
                 }
                 // A bare string prompt or input is the whole (user) conversation.
                 if !key
