@@ -32,3 +32,7 @@ pub mod limits;
 #[allow(dead_code)]
 #[path = "../../filter/src/request.rs"]
 pub mod request;
+#[cfg(not(test))]
+#[allow(dead_code)]
+#[path = "../../filter/src/simd.rs"]
+pub mod simd;

@@ -3,6 +3,7 @@
 //! pre-tokenizers split text, then per-provider weights per feature.
 
 use crate::api::Api;
+use crate::simd::{self, V};
 
 /// Scripts that get their own weights: tokenizers treat them very differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +192,13 @@ const HEAD_SNAPSHOT: u64 = 256;
 /// Milli-tokens per byte for skipped text before any block was sampled (4 bytes a token).
 const DEFAULT_MILLI_PER_BYTE: u64 = 250;
 
+/// `n * w` without overflow and without a 128-bit multiply (which wasm32 lacks): counts past
+/// 2^32 (a 4 GB text) saturate first.
+#[inline(always)]
+fn weighted(n: u64, w: u32) -> u64 {
+    n.min(u64::from(u32::MAX)) * u64::from(w)
+}
+
 /// Whether block `n` past the head is read: one in `SAMPLE_EVERY`, at a pseudo-random place
 /// in each group of `SAMPLE_EVERY` blocks (fixed places could keep landing on the same part
 /// of a text that repeats, e.g. a file pasted several times).
@@ -329,9 +337,7 @@ impl Estimator {
         self.flushed()
             .iter()
             .zip(self.weights.iter())
-            .fold(0u64, |acc, (&n, &w)| {
-                acc.saturating_add(n.saturating_mul(u64::from(w)))
-            })
+            .fold(0u64, |acc, (&n, &w)| acc.saturating_add(weighted(n, w)))
     }
 
     /// Milli-tokens of the skipped bytes, at the sampled blocks' rate.
@@ -643,10 +649,8 @@ impl Estimator {
         let milli = counts
             .iter()
             .zip(self.weights.iter())
-            .fold(0u64, |acc, (&n, &w)| {
-                acc.saturating_add(n.saturating_mul(u64::from(w)))
-            });
-        let milli = milli.saturating_add(self.skipped_milli());
+            .fold(0u64, |acc, (&n, &w)| acc.saturating_add(weighted(n, w)))
+            .saturating_add(self.skipped_milli());
         let mut text = milli.saturating_add(500) / 1000;
         // A non-empty text is at least one token.
         if text == 0 && counts.iter().any(|&n| n > 0) {
@@ -938,31 +942,7 @@ struct Masks {
     control: u64,
 }
 
-const LANES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// High bit of each byte lane (all below 0x80) that is at least `v` (1..=0x80).
-#[inline(always)]
-fn at_least(x: u64, v: u8) -> u64 {
-    x.wrapping_add(LANES * u64::from(0x80 - v)) & HIGH
-}
-
-#[inline(always)]
-fn within(x: u64, lo: u8, hi: u8) -> u64 {
-    at_least(x, lo) & !at_least(x, hi + 1)
-}
-
-/// High bit of each byte lane (all below 0x80) that is 0.
-#[inline(always)]
-fn zero(x: u64) -> u64 {
-    !x.wrapping_add(LANES * 0x7f) & HIGH
-}
-
-/// The high bits of the 8 lanes as 8 bits, lane j to bit j.
-#[inline(always)]
-fn gather(m: u64) -> u64 {
-    (m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
-}
 
 impl Masks {
     /// Classes of the ASCII bytes that start `t` (at most 64 of them: `len`).
@@ -990,39 +970,37 @@ impl Masks {
             }
         };
         for (lane, chunk) in m.lanes.iter_mut().zip(block.chunks_exact(8)) {
-            *lane = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            // High bits cleared: `word` reads letters from here.
+            *lane = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) & !HIGH;
+        }
+        let splat = V::splat;
+        let mut nonascii = 0u64;
+        for k in 0..4 {
+            let Some(c) = simd::chunk(block, 16 * k) else {
+                break;
+            };
+            let v = V::load(c);
+            let at = 16 * k;
+            nonascii |= u64::from(v.bitmask()) << at;
+            let x = v.and(splat(0x7f));
+            // Letters fold to lowercase with bit 5; uppercase ones have it clear.
+            let letter = simd::within(x.or(splat(0x20)), b'a', b'z');
+            let upper = letter.and(x.and(splat(0x20)).eq(splat(0)));
+            let digit = simd::within(x, b'0', b'9');
+            let print = simd::within(x, 0x21, 0x7e);
+            let newline = x.eq(splat(b'\n')).or(x.eq(splat(b'\r')));
+            let white = simd::within(x, 0x09, 0x0d).or(x.eq(splat(b' ')));
+            let bits = |v: V| u64::from(v.bitmask()) << at;
+            m.lower |= bits(letter.and_not(upper));
+            m.upper |= bits(upper);
+            m.digit |= bits(digit);
+            m.punct |= bits(print.and_not(letter.or(digit)));
+            m.space |= bits(white.and_not(newline));
+            m.newline |= bits(newline);
+            m.control |= bits(splat(0xff).and_not(white.or(print)));
         }
         let avail = t.len().min(64);
-        let len = if m.lanes.iter().fold(0, |a, &x| a | x) & HIGH == 0 {
-            avail
-        } else {
-            let n = block.iter().position(|&b| b >= 0x80).unwrap_or(avail);
-            n.min(avail)
-        };
-        for (k, lane) in m.lanes.iter_mut().take(8).enumerate() {
-            // Clear the high bits so that no lane carries into the next.
-            let x = *lane & !HIGH;
-            *lane = x;
-            // Letters fold to lowercase with bit 5; uppercase ones have it clear.
-            let letter = within(x | (LANES * 0x20), b'a', b'z');
-            let upper = letter & !(x << 2);
-            let digit = within(x, b'0', b'9');
-            let at_21 = at_least(x, 0x21);
-            let print = at_21 & !at_least(x, 0x7f);
-            let newline =
-                zero(x ^ (LANES * u64::from(b'\n'))) | zero(x ^ (LANES * u64::from(b'\r')));
-            let white = within(x, 0x09, 0x0d) | (at_least(x, b' ') & !at_21);
-            let at = 8 * k;
-            let (letter, upper, digit) = (gather(letter), gather(upper), gather(digit));
-            let (print, white, newline) = (gather(print), gather(white), gather(newline));
-            m.lower |= (letter & !upper) << at;
-            m.upper |= upper << at;
-            m.digit |= digit << at;
-            m.punct |= (print & !(letter | digit)) << at;
-            m.space |= (white & !newline) << at;
-            m.newline |= newline << at;
-            m.control |= (!(white | print) & 0xff) << at;
-        }
+        let len = (nonascii.trailing_zeros() as usize).min(avail);
         m.len = len;
         m.valid = if len >= 64 { !0 } else { (1u64 << len) - 1 };
         for mask in [
@@ -1705,7 +1683,10 @@ mod tests {
         e.tail = u32::MAX;
         e.push_str("more words, 123 and 人人");
         e.end_text();
-        assert_eq!(e.tokens(), u64::MAX / 1000);
+        // Counts saturate at 2^32 (a 4 GB text) before they are weighted: no overflow, a
+        // huge estimate.
+        let t = e.tokens();
+        assert!(t > u64::from(u32::MAX) && t < u64::MAX / 1000, "{t}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 use core::fmt;
 
+use crate::simd::{self, V};
+
 /// Nesting beyond this is an error (the scanner keeps one bit per level).
 pub const MAX_DEPTH: usize = 512;
 /// Levels of [`Path`] that are tracked; deeper values are still validated and reported, but
@@ -845,9 +847,19 @@ fn utf8_len_of(lead: u8) -> u8 {
     }
 }
 
-/// Index of the first `"`, `\` or control byte at or after `i` (or `w.len()`), eight bytes at
-/// a time: the lowest flagged byte of each zero-byte test is always a true match.
+/// Index of the first `"`, `\` or control byte at or after `i` (or `w.len()`): sixteen bytes
+/// at a time, then eight (the lowest flagged byte of each zero-byte test is always a true
+/// match), then one.
 fn find_special(w: &[u8], mut i: usize) -> usize {
+    let (quote, backslash, space) = (V::splat(b'"'), V::splat(b'\\'), V::splat(0x20));
+    while let Some(c) = simd::chunk(w, i) {
+        let v = V::load(c);
+        let special = v.eq(quote).or(v.eq(backslash)).or(v.lt(space)).bitmask();
+        if special != 0 {
+            return i + special.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = w.get(i..i + 8) {

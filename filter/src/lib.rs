@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod quota;
 pub mod ratelimit;
 pub mod request;
+pub mod simd;
 pub mod sse;
 pub mod store;
 pub mod usage;

@@ -22,6 +22,8 @@ pub mod quota;
 pub mod ratelimit;
 #[path = "../../filter/src/request.rs"]
 pub mod request;
+#[path = "../../filter/src/simd.rs"]
+pub mod simd;
 #[path = "../../filter/src/sse.rs"]
 pub mod sse;
 #[path = "../../filter/src/store.rs"]

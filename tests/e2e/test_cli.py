@@ -19,6 +19,7 @@ import envoyctl
 from conftest import ACCOUNT_KEYS, KEY_A, base_config
 
 ROOT = envoyctl.ROOT
+CORPUS = ROOT / "tests" / "corpus"
 CANDIDATES = [ROOT / "target" / "release" / "tollgate", ROOT / "target" / "debug" / "tollgate"]
 
 
@@ -127,6 +128,13 @@ BODIES = [
     ("gemini:gemini-2.0-flash", "/v1beta/models/gemini-2.0-flash:generateContent", {"x-goog-api-key": KEY_A},
      {"contents": [{"role": "user", "parts": [{"text": "Write a haiku about token buckets and quotas."}]}],
       "generationConfig": {"maxOutputTokens": 24}}),
+    # Long mixed text (prose in three scripts, code with quotes and escapes) past the sampling
+    # threshold: the filter's SIMD scanners must count exactly what the CLI's portable ones do.
+    ("messages", "/v1/messages", {"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+     {"model": "claude-opus-4-1", "max_tokens": 32,
+      "messages": [{"role": "user", "content": "".join(
+          (CORPUS / f).read_text() for f in ("udhr/en.txt", "udhr/ru.txt", "udhr/zh.txt",
+                                             "code/json_encoder.py", "code/itoa_lib.rs"))}]}),
 ]
 
 
@@ -165,15 +173,16 @@ def test_estimate_equals_what_the_filter_admitted_with(cli, make_envoy, mock):
         assert code == 0, err
         want = json.loads(out)["input_estimate"]
         assert want > 0
+        pattern = rf'"POST {re.escape(path)}" 200 .*? estimate=(\d+) '
+        seen = len(re.findall(pattern, e.log_text()))
         r = requests.post(e.url() + path, headers={**headers, "content-type": "application/json"},
                           data=json.dumps(body), timeout=10)
         assert r.status_code == 200, r.text
-        pattern = rf'"POST {re.escape(path)}" 200 .*? estimate=(\d+) '
         deadline = time.time() + 10
-        while not (m := re.search(pattern, e.log_text())) and time.time() < deadline:
+        while len(got := re.findall(pattern, e.log_text())) <= seen and time.time() < deadline:
             time.sleep(0.1)
-        assert m, f"no access-log line for {path}"
-        assert int(m.group(1)) == want, f"{endpoint}: filter {m.group(1)}, cli {want}"
+        assert len(got) > seen, f"no access-log line for {path}"
+        assert int(got[seen]) == want, f"{endpoint}: filter {got[seen]}, cli {want}"
 
 
 def test_hash_key_matches_sha256_and_configures_a_consumer(cli):
