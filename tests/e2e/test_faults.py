@@ -624,3 +624,25 @@ def test_config_update_under_load_keeps_serving_and_keeps_the_counts(make_envoy,
     assert stats.get("listener_manager.lds.update_success", 0) >= 2, \
         {k: v for k, v in stats.items() if k.startswith("listener_manager.")}
     assert e.log_text().count("tollgate: configured") >= 2
+
+
+@pytest.mark.parametrize("mode,status", [("allow", 200), ("deny", 503)])
+def test_a_global_cluster_that_envoy_lacks_degrades_instead_of_aborting_the_vm(make_envoy, mock, mode, status):
+    """`global.cluster` naming no cluster of this Envoy (a typo a config check cannot see):
+    Envoy refuses the gRPC call, tollgate logs the failure once per worker and applies
+    failure_mode, request after request; the VM lives on (every test fails on a `panicked`
+    line)."""
+    cfg = base_config(consumers=[{"name": "team-a", "keys": [KEY_A],
+                                  "limits": [{"requests": 1000, "per": "minute"}]}])
+    cfg["global"] = {"cluster": "no-such-cluster", "domain": "tollgate", "failure_mode": mode}
+    e = make_envoy(cfg)
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(6):
+        r = requests.post(e.url() + "/v1/messages", json=body, timeout=10,
+                          headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"})
+        assert r.status_code == status, r.text
+        if mode == "deny":
+            assert r.json()["error"]["type"] == "api_error"
+    assert "global rate-limit service failing (dispatch failed" in e.log_text()
+    r = requests.get(e.url() + "/tollgate/health", timeout=5)
+    assert r.status_code == 200
