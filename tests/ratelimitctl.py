@@ -373,3 +373,14 @@ if __name__ == "__main__":
     with RateLimitStack() as stack:
         failures = smoke(stack)
     sys.exit(1 if failures else 0)
+
+
+def with_ratelimit_port(port: int):
+    """An Envoy config patch: the shipped `ratelimit` cluster points at `port`."""
+    def patch(cfg):
+        for c in cfg["static_resources"]["clusters"]:
+            if c["name"] == "ratelimit":
+                for ep in c["load_assignment"]["endpoints"]:
+                    for lb in ep["lb_endpoints"]:
+                        lb["endpoint"]["address"]["socket_address"]["port_value"] = port
+    return patch

@@ -82,16 +82,6 @@ def with_route_timeout(seconds: str):
     return patch
 
 
-def with_ratelimit_port(port: int):
-    def patch(cfg):
-        for c in cfg["static_resources"]["clusters"]:
-            if c["name"] == "ratelimit":
-                for ep in c["load_assignment"]["endpoints"]:
-                    for lb in ep["lb_endpoints"]:
-                        lb["endpoint"]["address"]["socket_address"]["port_value"] = port
-    return patch
-
-
 def consumers_config(consumers: list[dict], **overrides) -> dict:
     cfg = base_config(estimate={"output_reserve": OUTPUT_RESERVE}, **overrides)
     cfg["consumers"] = consumers
@@ -338,7 +328,7 @@ def timed(client) -> tuple[int, float, object]:
 def test_slow_ratelimit_service_allow_admits_after_the_timeout_deny_answers_503(make_envoy, mock, rl):
     mock.reset()
     mock.script(ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"], usage=USAGE)
-    port = with_ratelimit_port(rl.grpc_port)
+    port = ratelimitctl.with_ratelimit_port(rl.grpc_port)
     allow = make_envoy(global_config("allow", "100ms"), shipped="envoy-global.yaml", patch=port)
     deny = make_envoy(global_config("deny", "100ms"), shipped="envoy-global.yaml", patch=port)
     ca, cd = claude(allow.url(), KEY_A), claude(deny.url(), KEY_A)
@@ -402,7 +392,7 @@ def test_redis_down_allow_admits_degraded_then_enforcement_resumes(make_envoy, m
     mock.reset()
     mock.script(ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"], usage=USAGE)
     e = make_envoy(global_config("allow", "500ms"), shipped="envoy-global.yaml",
-                   patch=with_ratelimit_port(rl.grpc_port))
+                   patch=ratelimitctl.with_ratelimit_port(rl.grpc_port))
     ca, cb = claude(e.url(), KEY_A), claude(e.url(), KEY_B)
     assert timed(ca)[0] == 200
     before = degraded(e)

@@ -42,16 +42,6 @@ def tollgate_config(failure_mode: str = "allow", local_requests: int = 1000) -> 
     return cfg
 
 
-def with_ratelimit_port(port: int):
-    def patch(cfg):
-        for c in cfg["static_resources"]["clusters"]:
-            if c["name"] == "ratelimit":
-                for ep in c["load_assignment"]["endpoints"]:
-                    for lb in ep["lb_endpoints"]:
-                        lb["endpoint"]["address"]["socket_address"]["port_value"] = port
-    return patch
-
-
 @pytest.fixture
 def rl():
     stack = ratelimitctl.RateLimitStack(config=rl_config())
@@ -62,7 +52,7 @@ def rl():
 
 def start_envoys(make_envoy, rl, n=2, **kw):
     return [make_envoy(tollgate_config(**kw), shipped="envoy-global.yaml",
-                       patch=with_ratelimit_port(rl.grpc_port)) for _ in range(n)]
+                       patch=ratelimitctl.with_ratelimit_port(rl.grpc_port)) for _ in range(n)]
 
 
 def call(envoy, key=KEY_A):
