@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
+import uuid
 import sys
 from pathlib import Path
 
@@ -130,3 +133,51 @@ def no_panics():
 def pytest_sessionfinish(session, exitstatus):
     for e in _started:
         e.stop()
+
+
+# ---- request ids in the access log (quota and fault tests) ----------------------------------
+
+
+def tid() -> str:
+    """A fresh id for the `x-test-id` header, which `with_request_ids` logs."""
+    return uuid.uuid4().hex[:16]
+
+
+def add_request_ids(listener: dict) -> None:
+    """Appends the caller's `x-test-id` to the listener's access log line."""
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            for log in f["typed_config"].get("access_log", []):
+                fmt = log["typed_config"]["log_format"]["text_format_source"]
+                line = fmt["inline_string"]
+                assert line.endswith("\n")
+                fmt["inline_string"] = line[:-1] + " id=%REQ(X-TEST-ID)%\n"
+
+
+def with_request_ids(cfg: dict) -> None:
+    for listener in cfg["static_resources"]["listeners"]:
+        add_request_ids(listener)
+
+
+def consumers_config(consumers: list[dict], output_reserve: int, **overrides) -> dict:
+    """`base_config` with these consumers and this output reserve."""
+    cfg = base_config(estimate={"output_reserve": output_reserve}, **overrides)
+    cfg["consumers"] = consumers
+    return cfg
+
+
+def access_log(e, ids: set[str], line: re.Pattern, timeout: float = 20.0) -> dict[str, dict]:
+    """The access log lines of the requests tagged with `ids`, parsed by `line` (which has an
+    `id` group); waits for Envoy to flush them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        for text in e.log_text().splitlines():
+            m = line.search(text)
+            if m and m["id"] in ids:
+                found[m["id"]] = m.groupdict()
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            missing = ids - set(found)
+            assert not missing, f"{len(missing)} requests have no access log line, e.g. {sorted(missing)[:3]}"
+            return found
+        time.sleep(0.2)

@@ -16,7 +16,6 @@ import re
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import anthropic
@@ -28,7 +27,9 @@ import yaml
 
 import envoyctl
 import ratelimitctl
-from conftest import ACCOUNT_KEYS, ADMIN_KEY, KEY_A, KEY_B, base_config
+from conftest import (ACCOUNT_KEYS, ADMIN_KEY, KEY_A, KEY_B, add_request_ids, base_config,
+                      consumers_config as _consumers_config, tid, with_request_ids)
+from conftest import access_log as _access_log
 
 MODEL = "claude-haiku-4-5"
 OUTPUT_RESERVE = 100
@@ -44,19 +45,12 @@ LOG_LINE = re.compile(
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def tid() -> str:
-    return uuid.uuid4().hex[:16]
+def consumers_config(consumers: list[dict], **overrides) -> dict:
+    return _consumers_config(consumers, OUTPUT_RESERVE, **overrides)
 
 
-def add_request_ids(listener: dict) -> None:
-    """Appends the caller's `x-test-id` to the listener's access log line."""
-    for chain in listener["filter_chains"]:
-        for f in chain["filters"]:
-            for log in f["typed_config"].get("access_log", []):
-                fmt = log["typed_config"]["log_format"]["text_format_source"]
-                line = fmt["inline_string"]
-                assert line.endswith("\n")
-                fmt["inline_string"] = line[:-1] + " id=%REQ(X-TEST-ID)%\n"
+def access_log(e, ids: set[str], timeout: float = 20.0) -> dict[str, dict]:
+    return _access_log(e, ids, LOG_LINE, timeout)
 
 
 def patches(*fns):
@@ -64,11 +58,6 @@ def patches(*fns):
         for fn in fns:
             fn(cfg)
     return patch
-
-
-def with_request_ids(cfg: dict) -> None:
-    for listener in cfg["static_resources"]["listeners"]:
-        add_request_ids(listener)
 
 
 def with_route_timeout(seconds: str):
@@ -80,28 +69,6 @@ def with_route_timeout(seconds: str):
                         for route in vh["routes"]:
                             route["route"]["timeout"] = seconds
     return patch
-
-
-def consumers_config(consumers: list[dict], **overrides) -> dict:
-    cfg = base_config(estimate={"output_reserve": OUTPUT_RESERVE}, **overrides)
-    cfg["consumers"] = consumers
-    return cfg
-
-
-def access_log(e, ids: set[str], timeout: float = 15.0) -> dict[str, dict]:
-    """The access log lines of the requests tagged with `ids`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = {}
-        for line in e.log_text().splitlines():
-            m = LOG_LINE.search(line)
-            if m and m["id"] in ids:
-                found[m["id"]] = m.groupdict()
-        if len(found) == len(ids) or time.monotonic() > deadline:
-            missing = ids - set(found)
-            assert not missing, f"no access log line for {sorted(missing)}"
-            return found
-        time.sleep(0.2)
 
 
 def claude(url: str, key: str, **kw) -> anthropic.Anthropic:

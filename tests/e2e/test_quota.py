@@ -14,7 +14,6 @@ import math
 import re
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
@@ -23,7 +22,7 @@ import openai
 import pytest
 import requests
 
-from conftest import base_config
+from conftest import access_log as _access_log, consumers_config, tid, with_request_ids
 
 OUTPUT_RESERVE = 100
 
@@ -32,22 +31,8 @@ LOG_LINE = re.compile(
     r"estimate=(?P<estimate>\S*) .*?decision=(?P<decision>\S*) .*?id=(?P<id>\S*)\s*$")
 
 
-def with_request_ids(cfg: dict) -> None:
-    """Appends the caller's `x-test-id` to the access log line."""
-    for listener in cfg["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for f in chain["filters"]:
-                for log in f["typed_config"].get("access_log", []):
-                    fmt = log["typed_config"]["log_format"]["text_format_source"]
-                    line = fmt["inline_string"]
-                    assert line.endswith("\n")
-                    fmt["inline_string"] = line[:-1] + " id=%REQ(X-TEST-ID)%\n"
-
-
 def quota_config(consumers: list[dict], **overrides) -> dict:
-    cfg = base_config(estimate={"output_reserve": OUTPUT_RESERVE}, **overrides)
-    cfg["consumers"] = consumers
-    return cfg
+    return consumers_config(consumers, OUTPUT_RESERVE, **overrides)
 
 
 def start(make_envoy, consumers: list[dict], **overrides):
@@ -55,19 +40,7 @@ def start(make_envoy, consumers: list[dict], **overrides):
 
 
 def access_log(e, ids: set[str], timeout: float = 20.0) -> dict[str, dict]:
-    """The access log lines of the requests tagged with `ids` (waits for Envoy to flush them)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = {}
-        for line in e.log_text().splitlines():
-            m = LOG_LINE.search(line)
-            if m and m["id"] in ids:
-                found[m["id"]] = m.groupdict()
-        if len(found) == len(ids) or time.monotonic() > deadline:
-            missing = ids - set(found)
-            assert not missing, f"{len(missing)} requests have no access log line, e.g. {sorted(missing)[:3]}"
-            return found
-        time.sleep(0.2)
+    return _access_log(e, ids, LOG_LINE, timeout)
 
 
 def mock_records(mock, ids: set[str]) -> dict[str, dict]:
@@ -95,13 +68,6 @@ def gpt(e, key: str, **kw) -> openai.OpenAI:
     kw.setdefault("max_retries", 0)
     kw.setdefault("timeout", 30)
     return openai.OpenAI(base_url=e.url() + "/v1", api_key=key, **kw)
-
-
-def tid() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-# ---- 1. many concurrent callers against a tokens-per-hour limit ---------------------------
 
 
 def test_concurrent_callers_never_get_more_reservations_than_the_limit(make_envoy, mock):
