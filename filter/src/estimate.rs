@@ -334,7 +334,11 @@ impl Estimator {
 
     /// Milli-tokens of the text read so far.
     fn milli(&self) -> u64 {
-        self.flushed()
+        self.milli_of(&self.flushed())
+    }
+
+    fn milli_of(&self, counts: &[u64; FEATURES]) -> u64 {
+        counts
             .iter()
             .zip(self.weights.iter())
             .fold(0u64, |acc, (&n, &w)| acc.saturating_add(weighted(n, w)))
@@ -646,11 +650,7 @@ impl Estimator {
 
     pub fn tokens(&self) -> u64 {
         let counts = self.flushed();
-        let milli = counts
-            .iter()
-            .zip(self.weights.iter())
-            .fold(0u64, |acc, (&n, &w)| acc.saturating_add(weighted(n, w)))
-            .saturating_add(self.skipped_milli());
+        let milli = self.milli_of(&counts).saturating_add(self.skipped_milli());
         let mut text = milli.saturating_add(500) / 1000;
         // A non-empty text is at least one token.
         if text == 0 && counts.iter().any(|&n| n > 0) {
