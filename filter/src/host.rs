@@ -1804,15 +1804,23 @@ mod ffi {
             })
         }
 
+        /// The raw first value of `name` (names compared as bytes: no decoding per lookup).
+        fn raw(&self, name: &str) -> Option<&[u8]> {
+            self.spans.iter().find_map(|&(n, nl, v, vl)| {
+                (self.buf.get(n..n + nl)? == name.as_bytes())
+                    .then(|| self.buf.get(v..v + vl))
+                    .flatten()
+            })
+        }
+
         /// The first value of `name`; a value that is not UTF-8 reads as absent rather
         /// than trusted.
         pub fn get(&self, name: &str) -> Option<&str> {
-            let (_, value) = self.iter().find(|(k, _)| *k == name)?;
-            core::str::from_utf8(value).ok()
+            core::str::from_utf8(self.raw(name)?).ok()
         }
 
         pub fn has(&self, name: &str) -> bool {
-            self.iter().any(|(k, _)| k == name)
+            self.raw(name).is_some()
         }
     }
 
