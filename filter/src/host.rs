@@ -174,6 +174,9 @@ impl Store for HostStore {
 #[derive(Default)]
 struct Stats {
     ids: HashMap<String, u32>,
+    /// Counter ids by [`metrics::key`] of their metric and raw labels: a count on the hot
+    /// path neither formats the name nor hashes a string.
+    counters: HashMap<u64, u32>,
 }
 
 impl Stats {
@@ -211,14 +214,23 @@ impl Stats {
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
-        if by > 0 {
-            let by = i64::try_from(by).unwrap_or(i64::MAX);
-            self.add(
-                proxy_wasm::types::MetricType::Counter,
-                metrics::name(metric, labels),
-                by,
-            );
+        if by == 0 {
+            return;
         }
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let key = metrics::key(metric, labels);
+        let id = match self.counters.get(&key) {
+            Some(id) => *id,
+            None => {
+                let kind = proxy_wasm::types::MetricType::Counter;
+                let Some(id) = self.id(kind, &metrics::name(metric, labels)) else {
+                    return;
+                };
+                self.counters.insert(key, id);
+                id
+            }
+        };
+        ffi::increment_metric(id, by);
     }
 }
 
