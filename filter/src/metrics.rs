@@ -33,19 +33,13 @@ pub fn name(metric: &str, labels: &[(&str, &str)]) -> String {
 /// parts that no `&str` contains (0xff), so `("ab", "c")` and `("a", "bc")` differ. The hot
 /// path looks a metric id up by this key instead of formatting [`name`] on every count.
 pub fn key(metric: &str, labels: &[(&str, &str)]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes.iter().chain(std::iter::once(&0xff)) {
-            h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
-        }
-    };
-    eat(metric.as_bytes());
-    for (l, v) in labels {
-        eat(l.as_bytes());
-        eat(v.as_bytes());
-    }
-    h
+    use crate::store::{fnv1a64_more, FNV_START};
+    let part = |h: u64, bytes: &[u8]| fnv1a64_more(fnv1a64_more(h, bytes), &[0xff]);
+    labels
+        .iter()
+        .fold(part(FNV_START, metric.as_bytes()), |h, (l, v)| {
+            part(part(h, l.as_bytes()), v.as_bytes())
+        })
 }
 
 /// Every label a tollgate metric may carry, for the `stats_tags` of the Envoy configs.

@@ -117,8 +117,15 @@ pub fn owner_tag(name: &str) -> u64 {
     fnv1a64(name.as_bytes()).max(1)
 }
 
+/// FNV-1a's starting value, for [`fnv1a64_more`].
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_more(FNV_START, bytes)
+}
+
+/// Continues an FNV-1a 64 hash `h` over `bytes` (hash several parts without joining them).
+pub fn fnv1a64_more(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
