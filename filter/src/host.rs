@@ -52,6 +52,10 @@ struct Plugin {
     degraded: Cell<bool>,
     /// This worker's analytics facts, merged into shared data from the root tick.
     analytics: RefCell<crate::analytics::Accumulator>,
+    /// Real tokens served per account (by index) and learning observations, not yet written
+    /// to shared data: the request path only queues them, the root tick writes them.
+    served: RefCell<Vec<u64>>,
+    observed: RefCell<learn::Pending>,
 }
 
 impl Plugin {
@@ -66,6 +70,39 @@ impl Plugin {
             charges: RefCell::new(ChargeQueue::new(4096, 16)),
             degraded: Cell::new(false),
             analytics: RefCell::default(),
+            served: RefCell::default(),
+            observed: RefCell::default(),
+        }
+    }
+
+    /// Writes the queued account token counts and learning observations (root tick, and
+    /// before the admin API reads them).
+    fn flush_pending(&self) {
+        let served = std::mem::take(&mut *self.served.borrow_mut());
+        for (account, tokens) in self.cfg.accounts.iter().zip(served) {
+            if accounts::record_tokens(&self.store, account, tokens).is_err() {
+                // Contended past the retries: queued again for the next tick.
+                self.queue_served_by_name(&account.name, tokens);
+            }
+        }
+        let mut observed = std::mem::take(&mut *self.observed.borrow_mut());
+        observed.flush(&self.store, &self.learned);
+    }
+
+    /// Queues real tokens served by account `i`.
+    fn queue_served(&self, i: usize, tokens: u64) {
+        let mut served = self.served.borrow_mut();
+        if served.len() <= i {
+            served.resize(self.cfg.accounts.len().max(i + 1), 0);
+        }
+        if let Some(t) = served.get_mut(i) {
+            *t = t.saturating_add(tokens);
+        }
+    }
+
+    fn queue_served_by_name(&self, name: &str, tokens: u64) {
+        if let Some(i) = self.cfg.accounts.iter().position(|a| a.name == name) {
+            self.queue_served(i, tokens);
         }
     }
 
@@ -190,13 +227,9 @@ impl Stats {
         Some(id)
     }
 
-    fn add(&mut self, kind: proxy_wasm::types::MetricType, name: String, by: i64) {
-        let Some(id) = self.id(kind, &name) else {
-            return;
-        };
-        match kind {
-            proxy_wasm::types::MetricType::Histogram => ffi::record_metric(id, by.max(0) as u64),
-            _ => ffi::increment_metric(id, by),
+    fn histogram(&mut self, name: &str, value: i64) {
+        if let Some(id) = self.id(proxy_wasm::types::MetricType::Histogram, name) {
+            ffi::record_metric(id, value.max(0) as u64);
         }
     }
 
@@ -307,6 +340,7 @@ impl RootContext for Root {
             .analytics
             .borrow_mut()
             .flush_if_due(&plugin.store, ffi::now_ms());
+        plugin.flush_pending();
         let Some(global) = &plugin.cfg.global else {
             return;
         };
@@ -768,8 +802,8 @@ impl Req {
             return;
         };
         let now = ffi::now_ms();
-        if let Some(u) = usage {
-            let _ = accounts::record_tokens(&plugin.store, account, u.total());
+        if let (Some(u), Some(i)) = (usage, self.account) {
+            plugin.queue_served(i, u.total());
         }
         let Some(ticket) = self.account_ticket.take() else {
             return;
@@ -850,15 +884,11 @@ impl Req {
         if cfg.accounts.is_empty() && !by_key {
             return Ok(());
         }
-        for h in accounts::CLIENT_CREDENTIAL_HEADERS {
-            if self.headers.has(h) {
-                ffi::remove_request_header(h);
-            }
-        }
         if let Some(stripped) = identity::strip_query_key(path) {
             ffi::set_request_header(":path", &stripped);
         }
         if cfg.accounts.is_empty() {
+            self.remove_client_credentials("");
             return Ok(());
         }
         let chosen = if metered {
@@ -906,9 +936,12 @@ impl Req {
         };
         self.account = Some(i);
         let Some(account) = cfg.accounts.get(i) else {
+            self.remove_client_credentials("");
             return Ok(());
         };
         let (name, value) = accounts::credential(account);
+        // The account's credential replaces the client's in the same header.
+        self.remove_client_credentials(name);
         ffi::set_request_header(name, &value);
         if account.provider == Api::Anthropic && self.headers.get("anthropic-version").is_none() {
             ffi::set_request_header("anthropic-version", accounts::ANTHROPIC_VERSION);
@@ -922,6 +955,16 @@ impl Req {
         }
         ffi::set_filter_state("tollgate.account", &account.name);
         Ok(())
+    }
+
+    /// Removes the credentials the client sent (a caller's own or a tollgate key), but for
+    /// `except`, which the caller replaces.
+    fn remove_client_credentials(&self, except: &str) {
+        for h in accounts::CLIENT_CREDENTIAL_HEADERS {
+            if *h != except && self.headers.has(h) {
+                ffi::remove_request_header(h);
+            }
+        }
     }
 
     /// Learns the account's health from a response (status and rate-limit headers), and
@@ -1194,9 +1237,7 @@ impl HttpContext for Req {
                 ffi::remove_response_header(name);
             }
         }
-        for (k, v) in rate_header_pairs(&self.rate_headers) {
-            ffi::set_response_header(&k, &v);
-        }
+        each_rate_header(&self.rate_headers, ffi::set_response_header);
         if self.phase == Phase::Passthrough || local_reply {
             return Action::Continue;
         }
@@ -1317,8 +1358,11 @@ impl Req {
             ffi::set_filter_state("tollgate.session", s);
         }
         if let Some(fp) = self.info.as_ref().and_then(|i| i.fingerprint) {
-            // For an upstream stage that keeps conversations on one account.
-            ffi::set_filter_state("tollgate.fingerprint", &format!("{fp:016x}"));
+            // For an upstream stage that keeps conversations on one account (with accounts
+            // here, this stage chooses them and no upstream stage needs it).
+            if cfg.accounts.is_empty() {
+                ffi::set_filter_state("tollgate.fingerprint", &format!("{fp:016x}"));
+            }
         }
         ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
         if let Err(answer) = self.choose_account(&path, true, session.as_deref(), &[]) {
@@ -1396,19 +1440,21 @@ impl Req {
     /// the estimate that was used.
     fn learn(&mut self, real: u64) {
         let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
-        let Some(model) = self.info.as_ref().and_then(|i| i.model.clone()) else {
+        let Some(model) = self.info.as_ref().and_then(|i| i.model.as_deref()) else {
             return;
         };
         if real == 0 || raw == 0 {
             return;
         }
-        let _ = learn::observe(&self.plugin.store, &self.plugin.learned, &model, real, raw);
+        let plugin = &self.plugin;
+        if !plugin.observed.borrow_mut().push(model, real, raw) {
+            let _ = learn::observe(&plugin.store, &plugin.learned, model, real, raw);
+        }
         let error = (real.abs_diff(self.estimate) as f64 * 100.0 / real as f64).round() as i64;
-        self.plugin.stats.borrow_mut().add(
-            proxy_wasm::types::MetricType::Histogram,
-            "tollgate_estimate_error_percent".to_string(),
-            error,
-        );
+        plugin
+            .stats
+            .borrow_mut()
+            .histogram("tollgate_estimate_error_percent", error);
     }
 
     /// Metrics and access-log facts for a finished request.
@@ -1531,6 +1577,7 @@ impl Req {
                 let now = ffi::now_ms();
                 // This worker's facts now; the other workers' within a second.
                 let _ = plugin.analytics.borrow_mut().flush(&plugin.store, now);
+                plugin.flush_pending();
                 let totals = crate::analytics::load(&plugin.store);
                 let mut consumers: Vec<crate::admin::ConsumerView<'_>> = cfg
                     .consumers
@@ -2023,18 +2070,30 @@ fn describe_limit(l: &Limit) -> String {
 /// The binding limits as `x-ratelimit-*` response headers (a kind without a limit gets none).
 fn rate_header_pairs(h: &RateHeaders) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(6);
-    for (suffix, st) in [("tokens", h.tokens), ("requests", h.requests)] {
-        if let Some(st) = st {
-            out.push((format!("x-ratelimit-limit-{suffix}"), st.limit.to_string()));
-            out.push((
-                format!("x-ratelimit-remaining-{suffix}"),
-                st.remaining.to_string(),
-            ));
-            out.push((
-                format!("x-ratelimit-reset-{suffix}"),
-                st.reset_s.to_string(),
-            ));
-        }
-    }
+    each_rate_header(h, |k, v| out.push((k.to_string(), v.to_string())));
     out
 }
+
+/// Calls `f` with each of the caller's rate-limit headers (SPEC: the binding limit for tokens
+/// and for requests), formatted without allocating.
+fn each_rate_header(h: &RateHeaders, mut f: impl FnMut(&'static str, &str)) {
+    const TOKENS: [&str; 3] = [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ];
+    const REQUESTS: [&str; 3] = [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ];
+    let mut buf = [0u8; 20];
+    for (names, st) in [(TOKENS, h.tokens), (REQUESTS, h.requests)] {
+        if let Some(st) = st {
+            for (name, v) in names.into_iter().zip([st.limit, st.remaining, st.reset_s]) {
+                f(name, metrics::decimal(v, &mut buf));
+            }
+        }
+    }
+}
+

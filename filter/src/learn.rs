@@ -101,12 +101,26 @@ pub fn observe(
     real: u64,
     estimate: u64,
 ) -> Result<(), StoreError> {
+    observe_all(store, table, model, &[(real, estimate)])
+}
+
+/// Records observations `(real, estimate)` for `model` in order, in one read and one write
+/// of its slot: the same ratio as observing them one by one.
+pub fn observe_all(
+    store: &dyn Store,
+    table: &SlotTable,
+    model: &str,
+    observations: &[(u64, u64)],
+) -> Result<(), StoreError> {
     let owner = owner_tag(model);
     let key = table.key(table.slots(model)[0]);
     for _ in 0..MAX_TRIES {
         let (value, cas) = store.get(&key)?;
         let prev = value.as_deref().and_then(Ratio::decode);
-        let Some(next) = update(prev, owner, real, estimate) else {
+        let next = observations
+            .iter()
+            .fold(prev, |r, &(real, estimate)| update(r, owner, real, estimate));
+        let Some(next) = next.filter(|n| Some(*n) != prev) else {
             return Ok(());
         };
         match store.set(&key, &next.encode(), write_cas(cas)) {
@@ -116,6 +130,52 @@ pub fn observe(
         }
     }
     Err(StoreError::Contended)
+}
+
+/// A worker's observations not yet written, by model: recorded on the request path without
+/// a shared-data round trip, written by `flush` (from the root tick). Bounded: a model beyond
+/// `MODELS`, or observations beyond `PER_MODEL`, make `push` answer `false` (the caller then
+/// observes at once).
+#[derive(Debug, Default)]
+pub struct Pending {
+    models: Vec<(String, Vec<(u64, u64)>)>,
+}
+
+impl Pending {
+    const MODELS: usize = 64;
+    const PER_MODEL: usize = 64;
+
+    /// Queues one observation; `false` when it does not fit.
+    pub fn push(&mut self, model: &str, real: u64, estimate: u64) -> bool {
+        if let Some((_, obs)) = self.models.iter_mut().find(|(m, _)| m == model) {
+            if obs.len() >= Self::PER_MODEL {
+                return false;
+            }
+            obs.push((real, estimate));
+            return true;
+        }
+        if self.models.len() >= Self::MODELS {
+            return false;
+        }
+        self.models.push((model.to_string(), vec![(real, estimate)]));
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Writes every queued observation (one round trip per model). What could not be
+    /// written (the store kept refusing) is dropped: a ratio is a running estimate.
+    pub fn flush(&mut self, store: &dyn Store, table: &SlotTable) -> usize {
+        let mut failed = 0;
+        for (model, obs) in self.models.drain(..) {
+            if observe_all(store, table, &model, &obs).is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +212,38 @@ mod tests {
         assert_eq!(update(None, 1, 10, 0), None);
         assert_eq!(update(None, 1, 1_000_000, 1).unwrap().ratio, MAX_RATIO);
         assert_eq!(apply(100, f64::NAN), 100);
+    }
+
+    #[test]
+    fn queued_observations_give_the_ratio_of_observing_one_by_one() {
+        let (one, queued) = (MemStore::new(), MemStore::new());
+        let t = table();
+        let obs = [(1000, 1000), (1300, 1000), (900, 1000), (2000, 1000), (1100, 1000)];
+        let mut p = Pending::default();
+        for &(real, est) in &obs {
+            observe(&one, &t, "m", real, est).unwrap();
+            assert!(p.push("m", real, est));
+        }
+        assert!(p.push("other", 500, 1000));
+        assert_eq!(queued.round_trips(), (0, 0), "nothing is written before the flush");
+        assert_eq!(p.flush(&queued, &t), 0);
+        assert_eq!(queued.round_trips(), (2, 2), "one read and one write per model");
+        assert!(p.is_empty());
+        assert_eq!(lookup(&queued, &t, "m"), lookup(&one, &t, "m"));
+        assert_eq!(lookup(&queued, &t, "other"), Some(0.5));
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let mut p = Pending::default();
+        for i in 0..Pending::MODELS {
+            assert!(p.push(&format!("m{i}"), 1, 1));
+        }
+        assert!(!p.push("one-more-model", 1, 1));
+        for _ in 1..Pending::PER_MODEL {
+            assert!(p.push("m0", 1, 1));
+        }
+        assert!(!p.push("m0", 1, 1));
     }
 
     #[test]

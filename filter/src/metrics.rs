@@ -47,6 +47,22 @@ pub const LABELS: &[&str] = &[
     "consumer", "model", "outcome", "account", "type", "reason", "code",
 ];
 
+/// `v` in decimal, written into `buf` (no allocation on the response path).
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buf.get(i..).unwrap_or_default()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +107,13 @@ mod tests {
             key(m, sets[1]),
             key(m, &[("consumer", "ab"), ("model", "c")])
         );
+    }
+
+    #[test]
+    fn decimal_writes_what_to_string_does() {
+        let mut buf = [0u8; 20];
+        for v in [0, 7, 10, 99, 100, 4_000_000_000, u64::MAX - 1, u64::MAX] {
+            assert_eq!(decimal(v, &mut buf), v.to_string());
+        }
     }
 }
