@@ -3,7 +3,6 @@
 //! turns every unexpected host status into an error instead of the SDK's panic.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -45,7 +44,8 @@ struct Plugin {
     dynamic: SlotTable,
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     learned: SlotTable,
-    ratios: RefCell<HashMap<String, (f64, u64)>>,
+    /// By the model's `store::owner_tag`.
+    ratios: RefCell<metrics::FnvMap<u64, (f64, u64)>>,
     /// Charges for the global rate-limit service, sent from the root context.
     charges: RefCell<ChargeQueue>,
     /// Whether the global service is failing (for the log-once-per-transition rule).
@@ -110,7 +110,8 @@ impl Plugin {
     fn ratio(&self, model: &str, now: u64) -> f64 {
         const FRESH_MS: u64 = 2_000;
         const CACHED: usize = 512;
-        if let Some((r, at)) = self.ratios.borrow().get(model) {
+        let tag = crate::store::owner_tag(model);
+        if let Some((r, at)) = self.ratios.borrow().get(&tag) {
             if now.saturating_sub(*at) < FRESH_MS {
                 return *r;
             }
@@ -120,7 +121,7 @@ impl Plugin {
         if cache.len() >= CACHED {
             cache.clear();
         }
-        cache.insert(model.to_string(), (r, now));
+        cache.insert(tag, (r, now));
         r
     }
 
@@ -210,10 +211,12 @@ impl Store for HostStore {
 /// matched globs and fixed reasons).
 #[derive(Default)]
 struct Stats {
-    ids: HashMap<String, u32>,
+    ids: metrics::FnvMap<String, u32>,
     /// Counter ids by [`metrics::key`] of their metric and raw labels: a count on the hot
     /// path neither formats the name nor hashes a string.
-    counters: HashMap<u64, u32>,
+    counters: metrics::FnvMap<u64, u32>,
+    /// `tollgate_account_state` gauge ids by account index.
+    account_gauges: Vec<Option<u32>>,
 }
 
 impl Stats {
@@ -233,17 +236,20 @@ impl Stats {
         }
     }
 
-    /// The process-wide value of a gauge (0 if it was never set).
-    fn gauge_value(&mut self, name: &str) -> i64 {
-        self.id(proxy_wasm::types::MetricType::Gauge, name)
-            .and_then(ffi::get_metric)
-            .map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
-    }
-
-    fn set_gauge(&mut self, name: String, value: i64) {
-        if let Some(id) = self.id(proxy_wasm::types::MetricType::Gauge, &name) {
-            ffi::record_metric(id, value.max(0) as u64);
+    /// The id of account `i`'s `tollgate_account_state` gauge (named once per worker).
+    fn account_gauge(&mut self, i: usize, account: &str) -> Option<u32> {
+        if let Some(Some(id)) = self.account_gauges.get(i) {
+            return Some(*id);
         }
+        let name = metrics::name("tollgate_account_state", &[("account", account)]);
+        let id = self.id(proxy_wasm::types::MetricType::Gauge, &name)?;
+        if self.account_gauges.len() <= i {
+            self.account_gauges.resize(i + 1, None);
+        }
+        if let Some(slot) = self.account_gauges.get_mut(i) {
+            *slot = Some(id);
+        }
+        Some(id)
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -561,20 +567,20 @@ impl Req {
 
     /// The `model` label: the matched pricing or allow-list glob, else `other`, so a client
     /// cannot mint stats without bound.
-    fn model_label(&self) -> String {
+    fn model_label(&self) -> &str {
         let Some(model) = self.info.as_ref().and_then(|i| i.model.as_deref()) else {
-            return "other".to_string();
+            return "other";
         };
         if let Some(Caller::Consumer(i)) = &self.caller {
             if let Some(globs) = self.cfg().consumers.get(*i).and_then(|c| c.models.as_ref()) {
                 if let Some(g) = globs.iter().find(|g| g.matches(model)) {
-                    return g.as_str().to_string();
+                    return g.as_str();
                 }
             }
         }
         match self.cfg().price_for(model) {
-            Some((g, _)) => g.as_str().to_string(),
-            None => "other".to_string(),
+            Some((g, _)) => g.as_str(),
+            None => "other",
         }
     }
 
@@ -835,19 +841,18 @@ impl Req {
         ffi::send_http_response(reason.status(), &headers, body.as_bytes());
         self.phase = Phase::Answered;
         self.decision = Some(reason);
-        let consumer = self.consumer_label().to_string();
-        let model = self.model_label();
+        let (consumer, model) = (self.consumer_label(), self.model_label());
         let mut stats = self.plugin.stats.borrow_mut();
         stats.count(
             "tollgate_rejections_total",
-            &[("consumer", &consumer), ("reason", reason.as_str())],
+            &[("consumer", consumer), ("reason", reason.as_str())],
             1,
         );
         stats.count(
             "tollgate_requests_total",
             &[
-                ("consumer", &consumer),
-                ("model", &model),
+                ("consumer", consumer),
+                ("model", model),
                 ("outcome", reason.as_str()),
             ],
             1,
@@ -970,25 +975,30 @@ impl Req {
     /// Learns the account's health from a response (status and rate-limit headers), and
     /// logs a change of state once.
     fn observe_account(&mut self, obs: accounts::Observation) {
-        let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) else {
+        let Some(i) = self.account else {
             return;
         };
-        let gauge = metrics::name("tollgate_account_state", &[("account", &account.name)]);
+        let Some(account) = self.plugin.cfg.accounts.get(i) else {
+            return;
+        };
+        let gauge = self.plugin.stats.borrow_mut().account_gauge(i, &account.name);
+        let Some(gauge) = gauge else {
+            return;
+        };
         if obs.is_empty() {
             // Nothing to learn; but a cooling that ended on time must show as ok again.
-            let shown = self.plugin.stats.borrow_mut().gauge_value(&gauge);
+            let shown = ffi::get_metric(gauge).unwrap_or(0);
             if shown > 0 {
                 if let Ok(h) = accounts::read_health(&self.plugin.store, account) {
                     let now = h.kind_at(ffi::now_ms()).gauge();
-                    self.plugin.stats.borrow_mut().set_gauge(gauge, now);
+                    ffi::record_metric(gauge, now.max(0) as u64);
                 }
             }
             return;
         }
         if let Ok(t) = accounts::record(&self.plugin.store, account, &obs, ffi::now_ms()) {
-            let mut stats = self.plugin.stats.borrow_mut();
             // Every observation sets the gauge: a cooling that ended on time is no transition.
-            stats.set_gauge(gauge, t.after.gauge());
+            ffi::record_metric(gauge, t.after.gauge().max(0) as u64);
             if t.changed() {
                 ffi::log(
                     LogLevel::Warn,
@@ -1364,7 +1374,8 @@ impl Req {
                 ffi::set_filter_state("tollgate.fingerprint", &format!("{fp:016x}"));
             }
         }
-        ffi::set_filter_state("tollgate.estimate", &self.estimate.to_string());
+        let mut buf = [0u8; 20];
+        ffi::set_filter_state("tollgate.estimate", metrics::decimal(self.estimate, &mut buf));
         if let Err(answer) = self.choose_account(&path, true, session.as_deref(), &[]) {
             self.cancel_reservation();
             return answer;
@@ -1462,59 +1473,53 @@ impl Req {
         self.reconcile(&usage);
         self.charge_global(&usage);
         self.settle_account(Some(&usage));
-        ffi::set_filter_state("tollgate.input_tokens", &usage.input_side().to_string());
-        ffi::set_filter_state("tollgate.output_tokens", &usage.output.to_string());
+        let mut buf = [0u8; 20];
+        let input = metrics::decimal(usage.input_side(), &mut buf);
+        ffi::set_filter_state("tollgate.input_tokens", input);
+        let output = metrics::decimal(usage.output, &mut buf);
+        ffi::set_filter_state("tollgate.output_tokens", output);
         // Whether the numbers came from the provider or were estimated (abort, reset).
         let source = if estimated { "estimated" } else { "reported" };
         ffi::set_filter_state("tollgate.usage", source);
-        let consumer = self.consumer_label().to_string();
-        let model = self.model_label();
-        let account = self
-            .account
-            .and_then(|i| self.plugin.cfg.accounts.get(i))
-            .map_or("none", |a| a.name.as_str())
-            .to_string();
-        let code = self.upstream_status.to_string();
-        {
-            let now = ffi::now_ms();
-            let cost_micros = self.price().map_or(0, |p| p.cost_micros(&usage));
-            self.plugin
-                .analytics
-                .borrow_mut()
-                .record(&crate::analytics::Fact {
-                    consumer: self.consumer_name(),
-                    model_label: &model,
-                    account: self
-                        .account
-                        .and_then(|i| self.plugin.cfg.accounts.get(i))
-                        .map(|a| a.name.as_str()),
-                    usage,
-                    cost_micros,
-                    response_ms: now.saturating_sub(self.started_ms),
-                    ok: (200..300).contains(&self.upstream_status),
-                    now_ms: now,
-                });
-        }
+        let (consumer, model) = (self.consumer_label(), self.model_label());
+        let account = self.account.and_then(|i| self.plugin.cfg.accounts.get(i));
+        let now = ffi::now_ms();
+        let cost_micros = self.price().map(|p| p.cost_micros(&usage));
+        self.plugin
+            .analytics
+            .borrow_mut()
+            .record(&crate::analytics::Fact {
+                consumer: self.consumer_name(),
+                model_label: model,
+                account: account.map(|a| a.name.as_str()),
+                usage,
+                cost_micros: cost_micros.unwrap_or(0),
+                response_ms: now.saturating_sub(self.started_ms),
+                ok: (200..300).contains(&self.upstream_status),
+                now_ms: now,
+            });
+        let account = account.map_or("none", |a| a.name.as_str());
+        let code = metrics::decimal(u64::from(self.upstream_status), &mut buf);
         let mut stats = self.plugin.stats.borrow_mut();
         stats.count(
             "tollgate_requests_total",
             &[
-                ("consumer", &consumer),
-                ("model", &model),
+                ("consumer", consumer),
+                ("model", model),
                 ("outcome", "admitted"),
             ],
             1,
         );
         stats.count(
             "tollgate_upstream_responses_total",
-            &[("account", &account), ("code", &code)],
+            &[("account", account), ("code", code)],
             1,
         );
-        if let Some(p) = self.price() {
+        if let Some(cost) = cost_micros {
             stats.count(
                 "tollgate_cost_usd_micros_total",
-                &[("consumer", &consumer), ("model", &model)],
-                p.cost_micros(&usage),
+                &[("consumer", consumer), ("model", model)],
+                cost,
             );
         }
         for (ty, n) in [
@@ -1526,9 +1531,9 @@ impl Req {
             stats.count(
                 "tollgate_tokens_total",
                 &[
-                    ("consumer", &consumer),
-                    ("model", &model),
-                    ("account", &account),
+                    ("consumer", consumer),
+                    ("model", model),
+                    ("account", account),
                     ("type", ty),
                 ],
                 n,

@@ -1228,6 +1228,16 @@ impl Counter {
 
     fn openai(&mut self, d: OpenAiDoc<'_>) -> bool {
         self.set_model(&d.model);
+        // Usage first: once the final count is known, texts need no estimate.
+        let usage_only = match &d.usage {
+            Some(u) => {
+                self.raw.merge(u.raw(self.kind));
+                self.final_seen = true;
+                // Usage-only: `choices: []` (or, from some servers, no `choices` at all).
+                d.choices.as_ref().is_none_or(Vec::is_empty)
+            }
+            None => false,
+        };
         for c in d.choices.iter().flatten() {
             self.text(&c.text);
             for m in [&c.delta, &c.message].into_iter().flatten() {
@@ -1245,15 +1255,7 @@ impl Counter {
         if let Some(e) = &d.error {
             self.set_error(e.classify());
         }
-        match &d.usage {
-            Some(u) => {
-                self.raw.merge(u.raw(self.kind));
-                self.final_seen = true;
-                // Usage-only: `choices: []` (or, from some servers, no `choices` at all).
-                d.choices.as_ref().is_none_or(Vec::is_empty)
-            }
-            None => false,
-        }
+        usage_only
     }
 
     fn responses(&mut self, d: ResponsesDoc<'_>) {
@@ -1354,6 +1356,10 @@ impl Counter {
     }
 
     fn text(&mut self, t: &Text<'_>) {
+        // The estimate is only for output that is never reported.
+        if self.final_seen {
+            return;
+        }
         if let Some(s) = t.get() {
             if !s.is_empty() {
                 self.est.push_str(s);
