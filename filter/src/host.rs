@@ -56,7 +56,13 @@ struct Plugin {
     /// to shared data: the request path only queues them, the root tick writes them.
     served: RefCell<Vec<u64>>,
     observed: RefCell<learn::Pending>,
+    /// Keys this worker has already matched to a consumer: a known key skips the SHA-256 of
+    /// every request. Only matched keys enter (a client cannot fill it), at most `KNOWN_KEYS`.
+    known_keys: RefCell<metrics::FnvMap<String, usize>>,
 }
+
+/// Size of `Plugin::known_keys` (cleared when full).
+const KNOWN_KEYS: usize = 1024;
 
 impl Plugin {
     fn new(cfg: Config) -> Plugin {
@@ -72,6 +78,7 @@ impl Plugin {
             analytics: RefCell::default(),
             served: RefCell::default(),
             observed: RefCell::default(),
+            known_keys: RefCell::default(),
         }
     }
 
@@ -217,6 +224,9 @@ struct Stats {
     counters: metrics::FnvMap<u64, u32>,
     /// `tollgate_account_state` gauge ids by account index.
     account_gauges: Vec<Option<u32>>,
+    /// When this worker last looked whether a gauge still shows a cooling that ended, by
+    /// account index.
+    gauges_checked: Vec<u64>,
 }
 
 impl Stats {
@@ -236,6 +246,18 @@ impl Stats {
         }
     }
 
+    /// Whether to look at account `i`'s gauge now: at most once a second per worker.
+    fn gauge_check_due(&mut self, i: usize, now_ms: u64) -> bool {
+        match self.gauges_checked.get_mut(i) {
+            Some(at) if now_ms.saturating_sub(*at) < 1000 => false,
+            Some(at) => {
+                *at = now_ms;
+                true
+            }
+            None => true,
+        }
+    }
+
     /// The id of account `i`'s `tollgate_account_state` gauge (named once per worker).
     fn account_gauge(&mut self, i: usize, account: &str) -> Option<u32> {
         if let Some(Some(id)) = self.account_gauges.get(i) {
@@ -245,6 +267,7 @@ impl Stats {
         let id = self.id(proxy_wasm::types::MetricType::Gauge, &name)?;
         if self.account_gauges.len() <= i {
             self.account_gauges.resize(i + 1, None);
+            self.gauges_checked.resize(i + 1, 0);
         }
         if let Some(slot) = self.account_gauges.get_mut(i) {
             *slot = Some(id);
@@ -280,6 +303,7 @@ struct Root {
 
 impl Context for Root {
     fn on_grpc_call_response(&mut self, _token: u32, status: u32, _size: usize) {
+        ffi::fresh_clock();
         let Some(plugin) = &self.plugin else {
             return;
         };
@@ -292,6 +316,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
+        ffi::fresh_clock();
         let raw = ffi::get_buffer(ffi::BUF_PLUGIN_CONFIGURATION, 0, size.max(1 << 20))
             .unwrap_or_default();
         let raw = if raw.iter().all(|b| b.is_ascii_whitespace()) {
@@ -339,6 +364,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        ffi::fresh_clock();
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
@@ -375,6 +401,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        ffi::fresh_clock();
         let plugin = self.plugin.clone()?;
         Some(Box::new(Req::new(context_id, plugin)))
     }
@@ -440,6 +467,7 @@ struct Req {
 
 impl Context for Req {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        ffi::fresh_clock();
         let Some((expected, checks)) = self.global_call.take() else {
             return;
         };
@@ -986,7 +1014,12 @@ impl Req {
             return;
         };
         if obs.is_empty() {
-            // Nothing to learn; but a cooling that ended on time must show as ok again.
+            // Nothing to learn; but a cooling that ended on time must show as ok again
+            // (looked at once a second: the gauge is read back from the host).
+            let now = ffi::now_ms();
+            if !self.plugin.stats.borrow_mut().gauge_check_due(i, now) {
+                return;
+            }
             let shown = ffi::get_metric(gauge).unwrap_or(0);
             if shown > 0 {
                 if let Ok(h) = accounts::read_health(&self.plugin.store, account) {
@@ -1085,6 +1118,7 @@ impl Req {
 
 impl HttpContext for Req {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        ffi::fresh_clock();
         if self.plugin.cfg.stage == config::Stage::Upstream {
             return self.upstream_attempt();
         }
@@ -1131,7 +1165,21 @@ impl HttpContext for Req {
             Route::Metered(ref m) => self.api = m.api(),
         }
         let header_name = cfg.consumer_header.as_deref().and_then(|h| headers.get(h));
-        let identified = identity::identify(cfg, key, header_name);
+        let known = key.and_then(|k| plugin.known_keys.borrow().get(k).copied());
+        let identified = match known {
+            Some(i) => Some((Caller::Consumer(i), true)),
+            None => {
+                let found = identity::identify(cfg, key, header_name);
+                if let (Some(k), Some((Caller::Consumer(i), true))) = (key, &found) {
+                    let mut known = plugin.known_keys.borrow_mut();
+                    if known.len() >= KNOWN_KEYS {
+                        known.clear();
+                    }
+                    known.insert(k.to_string(), *i);
+                }
+                found
+            }
+        };
         self.presented_tollgate_key = identified.as_ref().is_some_and(|(_, by_key)| *by_key);
         self.caller = identified.map(|(caller, _)| caller);
         if self.caller.is_none() {
@@ -1176,6 +1224,7 @@ impl HttpContext for Req {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        ffi::fresh_clock();
         if self.phase != Phase::ReadingBody {
             return Action::Continue;
         }
@@ -1214,6 +1263,7 @@ impl HttpContext for Req {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        ffi::fresh_clock();
         if !matches!(
             self.phase,
             Phase::Proxied | Phase::Passthrough | Phase::Attempt
@@ -1270,6 +1320,7 @@ impl HttpContext for Req {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        ffi::fresh_clock();
         let Some(meter) = self.meter.as_mut() else {
             return Action::Continue;
         };
@@ -1299,6 +1350,7 @@ impl HttpContext for Req {
     }
 
     fn on_log(&mut self) {
+        ffi::fresh_clock();
         if self.phase == Phase::Proxied {
             self.finish_response();
         }
@@ -2020,13 +2072,29 @@ mod ffi {
         }
     }
 
-    /// Wall-clock milliseconds since the Unix epoch.
+    thread_local! {
+        /// The time read once per callback (see `fresh_clock`).
+        static NOW_MS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Starts a callback: the next `now_ms` reads the host clock again. Called first thing in
+    /// every callback, so one callback's work shares one reading (one host call, not ten).
+    pub fn fresh_clock() {
+        NOW_MS.with(|c| c.set(None));
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch, as of the current callback.
     pub fn now_ms() -> u64 {
+        if let Some(ms) = NOW_MS.with(|c| c.get()) {
+            return ms;
+        }
         let mut ns = 0u64;
         unsafe {
             proxy_get_current_time_nanoseconds(&mut ns);
         }
-        ns / 1_000_000
+        let ms = ns / 1_000_000;
+        NOW_MS.with(|c| c.set(Some(ms)));
+        ms
     }
 
     pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {

@@ -133,9 +133,10 @@ pub fn observe_all(
 }
 
 /// A worker's observations not yet written, by model: recorded on the request path without
-/// a shared-data round trip, written by `flush` (from the root tick). Bounded: a model beyond
-/// `MODELS`, or observations beyond `PER_MODEL`, make `push` answer `false` (the caller then
-/// observes at once).
+/// a shared-data round trip, written by `flush` (from the root tick). Bounded: per model only
+/// the last `PER_MODEL` are kept (an observation that old weighs under 0.7^64 ≈ 1e-10 in the
+/// ratio), and a model beyond `MODELS` makes `push` answer `false` (the caller then observes
+/// at once).
 #[derive(Debug, Default)]
 pub struct Pending {
     models: Vec<(String, Vec<(u64, u64)>)>,
@@ -149,7 +150,7 @@ impl Pending {
     pub fn push(&mut self, model: &str, real: u64, estimate: u64) -> bool {
         if let Some((_, obs)) = self.models.iter_mut().find(|(m, _)| m == model) {
             if obs.len() >= Self::PER_MODEL {
-                return false;
+                obs.remove(0);
             }
             obs.push((real, estimate));
             return true;
@@ -240,10 +241,29 @@ mod tests {
             assert!(p.push(&format!("m{i}"), 1, 1));
         }
         assert!(!p.push("one-more-model", 1, 1));
-        for _ in 1..Pending::PER_MODEL {
-            assert!(p.push("m0", 1, 1));
+        // A model's queue keeps its newest observations.
+        for i in 0..2 * Pending::PER_MODEL as u64 {
+            assert!(p.push("m0", 1000 + i, 1000));
         }
-        assert!(!p.push("m0", 1, 1));
+        let (_, obs) = p.models.iter().find(|(m, _)| m == "m0").unwrap();
+        assert_eq!(obs.len(), Pending::PER_MODEL);
+        assert_eq!(obs.last(), Some(&(1000 + 2 * Pending::PER_MODEL as u64 - 1, 1000)));
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_ratio_of_every_observation() {
+        let (one, queued) = (MemStore::new(), MemStore::new());
+        let t = table();
+        let mut p = Pending::default();
+        for i in 0..1000u64 {
+            let real = 900 + (i * 37) % 400;
+            observe(&one, &t, "m", real, 1000).unwrap();
+            p.push("m", real, 1000);
+        }
+        observe(&queued, &t, "m", 1000, 1000).unwrap();
+        p.flush(&queued, &t);
+        let (a, b) = (lookup(&one, &t, "m").unwrap(), lookup(&queued, &t, "m").unwrap());
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
 
     #[test]
