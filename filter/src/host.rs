@@ -462,7 +462,8 @@ struct Req {
     started_ms: u64,
     /// tollgate added `stream_options.include_usage`, so the usage-only chunk is removed.
     strip_usage: bool,
-    price_cache: Cell<Option<Option<Price>>>,
+    /// Index of the request's pricing entry in `cfg.pricing`, once matched.
+    price_cache: Cell<Option<Option<usize>>>,
 }
 
 impl Context for Req {
@@ -578,19 +579,21 @@ impl Req {
         }
     }
 
-    /// The price of the request's model (pricing globs are matched once per request).
-    fn price(&self) -> Option<Price> {
-        if let Some(p) = self.price_cache.get() {
-            return p;
+    /// The pricing entry of the request's model (the globs are matched once per request).
+    fn pricing(&self) -> Option<&(config::Glob, Price)> {
+        let pricing = &self.plugin.cfg.pricing;
+        if let Some(i) = self.price_cache.get() {
+            return i.and_then(|i| pricing.get(i));
         }
-        let info = self.info.as_ref()?;
-        let p = info
-            .model
-            .as_deref()
-            .and_then(|m| self.plugin.cfg.price_for(m))
-            .map(|(_, p)| *p);
-        self.price_cache.set(Some(p));
-        p
+        let model = self.info.as_ref()?.model.as_deref();
+        let i = model.and_then(|m| pricing.iter().position(|(g, _)| g.matches(m)));
+        self.price_cache.set(Some(i));
+        i.and_then(|i| pricing.get(i))
+    }
+
+    /// The price of the request's model.
+    fn price(&self) -> Option<Price> {
+        self.pricing().map(|(_, p)| *p)
     }
 
     /// The `model` label: the matched pricing or allow-list glob, else `other`, so a client
@@ -606,7 +609,7 @@ impl Req {
                 }
             }
         }
-        match self.cfg().price_for(model) {
+        match self.pricing() {
             Some((g, _)) => g.as_str(),
             None => "other",
         }
@@ -1009,7 +1012,11 @@ impl Req {
         let Some(account) = self.plugin.cfg.accounts.get(i) else {
             return;
         };
-        let gauge = self.plugin.stats.borrow_mut().account_gauge(i, &account.name);
+        let gauge = self
+            .plugin
+            .stats
+            .borrow_mut()
+            .account_gauge(i, &account.name);
         let Some(gauge) = gauge else {
             return;
         };
@@ -1203,7 +1210,15 @@ impl HttpContext for Req {
                 if declared.is_some_and(|n| n > max) {
                     return self.too_large();
                 }
-                self.scanner = Some(RequestScanner::new(&m));
+                // The fingerprint serves affinity here, or an upstream stage (which has the
+                // accounts when this stage has none).
+                let scanner = RequestScanner::new(&m);
+                let fingerprinted = cfg.selection.affinity.is_some() || cfg.accounts.is_empty();
+                self.scanner = Some(if fingerprinted {
+                    scanner
+                } else {
+                    scanner.without_fingerprint()
+                });
                 self.endpoint = Some(m);
                 self.phase = Phase::ReadingBody;
                 self.headers = headers;
@@ -1427,7 +1442,10 @@ impl Req {
             }
         }
         let mut buf = [0u8; 20];
-        ffi::set_filter_state("tollgate.estimate", metrics::decimal(self.estimate, &mut buf));
+        ffi::set_filter_state(
+            "tollgate.estimate",
+            metrics::decimal(self.estimate, &mut buf),
+        );
         if let Err(answer) = self.choose_account(&path, true, session.as_deref(), &[]) {
             self.cancel_reservation();
             return answer;
@@ -2169,4 +2187,3 @@ fn each_rate_header(h: &RateHeaders, mut f: impl FnMut(&'static str, &str)) {
         }
     }
 }
-

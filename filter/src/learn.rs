@@ -117,9 +117,9 @@ pub fn observe_all(
     for _ in 0..MAX_TRIES {
         let (value, cas) = store.get(&key)?;
         let prev = value.as_deref().and_then(Ratio::decode);
-        let next = observations
-            .iter()
-            .fold(prev, |r, &(real, estimate)| update(r, owner, real, estimate));
+        let next = observations.iter().fold(prev, |r, &(real, estimate)| {
+            update(r, owner, real, estimate)
+        });
         let Some(next) = next.filter(|n| Some(*n) != prev) else {
             return Ok(());
         };
@@ -158,7 +158,8 @@ impl Pending {
         if self.models.len() >= Self::MODELS {
             return false;
         }
-        self.models.push((model.to_string(), vec![(real, estimate)]));
+        self.models
+            .push((model.to_string(), vec![(real, estimate)]));
         true
     }
 
@@ -219,16 +220,30 @@ mod tests {
     fn queued_observations_give_the_ratio_of_observing_one_by_one() {
         let (one, queued) = (MemStore::new(), MemStore::new());
         let t = table();
-        let obs = [(1000, 1000), (1300, 1000), (900, 1000), (2000, 1000), (1100, 1000)];
+        let obs = [
+            (1000, 1000),
+            (1300, 1000),
+            (900, 1000),
+            (2000, 1000),
+            (1100, 1000),
+        ];
         let mut p = Pending::default();
         for &(real, est) in &obs {
             observe(&one, &t, "m", real, est).unwrap();
             assert!(p.push("m", real, est));
         }
         assert!(p.push("other", 500, 1000));
-        assert_eq!(queued.round_trips(), (0, 0), "nothing is written before the flush");
+        assert_eq!(
+            queued.round_trips(),
+            (0, 0),
+            "nothing is written before the flush"
+        );
         assert_eq!(p.flush(&queued, &t), 0);
-        assert_eq!(queued.round_trips(), (2, 2), "one read and one write per model");
+        assert_eq!(
+            queued.round_trips(),
+            (2, 2),
+            "one read and one write per model"
+        );
         assert!(p.is_empty());
         assert_eq!(lookup(&queued, &t, "m"), lookup(&one, &t, "m"));
         assert_eq!(lookup(&queued, &t, "other"), Some(0.5));
@@ -247,7 +262,10 @@ mod tests {
         }
         let (_, obs) = p.models.iter().find(|(m, _)| m == "m0").unwrap();
         assert_eq!(obs.len(), Pending::PER_MODEL);
-        assert_eq!(obs.last(), Some(&(1000 + 2 * Pending::PER_MODEL as u64 - 1, 1000)));
+        assert_eq!(
+            obs.last(),
+            Some(&(1000 + 2 * Pending::PER_MODEL as u64 - 1, 1000))
+        );
     }
 
     #[test]
@@ -262,7 +280,10 @@ mod tests {
         }
         observe(&queued, &t, "m", 1000, 1000).unwrap();
         p.flush(&queued, &t);
-        let (a, b) = (lookup(&one, &t, "m").unwrap(), lookup(&queued, &t, "m").unwrap());
+        let (a, b) = (
+            lookup(&one, &t, "m").unwrap(),
+            lookup(&queued, &t, "m").unwrap(),
+        );
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
 

@@ -225,6 +225,7 @@ impl RequestScanner {
                 root_close: None,
                 in_message: false,
                 role: Small::default(),
+                fingerprint: true,
                 msg_hash: Fp::new(),
                 sys_hash: Fp::new(),
                 text_hashed: 0,
@@ -236,6 +237,13 @@ impl RequestScanner {
                 small: Small::default(),
             },
         }
+    }
+
+    /// Skips the conversation fingerprint (`RequestInfo::fingerprint` is then `None`): for a
+    /// filter with no affinity and no upstream stage that would use it.
+    pub fn without_fingerprint(mut self) -> Self {
+        self.c.fingerprint = false;
+        self
     }
 
     /// Reads the next window of the body.
@@ -315,6 +323,8 @@ struct Collector {
     root_close: Option<usize>,
     in_message: bool,
     role: Small,
+    /// Whether the fingerprint is computed at all.
+    fingerprint: bool,
     msg_hash: Fp,
     sys_hash: Fp,
     /// Bytes of the current text hashed so far (at most `TEXT_HASH_BYTES`).
@@ -489,6 +499,9 @@ impl Collector {
     }
 
     fn hash_text(&mut self, d: Dest, s: &str) {
+        if !self.fingerprint {
+            return;
+        }
         let take = s.len().min(TEXT_HASH_BYTES - self.text_hashed);
         if take == 0 {
             return;
@@ -534,7 +547,7 @@ impl Collector {
         ) {
             self.est.add_tokens(REQUEST_OVERHEAD);
         }
-        let fingerprint = self.first_user.map(|h| {
+        let fingerprint = self.first_user.filter(|_| self.fingerprint).map(|h| {
             let mut f = Fp::new();
             f.write(self.model.as_deref().unwrap_or_default().as_bytes());
             f.write_u64(self.sys_hash.finish());
@@ -818,7 +831,8 @@ impl Sink for Collector {
             Role::Speaker => self.role.push(piece),
             Role::Detail { .. } => self.small.push(piece),
             Role::Media { .. } | Role::Url { .. } => {
-                if self.first_user.is_none()
+                if self.fingerprint
+                    && self.first_user.is_none()
                     && self.in_message
                     && self.media.hashed < MEDIA_HASH_BYTES
                 {
@@ -1855,6 +1869,26 @@ mod tests {
             let got = scan(&ep, br#"{"model":"m","stream":true}"#).unwrap();
             assert_eq!(got.usage_splice, None);
         }
+    }
+
+    #[test]
+    fn without_fingerprint_reads_the_same_but_the_fingerprint() {
+        let body = serde_json::to_vec(&json!({"model":"c","system":"S","max_tokens":9,
+            "messages":[{"role":"user","content":[{"type":"text","text":"first"},
+            {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}))
+        .unwrap();
+        let with = scan(&Metered::Messages, &body).unwrap();
+        let mut s = RequestScanner::new(&Metered::Messages).without_fingerprint();
+        s.feed(&body).unwrap();
+        let without = s.finish().unwrap();
+        assert!(with.fingerprint.is_some());
+        assert_eq!(
+            without,
+            RequestInfo {
+                fingerprint: None,
+                ..with
+            }
+        );
     }
 
     #[test]
