@@ -462,6 +462,8 @@ struct Req {
     started_ms: u64,
     /// tollgate added `stream_options.include_usage`, so the usage-only chunk is removed.
     strip_usage: bool,
+    /// The last response chunk sent on but not yet metered (see `on_http_response_body`).
+    unmetered: Vec<u8>,
     /// Index of the request's pricing entry in `cfg.pricing`, once matched.
     price_cache: Cell<Option<Option<usize>>>,
 }
@@ -550,6 +552,7 @@ impl Req {
             account_ticket: None,
             started_ms: ffi::now_ms(),
             strip_usage: false,
+            unmetered: Vec::new(),
             price_cache: Cell::new(None),
         }
     }
@@ -1344,14 +1347,28 @@ impl HttpContext for Req {
         } else {
             Vec::new()
         };
-        // The last chunk also flushes whatever strip mode still holds.
-        let replacement = if end_of_stream {
-            meter.feed_last(&chunk)
+        if meter.rewrites() {
+            // Strip mode changes the chunk before it goes on: metered now. The last chunk
+            // also flushes whatever it still holds.
+            let replacement = if end_of_stream {
+                meter.feed_last(&chunk)
+            } else {
+                meter.feed(&chunk)
+            };
+            if let Some(replacement) = replacement {
+                ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, chunk.len(), &replacement);
+            }
         } else {
-            meter.feed(&chunk)
-        };
-        if let Some(replacement) = replacement {
-            ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, chunk.len(), &replacement);
+            // A chunk goes on to the client first and is metered when the next one comes
+            // (or the stream ends): the first bytes of a stream wait for no parsing.
+            let held = std::mem::replace(&mut self.unmetered, chunk);
+            if !held.is_empty() {
+                meter.feed(&held);
+            }
+            if end_of_stream {
+                let last = std::mem::take(&mut self.unmetered);
+                meter.feed_last(&last);
+            }
         }
         if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
             if ticket.lease.is_some() {
@@ -1485,6 +1502,13 @@ impl Req {
 
     /// The response ended (completely, reset or aborted): count it once.
     fn finish_response(&mut self) {
+        if let Some(meter) = self.meter.as_mut() {
+            // A stream cut short: the chunk already sent is counted too.
+            let held = std::mem::take(&mut self.unmetered);
+            if !held.is_empty() {
+                meter.feed(&held);
+            }
+        }
         let Some(mut meter) = self.meter.take() else {
             if self.phase == Phase::Proxied {
                 // The upstream never answered (reset, timeout): nothing was produced.

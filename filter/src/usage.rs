@@ -154,6 +154,12 @@ impl ResponseMeter {
         }
     }
 
+    /// Whether `feed` may return a replacement (strip mode): then a chunk must be metered
+    /// before it goes on. Otherwise metering may lag a chunk behind.
+    pub fn rewrites(&self) -> bool {
+        self.strip.is_some()
+    }
+
     /// Called per body chunk. Returns what to send to the client instead of `chunk`, or
     /// `None` to send it unchanged. Only strip mode ever returns `Some`: it holds back the
     /// unfinished last event of a chunk until its end arrives.
