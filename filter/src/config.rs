@@ -56,10 +56,16 @@ pub struct Config {
 impl Config {
     /// The first pricing entry (configured, then built-in) whose glob matches `model`.
     pub fn price_for(&self, model: &str) -> Option<(&Glob, &Price)> {
+        self.pricing_index(model)
+            .and_then(|i| self.pricing.get(i))
+            .map(|(glob, price)| (glob, price))
+    }
+
+    /// Where in `pricing` the entry of `price_for` is (for a caller that keeps the match).
+    pub fn pricing_index(&self, model: &str) -> Option<usize> {
         self.pricing
             .iter()
-            .find(|(glob, _)| glob.matches(model))
-            .map(|(glob, price)| (glob, price))
+            .position(|(glob, _)| glob.matches(model))
     }
 
     /// Size of each bounded table keyed by a client-chosen value (sessions, `consumer_header`

@@ -86,10 +86,10 @@ impl Plugin {
     /// before the admin API reads them).
     fn flush_pending(&self) {
         let served = std::mem::take(&mut *self.served.borrow_mut());
-        for (account, tokens) in self.cfg.accounts.iter().zip(served) {
+        for (i, (account, tokens)) in self.cfg.accounts.iter().zip(served).enumerate() {
             if accounts::record_tokens(&self.store, account, tokens).is_err() {
                 // Contended past the retries: queued again for the next tick.
-                self.queue_served_by_name(&account.name, tokens);
+                self.queue_served(i, tokens);
             }
         }
         let mut observed = std::mem::take(&mut *self.observed.borrow_mut());
@@ -104,12 +104,6 @@ impl Plugin {
         }
         if let Some(t) = served.get_mut(i) {
             *t = t.saturating_add(tokens);
-        }
-    }
-
-    fn queue_served_by_name(&self, name: &str, tokens: u64) {
-        if let Some(i) = self.cfg.accounts.iter().position(|a| a.name == name) {
-            self.queue_served(i, tokens);
         }
     }
 
@@ -589,7 +583,7 @@ impl Req {
             return i.and_then(|i| pricing.get(i));
         }
         let model = self.info.as_ref()?.model.as_deref();
-        let i = model.and_then(|m| pricing.iter().position(|(g, _)| g.matches(m)));
+        let i = model.and_then(|m| self.plugin.cfg.pricing_index(m));
         self.price_cache.set(Some(i));
         i.and_then(|i| pricing.get(i))
     }
