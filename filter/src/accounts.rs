@@ -181,9 +181,9 @@ pub struct Health {
     pub state: AccountState,
     /// Learned headroom by `Dimension` (`None`: never reported).
     pub dims: [Option<Dim>; 4],
-    /// Attempts sent to the account (counted when picked).
+    /// Attempts sent to the account (counted when picked, or by `record_totals`).
     pub requests: u64,
-    /// Real tokens it served (counted by `record_tokens`).
+    /// Real tokens it served (counted by `record_totals`).
     pub tokens: u64,
     /// Recent picks, decaying with `LOAD_HALF_LIFE_MS`, in thousandths, as of `load_ms`.
     pub load_milli: u64,
@@ -1283,6 +1283,9 @@ pub struct Picked {
     /// attempt ends (real usage, or `Amounts::ZERO` for an attempt that served nothing).
     pub ticket: Option<Ticket>,
     pub affinity: AffinityUse,
+    /// Whether the pick was charged to the account's health already; if not, add it to the
+    /// account's `requests` later (`record_totals`).
+    pub counted: bool,
 }
 
 /// The answer of `select`.
@@ -1435,9 +1438,17 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
     let Some((account, ticket)) = chosen else {
         return Outcome::AllCooling { retry_after_s: 1 };
     };
+    // With one account for the API, its load steers no choice: unless the provider's
+    // headroom is known (which concurrent picks must see charged), the pick is only counted,
+    // and the count is the host's to add later (`Picked::counted`).
+    let alone = accounts.iter().filter(|a| a.provider == req.api).count() == 1;
+    let headroom_known = states
+        .get(account)
+        .is_some_and(|h| Dimension::ALL.iter().any(|&d| h.dim(d, now).is_some()));
+    let counted = !alone || headroom_known;
     // Charge the chosen account: one `set` over the value read above, re-read only if
     // another worker wrote it since.
-    if let Some(a) = accounts.get(account) {
+    if let Some(a) = accounts.get(account).filter(|_| counted) {
         let mut first = states
             .get(account)
             .copied()
@@ -1486,6 +1497,7 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
         account,
         ticket,
         affinity: affinity_use,
+        counted,
     })
 }
 
@@ -1609,13 +1621,20 @@ pub fn record(
     t.ok_or(StoreError::Contended)
 }
 
-/// Adds a finished request's real tokens to the account's counter: 1 `get` + 1 `set`.
-pub fn record_tokens(store: &dyn Store, account: &Account, tokens: u64) -> Result<(), StoreError> {
-    if tokens == 0 {
+/// Adds picks that `select` did not count (`Picked::counted`) and real tokens served to the
+/// account's counters: 1 `get` + 1 `set`, none when both are 0.
+pub fn record_totals(
+    store: &dyn Store,
+    account: &Account,
+    requests: u64,
+    tokens: u64,
+) -> Result<(), StoreError> {
+    if requests == 0 && tokens == 0 {
         return Ok(());
     }
     update_health(store, account, |h| {
-        h.tokens = h.tokens.saturating_add(tokens)
+        h.requests = h.requests.saturating_add(requests);
+        h.tokens = h.tokens.saturating_add(tokens);
     })
     .map(|_| ())
 }
@@ -2379,6 +2398,68 @@ mod tests {
     }
 
     #[test]
+    fn the_only_account_of_an_api_is_counted_later_unless_its_headroom_is_known() {
+        let store = MemStore::new();
+        // One Anthropic account (the OpenAI one serves another API).
+        let c = cfg(
+            vec![acct("a1", Api::Anthropic, 1), acct("o1", Api::OpenAi, 1)],
+            Strategy::LeastLoaded,
+            None,
+        );
+        prepare(&store, &c).unwrap();
+        let n = need(10);
+        let attempt = |now_ms| Attempt {
+            api: Api::Anthropic,
+            need: &n,
+            session: None,
+            exclude: &[],
+            now_ms,
+        };
+        let before = store.round_trips();
+        let Outcome::Picked(p) = select(&store, &c, &attempt(NOW)) else {
+            panic!("an account is picked");
+        };
+        let after = store.round_trips();
+        assert_eq!((p.account, p.counted), (0, false));
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (1, 0),
+            "one read, no write"
+        );
+        record_totals(&store, &c.accounts[0], 1, 40).unwrap();
+        let health = read_health(&store, &c.accounts[0]).unwrap();
+        assert_eq!((health.requests, health.tokens), (1, 40));
+        // Once the provider reported headroom, every pick is charged at once.
+        let obs = observe_response(
+            200,
+            &h(&[("anthropic-ratelimit-tokens-remaining", "1000")]),
+            NOW,
+        );
+        record(&store, &c.accounts[0], &obs, NOW).unwrap();
+        let Outcome::Picked(p) = select(&store, &c, &attempt(NOW + 1)) else {
+            panic!("an account is picked");
+        };
+        assert!(p.counted);
+        let health = read_health(&store, &c.accounts[0]).unwrap();
+        assert_eq!(health.requests, 2);
+        assert_eq!(
+            health.dim(Dimension::Tokens, NOW + 1).map(|d| d.remaining),
+            Some(990)
+        );
+        // An OpenAI pick among one OpenAI account is counted later too.
+        let mut openai = attempt(NOW + 2);
+        openai.api = Api::OpenAi;
+        assert!(matches!(
+            select(&store, &c, &openai),
+            Outcome::Picked(Picked {
+                account: 1,
+                counted: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn select_counts_its_round_trips() {
         let store = MemStore::new();
         let c = cfg(pool(), Strategy::LeastLoaded, Some(aff(64, 3_600_000)));
@@ -2679,7 +2760,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names_of(&store, &c, 1, None), ["NoAccount"]);
-        record_tokens(&store, &c.accounts[0], 1234).unwrap();
+        record_totals(&store, &c.accounts[0], 0, 1234).unwrap();
         let health = read_health(&store, &c.accounts[0]).unwrap();
         assert_eq!((health.tokens, health.requests), (1234, 0));
         assert_eq!(read_health(&store, &c.accounts[1]).unwrap().requests, 1);

@@ -52,9 +52,10 @@ struct Plugin {
     degraded: Cell<bool>,
     /// This worker's analytics facts, merged into shared data from the root tick.
     analytics: RefCell<crate::analytics::Accumulator>,
-    /// Real tokens served per account (by index) and learning observations, not yet written
-    /// to shared data: the request path only queues them, the root tick writes them.
-    served: RefCell<Vec<u64>>,
+    /// Per account (by index), picks `select` left uncounted and real tokens served; and
+    /// learning observations: not yet written to shared data. The request path only queues
+    /// them, the root tick writes them.
+    served: RefCell<Vec<(u64, u64)>>,
     observed: RefCell<learn::Pending>,
     /// Keys this worker has already matched to a consumer: a known key skips the SHA-256 of
     /// every request. Only matched keys enter (a client cannot fill it), at most `KNOWN_KEYS`.
@@ -82,27 +83,28 @@ impl Plugin {
         }
     }
 
-    /// Writes the queued account token counts and learning observations (root tick, and
-    /// before the admin API reads them).
+    /// Writes the queued account counts and learning observations (root tick, and before
+    /// the admin API reads them).
     fn flush_pending(&self) {
         let served = std::mem::take(&mut *self.served.borrow_mut());
-        for (i, (account, tokens)) in self.cfg.accounts.iter().zip(served).enumerate() {
-            if accounts::record_tokens(&self.store, account, tokens).is_err() {
+        for (i, (account, (picks, tokens))) in self.cfg.accounts.iter().zip(served).enumerate() {
+            if accounts::record_totals(&self.store, account, picks, tokens).is_err() {
                 // Contended past the retries: queued again for the next tick.
-                self.queue_served(i, tokens);
+                self.queue_served(i, picks, tokens);
             }
         }
         let mut observed = std::mem::take(&mut *self.observed.borrow_mut());
         observed.flush(&self.store, &self.learned);
     }
 
-    /// Queues real tokens served by account `i`.
-    fn queue_served(&self, i: usize, tokens: u64) {
+    /// Queues uncounted picks of account `i` and real tokens it served.
+    fn queue_served(&self, i: usize, picks: u64, tokens: u64) {
         let mut served = self.served.borrow_mut();
         if served.len() <= i {
-            served.resize(self.cfg.accounts.len().max(i + 1), 0);
+            served.resize(self.cfg.accounts.len().max(i + 1), (0, 0));
         }
-        if let Some(t) = served.get_mut(i) {
+        if let Some((p, t)) = served.get_mut(i) {
+            *p = p.saturating_add(picks);
             *t = t.saturating_add(tokens);
         }
     }
@@ -837,7 +839,7 @@ impl Req {
         };
         let now = ffi::now_ms();
         if let (Some(u), Some(i)) = (usage, self.account) {
-            plugin.queue_served(i, u.total());
+            plugin.queue_served(i, 0, u.total());
         }
         let Some(ticket) = self.account_ticket.take() else {
             return;
@@ -936,6 +938,9 @@ impl Req {
             match accounts::select(&plugin.store, cfg, &attempt) {
                 accounts::Outcome::Picked(p) => {
                     self.account_ticket = p.ticket;
+                    if !p.counted {
+                        plugin.queue_served(p.account, 1, 0);
+                    }
                     if !matches!(p.affinity, accounts::AffinityUse::Off) {
                         let mut stats = plugin.stats.borrow_mut();
                         stats.count(
