@@ -1,0 +1,93 @@
+// A minimal proxy-wasm host in node (V8, as in Envoy) that drives tollgate's whole request
+// cycle without Envoy: time per request warm, and the host calls each request makes. A
+// profiling aid for the hot path, not a test; `make bench` is the measurement of record.
+//
+//   .venv/bin/python -c "import sys, json; sys.path.insert(0, 'tests/bench'); import bench as B;
+//     open('/tmp/tg-cfg.json', 'w').write(json.dumps(B.tollgate_local()));
+//     open('/tmp/tg-body.json', 'wb').write(B.messages_body(1024))"
+//   node --no-liftoff tests/bench/wasm-host.mjs target/wasm32-wasip1/release/tollgate.wasm \
+//     /tmp/tg-cfg.json /tmp/tg-body.json 50000
+//
+// Add --prof (then `node --prof-process isolate*.log`) on a build with
+// CARGO_PROFILE_RELEASE_STRIP=false for time per wasm function. Envoy runs the same code
+// with colder caches: expect it about three times slower there.
+import { readFileSync } from 'node:fs';
+const [wasmPath, cfgPath, bodyPath] = process.argv.slice(2, 5); const N = +(process.argv[5] || 20000);
+const cfg = Buffer.from(readFileSync(cfgPath));
+const reqBody = readFileSync(bodyPath);
+// The mock upstream's answer to a Messages request.
+const respBody = Buffer.from('{"id":"msg_mock_000000000001","type":"message","role":"assistant","model":"claude-haiku-4-5","content":[{"type":"text","text":"Hello from the mock upstream"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":256,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":5,"service_tier":"standard"}}');
+const reqHeaders = [[':authority','127.0.0.1:10000'],[':path','/v1/messages'],[':method','POST'],[':scheme','http'],
+  ['content-type','application/json'],['anthropic-version','2023-06-01'],['x-api-key','tg-bench-key'],['content-length',String(reqBody.length)],['x-forwarded-proto','http'],['x-request-id','5b7f3c1e-0000-4000-8000-000000000000']];
+const respHeaders = [[':status','200'],['content-type','application/json'],['request-id','req_mock_1'],['content-length',String(respBody.length)],['date','Sun, 06 Dec 2026 20:04:18 GMT'],['x-envoy-upstream-service-time','1']];
+// The bench's account keys (placeholders, as in tests/bench/bench.py).
+const env = ['TOLLGATE_ANTHROPIC_KEY_1=sk-ant-bench-upstream-account-0001'];
+let inst, mem; const u8 = () => new Uint8Array(mem.buffer); const dv = () => new DataView(mem.buffer);
+const str = (p, n) => Buffer.from(mem.buffer, p, n).toString();
+const shared = new Map(); let casCounter = 1; const metrics = []; let cur = null; const calls = {};
+function give(bytes, outPtr, outSize) {
+  const p = inst.exports.proxy_on_memory_allocate(bytes.length);
+  u8().set(bytes, p); dv().setUint32(outPtr, p, true); dv().setUint32(outSize, bytes.length, true);
+}
+function pairs(list) {
+  let size = 4 + list.length * 8; for (const [k, v] of list) size += Buffer.byteLength(k) + Buffer.byteLength(v) + 2;
+  const b = Buffer.alloc(size); b.writeUInt32LE(list.length, 0); let o = 4;
+  for (const [k, v] of list) { b.writeUInt32LE(Buffer.byteLength(k), o); b.writeUInt32LE(Buffer.byteLength(v), o + 4); o += 8; }
+  for (const [k, v] of list) { o += b.write(k, o); b[o++] = 0; o += b.write(v, o); b[o++] = 0; }
+  return b;
+}
+const count = (n) => { calls[n] = (calls[n] || 0) + 1; };
+const envImp = new Proxy({
+  proxy_log: (l, p, n) => { if (l >= 3) console.log('LOG', l, str(p, n)); return 0; },
+  proxy_get_buffer_bytes: (t, start, max, op, os) => { count('get_buffer');
+    const src = t === 7 ? cfg : t === 0 ? cur.req : t === 1 ? respBody : null; if (!src) return 1;
+    give(src.subarray(start, Math.min(src.length, start + max)), op, os); return 0; },
+  proxy_set_buffer_bytes: () => 0,
+  proxy_get_header_map_pairs: (m, op, os) => { count('get_map'); give(m === 0 ? cur.rqb : cur.rsb, op, os); return 0; },
+  proxy_replace_header_map_value: () => { count('hdr_set'); return 0; },
+  proxy_add_header_map_value: () => { count('hdr_add'); return 0; },
+  proxy_remove_header_map_value: () => { count('hdr_rm'); return 0; },
+  proxy_get_header_map_value: () => 1,
+  proxy_set_property: () => { count('set_property'); return 0; },
+  proxy_get_property: () => { count('get_property'); return 1; },
+  proxy_send_local_response: (s) => { console.log('LOCAL', s); return 0; },
+  proxy_get_shared_data: (kp, kn, op, os, cp) => { count('sd_get'); const k = str(kp, kn); count('get:' + k.slice(0, 22).replace(/[0-9]+$/, '#')); const e = shared.get(k);
+    if (!e) return 1; give(e.v, op, os); dv().setUint32(cp, e.cas, true); return 0; },
+  proxy_set_shared_data: (kp, kn, vp, vn, cas) => { count('sd_set'); const k = str(kp, kn); const e = shared.get(k);
+    if (e && cas !== 0 && cas !== e.cas) return 8; shared.set(k, { v: Buffer.from(u8().slice(vp, vp + vn)), cas: casCounter++ }); return 0; },
+  proxy_get_current_time_nanoseconds: (p) => { count('now'); dv().setBigUint64(p, BigInt(Date.now()) * 1000000n, true); return 0; },
+  proxy_continue_stream: () => 0, proxy_close_stream: () => 0,
+  proxy_define_metric: (k, p, n, op) => { metrics.push(0); dv().setUint32(op, metrics.length - 1, true); return 0; },
+  proxy_increment_metric: (id, v) => { count('metric_inc'); return 0; },
+  proxy_record_metric: () => { count('metric_rec'); return 0; },
+  proxy_get_metric: (id, p) => { count('metric_get'); dv().setBigUint64(p, 0n, true); return 0; },
+  proxy_set_tick_period_milliseconds: () => 0,
+  proxy_call_foreign_function: () => 1,
+}, { get: (t, k) => t[k] || (() => 0) });
+const wasi = {
+  environ_sizes_get: (cp, sp) => { dv().setUint32(cp, env.length, true); dv().setUint32(sp, env.reduce((a, e) => a + e.length + 1, 0), true); return 0; },
+  environ_get: (ep, bp) => { for (const e of env) { dv().setUint32(ep, bp, true); ep += 4; u8().set(Buffer.from(e + '\0'), bp); bp += e.length + 1; } return 0; },
+  fd_write: () => 0, proc_exit: () => { throw new Error('exit'); },
+};
+const mod = await WebAssembly.compile(readFileSync(wasmPath));
+inst = await WebAssembly.instantiate(mod, { env: envImp, wasi_snapshot_preview1: wasi }); mem = inst.exports.memory;
+const X = inst.exports; if (X._initialize) X._initialize();
+X.proxy_on_context_create(1, 0); X.proxy_on_vm_start(1, 0);
+if (!X.proxy_on_configure(1, cfg.length)) throw new Error('configure failed');
+const rqb = pairs(reqHeaders), rsb = pairs(respHeaders);
+function one(id) {
+  cur = { req: reqBody, rqb, rsb };
+  X.proxy_on_context_create(id, 1);
+  const a = X.proxy_on_request_headers(id, reqHeaders.length, 0);
+  X.proxy_on_request_body(id, reqBody.length, 1);
+  X.proxy_on_response_headers(id, respHeaders.length, 0);
+  X.proxy_on_response_body(id, respBody.length, 1);
+  X.proxy_on_log(id); X.proxy_on_done(id); X.proxy_on_delete(id);
+}
+for (let i = 0; i < 2000; i++) one(2 + i);
+for (const k in calls) delete calls[k];
+const t = process.hrtime.bigint();
+for (let i = 0; i < N; i++) { one(10000 + i); if (i % 500 === 0) X.proxy_on_tick(1); }
+const dt = Number(process.hrtime.bigint() - t) / 1e3 / N;
+console.log(`per request ${dt.toFixed(2)} us`);
+console.log(Object.entries(calls).map(([k, v]) => `${k}=${(v / N).toFixed(2)}`).join(' '));
