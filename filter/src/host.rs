@@ -45,7 +45,7 @@ struct Plugin {
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     learned: SlotTable,
     /// By the model's `store::owner_tag`.
-    ratios: RefCell<metrics::FnvMap<u64, (f64, u64)>>,
+    ratios: RefCell<crate::store::FnvMap<u64, (f64, u64)>>,
     /// Charges for the global rate-limit service, sent from the root context.
     charges: RefCell<ChargeQueue>,
     /// Whether the global service is failing (for the log-once-per-transition rule).
@@ -59,7 +59,7 @@ struct Plugin {
     observed: RefCell<learn::Pending>,
     /// Keys this worker has already matched to a consumer: a known key skips the SHA-256 of
     /// every request. Only matched keys enter (a client cannot fill it), at most `KNOWN_KEYS`.
-    known_keys: RefCell<metrics::FnvMap<String, usize>>,
+    known_keys: RefCell<crate::store::FnvMap<String, usize>>,
 }
 
 /// Size of `Plugin::known_keys` (cleared when full).
@@ -214,10 +214,10 @@ impl Store for HostStore {
 /// matched globs and fixed reasons).
 #[derive(Default)]
 struct Stats {
-    ids: metrics::FnvMap<String, u32>,
+    ids: crate::store::FnvMap<String, u32>,
     /// Counter ids by [`metrics::key`] of their metric and raw labels: a count on the hot
     /// path neither formats the name nor hashes a string.
-    counters: metrics::FnvMap<u64, u32>,
+    counters: crate::store::FnvMap<u64, u32>,
     /// `tollgate_account_state` gauge ids by account index.
     account_gauges: Vec<Option<u32>>,
     /// When this worker last looked whether a gauge still shows a cooling that ended, by

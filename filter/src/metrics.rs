@@ -47,37 +47,6 @@ pub const LABELS: &[&str] = &[
     "consumer", "model", "outcome", "account", "type", "reason", "code",
 ];
 
-/// A hasher for the filter's own small maps (metric ids, digests, model tags): FNV-1a, so a
-/// lookup costs a few multiplies rather than SipHash's rounds. Their keys are bounded sets
-/// (configured names, label digests) or a capped cache, so flooding them costs an attacker
-/// nothing worth having.
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(crate::store::FNV_START)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = crate::store::fnv1a64_more(self.0, bytes);
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        // Digests already: mixed once, not byte by byte.
-        self.0 = (self.0 ^ v).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-}
-
-/// A `HashMap` with [`Fnv`].
-pub type FnvMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
-
 /// `v` in decimal, written into `buf` (no allocation on the response path).
 pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
@@ -146,20 +115,5 @@ mod tests {
         for v in [0, 7, 10, 99, 100, 4_000_000_000, u64::MAX - 1, u64::MAX] {
             assert_eq!(decimal(v, &mut buf), v.to_string());
         }
-    }
-
-    #[test]
-    fn fnv_maps_find_what_was_put() {
-        let mut m: FnvMap<String, u32> = FnvMap::default();
-        let mut d: FnvMap<u64, u32> = FnvMap::default();
-        for i in 0..1000u32 {
-            m.insert(format!("tollgate_metric_{i}"), i);
-            d.insert(key("m", &[("i", &i.to_string())]), i);
-        }
-        for i in 0..1000u32 {
-            assert_eq!(m.get(&format!("tollgate_metric_{i}")), Some(&i));
-            assert_eq!(d.get(&key("m", &[("i", &i.to_string())])), Some(&i));
-        }
-        assert_eq!(m.get("tollgate_metric_1000"), None);
     }
 }

@@ -119,6 +119,8 @@ pub fn owner_tag(name: &str) -> u64 {
 
 /// FNV-1a's starting value, for [`fnv1a64_more`].
 pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
     fnv1a64_more(FNV_START, bytes)
@@ -128,10 +130,41 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 pub fn fnv1a64_more(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     h
 }
+
+/// A hasher for the filter's own small maps (metric ids, digests, model tags): FNV-1a, so a
+/// lookup costs a few multiplies rather than SipHash's rounds. Their keys are bounded sets
+/// (configured names, label digests) or a capped cache, so flooding them costs an attacker
+/// nothing worth having.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(FNV_START)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a64_more(self.0, bytes);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        // Digests already: mixed once, not byte by byte.
+        self.0 = (self.0 ^ v).wrapping_mul(FNV_PRIME);
+    }
+}
+
+/// A `HashMap` with [`Fnv`].
+pub type FnvMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// In-memory fake with Envoy's semantics exactly: a write to a missing key succeeds whatever
 /// its cas, every write takes the next value of one process-wide cas counter (never 0), and
@@ -316,5 +349,23 @@ mod tests {
         assert_eq!(t.keys().count(), 8);
         assert_eq!(t.key(3), "tollgate:q:d:3");
         assert_ne!(owner_tag(""), 0);
+    }
+
+    #[test]
+    fn fnv_maps_find_what_was_put() {
+        let mut m: FnvMap<String, u32> = FnvMap::default();
+        let mut d: FnvMap<u64, u32> = FnvMap::default();
+        for i in 0..1000u32 {
+            m.insert(format!("tollgate_metric_{i}"), i);
+            d.insert(crate::metrics::key("m", &[("i", &i.to_string())]), i);
+        }
+        for i in 0..1000u32 {
+            assert_eq!(m.get(&format!("tollgate_metric_{i}")), Some(&i));
+            assert_eq!(
+                d.get(&crate::metrics::key("m", &[("i", &i.to_string())])),
+                Some(&i)
+            );
+        }
+        assert_eq!(m.get("tollgate_metric_1000"), None);
     }
 }
