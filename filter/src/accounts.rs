@@ -1333,6 +1333,7 @@ pub struct Attempt<'a> {
 /// `set`s. Store errors degrade rather than fail: an unreadable health reads as fresh, a
 /// lost counter or pin write is skipped, an account whose limits cannot be checked is
 /// skipped for this attempt.
+#[inline(never)]
 pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
     let accounts = &cfg.accounts;
     let now = req.now_ms;

@@ -63,6 +63,7 @@ pub enum Route {
 /// Decides the route. `path` is the `:path` pseudo-header (query included).
 /// `hint` is the API the client's headers suggest (see [`api_hint`]), used where the
 /// path alone does not say.
+#[inline(never)]
 pub fn classify(
     method: &str,
     path: &str,

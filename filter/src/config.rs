@@ -763,6 +763,7 @@ pub fn parse_with_env(
     })
 }
 
+#[inline(never)]
 fn parse_anonymous(node: &Node, path: &str, defaults: &[Limit]) -> Result<Anonymous, ConfigError> {
     let obj = Obj::new(node, path, &["limits"])?;
     let own = match obj.get("limits") {
@@ -780,6 +781,7 @@ fn parse_anonymous(node: &Node, path: &str, defaults: &[Limit]) -> Result<Anonym
     })
 }
 
+#[inline(never)]
 fn parse_consumers(
     node: &Node,
     path: &str,
@@ -879,6 +881,7 @@ fn parse_consumers(
     Ok(consumers)
 }
 
+#[inline(never)]
 fn parse_accounts(
     node: &Node,
     path: &str,
@@ -1052,6 +1055,7 @@ fn credential_header(provider: Api) -> &'static str {
     }
 }
 
+#[inline(never)]
 fn parse_selection(node: &Node, path: &str) -> Result<Selection, ConfigError> {
     let obj = Obj::new(node, path, &["strategy", "affinity"])?;
     let strategy = match obj.get("strategy") {
@@ -1116,6 +1120,7 @@ fn parse_selection(node: &Node, path: &str) -> Result<Selection, ConfigError> {
     Ok(Selection { strategy, affinity })
 }
 
+#[inline(never)]
 fn parse_global(node: &Node, path: &str) -> Result<Global, ConfigError> {
     let obj = Obj::new(
         node,
@@ -1157,6 +1162,7 @@ fn parse_global(node: &Node, path: &str) -> Result<Global, ConfigError> {
     })
 }
 
+#[inline(never)]
 fn parse_pricing(node: &Node, path: &str) -> Result<Vec<(Glob, Price)>, ConfigError> {
     let Node::Object(entries) = node else {
         return Err(err(
@@ -1213,6 +1219,7 @@ fn parse_pricing(node: &Node, path: &str) -> Result<Vec<(Glob, Price)>, ConfigEr
     Ok(out)
 }
 
+#[inline(never)]
 fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
     let obj = Obj::new(node, path, &["path", "keys"])?;
     let admin_path = match obj.get("path") {
@@ -1279,6 +1286,7 @@ const LIMIT_FIELDS: &[(&str, Option<LimitKind>)] = &[
     ("concurrent", None),
 ];
 
+#[inline(never)]
 fn parse_limits(node: &Node, path: &str) -> Result<Vec<Limit>, ConfigError> {
     as_array(node, path)?
         .iter()
@@ -1287,6 +1295,7 @@ fn parse_limits(node: &Node, path: &str) -> Result<Vec<Limit>, ConfigError> {
         .collect()
 }
 
+#[inline(never)]
 fn parse_limit(node: &Node, path: &str) -> Result<Limit, ConfigError> {
     let obj = Obj::new(
         node,

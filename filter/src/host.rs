@@ -1057,6 +1057,7 @@ impl Req {
 
     /// The upstream stage: one retry attempt. Picks an account not tried by earlier attempts
     /// of this request (the downstream published consumer, estimate and session).
+    #[inline(never)]
     fn upstream_attempt(&mut self) -> Action {
         self.headers = ffi::request_headers();
         let path = self.headers.get(":path").unwrap_or_default().to_string();
@@ -1409,6 +1410,7 @@ impl Req {
     }
 
     /// The body is read: check the model, admit, choose the account, rewrite, forward.
+    #[inline(never)]
     fn admit_and_forward(&mut self, body_size: usize) -> Action {
         let model = self
             .info
@@ -1635,6 +1637,7 @@ impl Req {
     }
 
     /// The filter's own endpoints under `admin.path`.
+    #[inline(never)]
     fn admin(&mut self, sub: &str, key: Option<&str>, authorization: Option<&str>) -> Action {
         self.phase = Phase::Answered;
         if sub == "/health" {

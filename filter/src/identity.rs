@@ -67,6 +67,7 @@ pub fn strip_query_key(path: &str) -> Option<String> {
 
 /// Maps a request to its consumer, or `None` for 401; the flag says whether a tollgate key
 /// identified it (that key must then not go upstream).
+#[inline(never)]
 pub fn identify(
     cfg: &Config,
     key: Option<&str>,

@@ -247,6 +247,7 @@ impl RequestScanner {
     }
 
     /// Reads the next window of the body.
+    #[inline(never)]
     pub fn feed(&mut self, window: &[u8]) -> Result<(), RequestError> {
         if let Some(e) = self.c.err {
             return Err(e);
@@ -261,6 +262,7 @@ impl RequestScanner {
     }
 
     /// The body is complete.
+    #[inline(never)]
     pub fn finish(mut self) -> Result<RequestInfo, RequestError> {
         if let Some(e) = self.c.err {
             return Err(e);

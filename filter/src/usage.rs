@@ -1179,29 +1179,45 @@ impl Counter {
     /// Unparsable documents are ignored. Returns true for a usage-only Chat chunk.
     fn doc(&mut self, bytes: &[u8], whole: bool) -> bool {
         match self.kind {
-            Kind::Anthropic => {
-                if let Ok(d) = serde_json::from_slice::<AnthropicDoc>(bytes) {
-                    self.anthropic(d);
-                }
-                false
-            }
-            Kind::Chat | Kind::Embeddings => match serde_json::from_slice::<OpenAiDoc>(bytes) {
-                Ok(d) => self.openai(d),
-                Err(_) => false,
-            },
-            Kind::Responses => {
-                if let Ok(d) = serde_json::from_slice::<ResponsesDoc>(bytes) {
-                    self.responses(d);
-                }
-                false
-            }
-            Kind::Gemini => {
-                if let Ok(d) = serde_json::from_slice::<GeminiDoc>(bytes) {
-                    self.gemini(d, whole);
-                }
-                false
-            }
+            Kind::Anthropic => self.anthropic_doc(bytes),
+            Kind::Chat | Kind::Embeddings => self.openai_doc(bytes),
+            Kind::Responses => self.responses_doc(bytes),
+            Kind::Gemini => self.gemini_doc(bytes, whole),
         }
+    }
+
+    // One function per API: each inlines its own document's deserializer, and V8 compiles
+    // (and holds compile memory for) one function at a time, so none of them grows huge.
+    #[inline(never)]
+    fn anthropic_doc(&mut self, bytes: &[u8]) -> bool {
+        if let Ok(d) = serde_json::from_slice::<AnthropicDoc>(bytes) {
+            self.anthropic(d);
+        }
+        false
+    }
+
+    #[inline(never)]
+    fn openai_doc(&mut self, bytes: &[u8]) -> bool {
+        match serde_json::from_slice::<OpenAiDoc>(bytes) {
+            Ok(d) => self.openai(d),
+            Err(_) => false,
+        }
+    }
+
+    #[inline(never)]
+    fn responses_doc(&mut self, bytes: &[u8]) -> bool {
+        if let Ok(d) = serde_json::from_slice::<ResponsesDoc>(bytes) {
+            self.responses(d);
+        }
+        false
+    }
+
+    #[inline(never)]
+    fn gemini_doc(&mut self, bytes: &[u8], whole: bool) -> bool {
+        if let Ok(d) = serde_json::from_slice::<GeminiDoc>(bytes) {
+            self.gemini(d, whole);
+        }
+        false
     }
 
     fn anthropic(&mut self, d: AnthropicDoc<'_>) {
