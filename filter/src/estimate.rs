@@ -192,11 +192,12 @@ pub struct Estimator {
 }
 
 /// The first bytes of a string are always read whole; past them, the string is cut into
-/// blocks of `SAMPLE_BLOCK` bytes and one block in 4, later 32 (`sampled_block`), is read, the others counted
-/// at the sampled blocks' tokens per byte. Many small blocks spread over the whole string
-/// follow a text that changes (a prompt that pastes several files) better than a long head,
-/// and reading one in 32 past the first `DENSE_BLOCKS` keeps a 256 KB body at about 19 KB
-/// read while the estimate stays within a few percent (tested on code, prose and scripts).
+/// blocks of `SAMPLE_BLOCK` bytes, one block in 4 (later one in 32, see `sampled_block`) is
+/// read, and the others are counted at the sampled blocks' tokens per byte. Many small blocks
+/// spread over the whole string follow a text that changes (a prompt that pastes several
+/// files) better than a long head, and reading one in 32 past the first `DENSE_BLOCKS` keeps
+/// a 256 KB body at about 19 KB read while the estimate stays within a few percent (tested
+/// on code, prose and scripts).
 const SAMPLE_FULL: u64 = 4 * 1024;
 const SAMPLE_BLOCK: u64 = 256;
 /// Blocks past the head read one in 4 (32 KB of text); later blocks, one in 32.
@@ -1631,7 +1632,7 @@ mod tests {
     #[test]
     fn sampled_strings_count_the_same_in_any_pieces() {
         let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus");
-        let read = |f: &str| std::fs::read_to_string(format!("{corpus}/{f}")).unwrap_or_default();
+        let read = |f: &str| std::fs::read_to_string(format!("{corpus}/{f}")).expect("corpus file");
         // Code, prose and scripts with multi-byte chars, long enough for both sampling rates.
         let mut text = String::new();
         while text.len() < 80 * 1024 {
