@@ -626,10 +626,16 @@ impl Scanner {
                 i += 1;
                 continue;
             }
-            let j = find_special(w, i);
+            let (j, nonascii) = find_special(w, i);
             if j > i {
                 let run = w.get(i..j).unwrap_or_default();
-                self.text(run, j >= w.len(), i, sink)?;
+                if !nonascii && self.utf8_len == 0 {
+                    // SAFETY: every byte of `run` is below 0x80 (`find_special` saw no high
+                    // bit), and ASCII is UTF-8.
+                    self.emit(unsafe { core::str::from_utf8_unchecked(run) }, sink);
+                } else {
+                    self.text(run, j >= w.len(), i, sink)?;
+                }
             }
             i = j;
             let Some(&b) = w.get(i) else { return Ok(i) };
@@ -849,17 +855,21 @@ fn utf8_len_of(lead: u8) -> u8 {
 
 /// Index of the first `"`, `\` or control byte at or after `i` (or `w.len()`): sixteen bytes
 /// at a time, then eight (the lowest flagged byte of each zero-byte test is always a true
-/// match), then one.
-fn find_special(w: &[u8], mut i: usize) -> usize {
+/// match), then one. Also whether a byte with the high bit set was seen on the way (possibly
+/// one of the few read past the index): when not, the bytes before the index are ASCII.
+fn find_special(w: &[u8], mut i: usize) -> (usize, bool) {
     let (quote, backslash, space) = (V::splat(b'"'), V::splat(b'\\'), V::splat(0x20));
+    let mut high = V::splat(0);
     while let Some(c) = simd::chunk(w, i) {
         let v = V::load(c);
+        high = high.or(v);
         let special = v.eq(quote).or(v.eq(backslash)).or(v.lt(space)).bitmask();
         if special != 0 {
-            return i + special.trailing_zeros() as usize;
+            return (i + special.trailing_zeros() as usize, high.bitmask() != 0);
         }
         i += 16;
     }
+    let mut nonascii = high.bitmask() != 0;
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = w.get(i..i + 8) {
@@ -867,6 +877,7 @@ fn find_special(w: &[u8], mut i: usize) -> usize {
             break;
         };
         let x = u64::from_le_bytes(bytes);
+        nonascii |= x & HI != 0;
         let q = x ^ (LO * u64::from(b'"'));
         let s = x ^ (LO * u64::from(b'\\'));
         let t = (q.wrapping_sub(LO) & !q)
@@ -874,7 +885,7 @@ fn find_special(w: &[u8], mut i: usize) -> usize {
             | (x.wrapping_sub(LO * 0x20) & !x);
         let t = t & HI;
         if t != 0 {
-            return i + (t.trailing_zeros() / 8) as usize;
+            return (i + (t.trailing_zeros() / 8) as usize, nonascii);
         }
         i += 8;
     }
@@ -882,9 +893,10 @@ fn find_special(w: &[u8], mut i: usize) -> usize {
         if b == b'"' || b == b'\\' || b < 0x20 {
             break;
         }
+        nonascii |= b >= 0x80;
         i += 1;
     }
-    i
+    (i, nonascii)
 }
 
 #[cfg(test)]
