@@ -287,6 +287,15 @@ impl Estimator {
     /// Text of the current string value, sampled past its first `SAMPLE_FULL` bytes.
     pub fn push_str(&mut self, s: &str) {
         let len = s.len() as u64;
+        if len < self.block_left && !self.block_sampled && self.extend_left == 0 {
+            // Inside a skipped block, which goes on past this piece (the pieces between a
+            // long text's escapes are mostly that): counted, as the loop below would.
+            self.skipped += len;
+            self.seen += len;
+            self.block_bytes += len;
+            self.block_left -= len;
+            return;
+        }
         if self.seen == 0 && len >= HEAD_SNAPSHOT {
             // A string that may grow long: its head joins the tokens-per-byte sample.
             self.head_start_milli = Some(self.milli());
