@@ -1150,6 +1150,14 @@ struct Counter {
     oversized: u64,
 }
 
+/// One response document, or None when it does not parse. Not inlined: each document type's
+/// deserializer stays a function of its own, so `Counter::doc` does not grow huge (V8 compiles
+/// every function whole when the filter loads; see lib.rs).
+#[inline(never)]
+fn parse_doc<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(bytes).ok()
+}
+
 impl Counter {
     fn new(kind: Kind, api: Api) -> Self {
         Counter {
@@ -1179,45 +1187,28 @@ impl Counter {
     /// Unparsable documents are ignored. Returns true for a usage-only Chat chunk.
     fn doc(&mut self, bytes: &[u8], whole: bool) -> bool {
         match self.kind {
-            Kind::Anthropic => self.anthropic_doc(bytes),
-            Kind::Chat | Kind::Embeddings => self.openai_doc(bytes),
-            Kind::Responses => self.responses_doc(bytes),
-            Kind::Gemini => self.gemini_doc(bytes, whole),
+            Kind::Anthropic => {
+                if let Some(d) = parse_doc::<AnthropicDoc>(bytes) {
+                    self.anthropic(d);
+                }
+                false
+            }
+            Kind::Chat | Kind::Embeddings => {
+                parse_doc::<OpenAiDoc>(bytes).is_some_and(|d| self.openai(d))
+            }
+            Kind::Responses => {
+                if let Some(d) = parse_doc::<ResponsesDoc>(bytes) {
+                    self.responses(d);
+                }
+                false
+            }
+            Kind::Gemini => {
+                if let Some(d) = parse_doc::<GeminiDoc>(bytes) {
+                    self.gemini(d, whole);
+                }
+                false
+            }
         }
-    }
-
-    // One function per API: each inlines its own document's deserializer, and V8 compiles
-    // (and holds compile memory for) one function at a time, so none of them grows huge.
-    #[inline(never)]
-    fn anthropic_doc(&mut self, bytes: &[u8]) -> bool {
-        if let Ok(d) = serde_json::from_slice::<AnthropicDoc>(bytes) {
-            self.anthropic(d);
-        }
-        false
-    }
-
-    #[inline(never)]
-    fn openai_doc(&mut self, bytes: &[u8]) -> bool {
-        match serde_json::from_slice::<OpenAiDoc>(bytes) {
-            Ok(d) => self.openai(d),
-            Err(_) => false,
-        }
-    }
-
-    #[inline(never)]
-    fn responses_doc(&mut self, bytes: &[u8]) -> bool {
-        if let Ok(d) = serde_json::from_slice::<ResponsesDoc>(bytes) {
-            self.responses(d);
-        }
-        false
-    }
-
-    #[inline(never)]
-    fn gemini_doc(&mut self, bytes: &[u8], whole: bool) -> bool {
-        if let Ok(d) = serde_json::from_slice::<GeminiDoc>(bytes) {
-            self.gemini(d, whole);
-        }
-        false
     }
 
     fn anthropic(&mut self, d: AnthropicDoc<'_>) {
