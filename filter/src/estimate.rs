@@ -145,8 +145,7 @@ fn weights(api: Api) -> &'static Weights {
 /// Streaming input-token estimator: feed it the request's text values, piece by piece.
 #[derive(Debug, Clone)]
 pub struct Estimator {
-    weights: &'static Weights,
-    counts: [u64; FEATURES],
+    counts: Counts,
     /// Fixed allowances (images, per-message overhead), in tokens.
     extra: u64,
     run: Run,
@@ -254,8 +253,11 @@ fn char_prefix(s: &str, max: usize) -> usize {
 impl Estimator {
     pub fn new(api: Api) -> Self {
         Estimator {
-            weights: weights(api),
-            counts: [0; FEATURES],
+            counts: Counts {
+                n: [0; FEATURES],
+                milli: 0,
+                weights: weights(api),
+            },
             extra: 0,
             run: Run::None,
             len: 0,
@@ -440,15 +442,21 @@ impl Estimator {
         self.len = 0;
     }
 
-    /// Milli-tokens of the text read so far.
+    /// Milli-tokens of the text read so far (the open run counted as if it ended here),
+    /// from the running sum: no pass over the features.
     fn milli(&self) -> u64 {
-        self.milli_of(&self.flushed())
+        let mut m = Milli {
+            total: self.counts.milli,
+            weights: self.counts.weights,
+        };
+        self.open_run().tally(&mut m);
+        m.total
     }
 
     fn milli_of(&self, counts: &[u64; FEATURES]) -> u64 {
         counts
             .iter()
-            .zip(self.weights.iter())
+            .zip(self.counts.weights.iter())
             .fold(0u64, |acc, (&n, &w)| acc.saturating_add(weighted(n, w)))
     }
 
@@ -779,7 +787,7 @@ impl Estimator {
     fn flushed(&self) -> [u64; FEATURES] {
         let mut e = self.clone();
         e.flush();
-        e.counts
+        e.counts.n
     }
 
     /// The raw feature counts (for the calibration fit).
@@ -958,7 +966,37 @@ impl Estimator {
 
     /// Adds the current run's features to the counts (the run's state stays as it is).
     fn flush(&mut self) {
-        let counts = &mut self.counts;
+        let run = self.open_run();
+        run.tally(&mut self.counts);
+    }
+
+    fn open_run(&self) -> OpenRun {
+        OpenRun {
+            run: self.run,
+            len: self.len,
+            packed: self.packed,
+            nonascii: self.nonascii,
+            extended: self.extended,
+            newline: self.newline,
+            tail: self.tail,
+        }
+    }
+}
+
+/// The run under way, as `flush` counts it.
+#[derive(Clone, Copy)]
+struct OpenRun {
+    run: Run,
+    len: u32,
+    packed: u64,
+    nonascii: u32,
+    extended: u32,
+    newline: bool,
+    tail: u32,
+}
+
+impl OpenRun {
+    fn tally(self, counts: &mut impl Tally) {
         let len = u64::from(self.len);
         match self.run {
             Run::None => {}
@@ -994,7 +1032,7 @@ impl Estimator {
 }
 
 /// Adds one Latin word: a common word counts as such, any other by its letters.
-fn latin_word(counts: &mut [u64; FEATURES], len: u32, packed: u64, nonascii: u32, extended: u32) {
+fn latin_word(counts: &mut impl Tally, len: u32, packed: u64, nonascii: u32, extended: u32) {
     if packed != 0 && is_common(packed) {
         bump(counts, F_COMMON, 1);
         return;
@@ -1204,10 +1242,47 @@ fn decode(bytes: &[u8]) -> Option<char> {
     char::from_u32(u)
 }
 
-fn bump(counts: &mut [u64; FEATURES], i: usize, n: u64) {
-    if let Some(c) = counts.get_mut(i) {
-        *c = c.saturating_add(n);
+/// Feature counts and their weighted sum, kept as they grow: a sampled block's milli-tokens
+/// are the difference of two sums.
+#[derive(Debug, Clone)]
+struct Counts {
+    n: [u64; FEATURES],
+    milli: u64,
+    weights: &'static Weights,
+}
+
+/// Where a run's features go: the counts, or only their weighted sum (`Estimator::milli`).
+trait Tally {
+    fn add(&mut self, i: usize, n: u64);
+}
+
+impl Tally for Counts {
+    #[inline(always)]
+    fn add(&mut self, i: usize, n: u64) {
+        if let (Some(c), Some(&w)) = (self.n.get_mut(i), self.weights.get(i)) {
+            *c = c.saturating_add(n);
+            self.milli = self.milli.saturating_add(weighted(n, w));
+        }
     }
+}
+
+struct Milli {
+    total: u64,
+    weights: &'static Weights,
+}
+
+impl Tally for Milli {
+    #[inline(always)]
+    fn add(&mut self, i: usize, n: u64) {
+        if let Some(&w) = self.weights.get(i) {
+            self.total = self.total.saturating_add(weighted(n, w));
+        }
+    }
+}
+
+#[inline(always)]
+fn bump(counts: &mut impl Tally, i: usize, n: u64) {
+    counts.add(i, n);
 }
 
 /// Estimated input tokens of one text.
@@ -1828,7 +1903,7 @@ mod tests {
         assert_eq!(e.tokens(), u64::MAX);
 
         let mut e = Estimator::new(Api::OpenAi);
-        e.counts = [u64::MAX; FEATURES];
+        e.counts.n = [u64::MAX; FEATURES];
         e.len = u32::MAX;
         e.tail = u32::MAX;
         e.push_str("more words, 123 and 人人");
