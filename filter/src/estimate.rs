@@ -221,10 +221,23 @@ fn weighted(n: u64, w: u32) -> u64 {
 /// group of `every` blocks (fixed places could keep landing on the same part of a text that
 /// repeats, e.g. a file pasted several times).
 fn sampled_block(n: u64) -> bool {
-    let every: u64 = if n < DENSE_BLOCKS { 4 } else { 32 };
-    let group = n / every;
-    let pick = group.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59;
-    n % every == pick % every
+    next_sampled(n) == n
+}
+
+/// The first block from `n` on that is read. Groups of blocks never straddle `DENSE_BLOCKS`
+/// (a multiple of both group sizes), so each group has its one pick.
+fn next_sampled(n: u64) -> u64 {
+    let mut n = n;
+    loop {
+        let every: u64 = if n < DENSE_BLOCKS { 4 } else { 32 };
+        let group = n / every;
+        let pick = group.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59;
+        let at = group * every + pick % every;
+        if at >= n {
+            return at;
+        }
+        n = (group + 1) * every;
+    }
 }
 
 /// Bytes that may continue a word: ASCII letters and digits, and any byte of a non-ASCII char.
@@ -289,13 +302,10 @@ impl Estimator {
     /// Text of the current string value, sampled past its first `SAMPLE_FULL` bytes.
     pub fn push_str(&mut self, s: &str) {
         let len = s.len() as u64;
-        if len < self.block_left && !self.block_sampled && self.extend_left == 0 {
+        if len < self.block_left && self.skippable() > 0 {
             // Inside a skipped block, which goes on past this piece (the pieces between a
             // long text's escapes are mostly that): counted, as the loop below would.
-            self.skipped += len;
-            self.seen += len;
-            self.block_bytes += len;
-            self.block_left -= len;
+            self.skip(len);
             return;
         }
         if self.seen == 0 && len >= HEAD_SNAPSHOT {
@@ -416,6 +426,42 @@ impl Estimator {
                 }
             }
         }
+    }
+
+    /// Bytes of the current text that are only counted from here on, not read: those left
+    /// in a skipped block and in the skipped blocks after it, or 0. Fewer than that many
+    /// bytes of ASCII text can go to `skip` instead of `push_str` (other text only within
+    /// the current block: a block that ends inside a char takes all of it).
+    pub fn skippable(&self) -> usize {
+        if self.block_sampled || self.extend_left > 0 || self.block_left == 0 {
+            return 0;
+        }
+        // `block_no` is the next block's number.
+        let after = next_sampled(self.block_no).saturating_sub(self.block_no);
+        let n = self
+            .block_left
+            .saturating_add(after.saturating_mul(SAMPLE_BLOCK));
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
+    /// `n` bytes of text (fewer than `skippable`), counted as `push_str` would count them:
+    /// the skipped blocks they end go by as the loop there would close and open them.
+    pub fn skip(&mut self, n: u64) {
+        self.skipped += n;
+        self.seen += n;
+        let mut n = n;
+        while n >= self.block_left {
+            // The block ends and the next one, skipped too, starts (the run was cut when
+            // the first of them started, and nothing was read since).
+            n -= self.block_left;
+            self.last_sampled = false;
+            self.block_no += 1;
+            self.block_left = SAMPLE_BLOCK;
+            self.block_bytes = 0;
+            self.block_debt = 0;
+        }
+        self.block_bytes += n;
+        self.block_left -= n;
     }
 
     /// Ends the block under way, adding a sampled one to the tokens-per-byte sample.
@@ -1711,6 +1757,28 @@ mod tests {
                 assert!(sampled.skipped > 0);
             }
         }
+    }
+
+    #[test]
+    fn one_block_is_read_in_each_group() {
+        for (from, to, every) in [(0, DENSE_BLOCKS, 4), (DENSE_BLOCKS, 5000, 32)] {
+            for group in (from..to).step_by(every) {
+                let read: Vec<u64> = (group..group + every as u64)
+                    .filter(|&n| sampled_block(n))
+                    .collect();
+                assert_eq!(read.len(), 1, "blocks {group}..");
+                assert_eq!(next_sampled(group), read[0]);
+                assert_eq!(
+                    next_sampled(read[0] + 1),
+                    next_sampled(group + every as u64)
+                );
+            }
+        }
+        // Not always the same place in the group.
+        let places: std::collections::HashSet<u64> = (0..40)
+            .map(|g| next_sampled(DENSE_BLOCKS + 32 * g) % 32)
+            .collect();
+        assert!(places.len() > 10, "{places:?}");
     }
 
     #[test]

@@ -194,6 +194,14 @@ pub trait Sink {
     fn end(&mut self, _path: &Path, _kind: Container, _offset: usize) {}
     fn str_begin(&mut self, _path: &Path, _key: bool) {}
     fn str_piece(&mut self, _piece: &str) {}
+    /// How many bytes of the current value's text the sink would only count from here on,
+    /// without reading them (0: it reads everything). The scanner then may pass fewer than
+    /// that many as `str_skip` instead of pieces.
+    fn skippable(&self) -> usize {
+        0
+    }
+    /// `n` bytes of decoded string text (fewer than `skippable` said), not handed over.
+    fn str_skip(&mut self, _n: usize) {}
     fn str_end(&mut self, _path: &Path, _key: bool, _len: usize) {}
     /// A number, `true`, `false` or `null` whose first byte is at `offset`.
     fn scalar(&mut self, _path: &Path, _value: Scalar, _offset: usize) {}
@@ -626,6 +634,17 @@ impl Scanner {
                 i += 1;
                 continue;
             }
+            if !self.key && self.utf8_len == 0 {
+                let budget = sink.skippable();
+                if budget > 0 {
+                    let (next, n) = skip_plain(w, i, budget);
+                    if n > 0 {
+                        sink.str_skip(n);
+                        self.str_len = self.str_len.saturating_add(n);
+                        i = next;
+                    }
+                }
+            }
             let (j, nonascii) = find_special(w, i);
             if j > i {
                 let run = w.get(i..j).unwrap_or_default();
@@ -850,6 +869,38 @@ fn utf8_len_of(lead: u8) -> u8 {
         0xE0..=0xEF => 3,
         0xC0..=0xDF => 2,
         _ => 1,
+    }
+}
+
+/// Plain string text from `i` that a sink only counts: ASCII runs and one-char escapes (`\n`,
+/// `\"`, ...), fewer than `budget` bytes of decoded text. Stops before anything else (the
+/// closing quote, `\u`, a control byte, a byte with the high bit set, an escape cut by the
+/// window's end), which the checked path then reads. Returns the index reached and the
+/// decoded bytes skipped. A long text's many escapes (`\n` every line) then cost no piece
+/// each.
+fn skip_plain(w: &[u8], mut i: usize, budget: usize) -> (usize, usize) {
+    let mut n = 0usize;
+    loop {
+        let (j, nonascii) = find_special(w, i);
+        if nonascii {
+            return (i, n);
+        }
+        // ASCII: any split is on a char boundary.
+        let room = budget.saturating_sub(n + 1);
+        if j - i > room {
+            return (i + room, n + room);
+        }
+        n += j - i;
+        i = j;
+        match w.get(j + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't')
+                if w.get(j) == Some(&b'\\') && n + 1 < budget =>
+            {
+                i += 2;
+                n += 1;
+            }
+            _ => return (i, n),
+        }
     }
 }
 

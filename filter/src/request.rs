@@ -848,6 +848,22 @@ impl Sink for Collector {
         }
     }
 
+    fn skippable(&self) -> usize {
+        match self.cur {
+            Role::Ignore => usize::MAX,
+            Role::Text(_) if !self.fingerprint || self.text_hashed >= TEXT_HASH_BYTES => {
+                self.est.skippable()
+            }
+            _ => 0,
+        }
+    }
+
+    fn str_skip(&mut self, n: usize) {
+        if let Role::Text(_) = self.cur {
+            self.est.skip(n as u64);
+        }
+    }
+
     fn str_end(&mut self, p: &Path, key: bool, len: usize) {
         let role = core::mem::replace(&mut self.cur, Role::Ignore);
         match role {
@@ -1871,6 +1887,36 @@ mod tests {
             let got = scan(&ep, br#"{"model":"m","stream":true}"#).unwrap();
             assert_eq!(got.usage_splice, None);
         }
+    }
+
+    #[test]
+    fn long_texts_count_as_the_estimator_counts_them_at_any_split() {
+        // Long enough to be sampled, with every one-char escape, `\u` escapes and non-ASCII
+        // text: plain text in skipped blocks goes by without pieces, and the count stays the
+        // estimator's for the decoded text.
+        let unit = "fn main() {\n\tprintln!(\"a \\\\ b / c\");\r\n}\u{8}\u{c} na\u{ef}ve \u{4eba} \u{1F600} x";
+        let text = unit.repeat(2500) + &"plain words only ".repeat(4000);
+        let body = |content: &str| {
+            serde_json::to_vec(&json!({"model":"c","max_tokens":5,
+                "messages":[{"role":"user","content":content}]}))
+            .unwrap()
+        };
+        let extra = scan(&Metered::Messages, &body("")).unwrap().input_estimate;
+        let long = body(&text);
+        let whole = scan(&Metered::Messages, &long).unwrap();
+        assert_eq!(whole.input_estimate, est(Api::Anthropic, &[&text], extra));
+        // Windows that end anywhere: inside a run, after a backslash, inside a `\u` escape.
+        for step in [1000, 4093, 65536] {
+            let windows: Vec<&[u8]> = long.chunks(step).collect();
+            assert_eq!(
+                scan_split(&Metered::Messages, &windows),
+                Ok(whole.clone()),
+                "{step}"
+            );
+        }
+        let at = 70_000 + long[70_000..].iter().position(|&b| b == b'\\').unwrap() + 1;
+        let (l, r) = long.split_at(at);
+        assert_eq!(scan_split(&Metered::Messages, &[l, r]), Ok(whole.clone()));
     }
 
     #[test]
