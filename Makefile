@@ -82,6 +82,7 @@ BENCH_VENV      := .bench-venv
 LITELLM_VERSION := 1.106.2
 
 bench: setup build $(BENCH_VENV)/.done
+	cargo build --release --target wasm32-wasip1 -p tollgate-floor
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 # LiteLLM's proxy (the peer row) in a venv of its own: its dependency tree must not mix with
