@@ -70,6 +70,7 @@ lint:
 	cargo clippy -p tollgate --all-targets -- -D warnings
 	cargo clippy -p tollgate --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate-cli --all-targets -- -D warnings
+	cargo clippy -p tollgate-floor --target wasm32-wasip1 -- -D warnings
 
 fmt:
 	cargo fmt --all
