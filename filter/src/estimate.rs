@@ -831,9 +831,9 @@ impl Estimator {
 
     /// The counts with the current run added (it may still continue in the next piece).
     fn flushed(&self) -> [u64; FEATURES] {
-        let mut e = self.clone();
-        e.flush();
-        e.counts.n
+        let mut counts = self.counts.clone();
+        self.open_run().tally(&mut counts);
+        counts.n
     }
 
     /// The raw feature counts (for the calibration fit).
