@@ -302,7 +302,7 @@ impl Estimator {
     /// Text of the current string value, sampled past its first `SAMPLE_FULL` bytes.
     pub fn push_str(&mut self, s: &str) {
         let len = s.len() as u64;
-        if len < self.block_left && self.skippable() > 0 {
+        if len < self.block_left && self.in_skipped_block() {
             // Inside a skipped block, which goes on past this piece (the pieces between a
             // long text's escapes are mostly that): counted, as the loop below would.
             self.skip(len);
@@ -433,7 +433,7 @@ impl Estimator {
     /// bytes of ASCII text can go to `skip` instead of `push_str` (other text only within
     /// the current block: a block that ends inside a char takes all of it).
     pub fn skippable(&self) -> usize {
-        if self.block_sampled || self.extend_left > 0 || self.block_left == 0 {
+        if !self.in_skipped_block() || self.block_left == 0 {
             return 0;
         }
         // `block_no` is the next block's number.
@@ -442,6 +442,11 @@ impl Estimator {
             .block_left
             .saturating_add(after.saturating_mul(SAMPLE_BLOCK));
         usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
+    /// Inside a block that is not read (nor a read block's end running on to a word end).
+    fn in_skipped_block(&self) -> bool {
+        !self.block_sampled && self.extend_left == 0
     }
 
     /// `n` bytes of text (fewer than `skippable`), counted as `push_str` would count them:

@@ -41,10 +41,7 @@ def main() -> int:
         w.file.write_bytes(w.body)
 
     def with_wasm(path: str):
-        def patch(cfg: dict) -> None:
-            for wc in envoyctl.wasm_filters(cfg):
-                wc["vm_config"]["code"]["local"]["filename"] = str(Path(path).resolve())
-        return lambda ctx: B.envoy_config(ctx, tollgate=B.tollgate_local(), patch=patch)
+        return lambda ctx: B.envoy_config(ctx, tollgate=B.tollgate_local(), patch=B.use_wasm(path))
 
     rows = [("b", lambda ctx: B.envoy_config(ctx, wasm=False))]
     if os.environ.get("NATIVE"):
