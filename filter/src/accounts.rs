@@ -1667,6 +1667,9 @@ mod tests {
             route: None,
             weight,
             limits: Vec::new(),
+            disable_for: crate::config::Duration::from_millis(
+                crate::config::DEFAULT_DISABLE_FOR_MS,
+            ),
         }
     }
 

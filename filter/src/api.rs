@@ -69,7 +69,7 @@ pub fn classify(
     path: &str,
     hint: Api,
     admin_path: Option<&str>,
-    passthrough: &[String],
+    passthrough: &[crate::config::Passthrough],
 ) -> Route {
     let bare = path.split(['?', '#']).next().unwrap_or("");
     if let Some(admin) = admin_path {
@@ -125,11 +125,11 @@ pub fn classify(
     if get && bare == "/v1beta/models" {
         return Route::Identity(Api::Gemini);
     }
-    if passthrough
+    if let Some(p) = passthrough
         .iter()
-        .any(|p| bare.starts_with(p.as_str()) && !p.is_empty())
+        .find(|p| !p.prefix.is_empty() && bare.starts_with(p.prefix.as_str()))
     {
-        return Route::Identity(path_api(bare).unwrap_or(hint));
+        return Route::Identity(p.api);
     }
     Route::NotFound(path_api(bare).unwrap_or(hint))
 }
@@ -289,7 +289,10 @@ mod tests {
             path,
             Api::OpenAi,
             Some("/tollgate"),
-            &["/v1/files".into()],
+            &[crate::config::Passthrough {
+                prefix: "/v1/files".into(),
+                api: Api::OpenAi,
+            }],
         )
     }
 

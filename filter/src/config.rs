@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
 pub const MAX_SESSIONS_LIMIT: u32 = 1_048_576;
 /// `estimate.output_reserve` by default.
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
+/// `lease_ttl` by default: a concurrency lease not renewed for 90 s frees itself.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 90_000;
+/// `accounts[].disable_for` by default: a disabled account rests 10 minutes before a probe.
+pub const DEFAULT_DISABLE_FOR_MS: u64 = 600_000;
 /// `admin.path` by default.
 pub const DEFAULT_ADMIN_PATH: &str = "/tollgate";
 /// The consumer name requests run under when `anonymous` is set (reserved then).
@@ -48,9 +52,32 @@ pub struct Config {
     /// The configured entries in their order, then the built-in table: the first match wins.
     pub pricing: Vec<(Glob, Price)>,
     pub admin: Option<Admin>,
-    /// Extra path prefixes proxied with identity only, each starting with `/`.
-    pub passthrough_paths: Vec<String>,
+    /// Extra path prefixes proxied with identity only, each starting with `/`, with the API
+    /// whose first healthy account serves them.
+    pub passthrough_paths: Vec<Passthrough>,
     pub max_body_bytes: u64,
+    /// Extra lowercased client headers removed before the upstream when a pooled key is used
+    /// (besides the built-in credential-scoping ones).
+    pub strip_request_headers: Vec<String>,
+    /// The consumer's name from a JWT payload that Envoy's `jwt_authn` verified.
+    pub consumer_claim: Option<ConsumerClaim>,
+    /// How long a concurrency lease lives without renewal (default 90s).
+    pub lease_ttl: Duration,
+}
+
+/// A `passthrough_paths` entry: a path prefix and the API it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passthrough {
+    pub prefix: String,
+    pub api: Api,
+}
+
+/// Where `consumer_claim` reads the consumer's name: `jwt_authn`'s `payload_in_metadata`
+/// entry and the claim in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerClaim {
+    pub metadata: String,
+    pub claim: String,
 }
 
 impl Config {
@@ -95,6 +122,9 @@ impl Default for Config {
             admin: None,
             passthrough_paths: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            strip_request_headers: Vec::new(),
+            consumer_claim: None,
+            lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
         }
     }
 }
@@ -180,6 +210,8 @@ pub struct Account {
     pub weight: u32,
     /// Local limits of the account itself.
     pub limits: Vec<Limit>,
+    /// How long a disabled account rests before one probe request (default 10m).
+    pub disable_for: Duration,
 }
 
 /// How an account is chosen.
@@ -645,6 +677,9 @@ pub fn parse_with_env(
             "admin",
             "passthrough_paths",
             "max_body_bytes",
+            "strip_request_headers",
+            "consumer_claim",
+            "lease_ttl",
         ],
     )?;
 
@@ -722,10 +757,7 @@ pub fn parse_with_env(
             let path = top.path("passthrough_paths");
             let mut out = Vec::new();
             for (i, item) in as_array(n, &path)?.iter().enumerate() {
-                let path = index_path(&path, i);
-                let p = as_str(item, &path)?;
-                check_path_prefix(p).map_err(|r| err(&path, r))?;
-                out.push(p.to_string());
+                out.push(parse_passthrough(item, &index_path(&path, i))?);
             }
             out
         }
@@ -745,6 +777,63 @@ pub fn parse_with_env(
         }
         None => DEFAULT_MAX_BODY_BYTES,
     };
+    let strip_request_headers = match top.get("strip_request_headers") {
+        Some(n) => {
+            let path = top.path("strip_request_headers");
+            let mut out: Vec<String> = Vec::new();
+            for (i, item) in as_array(n, &path)?.iter().enumerate() {
+                let ipath = index_path(&path, i);
+                let h = header_name(as_str(item, &ipath)?).map_err(|r| err(&ipath, r))?;
+                if h.starts_with(':') || RESERVED_ACCOUNT_HEADERS.contains(&h.as_str()) {
+                    return Err(err(&ipath, "this header cannot be stripped"));
+                }
+                if !out.contains(&h) {
+                    out.push(h);
+                }
+            }
+            out
+        }
+        None => Vec::new(),
+    };
+    let consumer_claim = match top.get("consumer_claim") {
+        Some(n) => {
+            let path = top.path("consumer_claim");
+            let obj = Obj::new(n, &path, &["metadata", "claim"])?;
+            let field = |name: &str, default: Option<&str>| -> Result<String, ConfigError> {
+                let fpath = obj.path(name);
+                let v = match (obj.get(name), default) {
+                    (Some(n), _) => as_str(n, &fpath)?,
+                    (None, Some(d)) => d,
+                    (None, None) => return Err(err(&fpath, "missing required field")),
+                };
+                if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(err(
+                        &fpath,
+                        format!(
+                            "expected 1 to 128 printable ASCII characters, got {}",
+                            quote(v)
+                        ),
+                    ));
+                }
+                Ok(v.to_string())
+            };
+            Some(ConsumerClaim {
+                metadata: field("metadata", None)?,
+                claim: field("claim", Some("sub"))?,
+            })
+        }
+        None => None,
+    };
+    if consumer_claim.is_some() && consumer_header.is_some() {
+        return Err(err(
+            "consumer_claim",
+            "set only one of consumer_claim and consumer_header",
+        ));
+    }
+    let lease_ttl = match top.get("lease_ttl") {
+        Some(n) => as_duration(n, &top.path("lease_ttl"))?,
+        None => Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+    };
 
     Ok(Config {
         stage,
@@ -760,7 +849,62 @@ pub fn parse_with_env(
         admin,
         passthrough_paths,
         max_body_bytes,
+        strip_request_headers,
+        consumer_claim,
+        lease_ttl,
     })
+}
+
+/// A `passthrough_paths` entry: a prefix (its API inferred from it) or
+/// `{"prefix": "...", "api": "anthropic|openai|gemini"}`.
+fn parse_passthrough(item: &Node, path: &str) -> Result<Passthrough, ConfigError> {
+    let (prefix, api) = match item {
+        Node::Object(_) => {
+            let obj = Obj::new(item, path, &["prefix", "api"])?;
+            let ppath = obj.path("prefix");
+            let prefix = match obj.get("prefix") {
+                Some(n) => as_str(n, &ppath)?,
+                None => return Err(err(&ppath, "missing required field")),
+            };
+            let api = match obj.get("api") {
+                Some(n) => Some(one_of(
+                    n,
+                    &obj.path("api"),
+                    &[
+                        ("anthropic", Api::Anthropic),
+                        ("openai", Api::OpenAi),
+                        ("gemini", Api::Gemini),
+                    ],
+                )?),
+                None => None,
+            };
+            check_path_prefix(prefix).map_err(|r| err(&ppath, r))?;
+            (prefix, api)
+        }
+        _ => {
+            let p = as_str(item, path)?;
+            check_path_prefix(p).map_err(|r| err(path, r))?;
+            (p, None)
+        }
+    };
+    Ok(Passthrough {
+        prefix: prefix.to_string(),
+        api: api.unwrap_or_else(|| passthrough_api(prefix)),
+    })
+}
+
+/// The API a pass-through prefix belongs to when the entry does not say: `/v1beta/` is
+/// Gemini, `/v1/messages`… and `/v1/complete` are Anthropic, any other path OpenAI.
+fn passthrough_api(prefix: &str) -> Api {
+    if prefix.starts_with("/v1beta/") || prefix == "/v1beta" {
+        Api::Gemini
+    } else if prefix.starts_with("/v1/messages")
+        || prefix.starts_with("/v1/complete") && !prefix.starts_with("/v1/completions")
+    {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    }
 }
 
 #[inline(never)]
@@ -895,7 +1039,15 @@ fn parse_accounts(
             item,
             &apath,
             &[
-                "name", "provider", "key", "key_env", "headers", "route", "weight", "limits",
+                "name",
+                "provider",
+                "key",
+                "key_env",
+                "headers",
+                "route",
+                "weight",
+                "limits",
+                "disable_for",
             ],
         )?;
 
@@ -1023,6 +1175,10 @@ fn parse_accounts(
             Some(n) => parse_limits(n, &obj.path("limits"))?,
             None => Vec::new(),
         };
+        let disable_for = match obj.get("disable_for") {
+            Some(n) => as_duration(n, &obj.path("disable_for"))?,
+            None => Duration::from_millis(DEFAULT_DISABLE_FOR_MS),
+        };
 
         accounts.push(Account {
             name: name.to_string(),
@@ -1032,6 +1188,7 @@ fn parse_accounts(
             route,
             weight,
             limits,
+            disable_for,
         });
     }
     Ok(accounts)
@@ -2076,7 +2233,15 @@ mod tests {
                     let admin = c.admin.as_ref().unwrap();
                     assert_eq!(admin.path, "/tollgate");
                     assert!(admin.accepts(&KeyMatcher::digest("admin")));
-                    assert_eq!(c.passthrough_paths, vec!["/v1/files", "/v1/batches"]);
+                    let prefixes: Vec<(&str, Api)> = c
+                        .passthrough_paths
+                        .iter()
+                        .map(|p| (p.prefix.as_str(), p.api))
+                        .collect();
+                    assert_eq!(
+                        prefixes,
+                        vec![("/v1/files", Api::OpenAi), ("/v1/batches", Api::OpenAi)]
+                    );
                     assert_eq!(c.max_body_bytes, 1 << 30);
                     assert_eq!(c.estimate.output_reserve, 0);
                 },
@@ -2111,7 +2276,7 @@ mod tests {
     fn rejects_each_bad_configuration_naming_the_field() {
         let top_fields = "stage, consumers, consumer_header, anonymous, limits, accounts, \
                           selection, global, estimate, pricing, admin, passthrough_paths, \
-                          max_body_bytes";
+                          max_body_bytes, strip_request_headers, consumer_claim, lease_ttl";
         let acct = |extra: &str| {
             format!(r#"{{"accounts": [{{"name": "a", "provider": "openai", "key": "t"{extra}}}]}}"#)
         };
@@ -2130,7 +2295,7 @@ mod tests {
             (r#"{"selection": {"affinity": {"ttl": "5h", "size": 3}}}"#.into(), "selection.affinity.size: unknown field, expected one of header, conversation, ttl, max_sessions".into()),
             (r#"{"anonymous": {"limit": []}}"#.into(), "anonymous.limit: unknown field, expected one of limits".into()),
             (r#"{"pricing": {"m*": {"input": 1, "output": 2, "cached": 1}}}"#.into(), "pricing[\"m*\"].cached: unknown field, expected one of input, output, cache_write, cache_read".into()),
-            (acct(r#", "region": "eu""#), "accounts[0].region: unknown field, expected one of name, provider, key, key_env, headers, route, weight, limits".into()),
+            (acct(r#", "region": "eu""#), "accounts[0].region: unknown field, expected one of name, provider, key, key_env, headers, route, weight, limits, disable_for".into()),
             // limits grammar
             (
                 r#"{"consumers": [{"name": "a", "keys": ["k"]}, {"name": "b", "keys": ["k2"], "limits": [{"tokens": 5, "per": "fortnight"}]}]}"#.into(),
