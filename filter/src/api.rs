@@ -174,6 +174,9 @@ pub enum Reason {
     GlobalUnavailable,
     /// No account serves the API, or every one that does is disabled.
     NoAccount,
+    /// A trusted consumer name (`consumer_header`, `consumer_claim`) that no consumer has,
+    /// with no `anonymous` to fall back on.
+    UnknownConsumer,
 }
 
 impl Reason {
@@ -192,13 +195,14 @@ impl Reason {
             Reason::Global => "global",
             Reason::GlobalUnavailable => "global_unavailable",
             Reason::NoAccount => "no_account",
+            Reason::UnknownConsumer => "unknown_consumer",
         }
     }
 
     pub fn status(self) -> u32 {
         match self {
             Reason::Auth => 401,
-            Reason::Model => 403,
+            Reason::Model | Reason::UnknownConsumer => 403,
             Reason::NotFound => 404,
             Reason::BadRequest => 400,
             Reason::TooLarge => 413,
@@ -220,6 +224,12 @@ impl Reason {
                 "permission_error",
                 "invalid_request_error",
                 "model_not_allowed",
+                "PERMISSION_DENIED",
+            ),
+            Reason::UnknownConsumer => (
+                "permission_error",
+                "invalid_request_error",
+                "permission_denied",
                 "PERMISSION_DENIED",
             ),
             Reason::NotFound => (

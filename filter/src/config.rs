@@ -714,7 +714,7 @@ pub fn parse_with_env(
             n,
             &top.path("consumers"),
             &limits,
-            consumer_header.is_some(),
+            consumer_header.is_some() || top.get("consumer_claim").is_some(),
             anonymous.is_some(),
         )?,
         None => Vec::new(),
@@ -980,7 +980,7 @@ fn parse_consumers(
         if keys.is_empty() && !has_consumer_header {
             return Err(err(
                 &keys_path,
-                "a consumer needs at least one key unless consumer_header is set",
+                "a consumer needs at least one key unless consumer_header or consumer_claim is set",
             ));
         }
 
@@ -2332,8 +2332,8 @@ mod tests {
             (r#"{"consumers": [{"name": "", "keys": ["k"]}]}"#.into(), "consumers[0].name: expected 1 to 64 characters from A-Z a-z 0-9 _ . -, got \"\"".into()),
             (format!(r#"{{"consumers": [{{"name": "{}", "keys": ["k"]}}]}}"#, "x".repeat(65)), format!("consumers[0].name: expected 1 to 64 characters from A-Z a-z 0-9 _ . -, got \"{}\"", "x".repeat(65))),
             (r#"{"consumers": [{"keys": ["k"]}]}"#.into(), "consumers[0].name: missing required field".into()),
-            (r#"{"consumers": [{"name": "a"}]}"#.into(), "consumers[0].keys: a consumer needs at least one key unless consumer_header is set".into()),
-            (r#"{"consumers": [{"name": "a", "keys": []}]}"#.into(), "consumers[0].keys: a consumer needs at least one key unless consumer_header is set".into()),
+            (r#"{"consumers": [{"name": "a"}]}"#.into(), "consumers[0].keys: a consumer needs at least one key unless consumer_header or consumer_claim is set".into()),
+            (r#"{"consumers": [{"name": "a", "keys": []}]}"#.into(), "consumers[0].keys: a consumer needs at least one key unless consumer_header or consumer_claim is set".into()),
             (r#"{"consumers": [{"name": "a", "keys": ["sha256:abc"]}]}"#.into(), "consumers[0].keys[0]: a sha256: key needs exactly 64 hex digits".into()),
             (format!(r#"{{"consumers": [{{"name": "a", "keys": ["sha256:{}"]}}]}}"#, "g".repeat(64)), "consumers[0].keys[0]: a sha256: key needs exactly 64 hex digits".into()),
             (r#"{"consumers": [{"name": "a", "keys": ["my key"]}]}"#.into(), "consumers[0].keys[0]: a key must be printable ASCII without spaces or control characters".into()),

@@ -40,8 +40,6 @@ struct Plugin {
     cfg: Config,
     stats: RefCell<Stats>,
     store: HostStore,
-    /// Slots for consumer names taken from `consumer_header` that the config does not list.
-    dynamic: SlotTable,
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     learned: SlotTable,
     /// By the model's `store::owner_tag`.
@@ -71,7 +69,6 @@ impl Plugin {
             cfg,
             stats: RefCell::default(),
             store: HostStore::default(),
-            dynamic: quota::dynamic_slots(quota::DEFAULT_DYNAMIC_SLOTS),
             learned: learn::table(),
             ratios: RefCell::default(),
             charges: RefCell::new(ChargeQueue::new(4096, 16)),
@@ -156,9 +153,6 @@ impl Plugin {
             if !a.limits.is_empty() {
                 keys.push(fixed_key(OwnerKey::account(&a.name)));
             }
-        }
-        if cfg.consumer_header.is_some() && !cfg.limits.is_empty() {
-            keys.extend(self.dynamic.keys());
         }
         let n = quota::prepare(&self.store, keys)? + accounts::prepare(&self.store, cfg)?;
         for key in self.learned.keys() {
@@ -565,17 +559,13 @@ impl Req {
                 .get(*i)
                 .map(|c| c.name.as_str())
                 .unwrap_or("unknown"),
-            Some(Caller::Unlisted(_)) => "unlisted",
             Some(Caller::Anonymous) => "anonymous",
             None => "unknown",
         }
     }
 
     fn consumer_name(&self) -> &str {
-        match &self.caller {
-            Some(Caller::Unlisted(n)) => n.as_str(),
-            _ => self.consumer_label(),
-        }
+        self.consumer_label()
     }
 
     /// The pricing entry of the request's model (the globs are matched once per request).
@@ -625,9 +615,6 @@ impl Req {
                 Some(c) => (&c.limits, Some(OwnerKey::consumer(&c.name))),
                 None => (&[], None),
             },
-            Some(Caller::Unlisted(name)) => {
-                (&cfg.limits, Some(OwnerKey::dynamic(&plugin.dynamic, name)))
-            }
             Some(Caller::Anonymous) => match &cfg.anonymous {
                 Some(a) => (&a.limits, Some(OwnerKey::consumer(config::ANONYMOUS))),
                 None => (&[], None),
@@ -1174,13 +1161,29 @@ impl HttpContext for Req {
             Route::Identity(api) => self.api = api,
             Route::Metered(ref m) => self.api = m.api(),
         }
-        let header_name = cfg.consumer_header.as_deref().and_then(|h| headers.get(h));
+        // A name is trusted from a header only when a filter before this one set it, or from
+        // the payload of a JWT that `jwt_authn` verified (dynamic metadata no client can set).
+        let claimed = cfg.consumer_claim.as_ref().and_then(|c| {
+            ffi::get_property(&[
+                "metadata",
+                "filter_metadata",
+                "envoy.filters.http.jwt_authn",
+                &c.metadata,
+                &c.claim,
+            ])
+        });
+        let trusted_name = match &claimed {
+            Some(name) => Some(name.as_str()),
+            None => cfg.consumer_header.as_deref().and_then(|h| headers.get(h)),
+        };
         let known = key.and_then(|k| plugin.known_keys.borrow().get(k).copied());
         let identified = match known {
-            Some(i) => Some((Caller::Consumer(i), true)),
+            Some(i) => identity::Identity::Known(Caller::Consumer(i), true),
             None => {
-                let found = identity::identify(cfg, key, header_name);
-                if let (Some(k), Some((Caller::Consumer(i), true))) = (key, &found) {
+                let found = identity::identify(cfg, key, trusted_name);
+                if let (Some(k), identity::Identity::Known(Caller::Consumer(i), true)) =
+                    (key, &found)
+                {
                     let mut known = plugin.known_keys.borrow_mut();
                     if known.len() >= KNOWN_KEYS {
                         known.clear();
@@ -1190,15 +1193,23 @@ impl HttpContext for Req {
                 found
             }
         };
-        self.presented_tollgate_key = identified.as_ref().is_some_and(|(_, by_key)| *by_key);
-        self.caller = identified.map(|(caller, _)| caller);
-        if self.caller.is_none() {
-            let msg = if key.is_some() {
-                "invalid API key"
-            } else {
-                "no API key: send it in x-api-key or Authorization: Bearer"
-            };
-            return self.reject(Reason::Auth, msg, &[]);
+        match identified {
+            identity::Identity::Known(caller, by_key) => {
+                self.presented_tollgate_key = by_key;
+                self.caller = Some(caller);
+            }
+            identity::Identity::Unauthenticated => {
+                let msg = if key.is_some() {
+                    "invalid API key"
+                } else {
+                    "no API key: send it in x-api-key or Authorization: Bearer"
+                };
+                return self.reject(Reason::Auth, msg, &[]);
+            }
+            identity::Identity::UnknownName => {
+                let msg = "this consumer is not configured here";
+                return self.reject(Reason::UnknownConsumer, msg, &[]);
+            }
         }
         ffi::set_filter_state("tollgate.consumer", self.consumer_name());
         match route {
@@ -2062,6 +2073,13 @@ mod ffi {
             }
         };
         String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    }
+
+    /// A property at `path` (segments joined by NUL, as the host expects), e.g. a value in
+    /// the request's dynamic metadata. A value that is not UTF-8 or empty reads as absent.
+    pub fn get_property(path: &[&str]) -> Option<String> {
+        let joined = path.join("\0");
+        get_filter_state(&joined)
     }
 
     pub fn clear_route_cache() {

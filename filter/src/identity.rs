@@ -7,12 +7,23 @@ use crate::config::{Config, KeyMatcher};
 /// The consumer a request runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// `consumers[i]`, by key or by a `consumer_header` naming it.
+    /// `consumers[i]`, by key or by a trusted name (`consumer_header`, `consumer_claim`).
     Consumer(usize),
-    /// A `consumer_header` name that matches no configured consumer: default `limits`.
-    Unlisted(String),
-    /// No known key, and `anonymous` is configured.
+    /// No known key (or a trusted name no consumer has), and `anonymous` is configured.
     Anonymous,
+}
+
+/// Who a request is, or why it is nobody.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The caller; the flag says whether a tollgate key identified it (that key must then
+    /// not go upstream).
+    Known(Caller, bool),
+    /// No known key and no trusted name, and no `anonymous`: 401.
+    Unauthenticated,
+    /// A trusted name that matches no configured consumer, and no `anonymous`: 403. Such a
+    /// name never gets limits of its own (a fresh name per request would escape them).
+    UnknownName,
 }
 
 /// The client credential from the headers a provider SDK sends it in: `x-api-key`
@@ -65,14 +76,11 @@ pub fn strip_query_key(path: &str) -> Option<String> {
     })
 }
 
-/// Maps a request to its consumer, or `None` for 401; the flag says whether a tollgate key
-/// identified it (that key must then not go upstream).
+/// Maps a request to its consumer. `trusted_name` is the name a trusted source gave
+/// (`consumer_header` set by a filter before this one, or the `consumer_claim` of a JWT that
+/// `jwt_authn` verified).
 #[inline(never)]
-pub fn identify(
-    cfg: &Config,
-    key: Option<&str>,
-    header_name: Option<&str>,
-) -> Option<(Caller, bool)> {
+pub fn identify(cfg: &Config, key: Option<&str>, trusted_name: Option<&str>) -> Identity {
     if let Some(key) = key {
         let digest = KeyMatcher::digest(key);
         // Every key is compared, whatever matched, so timing says nothing about which.
@@ -85,19 +93,24 @@ pub fn identify(
             }
         }
         if let Some(i) = found {
-            return Some((Caller::Consumer(i), true));
+            return Identity::Known(Caller::Consumer(i), true);
         }
     }
-    if cfg.consumer_header.is_some() {
-        if let Some(name) = header_name.map(str::trim).filter(|n| !n.is_empty()) {
-            let caller = match cfg.consumers.iter().position(|c| c.name == name) {
-                Some(i) => Caller::Consumer(i),
-                None => Caller::Unlisted(name.to_string()),
+    let anonymous = cfg.anonymous.is_some();
+    if cfg.consumer_header.is_some() || cfg.consumer_claim.is_some() {
+        if let Some(name) = trusted_name.map(str::trim).filter(|n| !n.is_empty()) {
+            return match cfg.consumers.iter().position(|c| c.name == name) {
+                Some(i) => Identity::Known(Caller::Consumer(i), false),
+                None if anonymous => Identity::Known(Caller::Anonymous, false),
+                None => Identity::UnknownName,
             };
-            return Some((caller, false));
         }
     }
-    cfg.anonymous.as_ref().map(|_| (Caller::Anonymous, false))
+    if anonymous {
+        Identity::Known(Caller::Anonymous, false)
+    } else {
+        Identity::Unauthenticated
+    }
 }
 
 /// Whether `key` is one of the admin keys.
@@ -125,6 +138,49 @@ mod tests {
             Some("q")
         );
         assert_eq!(presented_key(Some(""), None, None, "/"), None);
+    }
+
+    fn config(json: &str) -> Config {
+        crate::config::parse_with_env(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_trusted_name_no_consumer_has_never_gets_limits_of_its_own() {
+        let named = r#"{"consumer_header": "x-consumer",
+            "consumers": [{"name": "search-team"}], "limits": [{"tokens": 10, "per": "minute"}]"#;
+        let cfg = config(&format!("{named}}}"));
+        assert_eq!(
+            identify(&cfg, None, Some("search-team")),
+            Identity::Known(Caller::Consumer(0), false)
+        );
+        for invented in ["search-team-2", "x", "anonymous"] {
+            assert_eq!(identify(&cfg, None, Some(invented)), Identity::UnknownName);
+        }
+        assert_eq!(identify(&cfg, None, None), Identity::Unauthenticated);
+        assert_eq!(identify(&cfg, None, Some("  ")), Identity::Unauthenticated);
+        let cfg = config(&format!(r#"{named}, "anonymous": {{}}}}"#));
+        assert_eq!(
+            identify(&cfg, None, Some("invented")),
+            Identity::Known(Caller::Anonymous, false)
+        );
+    }
+
+    #[test]
+    fn a_name_counts_only_when_the_config_trusts_a_source_of_names() {
+        let cfg = config(r#"{"consumers": [{"name": "a", "keys": ["k"]}]}"#);
+        assert_eq!(identify(&cfg, None, Some("a")), Identity::Unauthenticated);
+        assert_eq!(
+            identify(&cfg, Some("k"), None),
+            Identity::Known(Caller::Consumer(0), true)
+        );
+        let cfg = config(
+            r#"{"consumer_claim": {"metadata": "jwt_payload"}, "consumers": [{"name": "a"}]}"#,
+        );
+        assert_eq!(
+            identify(&cfg, None, Some("a")),
+            Identity::Known(Caller::Consumer(0), false)
+        );
+        assert_eq!(identify(&cfg, None, Some("b")), Identity::UnknownName);
     }
 
     #[test]
