@@ -16,6 +16,16 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// when accounts are configured.
 pub const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["x-api-key", "authorization", "x-goog-api-key"];
 
+/// Client headers that scope or re-target a credential (an organization, a project, a billed
+/// project): removed before the upstream whenever a pooled key is used, so one client cannot
+/// make the provider refuse, or bill elsewhere, the key every consumer shares. The config's
+/// `strip_request_headers` adds to them; an account's own `headers` are set after.
+pub const CREDENTIAL_SCOPING_HEADERS: &[&str] = &[
+    "openai-organization",
+    "openai-project",
+    "x-goog-user-project",
+];
+
 /// Cooling after a 429 (or a rate-limit stream error) that names no time.
 pub const RATE_LIMIT_COOLING_MS: u64 = 60_000;
 /// Cooling after 529 / 503 overloaded.

@@ -525,6 +525,47 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// `text` with every occurrence of the key replaced by a mask of the same length (the
+    /// known prefix, `*`s, the last four when at least 12 characters stay hidden), or `None`
+    /// when the key does not occur. The same length lets a body whose `content-length` has
+    /// already gone out be rewritten in place.
+    pub fn redact(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let key = self.0.as_bytes();
+        if key.is_empty() || text.len() < key.len() || !text.windows(key.len()).any(|w| w == key) {
+            return None;
+        }
+        let prefix = KNOWN_KEY_PREFIXES
+            .iter()
+            .find(|p| key.starts_with(p.as_bytes()) && key.len() > p.len())
+            .map_or(0, |p| p.len());
+        let tail = if key.len() >= prefix + 4 + 12 { 4 } else { 0 };
+        let mask: Vec<u8> = key
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if i < prefix || i + tail >= key.len() {
+                    *b
+                } else {
+                    b'*'
+                }
+            })
+            .collect();
+        let mut out = Vec::with_capacity(text.len());
+        let mut at = 0;
+        while at < text.len() {
+            if text.get(at..at + key.len()) == Some(key) {
+                out.extend_from_slice(&mask);
+                at += key.len();
+            } else {
+                out.extend(text.get(at).copied());
+                at += 1;
+            }
+        }
+        Some(out)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({})", self.mask())
@@ -1952,6 +1993,21 @@ fn builtin_pricing() -> Vec<(Glob, Price)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_keeps_the_length_and_hides_every_occurrence() {
+        let key = "sk-proj-upstream-account-one-000000000000BBBB";
+        let s = Secret::new(key);
+        let text = format!("{{\"message\":\"bad key {key}\",\"again\":\"{key}\"}}");
+        let out = String::from_utf8(s.redact(text.as_bytes()).unwrap()).unwrap();
+        assert_eq!(out.len(), text.len());
+        assert!(!out.contains(key));
+        assert!(out.contains("sk-proj-*****"));
+        assert!(out.contains("*BBBB\""));
+        assert_eq!(s.redact(b"nothing here"), None);
+        let short = Secret::new("abc123");
+        assert_eq!(short.redact(b"[abc123]").unwrap(), b"[******]");
+    }
     use proptest::prelude::{prop_assert_eq, proptest};
 
     const TEST_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
