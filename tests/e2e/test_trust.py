@@ -433,3 +433,30 @@ def test_refused_upstream_requests_cost_no_tokens_but_count_as_requests(make_env
     assert sorted(used.values()) == [0, 0, 4], consumer["windows"]
     assert stat_sum(e, "tollgate_tokens_total", consumer="team-a") == 0
     assert stat_sum(e, "tollgate_requests_total", consumer="team-a", outcome="admitted") == 4
+
+
+# ---- row 10: models without a price under a budget ------------------------------------------------
+
+
+def test_a_budget_binds_on_every_model(make_envoy, mock):
+    e = make_envoy(base_config(limits=[{"cost_usd": 5.0, "per": "hour"}]), name="envoy-trust-budget")
+    mock.reset()
+    mock.script("*", usage={"input": 1000, "output": 1000})
+    before = stat_sum(e, "tollgate_cost_usd_micros_total", consumer="team-a")
+    # Gemini, embeddings and o-series are priced: each costs something against the budget.
+    r = requests.post(e.url() + "/v1beta/models/gemini-2.5-pro:generateContent", headers={"x-goog-api-key": KEY_A},
+                      json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, timeout=10)
+    assert r.status_code == 200, r.text
+    gemini = stat_sum(e, "tollgate_cost_usd_micros_total", consumer="team-a")
+    assert gemini > before, (before, gemini)
+    c = gpt(e)
+    c.embeddings.create(model="text-embedding-3-small", input="hello")
+    embed = stat_sum(e, "tollgate_cost_usd_micros_total", consumer="team-a")
+    assert embed > gemini, (gemini, embed)
+    c.chat.completions.create(model="o1", messages=[{"role": "user", "content": "hi"}])
+    assert stat_sum(e, "tollgate_cost_usd_micros_total", consumer="team-a") > embed
+    # A model with no price is refused, never free.
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        c.chat.completions.create(model="my-own-finetune", messages=[{"role": "user", "content": "hi"}])
+    assert "has no price" in err.value.body["message"], err.value.body
+    assert all(r_["model"] != "my-own-finetune" for r_ in mock.requests("/v1/chat/completions"))
