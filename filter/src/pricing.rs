@@ -224,25 +224,17 @@ mod tests {
     use crate::config::parse;
     use crate::limits::{Per, WindowKind};
 
-    /// (glob, input price, output price)
-    type GlobPrice = (&'static str, f64, f64);
-
-    fn cost_limit() -> Limit {
+    fn rate(kind: LimitKind) -> Limit {
         Limit::Rate {
-            kind: LimitKind::CostUsd,
-            amount: 25_000_000,
+            kind,
+            amount: 1000,
             per: Per::Day,
             window: WindowKind::Sliding,
         }
     }
 
-    fn tokens_limit() -> Limit {
-        Limit::Rate {
-            kind: LimitKind::Tokens,
-            amount: 1000,
-            per: Per::Minute,
-            window: WindowKind::Sliding,
-        }
+    fn cost_limit() -> Limit {
+        rate(LimitKind::CostUsd)
     }
 
     fn with_pricing(pricing: &str) -> Config {
@@ -255,109 +247,117 @@ mod tests {
 
     #[test]
     fn every_model_family_has_a_price() {
-        // A real model id of every family a cost limit may meet, and the glob that prices it.
-        let table: &[(&str, GlobPrice)] = &[
+        // A real model id of every family a cost limit may meet, the glob that prices it, and
+        // its input and output price.
+        let table: &[(&str, &str, f64, f64)] = &[
             // Anthropic
-            ("claude-opus-4-5-20251101", ("claude-opus-4-5*", 5.0, 25.0)),
-            ("claude-opus-4-6", ("claude-opus-4-6*", 5.0, 25.0)),
-            ("claude-opus-4-1-20250805", ("claude-opus-4*", 15.0, 75.0)),
-            ("claude-opus-4-20250514", ("claude-opus-4*", 15.0, 75.0)),
-            (
-                "claude-sonnet-4-5-20250929",
-                ("claude-sonnet-4*", 3.0, 15.0),
-            ),
-            ("claude-sonnet-4-20250514", ("claude-sonnet-4*", 3.0, 15.0)),
-            ("claude-haiku-4-5-20251001", ("claude-haiku-4*", 1.0, 5.0)),
+            ("claude-opus-4-5-20251101", "claude-opus-4-5*", 5.0, 25.0),
+            ("claude-opus-4-6", "claude-opus-4-6*", 5.0, 25.0),
+            ("claude-opus-4-1-20250805", "claude-opus-4*", 15.0, 75.0),
+            ("claude-opus-4-20250514", "claude-opus-4*", 15.0, 75.0),
+            ("claude-sonnet-4-5-20250929", "claude-sonnet-4*", 3.0, 15.0),
+            ("claude-sonnet-4-20250514", "claude-sonnet-4*", 3.0, 15.0),
+            ("claude-haiku-4-5-20251001", "claude-haiku-4*", 1.0, 5.0),
             (
                 "claude-3-7-sonnet-20250219",
-                ("claude-3-7-sonnet*", 3.0, 15.0),
+                "claude-3-7-sonnet*",
+                3.0,
+                15.0,
             ),
             (
                 "claude-3-5-sonnet-20241022",
-                ("claude-3-5-sonnet*", 3.0, 15.0),
+                "claude-3-5-sonnet*",
+                3.0,
+                15.0,
             ),
-            ("claude-3-5-haiku-latest", ("claude-3-5-haiku*", 0.8, 4.0)),
-            ("claude-3-opus-20240229", ("claude-3-opus*", 15.0, 75.0)),
-            ("claude-3-haiku-20240307", ("claude-3-haiku*", 0.25, 1.25)),
-            ("claude-opus-5", ("claude-opus-5*", 5.0, 25.0)),
-            ("claude-opus-5-5", ("claude-opus-5-5*", 4.0, 20.0)),
-            ("claude-sonnet-5-5", ("claude-sonnet-5-5*", 2.0, 10.0)),
-            ("claude-haiku-5-5", ("claude-haiku-5-5*", 0.1, 0.5)),
+            ("claude-3-5-haiku-latest", "claude-3-5-haiku*", 0.8, 4.0),
+            ("claude-3-opus-20240229", "claude-3-opus*", 15.0, 75.0),
+            ("claude-3-haiku-20240307", "claude-3-haiku*", 0.25, 1.25),
+            ("claude-opus-5", "claude-opus-5*", 5.0, 25.0),
+            ("claude-opus-5-5", "claude-opus-5-5*", 4.0, 20.0),
+            ("claude-sonnet-5-5", "claude-sonnet-5-5*", 2.0, 10.0),
+            ("claude-haiku-5-5", "claude-haiku-5-5*", 0.1, 0.5),
             // OpenAI
-            ("gpt-5", ("gpt-5", 1.25, 10.0)),
-            ("gpt-5-2025-08-07", ("gpt-5-*", 1.25, 10.0)),
-            ("gpt-5-codex", ("gpt-5-*", 1.25, 10.0)),
-            ("gpt-5-mini-2025-08-07", ("gpt-5-mini*", 0.25, 2.0)),
-            ("gpt-5-nano", ("gpt-5-nano*", 0.05, 0.4)),
-            ("gpt-5-pro", ("gpt-5-pro*", 15.0, 120.0)),
-            ("gpt-5.1", ("gpt-5.1*", 1.25, 10.0)),
-            ("gpt-5.2", ("gpt-5.2*", 1.75, 14.0)),
-            ("gpt-5.4-mini", ("gpt-5.4-mini*", 0.75, 4.5)),
-            ("gpt-5.5", ("gpt-5.5*", 5.0, 30.0)),
-            ("gpt-4.1-2025-04-14", ("gpt-4.1*", 2.0, 8.0)),
-            ("gpt-4.1-mini", ("gpt-4.1-mini*", 0.4, 1.6)),
-            ("gpt-4.1-nano-2025-04-14", ("gpt-4.1-nano*", 0.1, 0.4)),
-            ("gpt-4o-2024-08-06", ("gpt-4o*", 2.5, 10.0)),
-            ("gpt-4o-2024-05-13", ("gpt-4o-2024-05-13*", 5.0, 15.0)),
-            ("gpt-4o-mini-2024-07-18", ("gpt-4o-mini*", 0.15, 0.6)),
-            ("o1", ("o1", 15.0, 60.0)),
-            ("o1-2024-12-17", ("o1-20??-??-??", 15.0, 60.0)),
-            ("o1-mini-2024-09-12", ("o1-mini*", 1.1, 4.4)),
-            ("o1-pro", ("o1-pro*", 150.0, 600.0)),
-            ("o3", ("o3*", 2.0, 8.0)),
-            ("o3-2025-04-16", ("o3*", 2.0, 8.0)),
-            ("o3-mini", ("o3-mini*", 1.1, 4.4)),
-            ("o3-pro", ("o3-pro*", 20.0, 80.0)),
-            ("o4-mini-2025-04-16", ("o4-mini*", 1.1, 4.4)),
+            ("gpt-5", "gpt-5", 1.25, 10.0),
+            ("gpt-5-2025-08-07", "gpt-5-*", 1.25, 10.0),
+            ("gpt-5-codex", "gpt-5-*", 1.25, 10.0),
+            ("gpt-5-mini-2025-08-07", "gpt-5-mini*", 0.25, 2.0),
+            ("gpt-5-nano", "gpt-5-nano*", 0.05, 0.4),
+            ("gpt-5-pro", "gpt-5-pro*", 15.0, 120.0),
+            ("gpt-5.1", "gpt-5.1*", 1.25, 10.0),
+            ("gpt-5.2", "gpt-5.2*", 1.75, 14.0),
+            ("gpt-5.4-mini", "gpt-5.4-mini*", 0.75, 4.5),
+            ("gpt-5.5", "gpt-5.5*", 5.0, 30.0),
+            ("gpt-4.1-2025-04-14", "gpt-4.1*", 2.0, 8.0),
+            ("gpt-4.1-mini", "gpt-4.1-mini*", 0.4, 1.6),
+            ("gpt-4.1-nano-2025-04-14", "gpt-4.1-nano*", 0.1, 0.4),
+            ("gpt-4o-2024-08-06", "gpt-4o*", 2.5, 10.0),
+            ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13*", 5.0, 15.0),
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini*", 0.15, 0.6),
+            ("o1", "o1", 15.0, 60.0),
+            ("o1-2024-12-17", "o1-20??-??-??", 15.0, 60.0),
+            ("o1-mini-2024-09-12", "o1-mini*", 1.1, 4.4),
+            ("o1-pro", "o1-pro*", 150.0, 600.0),
+            ("o3", "o3*", 2.0, 8.0),
+            ("o3-2025-04-16", "o3*", 2.0, 8.0),
+            ("o3-mini", "o3-mini*", 1.1, 4.4),
+            ("o3-pro", "o3-pro*", 20.0, 80.0),
+            ("o4-mini-2025-04-16", "o4-mini*", 1.1, 4.4),
             (
                 "text-embedding-3-small",
-                ("text-embedding-3-small*", 0.02, 0.0),
+                "text-embedding-3-small*",
+                0.02,
+                0.0,
             ),
             (
                 "text-embedding-3-large",
-                ("text-embedding-3-large*", 0.13, 0.0),
+                "text-embedding-3-large*",
+                0.13,
+                0.0,
             ),
             (
                 "text-embedding-ada-002",
-                ("text-embedding-ada-002*", 0.1, 0.0),
+                "text-embedding-ada-002*",
+                0.1,
+                0.0,
             ),
             // Google
-            ("gemini-2.5-pro", ("gemini-2.5-pro*", 1.25, 10.0)),
-            ("gemini-2.5-flash", ("gemini-2.5-flash*", 0.3, 2.5)),
+            ("gemini-2.5-pro", "gemini-2.5-pro*", 1.25, 10.0),
+            ("gemini-2.5-flash", "gemini-2.5-flash*", 0.3, 2.5),
             (
                 "gemini-2.5-flash-preview-09-2025",
-                ("gemini-2.5-flash*", 0.3, 2.5),
+                "gemini-2.5-flash*",
+                0.3,
+                2.5,
             ),
-            (
-                "gemini-2.5-flash-lite",
-                ("gemini-2.5-flash-lite*", 0.1, 0.4),
-            ),
+            ("gemini-2.5-flash-lite", "gemini-2.5-flash-lite*", 0.1, 0.4),
             (
                 "gemini-2.5-flash-image",
-                ("gemini-2.5-flash-image*", 0.3, 30.0),
+                "gemini-2.5-flash-image*",
+                0.3,
+                30.0,
             ),
-            ("gemini-2.0-flash-001", ("gemini-2.0-flash*", 0.1, 0.4)),
+            ("gemini-2.0-flash-001", "gemini-2.0-flash*", 0.1, 0.4),
             (
                 "gemini-2.0-flash-lite-001",
-                ("gemini-2.0-flash-lite*", 0.075, 0.3),
+                "gemini-2.0-flash-lite*",
+                0.075,
+                0.3,
             ),
-            ("gemini-1.5-pro-002", ("gemini-1.5-pro*", 1.25, 5.0)),
-            ("gemini-1.5-flash-002", ("gemini-1.5-flash*", 0.075, 0.3)),
-            (
-                "gemini-1.5-flash-8b",
-                ("gemini-1.5-flash-8b*", 0.0375, 0.15),
-            ),
-            ("gemini-3-pro-preview", ("gemini-3-pro*", 2.0, 12.0)),
-            ("gemini-3-flash-preview", ("gemini-3-flash*", 0.5, 3.0)),
-            ("gemini-3.1-pro-preview", ("gemini-3.1-pro*", 2.0, 12.0)),
-            ("gemini-embedding-001", ("gemini-embedding-001*", 0.15, 0.0)),
+            ("gemini-1.5-pro-002", "gemini-1.5-pro*", 1.25, 5.0),
+            ("gemini-1.5-flash-002", "gemini-1.5-flash*", 0.075, 0.3),
+            ("gemini-1.5-flash-8b", "gemini-1.5-flash-8b*", 0.0375, 0.15),
+            ("gemini-3-pro-preview", "gemini-3-pro*", 2.0, 12.0),
+            ("gemini-3-flash-preview", "gemini-3-flash*", 0.5, 3.0),
+            ("gemini-3.1-pro-preview", "gemini-3.1-pro*", 2.0, 12.0),
+            ("gemini-embedding-001", "gemini-embedding-001*", 0.15, 0.0),
         ];
         let cfg = Config::default();
-        for &(model, want) in table {
+        for &(model, glob, input, output) in table {
             let got = cfg
                 .price_for(model)
                 .map(|(g, p)| (g.as_str(), p.input, p.output));
-            assert_eq!(got, Some(want), "{model}");
+            assert_eq!(got, Some((glob, input, output)), "{model}");
             assert!(
                 !cfg.refuses_unpriced(Some(model), &[cost_limit()]),
                 "{model}"
@@ -506,18 +506,18 @@ mod tests {
         let cases: &[(&[Limit], Option<&str>, bool)] = &[
             (&[cost_limit()], Some("llama-3-70b"), true),
             (
-                &[tokens_limit(), cost_limit()],
+                &[rate(LimitKind::Tokens), cost_limit()],
                 Some("gemini-3.5-flash"),
                 true,
             ),
             (&[cost_limit()], None, true),
             (&[cost_limit()], Some("gemini-2.5-pro"), false),
             (
-                &[tokens_limit(), Limit::Concurrent(2)],
+                &[rate(LimitKind::Tokens), Limit::Concurrent(2)],
                 Some("llama-3-70b"),
                 false,
             ),
-            (&[tokens_limit()], None, false),
+            (&[rate(LimitKind::Tokens)], None, false),
             (&[], Some("llama-3-70b"), false),
         ];
         for &(limits, model, refused) in cases {
