@@ -19,6 +19,7 @@ pub mod json;
 pub mod learn;
 pub mod limits;
 pub mod metrics;
+pub mod pricing;
 pub mod quota;
 pub mod ratelimit;
 pub mod request;
