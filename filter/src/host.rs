@@ -1519,20 +1519,9 @@ impl Req {
         }
         // A budget binds on every model: one with no price would cost nothing against it.
         let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
-        let budgeted = limits.iter().any(|l| {
-            matches!(
-                l,
-                Limit::Rate {
-                    kind: crate::limits::LimitKind::CostUsd,
-                    ..
-                }
-            )
-        });
-        if budgeted && self.price().is_none() {
-            let msg = format!(
-                "{}: model {model:?} has no price, and a cost_usd limit applies",
-                self.consumer_name()
-            );
+        let named = self.info.as_ref().and_then(|i| i.model.as_deref());
+        if self.plugin.cfg.refuses_unpriced(named, limits) {
+            let msg = crate::pricing::no_price_message(self.consumer_name(), named);
             return self.reject(Reason::Model, &msg, &[]);
         }
         let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
