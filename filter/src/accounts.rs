@@ -1812,6 +1812,7 @@ pub fn read_health(store: &dyn Store, account: &Account) -> Result<Health, Store
 mod tests {
     use super::*;
     use crate::config::{Duration, Selection};
+    use crate::key_evidence::samples;
     use crate::limits::{Limit, LimitKind, Per, WindowKind};
     use crate::store::MemStore;
     use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
@@ -1894,23 +1895,9 @@ mod tests {
         }
     }
 
-    const ANTHROPIC_INVALID_KEY: &str =
-        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
-    const OPENAI_MISMATCHED_ORG: &str = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
-
     /// The provider's invalid-key answer to an account of `api`.
     fn invalid_key(api: Api) -> Observation {
-        let (status, body) = match api {
-            Api::Anthropic => (401, ANTHROPIC_INVALID_KEY),
-            Api::OpenAi => (
-                401,
-                r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
-            ),
-            Api::Gemini => (
-                400,
-                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#,
-            ),
-        };
+        let (status, body) = samples::invalid_key(api);
         let obs = observe_error_body(api, status, body.as_bytes());
         assert_eq!(obs.disable, Some(DisableReason::InvalidKey), "{api:?}");
         obs
@@ -3030,11 +3017,20 @@ mod tests {
         }
     }
 
-    /// One account `name` of `api` that rests `disable_for_ms` after an invalid-key answer.
+    /// One account of `api` that rests `disable_for_ms` after an invalid-key answer.
     fn lone(api: Api, disable_for_ms: u64) -> Config {
         let mut a = acct("solo", api, 1);
         a.disable_for = Duration::from_millis(disable_for_ms);
         cfg(vec![a], Strategy::LeastLoaded, None)
+    }
+
+    /// `lone(api, disable_for_ms)` in a store, its key found invalid at `NOW`.
+    fn disabled_at_now(api: Api, disable_for_ms: u64) -> (MemStore, Config) {
+        let store = MemStore::new();
+        let c = lone(api, disable_for_ms);
+        prepare(&store, &c).unwrap();
+        record(&store, &c.accounts[0], &invalid_key(api), NOW).unwrap();
+        (store, c)
     }
 
     #[test]
@@ -3055,7 +3051,7 @@ mod tests {
         for a in &c.accounts {
             for obs in [
                 observe_response(401, &h(&[]), NOW),
-                observe_error_body(Api::OpenAi, 401, OPENAI_MISMATCHED_ORG.as_bytes()),
+                observe_error_body(Api::OpenAi, 401, samples::OPENAI_MISMATCHED_ORG.as_bytes()),
                 observe_response(403, &h(&[]), NOW),
                 observe_error_body(
                     Api::OpenAi,
@@ -3063,7 +3059,7 @@ mod tests {
                     b"{\"error\":{\"code\":\"unsupported_country_region_territory\"}}",
                 ),
                 // Cut off before the end: no evidence either.
-                observe_error_body(Api::OpenAi, 401, &invalid_key_body(Api::OpenAi)[..40]),
+                observe_error_body(Api::OpenAi, 401, &samples::OPENAI_INVALID.as_bytes()[..40]),
             ] {
                 assert_eq!(obs.disable, None);
                 let t = record(&store, a, &obs, NOW).unwrap();
@@ -3074,13 +3070,6 @@ mod tests {
             probe_of(attempt_at(&store, &c, Api::OpenAi, NOW)),
             Ok((0, false))
         );
-    }
-
-    fn invalid_key_body(api: Api) -> Vec<u8> {
-        match api {
-            Api::OpenAi => br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#.to_vec(),
-            _ => ANTHROPIC_INVALID_KEY.as_bytes().to_vec(),
-        }
     }
 
     #[test]
@@ -3111,11 +3100,8 @@ mod tests {
 
     #[test]
     fn a_disabled_account_is_probed_by_one_request_after_disable_for_and_a_2xx_makes_it_ok() {
-        let store = MemStore::new();
-        let c = lone(Api::Anthropic, 60_000);
+        let (store, c) = disabled_at_now(Api::Anthropic, 60_000);
         let a = &c.accounts[0];
-        prepare(&store, &c).unwrap();
-        record(&store, a, &invalid_key(Api::Anthropic), NOW).unwrap();
         let at = |now| probe_of(attempt_at(&store, &c, Api::Anthropic, now));
         assert_eq!(at(NOW + 59_999), Err("NoAccount".into()));
         let Outcome::Picked(p) = attempt_at(&store, &c, Api::Anthropic, NOW + 60_000) else {
@@ -3139,11 +3125,8 @@ mod tests {
 
     #[test]
     fn a_probe_answered_invalid_key_again_is_disabled_afresh_from_then() {
-        let store = MemStore::new();
-        let c = lone(Api::OpenAi, 60_000);
+        let (store, c) = disabled_at_now(Api::OpenAi, 60_000);
         let a = &c.accounts[0];
-        prepare(&store, &c).unwrap();
-        record(&store, a, &invalid_key(Api::OpenAi), NOW).unwrap();
         let at = |now| probe_of(attempt_at(&store, &c, Api::OpenAi, now));
         assert_eq!(at(NOW + 60_000), Ok((0, true)));
         let answered = NOW + 61_000;
@@ -3172,11 +3155,8 @@ mod tests {
             (401, vec![]),
             (400, vec![]),
         ] {
-            let store = MemStore::new();
-            let c = lone(Api::Anthropic, 60_000);
+            let (store, c) = disabled_at_now(Api::Anthropic, 60_000);
             let a = &c.accounts[0];
-            prepare(&store, &c).unwrap();
-            record(&store, a, &invalid_key(Api::Anthropic), NOW).unwrap();
             let sent = NOW + 60_000;
             assert_eq!(
                 probe_of(attempt_at(&store, &c, Api::Anthropic, sent)),
@@ -3219,10 +3199,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_never_reports_back_frees_the_account_after_30_seconds() {
-        let store = MemStore::new();
-        let c = lone(Api::Gemini, 60_000);
-        prepare(&store, &c).unwrap();
-        record(&store, &c.accounts[0], &invalid_key(Api::Gemini), NOW).unwrap();
+        let (store, c) = disabled_at_now(Api::Gemini, 60_000);
         let at = |now| probe_of(attempt_at(&store, &c, Api::Gemini, now));
         let first = NOW + 90_000;
         assert_eq!(at(first), Ok((0, true)));

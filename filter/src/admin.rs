@@ -1104,11 +1104,9 @@ mod tests {
         .unwrap();
         let a = &cfg.accounts[0];
         crate::accounts::prepare(&store, &cfg).unwrap();
-        let invalid = crate::accounts::observe_error_body(
-            crate::api::Api::OpenAi,
-            401,
-            br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
-        );
+        let (status, body) = crate::key_evidence::samples::invalid_key(crate::api::Api::OpenAi);
+        let invalid =
+            crate::accounts::observe_error_body(crate::api::Api::OpenAi, status, body.as_bytes());
         crate::accounts::record(&store, a, &invalid, NOW).unwrap();
         let t = crate::accounts::reset(&store, a, NOW + 1).unwrap();
         let json = reset_json(&a.name, &t);

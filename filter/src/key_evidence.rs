@@ -170,13 +170,13 @@ fn gemini(status: u32, body: &[u8]) -> bool {
         })
 }
 
+/// Real answers of each provider, for tests here and in `accounts` and `admin`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::{any, proptest};
+pub(crate) mod samples {
+    use crate::api::Api;
 
-    const ANTHROPIC_INVALID: &str = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#;
-    const OPENAI_INVALID: &str = r#"{
+    pub const ANTHROPIC_INVALID: &str = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#;
+    pub const OPENAI_INVALID: &str = r#"{
     "error": {
         "message": "Incorrect API key provided: sk-proj-********************************abcd. You can find your API key at https://platform.openai.com/account/api-keys.",
         "type": "invalid_request_error",
@@ -185,7 +185,7 @@ mod tests {
     }
 }
 "#;
-    const GEMINI_INVALID: &str = r#"{
+    pub const GEMINI_INVALID: &str = r#"{
   "error": {
     "code": 400,
     "message": "API key not valid. Please pass a valid API key.",
@@ -208,6 +208,24 @@ mod tests {
   }
 }
 "#;
+
+    pub const OPENAI_MISMATCHED_ORG: &str = r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#;
+
+    /// The provider's invalid-key answer to an account of `api`: status and body.
+    pub fn invalid_key(api: Api) -> (u32, &'static str) {
+        match api {
+            Api::Anthropic => (401, ANTHROPIC_INVALID),
+            Api::OpenAi => (401, OPENAI_INVALID),
+            Api::Gemini => (400, GEMINI_INVALID),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::*;
+    use super::*;
+    use proptest::prelude::{any, proptest};
 
     fn says(api: Api, status: u32, body: &str) -> bool {
         key_rejection(api, status, body.as_bytes()) == Some(DisableReason::InvalidKey)
@@ -240,11 +258,7 @@ mod tests {
     fn errors_about_the_request_rather_than_the_key_are_no_evidence() {
         let cases: [(Api, u32, &str); 14] = [
             // A client's `OpenAI-Organization` that the key does not belong to.
-            (
-                Api::OpenAi,
-                401,
-                r#"{"error":{"message":"OpenAI-Organization header should match organization for API key","type":"invalid_request_error","param":null,"code":"mismatched_organization"}}"#,
-            ),
+            (Api::OpenAi, 401, OPENAI_MISMATCHED_ORG),
             (
                 Api::OpenAi,
                 401,
@@ -348,11 +362,8 @@ mod tests {
 
     #[test]
     fn truncated_bodies_are_no_evidence_at_any_cut() {
-        for (api, status, body) in [
-            (Api::Anthropic, 401, ANTHROPIC_INVALID),
-            (Api::OpenAi, 401, OPENAI_INVALID),
-            (Api::Gemini, 400, GEMINI_INVALID),
-        ] {
+        for api in [Api::Anthropic, Api::OpenAi, Api::Gemini] {
+            let (status, body) = invalid_key(api);
             let bytes = body.trim_end().as_bytes();
             for cut in 0..bytes.len() {
                 assert_eq!(
