@@ -16,6 +16,7 @@ pub mod config;
 pub mod estimate;
 pub mod identity;
 pub mod json;
+pub mod key_evidence;
 pub mod learn;
 pub mod limits;
 pub mod metrics;
