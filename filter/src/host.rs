@@ -463,6 +463,9 @@ struct Req {
     price_cache: Cell<Option<Option<usize>>>,
     /// An upstream error answer served by an account: its head is held until read.
     error_head: ErrorHead,
+    /// The chosen account was disabled and this request probes it: its answer is recorded
+    /// even when it carries nothing else to learn.
+    probe: bool,
 }
 
 /// Where an upstream error body served by an account is (see `ERROR_HEAD`).
@@ -563,6 +566,7 @@ impl Req {
             unmetered: Vec::new(),
             price_cache: Cell::new(None),
             error_head: ErrorHead::None,
+            probe: false,
         }
     }
 
@@ -944,6 +948,7 @@ impl Req {
             match accounts::select(&plugin.store, cfg, &attempt) {
                 accounts::Outcome::Picked(p) => {
                     self.account_ticket = p.ticket;
+                    self.probe = p.probe;
                     if !p.counted {
                         plugin.queue_served(p.account, 1, 0);
                     }
@@ -986,6 +991,9 @@ impl Req {
         let (name, value) = accounts::credential(account);
         // The account's credential replaces the client's in the same header.
         self.remove_client_credentials(name);
+        // A pooled key's answers come back uncompressed: an error that echoes the key is
+        // cleared of it, and read for evidence about the key, only in plain bytes.
+        ffi::set_request_header("accept-encoding", "identity");
         // Nothing the client sends may scope or re-target the pooled key.
         let scoping = accounts::CREDENTIAL_SCOPING_HEADERS.iter().copied();
         for h in scoping.chain(cfg.strip_request_headers.iter().map(String::as_str)) {
@@ -1035,7 +1043,7 @@ impl Req {
         let Some(gauge) = gauge else {
             return;
         };
-        if obs.is_empty() {
+        if obs.is_empty() && !self.probe {
             // Nothing to learn; but a cooling that ended on time must show as ok again
             // (looked at once a second: the gauge is read back from the host).
             let now = ffi::now_ms();
@@ -1174,7 +1182,7 @@ impl HttpContext for Req {
             Route::Admin(sub) => {
                 // The admin key is never taken from the URL (`?key=`).
                 let key = identity::presented_key(x_api_key, authorization, None, "");
-                return self.admin(&sub, key, authorization);
+                return self.admin(method, &sub, key, authorization);
             }
             Route::NotFound(api) => {
                 self.api = api;
@@ -1488,6 +1496,56 @@ impl Req {
         if let Some(masked) = account.key.redact(&head) {
             ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, head.len(), &masked);
         }
+        // Only the provider saying the key itself is invalid disables the account.
+        let obs = accounts::observe_error_body(account.provider, self.upstream_status, &head);
+        if !obs.is_empty() {
+            self.observe_account(obs);
+        }
+    }
+
+    /// `POST {admin.path}/accounts/{name}/reset`: the account is `ok` again at once.
+    fn reset_account(&mut self, method: &str, name: &str) {
+        let json = [("content-type", "application/json")];
+        if !method.eq_ignore_ascii_case("POST") {
+            let allow = [("content-type", "application/json"), ("allow", "POST")];
+            ffi::send_http_response(405, &allow, br#"{"error":"use POST"}"#);
+            return;
+        }
+        let plugin = self.plugin.clone();
+        let Some((i, account)) = plugin
+            .cfg
+            .accounts
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.name == name)
+        else {
+            let body = crate::admin::unknown_account_json();
+            ffi::send_http_response(404, &json, body.as_bytes());
+            return;
+        };
+        match accounts::reset(&plugin.store, account, ffi::now_ms()) {
+            Ok(t) => {
+                if let Some(gauge) = plugin.stats.borrow_mut().account_gauge(i, &account.name) {
+                    ffi::record_metric(gauge, 0);
+                }
+                if t.changed() {
+                    ffi::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: account {} reset to ok by the admin API (was {})",
+                            account.name,
+                            t.before.as_str()
+                        ),
+                    );
+                }
+                let body = crate::admin::reset_json(&account.name, &t);
+                ffi::send_http_response(200, &json, body.as_bytes());
+            }
+            Err(_) => {
+                let body = br#"{"error":"account state is busy; try again"}"#;
+                ffi::send_http_response(503, &json, body);
+            }
+        }
     }
 
     fn too_large(&mut self) -> Action {
@@ -1749,7 +1807,13 @@ impl Req {
 
     /// The filter's own endpoints under `admin.path`.
     #[inline(never)]
-    fn admin(&mut self, sub: &str, key: Option<&str>, authorization: Option<&str>) -> Action {
+    fn admin(
+        &mut self,
+        method: &str,
+        sub: &str,
+        key: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Action {
         self.phase = Phase::Answered;
         if sub == "/health" {
             ffi::send_http_response(
@@ -1784,6 +1848,10 @@ impl Req {
         }
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
+        if let Some(name) = crate::admin::reset_target(sub) {
+            self.reset_account(method, name);
+            return Action::Pause;
+        }
         match sub {
             "/usage" => {
                 let now = ffi::now_ms();
