@@ -3,6 +3,8 @@
 //! on one port; a control API under `/__mock/` scripts behaviours per upstream key.
 
 mod body;
+mod encode;
+mod huge;
 mod providers;
 mod record;
 mod script;
@@ -16,16 +18,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 
-use body::{gzip_all, MockBody};
-use providers::{Api, Kind, Req, Usage};
+use body::MockBody;
+use encode::{encode_all, Choice, Encoding};
+use huge::Huge;
+use providers::{Api, ErrorCtx, Kind, Nums, Req, Usage};
 use record::{Record, Recorder};
-use script::{Behaviour, Scripts, Words};
+use script::{Behaviour, Scripts, UsageRaw, Words};
 
 struct State {
     scripts: Scripts,
@@ -416,7 +420,12 @@ async fn upstream(
         _ => false,
     };
 
-    let picked = state.scripts.pick(key.as_deref(), model.as_deref(), path);
+    let picked = state.scripts.pick(&script::Request {
+        key: key.as_deref(),
+        model: model.as_deref(),
+        path,
+        headers: &parts.headers,
+    });
     let default_beh;
     let (beh, script_id): (&Behaviour, Option<u64>) = match &picked {
         Some(p) => (&p.behaviour, Some(p.id)),
@@ -451,15 +460,33 @@ async fn upstream(
 
     // Decide status and body.
     let scripted_status = beh.status.unwrap_or(200);
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let encoding = beh
+        .encoding
+        .map_or(Encoding::Identity, |c| c.resolve(header("accept-encoding")));
+    let cx = ErrorCtx {
+        id: seq,
+        key: key.as_deref(),
+        echo_pad: beh.echo_key,
+        user_project: header("x-goog-user-project"),
+    };
     let mut usage = None;
     let mut stream_body = None;
+    let mut huge = None;
     let (status, content_type, payload): (u16, &'static str, Bytes) = if let Some(raw) = &beh.body {
         (scripted_status, "application/json", raw.clone())
+    } else if let Some(kind) = beh.error {
+        let (default_status, body) = providers::credential_error(api, kind, &cx);
+        (
+            beh.status.unwrap_or(default_status),
+            "application/json",
+            Bytes::from(body),
+        )
     } else if scripted_status >= 300 {
         (
             scripted_status,
             "application/json",
-            Bytes::from(providers::error_body(api, scripted_status, None, seq)),
+            Bytes::from(providers::status_error(api, scripted_status, &cx)),
         )
     } else if let Route::NotFound(a) = route {
         (
@@ -485,7 +512,16 @@ async fn upstream(
         )
     } else {
         let v = json.as_ref().unwrap_or(&Value::Null);
-        let words = beh.text.clone().unwrap_or_else(Words::default_answer);
+        let mut words = beh.text.clone().unwrap_or_else(Words::default_answer);
+        if let Some(pad) = beh.echo_key {
+            // The echoed key is the answer's last word.
+            let echo = format!(
+                "{}{}",
+                providers::echo_padding(pad),
+                key.as_deref().unwrap_or("(none)")
+            );
+            words = Arc::new(words.appended(&echo));
+        }
         let (n, capped) = match (beh.events, max_tokens(v)) {
             (Some(e), _) => (e, false),
             (None, Some(m)) if m < words.len() as u64 => (usize::try_from(m).unwrap_or(0), true),
@@ -526,12 +562,21 @@ async fn upstream(
             n,
             capped,
             usage: u,
+            raw: beh.usage_raw.clone().unwrap_or_else(UsageRaw::none),
             words,
         };
         match route {
             Route::Generate(kind) => {
                 usage = Some(u);
-                if stream {
+                if let Some(size) = beh.body_bytes {
+                    // Always the JSON answer, even to a streamed request.
+                    let kind = match kind {
+                        Kind::Gemini { .. } => Kind::Gemini { array: false },
+                        k => k,
+                    };
+                    huge = Some(Huge::new(kind, &r, size));
+                    (scripted_status, "application/json", Bytes::new())
+                } else if stream {
                     stream_body = Some(providers::stream_plan(kind, &r, beh.sse_error.as_ref()));
                     let ct = match kind {
                         Kind::Gemini { array: true } => "application/json; charset=UTF-8",
@@ -550,7 +595,7 @@ async fn upstream(
             Route::CountTokens => (
                 scripted_status,
                 "application/json",
-                Bytes::from(providers::count_tokens_body(u.input)),
+                Bytes::from(providers::count_tokens_body(&Nums::new(&u, &r.raw))),
             ),
             Route::Embeddings => {
                 usage = Some(u);
@@ -573,32 +618,40 @@ async fn upstream(
     let rec = rec.map(|mut r| {
         r.status = status;
         r.usage = usage;
+        r.encoding = encoding.header().unwrap_or("identity");
         let r = Arc::new(r);
         state.recorder.push(r.clone());
         r
     });
 
     let sse_error = beh.sse_error.is_some();
-    let body = match stream_body {
-        Some(plan) => MockBody::stream(
+    let body = if let Some(plan) = stream_body {
+        MockBody::stream(
             plan,
             beh.delay_ms,
             beh.reset_after_events,
-            beh.gzip,
+            encoding,
             sse_error,
             rec,
-        ),
-        None => {
-            let payload = if beh.gzip {
-                gzip_all(&payload)
-            } else {
-                payload
-            };
-            if beh.reset_after_events.is_some() {
-                MockBody::truncated(payload, rec)
-            } else {
-                MockBody::full(payload, rec)
+        )
+    } else if let Some(gen) = huge {
+        MockBody::huge(gen, encoding, rec)
+    } else {
+        let late = beh.echo_key.is_some_and(|pad| pad > 0);
+        let split = late.then(|| late_split(&payload, key.as_deref(), encoding));
+        let payload = encode_all(encoding, payload);
+        match split {
+            _ if beh.reset_after_events.is_some() => MockBody::truncated(payload, rec),
+            Some(at) => {
+                let at = at.unwrap_or(payload.len() / 2).min(payload.len());
+                let gap = Duration::from_millis(if beh.delay_ms > 0 {
+                    beh.delay_ms
+                } else {
+                    LATE_ECHO_GAP_MS
+                });
+                MockBody::frames(vec![payload.slice(..at), payload.slice(at..)], gap, rec)
             }
+            None => MockBody::full(payload, rec),
         }
     };
     let mut resp = Response::new(body);
@@ -616,13 +669,36 @@ async fn upstream(
     if let Ok(v) = HeaderValue::from_str(&format!("{id_prefix}{seq}")) {
         h.insert(HeaderName::from_static(id_header), v);
     }
-    if beh.gzip {
-        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(ce) = encoding.header() {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static(ce));
+    }
+    if beh.encoding == Some(Choice::Negotiate) {
+        h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if beh.echo_key.is_some() {
+        if let Some(v) = key.as_deref().and_then(|k| HeaderValue::from_str(k).ok()) {
+            h.insert(HeaderName::from_static("x-echo"), v);
+        }
     }
     for (k, v) in &beh.headers {
         h.insert(k.clone(), v.clone());
     }
     resp
+}
+
+/// Pause between the two halves of a late-echo body, so they reach the client in two reads.
+const LATE_ECHO_GAP_MS: u64 = 20;
+
+/// Where to cut a late-echo body in two: in the middle of the echoed key when the body goes
+/// out uncompressed (so the key straddles two reads), else `None` (the middle of the body).
+fn late_split(plain: &[u8], key: Option<&str>, encoding: Encoding) -> Option<usize> {
+    let key = key.filter(|k| !k.is_empty())?;
+    if encoding != Encoding::Identity {
+        return None;
+    }
+    let k = key.as_bytes();
+    let at = plain.windows(k.len()).rposition(|w| w == k)?;
+    Some(at + k.len() / 2)
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub struct Record {
     pub stream: bool,
     pub usage: Option<Usage>,
     pub script: Option<u64>,
+    /// The content-encoding the answer went out with (`identity` when none).
+    pub encoding: &'static str,
     pub events_sent: AtomicUsize,
     end: AtomicU8,
 }
@@ -116,6 +118,7 @@ impl Record {
             stream: false,
             usage: None,
             script: None,
+            encoding: "identity",
             events_sent: AtomicUsize::new(0),
             end: AtomicU8::new(0),
         }
@@ -170,6 +173,7 @@ impl Record {
         m.insert("endpoint".into(), self.endpoint.into());
         m.insert("status".into(), self.status.into());
         m.insert("stream".into(), self.stream.into());
+        m.insert("encoding".into(), self.encoding.into());
         m.insert(
             "usage".into(),
             self.usage.map_or(Value::Null, |u| {
