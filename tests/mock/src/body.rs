@@ -382,6 +382,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_encoding_of_a_stream_decodes_to_the_plain_stream() {
+        use crate::encode::decode;
+        for e in [
+            Encoding::Gzip,
+            Encoding::Deflate,
+            Encoding::DeflateRaw,
+            Encoding::Br,
+            Encoding::Zstd,
+        ] {
+            let (wire, failed) = frames(MockBody::stream(plan(30), 0, None, e, false, None)).await;
+            assert!(!failed);
+            assert_eq!(decode(e, &wire), plan(30).concat(), "{e:?}");
+        }
+    }
+
+    fn huge(size: u64) -> Huge {
+        let r = Req {
+            id: 1,
+            created: 0,
+            model: "m".into(),
+            include_usage: false,
+            n: 3,
+            capped: false,
+            usage: Usage {
+                input: 11,
+                output: 22,
+                ..Usage::default()
+            },
+            raw: crate::script::UsageRaw::none(),
+            words: Words::default_answer(),
+        };
+        Huge::new(Kind::Chat, &r, size)
+    }
+
+    #[tokio::test]
+    async fn huge_body_is_sent_plain_with_its_length_or_compressed_in_many_frames() {
+        use crate::encode::decode;
+        let size = 1_000_000;
+        let plain = MockBody::huge(huge(size), Encoding::Identity, None);
+        assert_eq!(plain.size_hint().exact(), Some(size));
+        let (want, failed) = frames(plain).await;
+        assert!(!failed);
+        assert_eq!(want.len() as u64, size);
+        for e in [Encoding::Gzip, Encoding::Br, Encoding::Zstd, Encoding::Deflate] {
+            let mut b = MockBody::huge(huge(size), e, None);
+            assert_eq!(b.size_hint().exact(), None, "{e:?}: sent chunked");
+            let mut wire = Vec::new();
+            while let Some(f) = b.frame().await {
+                wire.extend_from_slice(f.unwrap().data_ref().unwrap());
+            }
+            assert!(wire.len() < want.len() / 20, "{e:?}: filler compresses ({})", wire.len());
+            let got = decode(e, &wire);
+            assert_eq!(got, want, "{e:?}");
+            let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 22);
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_one_by_one_after_the_gap() {
+        let parts = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")];
+        let mut b = MockBody::frames(parts, Duration::from_millis(30), None);
+        assert_eq!(b.size_hint().exact(), Some(6));
+        let t = std::time::Instant::now();
+        let first = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(t.elapsed() < Duration::from_millis(25));
+        let second = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!((&first[..], &second[..]), (&b"abc"[..], &b"def"[..]));
+        assert!(b.frame().await.is_none());
+        assert!(b.is_end_stream());
+    }
+
+    #[tokio::test]
     async fn reset_stops_after_n_deltas_with_an_error() {
         let rec = Arc::new(Record::for_test());
         let (out, failed) = frames(MockBody::stream(

@@ -3,6 +3,7 @@
 //! on one port; a control API under `/__mock/` scripts behaviours per upstream key.
 
 mod body;
+mod credentials;
 mod encode;
 mod huge;
 mod providers;
@@ -27,7 +28,8 @@ use serde_json::{json, Value};
 use body::MockBody;
 use encode::{encode_all, Choice, Encoding};
 use huge::Huge;
-use providers::{Api, ErrorCtx, Kind, Nums, Req, Usage};
+use credentials::ErrorCtx;
+use providers::{Api, Kind, Nums, Req, Usage};
 use record::{Record, Recorder};
 use script::{Behaviour, Scripts, UsageRaw, Words};
 
@@ -476,7 +478,7 @@ async fn upstream(
     let (status, content_type, payload): (u16, &'static str, Bytes) = if let Some(raw) = &beh.body {
         (scripted_status, "application/json", raw.clone())
     } else if let Some(kind) = beh.error {
-        let (default_status, body) = providers::credential_error(api, kind, &cx);
+        let (default_status, body) = credentials::credential_error(api, kind, &cx);
         (
             beh.status.unwrap_or(default_status),
             "application/json",
@@ -486,7 +488,7 @@ async fn upstream(
         (
             scripted_status,
             "application/json",
-            Bytes::from(providers::status_error(api, scripted_status, &cx)),
+            Bytes::from(credentials::status_error(api, scripted_status, &cx)),
         )
     } else if let Route::NotFound(a) = route {
         (
@@ -517,7 +519,7 @@ async fn upstream(
             // The echoed key is the answer's last word.
             let echo = format!(
                 "{}{}",
-                providers::echo_padding(pad),
+                credentials::echo_padding(pad),
                 key.as_deref().unwrap_or("(none)")
             );
             words = Arc::new(words.appended(&echo));
@@ -856,6 +858,168 @@ mod tests {
             );
             assert_eq!(key_of(&h, *query).as_deref(), *want, "{name}");
         }
+    }
+
+    fn state() -> State {
+        State {
+            scripts: Scripts::default(),
+            recorder: Recorder::new(true),
+            seq: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// One request through the upstream handler: status, headers and the body's frames.
+    async fn call(
+        st: &State,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, HeaderMap, Vec<Bytes>) {
+        let mut b = Request::builder().method(Method::POST).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let resp = upstream(st, &parts, Bytes::from(body.to_string())).await;
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        (status, h, frames)
+    }
+
+    fn concat(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().flat_map(|f| f.to_vec()).collect()
+    }
+
+    fn chat(stream: bool) -> Value {
+        json!({"model": "gpt-4o", "stream": stream, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    #[tokio::test]
+    async fn negotiated_encoding_follows_accept_encoding_for_json_and_streams() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "*", "encoding": "negotiate", "usage": {"output": 5}}))
+            .unwrap();
+        let cases: &[(Option<&str>, Encoding)] = &[
+            (Some("gzip, deflate, br, zstd"), Encoding::Br),
+            (Some("zstd, gzip"), Encoding::Zstd),
+            (Some("gzip, deflate"), Encoding::Gzip),
+            (Some("deflate"), Encoding::Deflate),
+            (Some("identity"), Encoding::Identity),
+            (None, Encoding::Identity),
+        ];
+        for (ae, want) in cases {
+            for stream in [false, true] {
+                let mut hs = vec![("authorization", "Bearer k")];
+                if let Some(ae) = ae {
+                    hs.push(("accept-encoding", ae));
+                }
+                let (status, h, frames) = call(&st, "/v1/chat/completions", &hs, chat(stream)).await;
+                assert_eq!(status, 200);
+                assert_eq!(
+                    h.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap()),
+                    want.header(),
+                    "{ae:?}"
+                );
+                assert_eq!(h.get(VARY).unwrap(), "accept-encoding");
+                let plain = String::from_utf8(encode::decode(*want, &concat(&frames))).unwrap();
+                assert!(plain.contains("\"completion_tokens\":5"), "{ae:?} {stream}: {plain}");
+                if stream && *want != Encoding::Identity {
+                    assert!(frames.len() > 3, "{ae:?}: flushed per event");
+                }
+                let last = st.recorder.list(0, None);
+                let rec = last.as_array().unwrap().last().unwrap().clone();
+                assert_eq!(rec["encoding"], want.header().unwrap_or("identity"));
+                assert_eq!(rec["headers"]["accept-encoding"], ae.map_or(Value::Null, Value::from));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn mismatched_organization_answers_only_requests_that_carry_the_header() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "sk-1", "error": "mismatched_organization",
+                         "when_header": {"openai-organization": "*"}}))
+            .unwrap();
+        let (status, _, frames) =
+            call(&st, "/v1/chat/completions", &[("authorization", "Bearer sk-1")], chat(false)).await;
+        assert_eq!(status, 200);
+        assert!(!frames.is_empty());
+        let hs = [("authorization", "Bearer sk-1"), ("openai-organization", "org-evil")];
+        let (status, _, frames) = call(&st, "/v1/chat/completions", &hs, chat(false)).await;
+        assert_eq!(status, 401);
+        let v: Value = serde_json::from_slice(&concat(&frames)).unwrap();
+        assert_eq!(v["error"]["code"], "mismatched_organization");
+        // A scripted status overrides the provider's default one.
+        st.scripts
+            .add(&json!({"key": "g", "error": "invalid_key", "status": 403}))
+            .unwrap();
+        let (status, _, frames) = call(
+            &st,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-goog-api-key", "g")],
+            json!({"contents": []}),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let v: Value = serde_json::from_slice(&concat(&frames)).unwrap();
+        assert_eq!(v["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    }
+
+    #[tokio::test]
+    async fn echo_key_puts_the_key_in_a_header_and_the_body_and_late_splits_it_across_frames() {
+        let key = "sk-ant-api03-SECRET-0123456789";
+        let st = state();
+        let msg = json!({"model": "claude-x", "max_tokens": 100, "messages": []});
+        let cases = [
+            (json!({"key": key, "echo_key": true, "error": "invalid_key"}), 401, 0),
+            (json!({"key": key, "echo_key": "late", "error": "invalid_key"}), 401, 10240),
+            (json!({"key": key, "echo_key": "late", "status": 503}), 503, 10240),
+            (json!({"key": key, "echo_key": true}), 200, 0),
+            (json!({"key": key, "echo_key": 70000, "status": 500}), 500, 70000),
+        ];
+        for (script, want_status, pad) in cases {
+            st.scripts.add(&script).unwrap();
+            let (status, h, frames) = call(&st, "/v1/messages", &[("x-api-key", key)], msg.clone()).await;
+            assert_eq!(status, want_status, "{script}");
+            assert_eq!(h.get("x-echo").unwrap(), key, "{script}");
+            let body = String::from_utf8(concat(&frames)).unwrap();
+            let at = body.find(key).unwrap_or_else(|| panic!("{script}: {body}"));
+            assert!(at > pad, "{script}: key at {at}");
+            serde_json::from_str::<Value>(&body).unwrap();
+            if pad > 0 {
+                assert_eq!(frames.len(), 2, "{script}");
+                let cut = frames[0].len();
+                assert!(at < cut && cut < at + key.len(), "{script}: the cut splits the key");
+                assert!(!frames.iter().any(|f| f.windows(key.len()).any(|w| w == key.as_bytes())));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn huge_bodies_stream_the_json_answer_with_usage_at_the_end() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "*", "gzip_bytes": 2_000_000, "usage": {"input": 3, "output": 4}}))
+            .unwrap();
+        let (status, h, frames) = call(&st, "/v1/messages", &[("x-api-key", "k")], json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(h.get(CONTENT_ENCODING).unwrap(), "gzip");
+        let plain = encode::decode(Encoding::Gzip, &concat(&frames));
+        assert_eq!(plain.len(), 2_000_000);
+        let v: Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(v["usage"]["output_tokens"], 4);
+        let rec = st.recorder.list(0, None)[0].clone();
+        assert_eq!(rec["usage"]["output"], 4);
+        assert_eq!(rec["end"], "complete");
     }
 
     #[test]

@@ -663,7 +663,7 @@ fn stream_error(kind: Kind, e: &SseError, n: usize) -> Bytes {
 
 // ---------------------------------------------------------------- errors
 
-fn default_message(status: u16) -> &'static str {
+pub fn default_message(status: u16) -> &'static str {
     match status {
         400 => "Invalid request (mock)",
         401 => "Invalid API key (mock)",
@@ -722,11 +722,11 @@ fn openai_error(status: u16, msg: &str) -> String {
 }
 
 /// `code_json` is the JSON text of `code` (a quoted string or `null`); `msg` is escaped.
-fn openai_error_with(kind: &str, code_json: &str, msg: &str) -> String {
+pub fn openai_error_with(kind: &str, code_json: &str, msg: &str) -> String {
     format!("{{\"error\":{{\"message\":\"{msg}\",\"type\":\"{kind}\",\"param\":null,\"code\":{code_json}}}}}")
 }
 
-fn anthropic_error(kind: &str, msg: &str, id: u64) -> String {
+pub fn anthropic_error(kind: &str, msg: &str, id: u64) -> String {
     format!(
         "{{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":\"{msg}\"}},\"request_id\":\"req_mock_{id:012}\"}}"
     )
@@ -747,170 +747,11 @@ pub fn error_body(api: Api, status: u16, message: Option<&str>, id: u64) -> Stri
     error_body_escaped(api, status, &msg, id)
 }
 
-fn error_body_escaped(api: Api, status: u16, msg: &str, id: u64) -> String {
+pub fn error_body_escaped(api: Api, status: u16, msg: &str, id: u64) -> String {
     match api {
         Api::Anthropic => anthropic_error(anthropic_type(status), msg, id),
         Api::OpenAi => openai_error(status, msg),
         Api::Gemini => gemini_error(status, msg),
-    }
-}
-
-// ---------------------------------------------------------------- credential errors
-
-/// The providers' answers about a credential (`error` in a script).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The key itself is bad: the only evidence that should disable an account.
-    InvalidKey,
-    MismatchedOrganization,
-    Permission,
-    InvalidProject,
-}
-
-impl ErrorKind {
-    pub fn parse(s: &str) -> Option<ErrorKind> {
-        Some(match s {
-            "invalid_key" => ErrorKind::InvalidKey,
-            "mismatched_organization" => ErrorKind::MismatchedOrganization,
-            "permission" => ErrorKind::Permission,
-            "invalid_project" => ErrorKind::InvalidProject,
-            _ => return None,
-        })
-    }
-}
-
-/// What an error body may quote from the request.
-pub struct ErrorCtx<'a> {
-    pub id: u64,
-    /// The upstream credential received.
-    pub key: Option<&'a str>,
-    /// `echo_key`: quote the key verbatim after this much padding (else OpenAI masks it).
-    pub echo_pad: Option<usize>,
-    /// The request's `x-goog-user-project`.
-    pub user_project: Option<&'a str>,
-}
-
-impl ErrorCtx<'_> {
-    /// The echoed key, JSON-escaped, after its padding; `None` without `echo_key`.
-    fn echo(&self) -> Option<String> {
-        let pad = self.echo_pad?;
-        Some(format!(
-            "{}{}",
-            echo_padding(pad),
-            crate::script::escape(self.key.unwrap_or("(none)"))
-        ))
-    }
-
-    /// `message` with the echoed key appended, when echoing.
-    fn with_echo(&self, message: &str) -> String {
-        match self.echo() {
-            Some(e) => format!("{message} (key {e})"),
-            None => message.to_owned(),
-        }
-    }
-}
-
-/// Filler before a late echo: JSON-safe, no spaces, so a stream keeps it in one piece.
-pub fn echo_padding(n: usize) -> String {
-    const UNIT: &str = "0123456789abcdef";
-    UNIT.chars().cycle().take(n).collect()
-}
-
-/// OpenAI's way of quoting a wrong key: its first 5 and last 4 characters.
-fn openai_mask(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    if chars.len() <= 9 {
-        return "*".repeat(chars.len());
-    }
-    let head: String = chars.iter().take(5).collect();
-    let tail: String = chars.iter().skip(chars.len() - 4).collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 9))
-}
-
-/// Default status and body of a credential error, in the API's exact format.
-pub fn credential_error(api: Api, kind: ErrorKind, cx: &ErrorCtx) -> (u16, String) {
-    match (api, kind) {
-        (Api::Anthropic, ErrorKind::InvalidKey) => {
-            let msg = match cx.echo() {
-                Some(e) => format!("invalid x-api-key: {e}"),
-                None => "invalid x-api-key".into(),
-            };
-            (401, anthropic_error("authentication_error", &msg, cx.id))
-        }
-        (Api::Anthropic, _) => (
-            403,
-            anthropic_error(
-                "permission_error",
-                &cx.with_echo(
-                    "Your API key does not have permission to use the specified resource.",
-                ),
-                cx.id,
-            ),
-        ),
-        (Api::OpenAi, ErrorKind::InvalidKey) => {
-            let shown = cx.echo().unwrap_or_else(|| {
-                crate::script::escape(&openai_mask(cx.key.unwrap_or_default()))
-            });
-            let msg = format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.");
-            (
-                401,
-                openai_error_with("invalid_request_error", "\"invalid_api_key\"", &msg),
-            )
-        }
-        (Api::OpenAi, ErrorKind::MismatchedOrganization) => (
-            401,
-            openai_error_with(
-                "invalid_request_error",
-                "\"mismatched_organization\"",
-                &cx.with_echo("OpenAI-Organization header should match organization for API key"),
-            ),
-        ),
-        (Api::OpenAi, ErrorKind::InvalidProject) => (
-            401,
-            openai_error_with(
-                "invalid_request_error",
-                "\"mismatched_project\"",
-                &cx.with_echo("OpenAI-Project header should match project for API key"),
-            ),
-        ),
-        (Api::OpenAi, ErrorKind::Permission) => (
-            403,
-            openai_error_with(
-                "invalid_request_error",
-                "null",
-                &cx.with_echo("You are not allowed to sample from this model"),
-            ),
-        ),
-        (Api::Gemini, ErrorKind::InvalidKey) => {
-            let msg = match cx.echo() {
-                Some(e) => format!("API key not valid: {e}. Please pass a valid API key."),
-                None => "API key not valid. Please pass a valid API key.".into(),
-            };
-            (
-                400,
-                format!(
-                    "{{\"error\":{{\"code\":400,\"message\":\"{msg}\",\"status\":\"INVALID_ARGUMENT\",\"details\":[{{\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\",\"reason\":\"API_KEY_INVALID\",\"domain\":\"googleapis.com\",\"metadata\":{{\"service\":\"generativelanguage.googleapis.com\"}}}}]}}}}"
-                ),
-            )
-        }
-        (Api::Gemini, _) => {
-            let p = crate::script::escape(cx.user_project.unwrap_or("mock-project"));
-            let msg = cx.with_echo(&format!("Caller does not have required permission to use project {p}. Grant the caller the roles/serviceusage.serviceUsageConsumer role, or a custom role with the serviceusage.services.use permission, by visiting https://console.developers.google.com/iam-admin/iam/project?project={p} and then retry. Propagation of the new permission may take a few minutes."));
-            (
-                403,
-                format!(
-                    "{{\"error\":{{\"code\":403,\"message\":\"{msg}\",\"status\":\"PERMISSION_DENIED\",\"details\":[{{\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\",\"reason\":\"USER_PROJECT_DENIED\",\"domain\":\"googleapis.com\",\"metadata\":{{\"consumer\":\"projects/{p}\",\"service\":\"generativelanguage.googleapis.com\"}}}}]}}}}"
-                ),
-            )
-        }
-    }
-}
-
-/// A generic error body for a scripted status, with the key echoed when asked.
-pub fn status_error(api: Api, status: u16, cx: &ErrorCtx) -> String {
-    match cx.echo() {
-        Some(_) => error_body_escaped(api, status, &cx.with_echo(default_message(status)), cx.id),
-        None => error_body(api, status, None, cx.id),
     }
 }
 
@@ -984,6 +825,7 @@ pub fn models_body(api: Api) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::UsageRaw;
     use serde_json::Value;
 
     fn req(n: usize, usage: Usage, include_usage: bool) -> Req {
@@ -1264,6 +1106,122 @@ mod tests {
         let v: Value =
             serde_json::from_str(&error_body(Api::Anthropic, 429, Some("a \"b\""), 1)).unwrap();
         assert_eq!(v["error"]["message"], "a \"b\"");
+    }
+
+    fn raw(input: &str, output: &str, cache_read: &str) -> Arc<UsageRaw> {
+        Arc::new(UsageRaw {
+            input: Some(input.into()),
+            output: Some(output.into()),
+            cache_read: Some(cache_read.into()),
+            cache_write: Some(input.into()),
+            reasoning: Some(output.into()),
+            total: Some(cache_read.into()),
+        })
+    }
+
+    /// Every JSON document of a body: the body itself, SSE `data:` lines, or array elements.
+    fn documents(kind: Kind, stream: bool, body: &[u8]) -> Vec<Value> {
+        let text = std::str::from_utf8(body).unwrap();
+        if !stream || kind == (Kind::Gemini { array: true }) {
+            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            return match v {
+                Value::Array(a) if stream => a,
+                v => vec![v],
+            };
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{kind:?} {e}: {d}")))
+            .collect()
+    }
+
+    #[test]
+    fn usage_raw_literals_stand_in_every_usage_position_and_keep_valid_literals_valid_json() {
+        let kinds = [
+            Kind::Messages,
+            Kind::Chat,
+            Kind::Completions,
+            Kind::Responses,
+            Kind::Gemini { array: false },
+            Kind::Gemini { array: true },
+        ];
+        // (kind, pointer into the final usage document, which literal lands there)
+        let positions: &[(Kind, &[&str])] = &[
+            (Kind::Messages, &["input_tokens", "output_tokens"]),
+            (Kind::Chat, &["prompt_tokens", "completion_tokens", "total_tokens"]),
+            (Kind::Completions, &["prompt_tokens", "completion_tokens", "total_tokens"]),
+            (Kind::Responses, &["input_tokens", "output_tokens", "total_tokens"]),
+            (
+                Kind::Gemini { array: false },
+                &["promptTokenCount", "candidatesTokenCount", "totalTokenCount"],
+            ),
+        ];
+        let literals = [
+            ("1e30", "-5", "1.5"),
+            ("18446744073709551616", "\"12\"", "0"),
+            ("-0.0", "1E+2", "null"),
+        ];
+        for (a, b, c) in literals {
+            let (va, vb, vc): (Value, Value, Value) = (
+                serde_json::from_str(a).unwrap(),
+                serde_json::from_str(b).unwrap(),
+                serde_json::from_str(c).unwrap(),
+            );
+            for kind in kinds {
+                for stream in [false, true] {
+                    let mut r = req(5, U, true);
+                    r.raw = raw(a, b, c);
+                    let body = if stream {
+                        stream_plan(kind, &r, None).concat()
+                    } else {
+                        json_body(kind, &r).into_bytes()
+                    };
+                    let docs = documents(kind, stream, &body);
+                    // The last document with usage holds the final numbers.
+                    let usage = docs
+                        .iter()
+                        .rev()
+                        .find_map(|d| {
+                            d.pointer("/usage")
+                                .or_else(|| d.pointer("/message/usage"))
+                                .or_else(|| d.pointer("/response/usage"))
+                                .or_else(|| d.pointer("/usageMetadata"))
+                                .filter(|u| u.is_object())
+                        })
+                        .unwrap_or_else(|| panic!("{kind:?} {stream}: no usage"));
+                    let names = positions
+                        .iter()
+                        .find(|(k, _)| matches!((k, kind), (Kind::Gemini { .. }, Kind::Gemini { .. })) || *k == kind)
+                        .unwrap()
+                        .1;
+                    for (name, want) in names.iter().zip([&va, &vb, &vc]) {
+                        if kind == Kind::Messages && stream && *name == "input_tokens" {
+                            // message_delta carries only the output; the input is in message_start.
+                            let start = &docs[0]["message"]["usage"];
+                            assert_eq!(&start["input_tokens"], want, "{kind:?} message_start");
+                            continue;
+                        }
+                        assert_eq!(&usage[*name], want, "{kind:?} stream={stream} {name}: {usage}");
+                    }
+                    if kind == Kind::Messages {
+                        let want = if stream { Value::Null } else { vc.clone() };
+                        assert_eq!(usage["cache_read_input_tokens"], want);
+                    }
+                    let text = String::from_utf8(body).unwrap();
+                    assert!(text.contains(&format!(":{b}")), "{kind:?}: {b} is written verbatim");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn usage_raw_writes_even_invalid_json_verbatim() {
+        let mut r = req(2, U, false);
+        r.raw = raw("1e", "NaN", "0x10");
+        let body = json_body(Kind::Chat, &r);
+        assert!(body.contains("\"prompt_tokens\":1e,\"completion_tokens\":NaN"), "{body}");
+        assert!(serde_json::from_str::<Value>(&body).is_err());
     }
 
     #[test]

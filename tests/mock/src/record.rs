@@ -276,6 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn records_every_request_header_including_the_credential_scoping_ones() {
+        let names = [
+            "accept-encoding",
+            "openai-organization",
+            "openai-project",
+            "x-goog-user-project",
+            "anthropic-version",
+            "anthropic-beta",
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "content-encoding",
+            "x-anything",
+        ];
+        let mut h = hyper::HeaderMap::new();
+        for (i, n) in names.iter().enumerate() {
+            h.insert(
+                hyper::header::HeaderName::from_static(n),
+                format!("v{i}").parse().unwrap(),
+            );
+        }
+        let v = Record::new(1, "POST", "/", &h, b"", None, None, "chat").to_json();
+        let got = v["headers"].as_object().unwrap();
+        assert_eq!(got.len(), names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(got[*n], format!("v{i}"), "{n}");
+        }
+        assert_eq!(v["encoding"], "identity");
+    }
+
+    #[test]
     fn joins_repeated_headers_and_keeps_the_first_end_state() {
         let mut h = hyper::HeaderMap::new();
         h.append("x-a", "1".parse().unwrap());

@@ -9,7 +9,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::encode::{Choice, Encoding};
-use crate::providers::ErrorKind;
+use crate::credentials::ErrorKind;
 
 /// Usage numbers a script pins, in tollgate's normalised terms (SPEC "Counting").
 /// `reasoning` is the part of `output` that is reasoning/thoughts.
@@ -698,6 +698,15 @@ mod tests {
             ),
             (json!({"key": "k", "times": 0}), "times"),
             (json!({"key": "k", "status": 7}), "status"),
+            (json!({"key": "k", "encoding": "lzma"}), "encoding"),
+            (json!({"key": "k", "error": "nope"}), "error"),
+            (json!({"key": "k", "echo_key": "early"}), "echo_key"),
+            (json!({"key": "k", "usage_raw": {"inptu": "1"}}), "inptu"),
+            (json!({"key": "k", "when_header": {"x-a": 5}}), "when_header.x-a"),
+            (json!({"key": "k", "when_header": {"bad header": "*"}}), "when_header"),
+            (json!({"key": "k", "gzip": true, "encoding": "br"}), "gzip"),
+            (json!({"key": "k", "gzip_bytes": 10, "encoding": "zstd"}), "gzip_bytes"),
+            (json!({"key": "k", "gzip_bytes": 10, "body_bytes": 20}), "gzip_bytes"),
         ];
         for (v, want) in cases {
             let err = Scripts::default().add(&v).unwrap_err();
@@ -723,6 +732,76 @@ mod tests {
         assert_eq!(b.sse_error.as_ref().unwrap().after, 2);
         assert_eq!(b.text.as_ref().unwrap().len(), 2);
         assert_eq!(b.encoding, Some(Choice::Fixed(Encoding::Gzip)));
+    }
+
+    #[test]
+    fn parses_the_hostile_upstream_fields() {
+        let b = behaviour(json!({"key": "*", "error": "mismatched_organization",
+            "echo_key": "late", "usage_raw": {"input": "1e30", "output": -5, "total": null},
+            "gzip_bytes": 1000}));
+        assert_eq!(b.encoding, Some(Choice::Fixed(Encoding::Gzip)));
+        assert_eq!(b.error, Some(ErrorKind::MismatchedOrganization));
+        assert_eq!(b.echo_key, Some(LATE_ECHO_PAD));
+        let raw = b.usage_raw.as_deref().unwrap();
+        assert_eq!(raw.input.as_deref(), Some("1e30"));
+        assert_eq!(raw.output.as_deref(), Some("-5"));
+        assert_eq!(raw.total, None);
+        assert_eq!(b.body_bytes, Some(1000));
+        let cases = [
+            (json!({"key": "*", "gzip_bytes": 7}), Some(Choice::Fixed(Encoding::Gzip)), Some(7)),
+            (json!({"key": "*", "gzip_bytes": 7, "encoding": "gzip"}), Some(Choice::Fixed(Encoding::Gzip)), Some(7)),
+            (json!({"key": "*", "body_bytes": 7, "encoding": "br"}), Some(Choice::Fixed(Encoding::Br)), Some(7)),
+            (json!({"key": "*", "encoding": "negotiate"}), Some(Choice::Negotiate), None),
+            (json!({"key": "*", "gzip": false}), None, None),
+        ];
+        for (v, enc, size) in cases {
+            let b = behaviour(v.clone());
+            assert_eq!((b.encoding, b.body_bytes), (enc, size), "{v}");
+        }
+        for (v, want) in [(json!(true), Some(0)), (json!(false), None), (json!(123), Some(123))] {
+            assert_eq!(behaviour(json!({"key": "*", "echo_key": v})).echo_key, want);
+        }
+    }
+
+    #[test]
+    fn when_header_scripts_apply_only_to_requests_with_matching_headers() {
+        let s = Scripts::default();
+        s.add(&json!({"key": "k", "status": 200})).unwrap();
+        s.add(&json!({"key": "k", "status": 401, "when_header": {"OpenAI-Organization": "*"}}))
+            .unwrap();
+        s.add(&json!({"key": "k", "status": 403, "when_header": {"x-goog-user-project": "proj-*"}}))
+            .unwrap();
+        s.add(&json!({"key": "*", "status": 409, "when_header": {"anthropic-version": null}}))
+            .unwrap();
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let cases: &[(Option<&str>, &[(&str, &str)], Option<u16>)] = &[
+            (Some("k"), &[], Some(200)),
+            (Some("k"), &[("openai-organization", "org-1")], Some(401)),
+            (Some("k"), &[("openai-organization", "")], Some(401)),
+            (Some("k"), &[("x-goog-user-project", "proj-9")], Some(403)),
+            (Some("k"), &[("x-goog-user-project", "other")], Some(200)),
+            (Some("other"), &[], Some(409)),
+            (Some("other"), &[("anthropic-version", "2023-06-01")], None),
+        ];
+        for (key, headers, want) in cases {
+            let got = pick(&s, *key, None, &h(headers)).and_then(|p| p.behaviour.status);
+            assert_eq!(got, *want, "{key:?} {headers:?}");
+        }
+        // A standing script with the same conditions replaces the old one; others stay.
+        s.add(&json!({"key": "k", "status": 402, "when_header": {"openai-organization": "*"}}))
+            .unwrap();
+        assert_eq!(s.list().as_array().unwrap().len(), 4);
+        let got = pick(&s, Some("k"), None, &h(&[("openai-organization", "o")]));
+        assert_eq!(got.and_then(|p| p.behaviour.status), Some(402));
     }
 
     #[test]
