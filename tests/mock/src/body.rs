@@ -295,7 +295,7 @@ impl Body for MockBody {
                     this.finish(end);
                     return match trailer {
                         Some(t) if !t.is_empty() => {
-                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(t)))))
+                            Poll::Ready(Some(Ok(Frame::data(t))))
                         }
                         _ => Poll::Ready(None),
                     };
@@ -372,7 +372,15 @@ mod tests {
     #[tokio::test]
     async fn gzip_stream_decodes_to_the_plain_stream() {
         let plain = plan(50).concat();
-        let (gz, failed) = frames(MockBody::stream(plan(50), 0, None, Encoding::Gzip, false, None)).await;
+        let (gz, failed) = frames(MockBody::stream(
+            plan(50),
+            0,
+            None,
+            Encoding::Gzip,
+            false,
+            None,
+        ))
+        .await;
         assert!(!failed);
         let mut dec = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -425,14 +433,23 @@ mod tests {
         let (want, failed) = frames(plain).await;
         assert!(!failed);
         assert_eq!(want.len() as u64, size);
-        for e in [Encoding::Gzip, Encoding::Br, Encoding::Zstd, Encoding::Deflate] {
+        for e in [
+            Encoding::Gzip,
+            Encoding::Br,
+            Encoding::Zstd,
+            Encoding::Deflate,
+        ] {
             let mut b = MockBody::huge(huge(size), e, None);
             assert_eq!(b.size_hint().exact(), None, "{e:?}: sent chunked");
             let mut wire = Vec::new();
             while let Some(f) = b.frame().await {
                 wire.extend_from_slice(f.unwrap().data_ref().unwrap());
             }
-            assert!(wire.len() < want.len() / 20, "{e:?}: filler compresses ({})", wire.len());
+            assert!(
+                wire.len() < want.len() / 20,
+                "{e:?}: filler compresses ({})",
+                wire.len()
+            );
             let got = decode(e, &wire);
             assert_eq!(got, want, "{e:?}");
             let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
@@ -477,7 +494,15 @@ mod tests {
 
     #[tokio::test]
     async fn reset_at_n_drops_only_the_tail() {
-        let (out, failed) = frames(MockBody::stream(plan(3), 0, Some(3), Encoding::Identity, false, None)).await;
+        let (out, failed) = frames(MockBody::stream(
+            plan(3),
+            0,
+            Some(3),
+            Encoding::Identity,
+            false,
+            None,
+        ))
+        .await;
         assert!(failed);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("text_delta").count(), 3);
@@ -495,7 +520,15 @@ mod tests {
     #[tokio::test]
     async fn delays_between_deltas() {
         let t = std::time::Instant::now();
-        let (_, failed) = frames(MockBody::stream(plan(5), 10, None, Encoding::Identity, false, None)).await;
+        let (_, failed) = frames(MockBody::stream(
+            plan(5),
+            10,
+            None,
+            Encoding::Identity,
+            false,
+            None,
+        ))
+        .await;
         assert!(!failed);
         assert!(t.elapsed() >= Duration::from_millis(50));
     }
@@ -503,7 +536,14 @@ mod tests {
     #[tokio::test]
     async fn dropped_body_records_client_gone() {
         let rec = Arc::new(Record::for_test());
-        let mut b = MockBody::stream(plan(5), 0, None, Encoding::Identity, false, Some(rec.clone()));
+        let mut b = MockBody::stream(
+            plan(5),
+            0,
+            None,
+            Encoding::Identity,
+            false,
+            Some(rec.clone()),
+        );
         let _ = b.frame().await;
         drop(b);
         assert_eq!(rec.end(), End::ClientGone);

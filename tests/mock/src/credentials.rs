@@ -98,9 +98,9 @@ pub fn credential_error(api: Api, kind: ErrorKind, cx: &ErrorCtx) -> (u16, Strin
             ),
         ),
         (Api::OpenAi, ErrorKind::InvalidKey) => {
-            let shown = cx.echo().unwrap_or_else(|| {
-                escape(&openai_mask(cx.key.unwrap_or_default()))
-            });
+            let shown = cx
+                .echo()
+                .unwrap_or_else(|| escape(&openai_mask(cx.key.unwrap_or_default())));
             let msg = format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.");
             (
                 401,
@@ -182,31 +182,113 @@ mod tests {
 
     fn body(api: Api, kind: ErrorKind, echo_pad: Option<usize>) -> (u16, Value) {
         let (status, b) = credential_error(api, kind, &cx(echo_pad));
-        (status, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")))
+        (
+            status,
+            serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")),
+        )
     }
 
     #[test]
     fn credential_errors_use_each_providers_status_and_exact_shape() {
         use ErrorKind::*;
         let cases: &[(Api, ErrorKind, u16, &str, &str)] = &[
-            (Api::Anthropic, InvalidKey, 401, "/error/type", "authentication_error"),
-            (Api::Anthropic, Permission, 403, "/error/type", "permission_error"),
-            (Api::Anthropic, MismatchedOrganization, 403, "/error/type", "permission_error"),
-            (Api::Anthropic, InvalidProject, 403, "/error/type", "permission_error"),
-            (Api::OpenAi, InvalidKey, 401, "/error/code", "invalid_api_key"),
-            (Api::OpenAi, MismatchedOrganization, 401, "/error/code", "mismatched_organization"),
-            (Api::OpenAi, InvalidProject, 401, "/error/code", "mismatched_project"),
-            (Api::OpenAi, Permission, 403, "/error/type", "invalid_request_error"),
-            (Api::Gemini, InvalidKey, 400, "/error/details/0/reason", "API_KEY_INVALID"),
-            (Api::Gemini, Permission, 403, "/error/status", "PERMISSION_DENIED"),
-            (Api::Gemini, InvalidProject, 403, "/error/details/0/reason", "USER_PROJECT_DENIED"),
-            (Api::Gemini, MismatchedOrganization, 403, "/error/status", "PERMISSION_DENIED"),
+            (
+                Api::Anthropic,
+                InvalidKey,
+                401,
+                "/error/type",
+                "authentication_error",
+            ),
+            (
+                Api::Anthropic,
+                Permission,
+                403,
+                "/error/type",
+                "permission_error",
+            ),
+            (
+                Api::Anthropic,
+                MismatchedOrganization,
+                403,
+                "/error/type",
+                "permission_error",
+            ),
+            (
+                Api::Anthropic,
+                InvalidProject,
+                403,
+                "/error/type",
+                "permission_error",
+            ),
+            (
+                Api::OpenAi,
+                InvalidKey,
+                401,
+                "/error/code",
+                "invalid_api_key",
+            ),
+            (
+                Api::OpenAi,
+                MismatchedOrganization,
+                401,
+                "/error/code",
+                "mismatched_organization",
+            ),
+            (
+                Api::OpenAi,
+                InvalidProject,
+                401,
+                "/error/code",
+                "mismatched_project",
+            ),
+            (
+                Api::OpenAi,
+                Permission,
+                403,
+                "/error/type",
+                "invalid_request_error",
+            ),
+            (
+                Api::Gemini,
+                InvalidKey,
+                400,
+                "/error/details/0/reason",
+                "API_KEY_INVALID",
+            ),
+            (
+                Api::Gemini,
+                Permission,
+                403,
+                "/error/status",
+                "PERMISSION_DENIED",
+            ),
+            (
+                Api::Gemini,
+                InvalidProject,
+                403,
+                "/error/details/0/reason",
+                "USER_PROJECT_DENIED",
+            ),
+            (
+                Api::Gemini,
+                MismatchedOrganization,
+                403,
+                "/error/status",
+                "PERMISSION_DENIED",
+            ),
         ];
         for (api, kind, want_status, ptr, want) in cases {
             let (status, v) = body(*api, *kind, None);
             assert_eq!(status, *want_status, "{api:?} {kind:?}");
-            assert_eq!(v.pointer(ptr).and_then(Value::as_str), Some(*want), "{api:?} {kind:?}: {v}");
-            assert!(!v.to_string().contains("AAAA"), "{api:?} {kind:?} leaks the key unasked");
+            assert_eq!(
+                v.pointer(ptr).and_then(Value::as_str),
+                Some(*want),
+                "{api:?} {kind:?}: {v}"
+            );
+            assert!(
+                !v.to_string().contains("AAAA"),
+                "{api:?} {kind:?} leaks the key unasked"
+            );
         }
         let (_, v) = body(Api::Anthropic, InvalidKey, None);
         assert_eq!(v["type"], "error");
@@ -235,23 +317,36 @@ mod tests {
         );
         let (_, v) = body(Api::Gemini, InvalidProject, None);
         assert_eq!(v["error"]["code"], 403);
-        assert_eq!(v["error"]["details"][0]["metadata"]["consumer"], "projects/proj-x");
+        assert_eq!(
+            v["error"]["details"][0]["metadata"]["consumer"],
+            "projects/proj-x"
+        );
     }
 
     #[test]
     fn echo_key_quotes_the_key_verbatim_in_every_error_message() {
         use ErrorKind::*;
         for api in [Api::Anthropic, Api::OpenAi, Api::Gemini] {
-            for kind in [InvalidKey, MismatchedOrganization, Permission, InvalidProject] {
+            for kind in [
+                InvalidKey,
+                MismatchedOrganization,
+                Permission,
+                InvalidProject,
+            ] {
                 for pad in [0, 10 << 10] {
                     let (_, v) = body(api, kind, Some(pad));
                     let msg = v["error"]["message"].as_str().unwrap();
-                    let at = msg.find(KEY).unwrap_or_else(|| panic!("{api:?} {kind:?}: {msg}"));
+                    let at = msg
+                        .find(KEY)
+                        .unwrap_or_else(|| panic!("{api:?} {kind:?}: {msg}"));
                     assert!(at >= pad, "{api:?} {kind:?}: key at {at}, padding {pad}");
                 }
             }
             let v: Value = serde_json::from_str(&status_error(api, 500, &cx(Some(0)))).unwrap();
-            assert!(v["error"]["message"].as_str().unwrap().contains(KEY), "{api:?}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains(KEY),
+                "{api:?}"
+            );
             let plain = status_error(api, 500, &cx(None));
             assert_eq!(plain, error_body(api, 500, None, 9));
         }

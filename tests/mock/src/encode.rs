@@ -138,11 +138,9 @@ impl Encoder {
                 BROTLI_QUALITY,
                 BROTLI_LGWIN,
             ))),
-            Encoding::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(
-                Vec::new(),
-                ZSTD_LEVEL,
-            )
-            .ok()?),
+            Encoding::Zstd => {
+                Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).ok()?)
+            }
         })
     }
 
@@ -318,7 +316,10 @@ mod tests {
             (Some("deflate"), Encoding::Deflate),
             (Some("GZIP;q=0.5, Zstd"), Encoding::Zstd),
             (Some("br;q=0, gzip"), Encoding::Gzip),
-            (Some("br;q=0.0, zstd; q=0, gzip;q=0, deflate;q=0.1"), Encoding::Deflate),
+            (
+                Some("br;q=0.0, zstd; q=0, gzip;q=0, deflate;q=0.1"),
+                Encoding::Deflate,
+            ),
             (Some("*"), Encoding::Br),
             (Some("*, br;q=0"), Encoding::Zstd),
             (Some("*;q=0"), Encoding::Identity),

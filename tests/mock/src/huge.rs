@@ -102,9 +102,24 @@ mod tests {
     #[test]
     fn huge_body_has_the_asked_size_valid_json_and_usage_after_the_filler() {
         let kinds: &[(Kind, &str, &str, &str)] = &[
-            (Kind::Messages, "/content/0/text", "/usage/output_tokens", "\"usage\""),
-            (Kind::Chat, "/choices/0/message/content", "/usage/completion_tokens", "\"usage\""),
-            (Kind::Completions, "/choices/0/text", "/usage/completion_tokens", "\"usage\""),
+            (
+                Kind::Messages,
+                "/content/0/text",
+                "/usage/output_tokens",
+                "\"usage\"",
+            ),
+            (
+                Kind::Chat,
+                "/choices/0/message/content",
+                "/usage/completion_tokens",
+                "\"usage\"",
+            ),
+            (
+                Kind::Completions,
+                "/choices/0/text",
+                "/usage/completion_tokens",
+                "\"usage\"",
+            ),
             (
                 Kind::Responses,
                 "/output/0/content/0/text",
@@ -136,7 +151,11 @@ mod tests {
                     .windows(usage_key.len())
                     .rposition(|w| w == usage_key.as_bytes())
                     .unwrap();
-                assert!(body.len() - at < 2048, "{kind:?}: usage {} from the end", body.len() - at);
+                assert!(
+                    body.len() - at < 2048,
+                    "{kind:?}: usage {} from the end",
+                    body.len() - at
+                );
                 assert!(at > text.len(), "{kind:?}");
             }
         }

@@ -26,9 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 
 use body::MockBody;
+use credentials::ErrorCtx;
 use encode::{encode_all, Choice, Encoding};
 use huge::Huge;
-use credentials::ErrorCtx;
 use providers::{Api, Kind, Nums, Req, Usage};
 use record::{Record, Recorder};
 use script::{Behaviour, Scripts, UsageRaw, Words};
@@ -921,7 +921,8 @@ mod tests {
                 if let Some(ae) = ae {
                     hs.push(("accept-encoding", ae));
                 }
-                let (status, h, frames) = call(&st, "/v1/chat/completions", &hs, chat(stream)).await;
+                let (status, h, frames) =
+                    call(&st, "/v1/chat/completions", &hs, chat(stream)).await;
                 assert_eq!(status, 200);
                 assert_eq!(
                     h.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap()),
@@ -930,14 +931,20 @@ mod tests {
                 );
                 assert_eq!(h.get(VARY).unwrap(), "accept-encoding");
                 let plain = String::from_utf8(encode::decode(*want, &concat(&frames))).unwrap();
-                assert!(plain.contains("\"completion_tokens\":5"), "{ae:?} {stream}: {plain}");
+                assert!(
+                    plain.contains("\"completion_tokens\":5"),
+                    "{ae:?} {stream}: {plain}"
+                );
                 if stream && *want != Encoding::Identity {
                     assert!(frames.len() > 3, "{ae:?}: flushed per event");
                 }
                 let last = st.recorder.list(0, None);
                 let rec = last.as_array().unwrap().last().unwrap().clone();
                 assert_eq!(rec["encoding"], want.header().unwrap_or("identity"));
-                assert_eq!(rec["headers"]["accept-encoding"], ae.map_or(Value::Null, Value::from));
+                assert_eq!(
+                    rec["headers"]["accept-encoding"],
+                    ae.map_or(Value::Null, Value::from)
+                );
             }
         }
     }
@@ -949,11 +956,19 @@ mod tests {
             .add(&json!({"key": "sk-1", "error": "mismatched_organization",
                          "when_header": {"openai-organization": "*"}}))
             .unwrap();
-        let (status, _, frames) =
-            call(&st, "/v1/chat/completions", &[("authorization", "Bearer sk-1")], chat(false)).await;
+        let (status, _, frames) = call(
+            &st,
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-1")],
+            chat(false),
+        )
+        .await;
         assert_eq!(status, 200);
         assert!(!frames.is_empty());
-        let hs = [("authorization", "Bearer sk-1"), ("openai-organization", "org-evil")];
+        let hs = [
+            ("authorization", "Bearer sk-1"),
+            ("openai-organization", "org-evil"),
+        ];
         let (status, _, frames) = call(&st, "/v1/chat/completions", &hs, chat(false)).await;
         assert_eq!(status, 401);
         let v: Value = serde_json::from_slice(&concat(&frames)).unwrap();
@@ -980,15 +995,32 @@ mod tests {
         let st = state();
         let msg = json!({"model": "claude-x", "max_tokens": 100, "messages": []});
         let cases = [
-            (json!({"key": key, "echo_key": true, "error": "invalid_key"}), 401, 0),
-            (json!({"key": key, "echo_key": "late", "error": "invalid_key"}), 401, 10240),
-            (json!({"key": key, "echo_key": "late", "status": 503}), 503, 10240),
+            (
+                json!({"key": key, "echo_key": true, "error": "invalid_key"}),
+                401,
+                0,
+            ),
+            (
+                json!({"key": key, "echo_key": "late", "error": "invalid_key"}),
+                401,
+                10240,
+            ),
+            (
+                json!({"key": key, "echo_key": "late", "status": 503}),
+                503,
+                10240,
+            ),
             (json!({"key": key, "echo_key": true}), 200, 0),
-            (json!({"key": key, "echo_key": 70000, "status": 500}), 500, 70000),
+            (
+                json!({"key": key, "echo_key": 70000, "status": 500}),
+                500,
+                70000,
+            ),
         ];
         for (script, want_status, pad) in cases {
             st.scripts.add(&script).unwrap();
-            let (status, h, frames) = call(&st, "/v1/messages", &[("x-api-key", key)], msg.clone()).await;
+            let (status, h, frames) =
+                call(&st, "/v1/messages", &[("x-api-key", key)], msg.clone()).await;
             assert_eq!(status, want_status, "{script}");
             assert_eq!(h.get("x-echo").unwrap(), key, "{script}");
             let body = String::from_utf8(concat(&frames)).unwrap();
@@ -998,8 +1030,13 @@ mod tests {
             if pad > 0 {
                 assert_eq!(frames.len(), 2, "{script}");
                 let cut = frames[0].len();
-                assert!(at < cut && cut < at + key.len(), "{script}: the cut splits the key");
-                assert!(!frames.iter().any(|f| f.windows(key.len()).any(|w| w == key.as_bytes())));
+                assert!(
+                    at < cut && cut < at + key.len(),
+                    "{script}: the cut splits the key"
+                );
+                assert!(!frames
+                    .iter()
+                    .any(|f| f.windows(key.len()).any(|w| w == key.as_bytes())));
             }
         }
     }

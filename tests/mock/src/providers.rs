@@ -1149,12 +1149,25 @@ mod tests {
         // (kind, pointer into the final usage document, which literal lands there)
         let positions: &[(Kind, &[&str])] = &[
             (Kind::Messages, &["input_tokens", "output_tokens"]),
-            (Kind::Chat, &["prompt_tokens", "completion_tokens", "total_tokens"]),
-            (Kind::Completions, &["prompt_tokens", "completion_tokens", "total_tokens"]),
-            (Kind::Responses, &["input_tokens", "output_tokens", "total_tokens"]),
+            (
+                Kind::Chat,
+                &["prompt_tokens", "completion_tokens", "total_tokens"],
+            ),
+            (
+                Kind::Completions,
+                &["prompt_tokens", "completion_tokens", "total_tokens"],
+            ),
+            (
+                Kind::Responses,
+                &["input_tokens", "output_tokens", "total_tokens"],
+            ),
             (
                 Kind::Gemini { array: false },
-                &["promptTokenCount", "candidatesTokenCount", "totalTokenCount"],
+                &[
+                    "promptTokenCount",
+                    "candidatesTokenCount",
+                    "totalTokenCount",
+                ],
             ),
         ];
         let literals = [
@@ -1192,7 +1205,10 @@ mod tests {
                         .unwrap_or_else(|| panic!("{kind:?} {stream}: no usage"));
                     let names = positions
                         .iter()
-                        .find(|(k, _)| matches!((k, kind), (Kind::Gemini { .. }, Kind::Gemini { .. })) || *k == kind)
+                        .find(|(k, _)| {
+                            matches!((k, kind), (Kind::Gemini { .. }, Kind::Gemini { .. }))
+                                || *k == kind
+                        })
                         .unwrap()
                         .1;
                     for (name, want) in names.iter().zip([&va, &vb, &vc]) {
@@ -1202,14 +1218,20 @@ mod tests {
                             assert_eq!(&start["input_tokens"], want, "{kind:?} message_start");
                             continue;
                         }
-                        assert_eq!(&usage[*name], want, "{kind:?} stream={stream} {name}: {usage}");
+                        assert_eq!(
+                            &usage[*name], want,
+                            "{kind:?} stream={stream} {name}: {usage}"
+                        );
                     }
                     if kind == Kind::Messages {
                         let want = if stream { Value::Null } else { vc.clone() };
                         assert_eq!(usage["cache_read_input_tokens"], want);
                     }
                     let text = String::from_utf8(body).unwrap();
-                    assert!(text.contains(&format!(":{b}")), "{kind:?}: {b} is written verbatim");
+                    assert!(
+                        text.contains(&format!(":{b}")),
+                        "{kind:?}: {b} is written verbatim"
+                    );
                 }
             }
         }
@@ -1220,7 +1242,10 @@ mod tests {
         let mut r = req(2, U, false);
         r.raw = raw("1e", "NaN", "0x10");
         let body = json_body(Kind::Chat, &r);
-        assert!(body.contains("\"prompt_tokens\":1e,\"completion_tokens\":NaN"), "{body}");
+        assert!(
+            body.contains("\"prompt_tokens\":1e,\"completion_tokens\":NaN"),
+            "{body}"
+        );
         assert!(serde_json::from_str::<Value>(&body).is_err());
     }
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::encode::{Choice, Encoding};
 use crate::credentials::ErrorKind;
+use crate::encode::{Choice, Encoding};
 
 /// Usage numbers a script pins, in tollgate's normalised terms (SPEC "Counting").
 /// `reasoning` is the part of `output` that is reasoning/thoughts.
@@ -702,11 +702,23 @@ mod tests {
             (json!({"key": "k", "error": "nope"}), "error"),
             (json!({"key": "k", "echo_key": "early"}), "echo_key"),
             (json!({"key": "k", "usage_raw": {"inptu": "1"}}), "inptu"),
-            (json!({"key": "k", "when_header": {"x-a": 5}}), "when_header.x-a"),
-            (json!({"key": "k", "when_header": {"bad header": "*"}}), "when_header"),
+            (
+                json!({"key": "k", "when_header": {"x-a": 5}}),
+                "when_header.x-a",
+            ),
+            (
+                json!({"key": "k", "when_header": {"bad header": "*"}}),
+                "when_header",
+            ),
             (json!({"key": "k", "gzip": true, "encoding": "br"}), "gzip"),
-            (json!({"key": "k", "gzip_bytes": 10, "encoding": "zstd"}), "gzip_bytes"),
-            (json!({"key": "k", "gzip_bytes": 10, "body_bytes": 20}), "gzip_bytes"),
+            (
+                json!({"key": "k", "gzip_bytes": 10, "encoding": "zstd"}),
+                "gzip_bytes",
+            ),
+            (
+                json!({"key": "k", "gzip_bytes": 10, "body_bytes": 20}),
+                "gzip_bytes",
+            ),
         ];
         for (v, want) in cases {
             let err = Scripts::default().add(&v).unwrap_err();
@@ -724,7 +736,9 @@ mod tests {
             "gzip": true, "sse_error": "rate_limit_error", "sse_error_after": 2, "text": "a b"}),
         )
         .unwrap();
-        let b = pick(&s, Some("k"), None, &HeaderMap::new()).unwrap().behaviour;
+        let b = pick(&s, Some("k"), None, &HeaderMap::new())
+            .unwrap()
+            .behaviour;
         assert_eq!(b.headers.first().unwrap().0.as_str(), "retry-after");
         assert_eq!(b.usage.cache_write, Some(4));
         assert_eq!(b.events, Some(500));
@@ -748,17 +762,37 @@ mod tests {
         assert_eq!(raw.total, None);
         assert_eq!(b.body_bytes, Some(1000));
         let cases = [
-            (json!({"key": "*", "gzip_bytes": 7}), Some(Choice::Fixed(Encoding::Gzip)), Some(7)),
-            (json!({"key": "*", "gzip_bytes": 7, "encoding": "gzip"}), Some(Choice::Fixed(Encoding::Gzip)), Some(7)),
-            (json!({"key": "*", "body_bytes": 7, "encoding": "br"}), Some(Choice::Fixed(Encoding::Br)), Some(7)),
-            (json!({"key": "*", "encoding": "negotiate"}), Some(Choice::Negotiate), None),
+            (
+                json!({"key": "*", "gzip_bytes": 7}),
+                Some(Choice::Fixed(Encoding::Gzip)),
+                Some(7),
+            ),
+            (
+                json!({"key": "*", "gzip_bytes": 7, "encoding": "gzip"}),
+                Some(Choice::Fixed(Encoding::Gzip)),
+                Some(7),
+            ),
+            (
+                json!({"key": "*", "body_bytes": 7, "encoding": "br"}),
+                Some(Choice::Fixed(Encoding::Br)),
+                Some(7),
+            ),
+            (
+                json!({"key": "*", "encoding": "negotiate"}),
+                Some(Choice::Negotiate),
+                None,
+            ),
             (json!({"key": "*", "gzip": false}), None, None),
         ];
         for (v, enc, size) in cases {
             let b = behaviour(v.clone());
             assert_eq!((b.encoding, b.body_bytes), (enc, size), "{v}");
         }
-        for (v, want) in [(json!(true), Some(0)), (json!(false), None), (json!(123), Some(123))] {
+        for (v, want) in [
+            (json!(true), Some(0)),
+            (json!(false), None),
+            (json!(123), Some(123)),
+        ] {
             assert_eq!(behaviour(json!({"key": "*", "echo_key": v})).echo_key, want);
         }
     }
@@ -769,8 +803,10 @@ mod tests {
         s.add(&json!({"key": "k", "status": 200})).unwrap();
         s.add(&json!({"key": "k", "status": 401, "when_header": {"OpenAI-Organization": "*"}}))
             .unwrap();
-        s.add(&json!({"key": "k", "status": 403, "when_header": {"x-goog-user-project": "proj-*"}}))
-            .unwrap();
+        s.add(
+            &json!({"key": "k", "status": 403, "when_header": {"x-goog-user-project": "proj-*"}}),
+        )
+        .unwrap();
         s.add(&json!({"key": "*", "status": 409, "when_header": {"anthropic-version": null}}))
             .unwrap();
         let h = |pairs: &[(&str, &str)]| {
@@ -783,7 +819,8 @@ mod tests {
             }
             m
         };
-        let cases: &[(Option<&str>, &[(&str, &str)], Option<u16>)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], Option<u16>);
+        let cases: &[Case] = &[
             (Some("k"), &[], Some(200)),
             (Some("k"), &[("openai-organization", "org-1")], Some(401)),
             (Some("k"), &[("openai-organization", "")], Some(401)),
