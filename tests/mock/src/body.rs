@@ -294,9 +294,7 @@ impl Body for MockBody {
                     }
                     this.finish(end);
                     return match trailer {
-                        Some(t) if !t.is_empty() => {
-                            Poll::Ready(Some(Ok(Frame::data(t))))
-                        }
+                        Some(t) if !t.is_empty() => Poll::Ready(Some(Ok(Frame::data(t)))),
                         _ => Poll::Ready(None),
                     };
                 };
@@ -339,8 +337,8 @@ mod tests {
     use http_body_util::BodyExt;
     use std::io::Read as _;
 
-    fn plan(n: usize) -> Plan {
-        let r = Req {
+    fn req(n: usize, output: u64) -> Req {
+        Req {
             id: 1,
             created: 0,
             model: "m".into(),
@@ -349,13 +347,16 @@ mod tests {
             capped: false,
             usage: Usage {
                 input: 1,
-                output: n as u64,
+                output,
                 ..Usage::default()
             },
             raw: crate::script::UsageRaw::none(),
             words: Words::default_answer(),
-        };
-        stream_plan(Kind::Messages, &r, None)
+        }
+    }
+
+    fn plan(n: usize) -> Plan {
+        stream_plan(Kind::Messages, &req(n, n as u64), None)
     }
 
     async fn frames(mut b: MockBody) -> (Vec<u8>, bool) {
@@ -406,22 +407,7 @@ mod tests {
     }
 
     fn huge(size: u64) -> Huge {
-        let r = Req {
-            id: 1,
-            created: 0,
-            model: "m".into(),
-            include_usage: false,
-            n: 3,
-            capped: false,
-            usage: Usage {
-                input: 11,
-                output: 22,
-                ..Usage::default()
-            },
-            raw: crate::script::UsageRaw::none(),
-            words: Words::default_answer(),
-        };
-        Huge::new(Kind::Chat, &r, size)
+        Huge::new(Kind::Chat, &req(3, 22), size)
     }
 
     #[tokio::test]

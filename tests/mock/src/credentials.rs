@@ -107,30 +107,23 @@ pub fn credential_error(api: Api, kind: ErrorKind, cx: &ErrorCtx) -> (u16, Strin
                 openai_error_with("invalid_request_error", "\"invalid_api_key\"", &msg),
             )
         }
-        (Api::OpenAi, ErrorKind::MismatchedOrganization) => (
-            401,
-            openai_error_with(
-                "invalid_request_error",
-                "\"mismatched_organization\"",
-                &cx.with_echo("OpenAI-Organization header should match organization for API key"),
-            ),
-        ),
-        (Api::OpenAi, ErrorKind::InvalidProject) => (
-            401,
-            openai_error_with(
-                "invalid_request_error",
-                "\"mismatched_project\"",
-                &cx.with_echo("OpenAI-Project header should match project for API key"),
-            ),
-        ),
-        (Api::OpenAi, ErrorKind::Permission) => (
-            403,
-            openai_error_with(
-                "invalid_request_error",
-                "null",
-                &cx.with_echo("You are not allowed to sample from this model"),
-            ),
-        ),
+        (Api::OpenAi, kind) => {
+            let (status, code, msg) = match kind {
+                ErrorKind::MismatchedOrganization => (
+                    401,
+                    "\"mismatched_organization\"",
+                    "OpenAI-Organization header should match organization for API key",
+                ),
+                ErrorKind::InvalidProject => (
+                    401,
+                    "\"mismatched_project\"",
+                    "OpenAI-Project header should match project for API key",
+                ),
+                _ => (403, "null", "You are not allowed to sample from this model"),
+            };
+            let body = openai_error_with("invalid_request_error", code, &cx.with_echo(msg));
+            (status, body)
+        }
         (Api::Gemini, ErrorKind::InvalidKey) => {
             let msg = match cx.echo() {
                 Some(e) => format!("API key not valid: {e}. Please pass a valid API key."),

@@ -503,33 +503,59 @@ fn echo_key(v: &Value) -> Result<Option<usize>, String> {
 }
 
 fn usage_raw(v: &Value) -> Result<UsageRaw, String> {
-    let mut u = UsageRaw::default();
-    if v.is_null() {
-        return Ok(u);
-    }
-    let obj = v.as_object().ok_or("usage_raw: expected an object")?;
-    for (k, v) in obj {
-        // Strings are the literal text; other JSON values are written back as JSON.
-        let text = match v {
+    // Strings are the literal text; other JSON values are written back as JSON.
+    let text = |_: &str, v: &Value| {
+        Ok(match v {
             Value::Null => None,
             Value::String(s) => Some(s.clone()),
             other => Some(other.to_string()),
-        };
-        match k.as_str() {
-            "input" => u.input = text,
-            "output" => u.output = text,
-            "cache_read" => u.cache_read = text,
-            "cache_write" => u.cache_write = text,
-            "reasoning" => u.reasoning = text,
-            "total" => u.total = text,
-            other => {
-                return Err(format!(
-                    "usage_raw: unknown field {other:?} (input, output, cache_read, cache_write, reasoning, total)"
-                ))
-            }
-        }
+        })
+    };
+    let mut f = usage_fields("usage_raw", v, &USAGE_FIELDS, text)?.into_iter();
+    let mut next = || f.next().flatten();
+    Ok(UsageRaw {
+        input: next(),
+        output: next(),
+        cache_read: next(),
+        cache_write: next(),
+        reasoning: next(),
+        total: next(),
+    })
+}
+
+/// The usage fields in `UsageOverride`/`UsageRaw` order; `usage` takes all but `total`.
+const USAGE_FIELDS: [&str; 6] = [
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "reasoning",
+    "total",
+];
+
+/// Parses `{field: value}` for the `allowed` fields, in their order (`None` when absent).
+fn usage_fields<T>(
+    what: &str,
+    v: &Value,
+    allowed: &[&str],
+    parse: impl Fn(&str, &Value) -> Result<Option<T>, String>,
+) -> Result<Vec<Option<T>>, String> {
+    let mut out: Vec<Option<T>> = allowed.iter().map(|_| None).collect();
+    if v.is_null() {
+        return Ok(out);
     }
-    Ok(u)
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{what}: expected an object"))?;
+    for (k, v) in obj {
+        let slot = allowed
+            .iter()
+            .position(|a| a == k)
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| format!("{what}: unknown field {k:?} ({})", allowed.join(", ")))?;
+        *slot = parse(&format!("{what}.{k}"), v)?;
+    }
+    Ok(out)
 }
 
 fn opt<T>(v: &Value, f: impl FnOnce(&Value) -> Result<T, String>) -> Result<Option<T>, String> {
@@ -573,27 +599,16 @@ fn headers(v: &Value) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
 }
 
 fn usage(v: &Value) -> Result<UsageOverride, String> {
-    let mut u = UsageOverride::default();
-    if v.is_null() {
-        return Ok(u);
-    }
-    let obj = v.as_object().ok_or("usage: expected an object")?;
-    for (k, v) in obj {
-        let n = opt(v, |v| uint(&format!("usage.{k}"), v))?;
-        match k.as_str() {
-            "input" => u.input = n,
-            "output" => u.output = n,
-            "cache_read" => u.cache_read = n,
-            "cache_write" => u.cache_write = n,
-            "reasoning" => u.reasoning = n,
-            other => {
-                return Err(format!(
-                    "usage: unknown field {other:?} (input, output, cache_read, cache_write, reasoning)"
-                ))
-            }
-        }
-    }
-    Ok(u)
+    let fields = USAGE_FIELDS.get(..5).unwrap_or(&USAGE_FIELDS);
+    let mut f = usage_fields("usage", v, fields, |name, v| opt(v, |v| uint(name, v)))?.into_iter();
+    let mut next = || f.next().flatten();
+    Ok(UsageOverride {
+        input: next(),
+        output: next(),
+        cache_read: next(),
+        cache_write: next(),
+        reasoning: next(),
+    })
 }
 
 fn sse_error(v: &Value) -> Result<Option<SseError>, String> {
