@@ -142,10 +142,15 @@ def test_a_mismatched_organization_never_takes_out_the_failover_pool(make_envoy,
     mock.script("*", status=403, error="permission", times=1)
     status, _, _ = ask(claude(e))
     assert status == 403
-    for _ in range(3):
+    refused_with = mock.last("/v1/messages")["key"]
+    since = mock.last("/v1/messages")["seq"]
+    for _ in range(6):
         assert ask(claude(e))[0] == 200
-    states = {a["name"]: a["state"] for a in usage_api(e)["accounts"]}
-    assert states == {"anthropic-1": "ok", "anthropic-2": "ok", "anthropic-3": "ok"}, states
+    # Round robin still reaches every account, the refused one included.
+    served = {r["key"] for r in mock.requests("/v1/messages", since=since)}
+    keys = {ACCOUNT_KEYS[f"TOLLGATE_ANTHROPIC_KEY_{i}"] for i in (1, 2, 3)}
+    assert refused_with in keys and served == keys, served
+    assert "is now disabled" not in e.log_text()
 
 
 def test_an_invalid_key_disables_the_account_until_a_probe_or_a_reset(make_envoy, mock):
