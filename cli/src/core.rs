@@ -30,6 +30,10 @@ pub mod json;
 pub mod limits;
 #[cfg(not(test))]
 #[allow(dead_code)]
+#[path = "../../filter/src/pricing.rs"]
+pub mod pricing;
+#[cfg(not(test))]
+#[allow(dead_code)]
 #[path = "../../filter/src/request.rs"]
 pub mod request;
 #[cfg(not(test))]

@@ -6,7 +6,8 @@ use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
 use tollgate_core::api::{self, Api, Metered, Route};
-use tollgate_core::config::{self, KeyMatcher};
+use tollgate_core::config::{self, Config, KeyMatcher};
+use tollgate_core::pricing::NO_PRICE;
 use tollgate_core::request::RequestScanner;
 
 const USAGE: &str = "\
@@ -118,11 +119,69 @@ fn check(file: &str, stdin: &mut dyn Read, env: &dyn Fn(&str) -> Option<String>)
             if let Some(a) = &cfg.admin {
                 line.push_str(&format!(", admin at {}", a.path));
             }
-            Outcome::ok(line + "\n")
+            Outcome {
+                code: 0,
+                stdout: line + "\n",
+                stderr: price_warnings(&cfg),
+            }
         }
         // The same `<path>: <reason>` the filter logs after "tollgate: invalid configuration: ".
         Err(e) => Outcome::fail(1, format!("{e}\n")),
     }
+}
+
+/// Warnings (one line each) about budgets that would not bind: a consumer under a `cost_usd`
+/// limit (its own or the default limits) may name a model with no price, which the filter
+/// refuses with 403 `model has no price`. An allow-list entry counts as priced when a pricing
+/// entry matches its name, or, for a glob, when one pricing glob is that glob or a literal and
+/// `*` covering its literal prefix (`Config::prices_every_match`); no allow-list (and
+/// `anonymous`) counts as priced only with a `"*"` price.
+fn price_warnings(cfg: &Config) -> String {
+    let refused = format!("requests for unpriced models get 403 \"{NO_PRICE}\"");
+    let mut out = String::new();
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        if !Config::needs_price(&c.limits) {
+            continue;
+        }
+        let whose = if c.default_limits {
+            format!(
+                "consumer {} has a cost_usd limit (from the default limits)",
+                c.name
+            )
+        } else {
+            format!("consumer {} has a cost_usd limit", c.name)
+        };
+        let Some(globs) = &c.models else {
+            if !cfg.has_default_price() {
+                out.push_str(&format!(
+                    "warning: consumers[{i}]: {whose}, no models allow-list and no \"*\" price: {refused}\n"
+                ));
+            }
+            continue;
+        };
+        for (j, g) in globs.iter().enumerate() {
+            if cfg.prices_every_match(g) {
+                continue;
+            }
+            let what = if g.as_str().contains(['*', '?']) {
+                "matches models that no pricing glob covers"
+            } else {
+                "has no price"
+            };
+            out.push_str(&format!(
+                "warning: consumers[{i}].models[{j}]: {:?} {what}, and {whose}: {refused}\n",
+                g.as_str()
+            ));
+        }
+    }
+    if let Some(a) = &cfg.anonymous {
+        if Config::needs_price(&a.limits) && !cfg.has_default_price() {
+            out.push_str(&format!(
+                "warning: anonymous: has a cost_usd limit and there is no \"*\" price: {refused}\n"
+            ));
+        }
+    }
+    out
 }
 
 /// `--endpoint E` / `--endpoint=E`, default `messages`.
@@ -309,6 +368,72 @@ mod tests {
         assert_eq!(out.code, 1);
         assert!(out.stderr.starts_with("limits[0].per: "), "{}", out.stderr);
         assert!(out.stdout.is_empty());
+    }
+
+    /// `tollgate check` of `json`, which must be valid: (stdout, the warning lines).
+    fn check_warnings(json: &str) -> (String, Vec<String>) {
+        let out = run_with(&["check", "-"], json, &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let lines = out.stderr.lines().map(str::to_string).collect();
+        (out.stdout, lines)
+    }
+
+    #[test]
+    fn check_warns_about_allowed_models_a_cost_limit_cannot_price() {
+        let json = r#"{"consumers": [
+            {"name": "team-a", "keys": ["k-a"], "limits": [{"cost_usd": 5, "per": "day"}],
+             "models": ["gemini-*", "gpt-4o-mini", "llama-3-70b", "gemini-2.5-*", "o3*", "my-*"]}],
+            "pricing": {"my-*": {"input": 1, "output": 1}}}"#;
+        let (stdout, warnings) = check_warnings(json);
+        assert_eq!(
+            stdout,
+            "ok: 1 consumers, 0 accounts, 0 default limits, stage downstream\n"
+        );
+        let refused = "requests for unpriced models get 403 \"model has no price\"";
+        assert_eq!(
+            warnings,
+            [
+                format!("warning: consumers[0].models[0]: \"gemini-*\" matches models that no pricing glob covers, and consumer team-a has a cost_usd limit: {refused}"),
+                format!("warning: consumers[0].models[2]: \"llama-3-70b\" has no price, and consumer team-a has a cost_usd limit: {refused}"),
+                format!("warning: consumers[0].models[3]: \"gemini-2.5-*\" matches models that no pricing glob covers, and consumer team-a has a cost_usd limit: {refused}"),
+            ]
+        );
+        // A pricing glob covering the allow-list glob, or a `*` default, silences them.
+        let covered = json
+            .replace(r#""my-*""#, r#""gemini-*""#)
+            .replace(r#""llama-3-70b""#, r#""gemini-2.5-flash""#);
+        assert_eq!(check_warnings(&covered).1, Vec::<String>::new());
+        let star = json.replace(r#"{"my-*":"#, r#"{"*":"#);
+        assert_eq!(check_warnings(&star).1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn check_warns_about_cost_limits_without_an_allow_list_only_with_no_star_price() {
+        let json = r#"{"consumers": [
+            {"name": "team-a", "keys": ["k-a"]},
+            {"name": "team-b", "keys": ["k-b"], "limits": [{"tokens": 10, "per": "minute"}]},
+            {"name": "team-c", "keys": ["k-c"], "limits": [{"cost_usd": 1, "per": "month"}],
+             "models": ["gpt-4o-mini"]}],
+            "limits": [{"cost_usd": 5, "per": "day"}, {"requests": 5, "per": "minute"}],
+            "anonymous": {"limits": [{"cost_usd": 1, "per": "day"}]}}"#;
+        let (stdout, warnings) = check_warnings(json);
+        assert!(stdout.starts_with("ok: 3 consumers, "), "{stdout}");
+        let refused = "requests for unpriced models get 403 \"model has no price\"";
+        assert_eq!(
+            warnings,
+            [
+                format!("warning: consumers[0]: consumer team-a has a cost_usd limit (from the default limits), no models allow-list and no \"*\" price: {refused}"),
+                format!("warning: anonymous: has a cost_usd limit and there is no \"*\" price: {refused}"),
+            ]
+        );
+        let star = json.replace(
+            r#""anonymous""#,
+            r#""pricing": {"*": {"input": 2, "output": 2}}, "anonymous""#,
+        );
+        assert_eq!(check_warnings(&star).1, Vec::<String>::new());
+        // Without cost limits nothing needs a price.
+        let no_cost = json.replace("cost_usd", "tokens");
+        assert_eq!(check_warnings(&no_cost).1, Vec::<String>::new());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::api::Api;
 use crate::config::{Account, Affinity, Config, KeyMatcher, Strategy};
+pub use crate::key_evidence::{key_rejection, DisableReason};
 use crate::quota::{self, Admission, Amounts, OwnerKey, Ticket};
 use crate::store::{self, SlotTable, Store, StoreError, MAX_TRIES};
 
@@ -15,6 +16,16 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Headers a client may use to carry a credential; all are removed before the upstream
 /// when accounts are configured.
 pub const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["x-api-key", "authorization", "x-goog-api-key"];
+
+/// Client headers that scope or re-target a credential (an organization, a project, a billed
+/// project): removed before the upstream whenever a pooled key is used, so one client cannot
+/// make the provider refuse, or bill elsewhere, the key every consumer shares. The config's
+/// `strip_request_headers` adds to them; an account's own `headers` are set after.
+pub const CREDENTIAL_SCOPING_HEADERS: &[&str] = &[
+    "openai-organization",
+    "openai-project",
+    "x-goog-user-project",
+];
 
 /// Cooling after a 429 (or a rate-limit stream error) that names no time.
 pub const RATE_LIMIT_COOLING_MS: u64 = 60_000;
@@ -27,6 +38,9 @@ pub const MIN_COOLING_MS: u64 = 1_000;
 pub const MAX_COOLING_MS: u64 = 8 * 86_400_000;
 /// Learned headroom without a reset time is trusted for this long.
 pub const HEADROOM_STALE_MS: u64 = 60_000;
+/// A probe of a disabled account that has not reported back holds the account this long;
+/// then another request may probe it.
+pub const PROBE_RETRY_MS: u64 = 30_000;
 /// Half-life of the recent-pick load that `least_loaded` spreads by.
 pub const LOAD_HALF_LIFE_MS: u64 = 10_000;
 
@@ -69,8 +83,19 @@ pub enum AccountState {
     Ok,
     /// Rests until this time (epoch ms); usable again from then on without any write.
     Cooling { until_ms: u64 },
-    /// The provider refused the key (401/403): never picked again until the key changes.
-    Disabled { status: u16 },
+    /// The provider said the key is invalid (`key_rejection`). Not picked until
+    /// `probe_after_ms`; then one request at a time probes it (`select` moves `probe_after_ms`
+    /// `PROBE_RETRY_MS` ahead as it sends one), and a 2xx makes it ok again.
+    Disabled {
+        reason: DisableReason,
+        /// The status of the answer that disabled it.
+        status: u16,
+        /// When (epoch ms).
+        since_ms: u64,
+        /// From when a probe may go (epoch ms): `since_ms + accounts[].disable_for`, or
+        /// `PROBE_RETRY_MS` after the last probe was sent.
+        probe_after_ms: u64,
+    },
 }
 
 /// `AccountState` without its data, as seen at some time: what the admin API and the
@@ -209,7 +234,8 @@ impl Transition {
     }
 }
 
-const HEALTH_VERSION: u8 = 1;
+/// 2: `Disabled` carries its reason, since and probe time.
+const HEALTH_VERSION: u8 = 2;
 /// Largest stored value accepted: anything longer is garbage.
 const MAX_HEALTH_BYTES: usize = 256;
 
@@ -235,6 +261,17 @@ impl Health {
     /// Can take a request at `now_ms` (headroom aside).
     pub fn usable(&self, now_ms: u64) -> bool {
         self.kind_at(now_ms) == StateKind::Ok
+    }
+
+    /// Disabled, and a probe may go at `now_ms`.
+    pub fn probe_due(&self, now_ms: u64) -> bool {
+        matches!(self.state, AccountState::Disabled { probe_after_ms, .. } if probe_after_ms <= now_ms)
+    }
+
+    /// A candidate for `pick` at `now_ms`: usable, or disabled with a probe due (which
+    /// `select` then claims).
+    pub fn pickable(&self, now_ms: u64) -> bool {
+        self.usable(now_ms) || self.probe_due(now_ms)
     }
 
     /// The cooling end, while cooling.
@@ -309,8 +346,10 @@ impl Health {
         }
     }
 
-    /// Applies what a response (or a stream error) said. Returns the state change.
-    pub fn apply(&mut self, obs: &Observation, now_ms: u64) -> Transition {
+    /// Applies what a response (or a stream error) said; an invalid-key answer disables the
+    /// account until `disable_for_ms` from now, a 2xx returns a disabled account to ok, and a
+    /// disabled account does not cool. Returns the state change.
+    pub fn apply(&mut self, obs: &Observation, disable_for_ms: u64, now_ms: u64) -> Transition {
         let before = self.kind_at(now_ms);
         if obs.status != 0 {
             self.last_status = u16::try_from(obs.status).unwrap_or(u16::MAX);
@@ -335,11 +374,22 @@ impl Health {
                 seen_ms: now_ms,
             });
         }
-        if obs.disable {
-            self.state = AccountState::Disabled {
-                status: u16::try_from(obs.status).unwrap_or(u16::MAX),
-            };
-        } else if let (Some(cool), false) = (obs.cool, before == StateKind::Disabled) {
+        let disabled = matches!(self.state, AccountState::Disabled { .. });
+        match obs.disable {
+            Some(reason) => {
+                self.state = AccountState::Disabled {
+                    reason,
+                    status: u16::try_from(obs.status).unwrap_or(u16::MAX),
+                    since_ms: now_ms,
+                    probe_after_ms: now_ms.saturating_add(disable_for_ms),
+                }
+            }
+            // The key works (a probe's answer, or one to a request sent before the disabling).
+            None if disabled && (200..300).contains(&obs.status) => self.state = AccountState::Ok,
+            None => {}
+        }
+        let still_disabled = matches!(self.state, AccountState::Disabled { .. });
+        if let (Some(cool), false) = (obs.cool, still_disabled) {
             let until = match cool {
                 Cool::Until(t) => t,
                 Cool::Overloaded => now_ms.saturating_add(OVERLOADED_COOLING_MS),
@@ -392,7 +442,10 @@ impl Health {
             0 => AccountState::Ok,
             1 => AccountState::Cooling { until_ms: r.var()? },
             2 => AccountState::Disabled {
+                reason: DisableReason::from_code(r.var()?)?,
                 status: u16::try_from(r.var()?).ok()?,
+                since_ms: r.var()?,
+                probe_after_ms: r.var()?,
             },
             _ => return None,
         };
@@ -440,7 +493,17 @@ impl Health {
         match self.state {
             AccountState::Ok => {}
             AccountState::Cooling { until_ms } => put_var(out, until_ms),
-            AccountState::Disabled { status } => put_var(out, u64::from(status)),
+            AccountState::Disabled {
+                reason,
+                status,
+                since_ms,
+                probe_after_ms,
+            } => {
+                put_var(out, u64::from(reason.code()));
+                put_var(out, u64::from(status));
+                put_var(out, since_ms);
+                put_var(out, probe_after_ms);
+            }
         }
         for v in [self.requests, self.tokens, self.load_milli, self.load_ms] {
             put_var(out, v);
@@ -536,8 +599,8 @@ pub struct Observation {
     /// The HTTP status (0 for a stream error).
     pub status: u32,
     pub cool: Option<Cool>,
-    /// The key was refused (401/403).
-    pub disable: bool,
+    /// The provider said the key is invalid (`observe_error_body`).
+    pub disable: Option<DisableReason>,
     /// By `Dimension`.
     pub dims: [Option<DimUpdate>; 4],
 }
@@ -546,7 +609,7 @@ impl Observation {
     /// Whether applying it changes anything but the last status (the host may skip the
     /// store round trip otherwise).
     pub fn is_empty(&self) -> bool {
-        self.cool.is_none() && !self.disable && self.dims.iter().all(Option::is_none)
+        self.cool.is_none() && self.disable.is_none() && self.dims.iter().all(Option::is_none)
     }
 }
 
@@ -556,7 +619,8 @@ impl Observation {
 ///   `anthropic-ratelimit-unified-*` window's reset, else `Cool::RateLimited` (the
 ///   `anthropic-ratelimit-*-reset` / `x-ratelimit-reset-*` times, else 60 s).
 /// - 529, 503: cooling for `retry-after` if sent, else 10 s.
-/// - 401, 403: disabled.
+/// - 401, 403: nothing by itself (the body decides: `observe_error_body`).
+/// - 2xx: a disabled account is ok again once this is recorded (see `Picked::probe`).
 /// - Any status with `anthropic-ratelimit-unified-status: rejected` (or a rejected
 ///   `-unified-<window>-status`): cooling until that window's reset (epoch seconds).
 /// - Headroom from `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-
@@ -639,11 +703,21 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
             )
         }
         503 | 529 => obs.cool = Some(retry_after.map_or(Cool::Overloaded, Cool::Until)),
-        401 | 403 => obs.disable = true,
         _ if any_rejected => obs.cool = Some(unified_until.map_or(Cool::RateLimited, Cool::Until)),
         _ => {}
     }
     obs
+}
+
+/// Reads an error answer's body (status ≥ 400, its first 64 KB, decoded; see `key_rejection`)
+/// from an account of `api`: an observation that disables the account when the provider said
+/// the key is invalid, else an empty one. Record it (`record`) when it is not empty.
+pub fn observe_error_body(api: Api, status: u32, body: &[u8]) -> Observation {
+    Observation {
+        status,
+        disable: key_rejection(api, status, body),
+        ..Observation::default()
+    }
 }
 
 fn learn(obs: &mut Observation, dim: &str, field: &str, value: &str, now_ms: u64) {
@@ -994,13 +1068,14 @@ pub enum Choice {
     /// Every account of the API that is not disabled is cooling: 429 with this
     /// `retry-after` (whole seconds ≥ 1 until the earliest recovery).
     AllCooling { retry_after_s: u64 },
-    /// No account serves the API, or all that do are disabled.
+    /// No account serves the API, or all that do are disabled (none with a probe due).
     NoAccount,
 }
 
 /// Chooses an account for one attempt.
 ///
-/// Only accounts of `api` that are usable (ok, or cooling that has ended) are candidates,
+/// Only accounts of `api` that are usable (ok, or cooling that has ended) or disabled with a
+/// probe due (`Health::probe_due`: the caller must claim the probe) are candidates,
 /// in three tiers tried in order: (0) not in `exclude` and with learned headroom for `need`
 /// (unknown headroom counts as full); (1) not in `exclude` but lacking learned headroom
 /// (the provider may still take it: learned headroom is a forecast, so this beats a
@@ -1036,7 +1111,7 @@ pub fn pick(
     };
     let tier = |i: usize| -> Option<u8> {
         let h = state(i);
-        if !h.usable(now_ms) {
+        if !h.pickable(now_ms) {
             None
         } else if exclude.contains(&i) {
             Some(2)
@@ -1286,6 +1361,10 @@ pub struct Picked {
     /// Whether the pick was charged to the account's health already; if not, add it to the
     /// account's `requests` later (`record_totals`).
     pub counted: bool,
+    /// The account is disabled and this attempt is its one probe: the host must `record` the
+    /// answer's `observe_response` even when `is_empty()` (a 2xx makes the account ok
+    /// again), and `observe_error_body` for an error answer.
+    pub probe: bool,
 }
 
 /// The answer of `select`.
@@ -1328,6 +1407,9 @@ pub struct Attempt<'a> {
 ///   rotates);
 /// - an account with `limits`: `quota::admit`, 1 `get` + 1 `set` (a refusal: 1 `get`, and
 ///   the next account is tried).
+///
+/// - a disabled account with a probe due: 1 `get` + 1 `set` claiming the probe (and charging
+///   the pick), so that only one worker probes; one that lost the claim drops out.
 ///
 /// Typical: `least_loaded` with affinity, 2 accounts, no account limits: 3 `get`s, 1–2
 /// `set`s. Store errors degrade rather than fail: an unreadable health reads as fresh, a
@@ -1382,6 +1464,7 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
     };
     let mut rr_counter = None;
     let mut chosen = None;
+    let mut probe = false;
     for _ in 0..=accounts.len() {
         let choice = match (use_pin, pinned) {
             (true, Some(Some(i))) => Choice::Pick { account: i },
@@ -1413,6 +1496,29 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
         let Some(a) = accounts.get(account) else {
             return Outcome::NoAccount;
         };
+        if states.get(account).is_some_and(|h| !h.usable(now)) {
+            match claim_probe(store, a, req.need, now) {
+                Ok((_, true)) => probe = true,
+                // Made ok since it was read (a probe succeeded, or a reset): an ordinary pick.
+                Ok((stored, false)) if stored.usable(now) => {}
+                lost => {
+                    // Another worker's probe is out (or shared state failed us): it drops out.
+                    if let Some(h) = states.get_mut(account) {
+                        match lost {
+                            Ok((stored, _)) => *h = stored,
+                            Err(_) => {
+                                if let AccountState::Disabled { probe_after_ms, .. } = &mut h.state
+                                {
+                                    *probe_after_ms = u64::MAX;
+                                }
+                            }
+                        }
+                    }
+                    use_pin = false;
+                    continue;
+                }
+            }
+        }
         if a.limits.is_empty() {
             chosen = Some((account, None));
             break;
@@ -1427,7 +1533,9 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
                 Err(_) => 1,
             };
         // Refused by its own limits: for this request the account rests until they have
-        // room, so it drops out and counts towards `AllCooling`'s earliest recovery.
+        // room, so it drops out and counts towards `AllCooling`'s earliest recovery (a probe
+        // it claimed lapses after `PROBE_RETRY_MS`).
+        probe = false;
         if let Some(h) = states.get_mut(account) {
             h.state = AccountState::Cooling {
                 until_ms: now
@@ -1446,10 +1554,11 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
     let headroom_known = states
         .get(account)
         .is_some_and(|h| Dimension::ALL.iter().any(|&d| h.dim(d, now).is_some()));
-    let counted = !alone || headroom_known;
+    // A probe was charged as it was claimed.
+    let counted = !alone || headroom_known || probe;
     // Charge the chosen account: one `set` over the value read above, re-read only if
     // another worker wrote it since.
-    if let Some(a) = accounts.get(account).filter(|_| counted) {
+    if let Some(a) = accounts.get(account).filter(|_| counted && !probe) {
         let mut first = states
             .get(account)
             .copied()
@@ -1499,6 +1608,30 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
         ticket,
         affinity: affinity_use,
         counted,
+        probe,
+    })
+}
+
+/// Claims a disabled account's probe: moves `probe_after_ms` `PROBE_RETRY_MS` ahead and
+/// charges the pick, in one compare-and-swap, so two workers that both saw the probe due
+/// cannot both send one; a probe that never reports back frees the account after that time.
+/// Returns the health stored and whether this attempt claimed the probe.
+fn claim_probe(
+    store: &dyn Store,
+    account: &Account,
+    need: &Amounts,
+    now_ms: u64,
+) -> Result<(Health, bool), StoreError> {
+    update_health_if(store, account, |h| {
+        let AccountState::Disabled { probe_after_ms, .. } = &mut h.state else {
+            return false;
+        };
+        if *probe_after_ms > now_ms {
+            return false;
+        }
+        *probe_after_ms = now_ms.saturating_add(PROBE_RETRY_MS);
+        h.charge(need, now_ms);
+        true
     })
 }
 
@@ -1589,6 +1722,21 @@ fn update_health(
     account: &Account,
     mut f: impl FnMut(&mut Health),
 ) -> Result<Health, StoreError> {
+    update_health_if(store, account, |h| {
+        f(h);
+        true
+    })
+    .map(|(h, _)| h)
+}
+
+/// Runs `f` on an account's health and writes the result with compare-and-swap when `f`
+/// returns true (on a lost race, `f` runs again on the newer value). Returns the health
+/// written, or read when `f` declined, and whether it was written.
+fn update_health_if(
+    store: &dyn Store,
+    account: &Account,
+    mut f: impl FnMut(&mut Health) -> bool,
+) -> Result<(Health, bool), StoreError> {
     let key = health_key(&account.name);
     let mut buf = Vec::with_capacity(64);
     for _ in 0..MAX_TRIES {
@@ -1596,11 +1744,13 @@ fn update_health(
         let mut h = value
             .as_deref()
             .map_or_else(|| Health::fresh(account), Health::decode);
-        f(&mut h);
+        if !f(&mut h) {
+            return Ok((h, false));
+        }
         buf.clear();
         h.encode(&mut buf);
         match store.set(&key, &buf, store::write_cas(cas)) {
-            Ok(()) => return Ok(h),
+            Ok(()) => return Ok((h, true)),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -1608,9 +1758,10 @@ fn update_health(
     Err(StoreError::Contended)
 }
 
-/// Applies an observation (from `observe_response` or `observe_stream_error`) to the
-/// account's health: 1 `get` + 1 `set`. The transition tells the host when to log ("logged
-/// once": only when `changed()`) and what to set the `tollgate_account_state` gauge to.
+/// Applies an observation (from `observe_response`, `observe_error_body` or
+/// `observe_stream_error`) to the account's health: 1 `get` + 1 `set`. The transition tells
+/// the host when to log ("logged once": only when `changed()`) and what to set the
+/// `tollgate_account_state` gauge to.
 pub fn record(
     store: &dyn Store,
     account: &Account,
@@ -1618,8 +1769,27 @@ pub fn record(
     now_ms: u64,
 ) -> Result<Transition, StoreError> {
     let mut t = None;
-    update_health(store, account, |h| t = Some(h.apply(obs, now_ms)))?;
+    let disable_for = account.disable_for.millis();
+    update_health(store, account, |h| {
+        t = Some(h.apply(obs, disable_for, now_ms))
+    })?;
     t.ok_or(StoreError::Contended)
+}
+
+/// Returns an account to ok at once, whatever its state (`POST {admin.path}/accounts/{name}/
+/// reset`): 1 `get` + 1 `set`. Learned headroom and counters stay. The transition is for the
+/// answer, the log line and the `tollgate_account_state` gauge, as with `record`.
+pub fn reset(store: &dyn Store, account: &Account, now_ms: u64) -> Result<Transition, StoreError> {
+    let mut before = StateKind::Ok;
+    update_health(store, account, |h| {
+        before = h.kind_at(now_ms);
+        h.state = AccountState::Ok;
+    })?;
+    Ok(Transition {
+        before,
+        after: StateKind::Ok,
+        state: AccountState::Ok,
+    })
 }
 
 /// Adds picks that `select` did not count (`Picked::counted`) and real tokens served to the
@@ -1652,6 +1822,7 @@ pub fn read_health(store: &dyn Store, account: &Account) -> Result<Health, Store
 mod tests {
     use super::*;
     use crate::config::{Duration, Selection};
+    use crate::key_evidence::samples;
     use crate::limits::{Limit, LimitKind, Per, WindowKind};
     use crate::store::MemStore;
     use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
@@ -1709,12 +1880,37 @@ mod tests {
 
     fn cooled(status: u32, headers: &[(&str, &str)]) -> AccountState {
         let mut health = Health::default();
-        health.apply(&observe_response(status, &h(headers), NOW), NOW);
+        health.apply(
+            &observe_response(status, &h(headers), NOW),
+            DISABLE_FOR,
+            NOW,
+        );
         health.state
     }
 
     fn cooling(ms: u64) -> AccountState {
         AccountState::Cooling { until_ms: NOW + ms }
+    }
+
+    /// `accounts[].disable_for` by default, as `record` passes it to `apply`.
+    const DISABLE_FOR: u64 = crate::config::DEFAULT_DISABLE_FOR_MS;
+
+    /// Disabled at `NOW` for an invalid key, its probe not due for the default 10 minutes.
+    fn disabled(status: u16) -> AccountState {
+        AccountState::Disabled {
+            reason: DisableReason::InvalidKey,
+            status,
+            since_ms: NOW,
+            probe_after_ms: NOW + DISABLE_FOR,
+        }
+    }
+
+    /// The provider's invalid-key answer to an account of `api`.
+    fn invalid_key(api: Api) -> Observation {
+        let (status, body) = samples::invalid_key(api);
+        let obs = observe_error_body(api, status, body.as_bytes());
+        assert_eq!(obs.disable, Some(DisableReason::InvalidKey), "{api:?}");
+        obs
     }
 
     // ---- parsers ----
@@ -1877,13 +2073,11 @@ mod tests {
     }
 
     #[test]
-    fn overload_cools_ten_seconds_and_bad_keys_disable() {
+    fn overload_cools_ten_seconds_and_a_bare_401_or_403_changes_nothing() {
         assert_eq!(cooled(529, &[]), cooling(10_000));
         assert_eq!(cooled(503, &[]), cooling(10_000));
         assert_eq!(cooled(503, &[("retry-after", "3")]), cooling(3_000));
-        assert_eq!(cooled(401, &[]), AccountState::Disabled { status: 401 });
-        assert_eq!(cooled(403, &[]), AccountState::Disabled { status: 403 });
-        for ok in [200, 400, 404, 500, 502] {
+        for ok in [200, 400, 401, 403, 404, 500, 502] {
             assert_eq!(cooled(ok, &[]), AccountState::Ok, "{ok}");
         }
     }
@@ -1928,7 +2122,7 @@ mod tests {
             NOW,
         );
         let mut health = Health::default();
-        assert!(!health.apply(&obs, NOW).changed());
+        assert!(!health.apply(&obs, DISABLE_FOR, NOW).changed());
         let r = health.dim(Dimension::Requests, NOW).unwrap();
         assert_eq!(
             (r.remaining, r.limit, r.reset_ms),
@@ -1961,11 +2155,11 @@ mod tests {
     #[test]
     fn stream_errors_cool_like_their_statuses() {
         let mut health = Health::default();
-        let t = health.apply(&observe_stream_error("overloaded_error"), NOW);
+        let t = health.apply(&observe_stream_error("overloaded_error"), DISABLE_FOR, NOW);
         assert_eq!((t.before, t.after), (StateKind::Ok, StateKind::Cooling));
         assert_eq!(health.state, cooling(10_000));
         let mut health = Health::default();
-        health.apply(&observe_stream_error("rate_limit_error"), NOW);
+        health.apply(&observe_stream_error("rate_limit_error"), DISABLE_FOR, NOW);
         assert_eq!(health.state, cooling(60_000));
         // A known used-up dimension's reset wins over the 60 s default.
         let mut health = Health::default();
@@ -1981,9 +2175,14 @@ mod tests {
                 ]),
                 NOW,
             ),
+            DISABLE_FOR,
             NOW,
         );
-        health.apply(&observe_stream_error("rate_limit_error"), NOW + 1_000);
+        health.apply(
+            &observe_stream_error("rate_limit_error"),
+            DISABLE_FOR,
+            NOW + 1_000,
+        );
         assert_eq!(health.state, cooling(15_000));
         for (kind, cools) in [
             ("rate_limit_exceeded", true),
@@ -2001,20 +2200,21 @@ mod tests {
         let mut health = Health::default();
         health.apply(
             &observe_response(429, &h(&[("retry-after", "30")]), NOW),
+            DISABLE_FOR,
             NOW,
         );
-        health.apply(&observe_response(529, &h(&[]), NOW), NOW);
+        health.apply(&observe_response(529, &h(&[]), NOW), DISABLE_FOR, NOW);
         assert_eq!(health.state, cooling(30_000));
         assert_eq!(health.kind_at(NOW + 29_999), StateKind::Cooling);
         assert_eq!(health.kind_at(NOW + 30_000), StateKind::Ok);
-        let t = health.apply(&observe_response(401, &h(&[]), NOW), NOW);
+        let t = health.apply(&invalid_key(Api::Anthropic), DISABLE_FOR, NOW);
         assert_eq!(
             (t.before, t.after),
             (StateKind::Cooling, StateKind::Disabled)
         );
-        let t = health.apply(&observe_response(429, &h(&[]), NOW), NOW);
+        let t = health.apply(&observe_response(429, &h(&[]), NOW), DISABLE_FOR, NOW);
         assert!(!t.changed());
-        assert_eq!(health.state, AccountState::Disabled { status: 401 });
+        assert_eq!(health.state, disabled(401));
         assert_eq!(health.last_status, 429);
     }
 
@@ -2043,14 +2243,49 @@ mod tests {
         for garbage in [
             &b""[..],
             b"\x02",
-            b"\x01\x03\x00",
+            b"\x02\x03\x00",
             &[
-                1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                2, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
             ],
+            // Version 1 (a disabled state without reason or times).
+            &[1, 2, 0, 0x91, 0x03, 0, 0, 0, 0, 0],
         ] {
             assert_eq!(Health::decode(garbage), Health::default());
         }
         buf.push(0);
+        assert_eq!(Health::decode(&buf), Health::default());
+    }
+
+    #[test]
+    fn disabled_health_round_trips_even_at_its_largest_and_an_unknown_reason_reads_fresh() {
+        let mut health = Health {
+            state: AccountState::Disabled {
+                reason: DisableReason::InvalidKey,
+                status: u16::MAX,
+                since_ms: u64::MAX,
+                probe_after_ms: u64::MAX,
+            },
+            requests: u64::MAX,
+            tokens: u64::MAX,
+            load_milli: u64::MAX,
+            load_ms: u64::MAX,
+            key_tag: u32::MAX,
+            last_status: u16::MAX,
+            ..Health::default()
+        };
+        health.dims = [Some(Dim {
+            remaining: u64::MAX,
+            limit: Some(u64::MAX - 1),
+            reset_ms: Some(u64::MAX - 1),
+            seen_ms: u64::MAX,
+        }); 4];
+        let mut buf = Vec::new();
+        health.encode(&mut buf);
+        assert!(buf.len() <= MAX_HEALTH_BYTES, "{} bytes", buf.len());
+        assert_eq!(Health::decode(&buf), health);
+        // The reason code follows version, flags and the 5-byte key tag.
+        assert_eq!(buf[7], DisableReason::InvalidKey.code());
+        buf[7] = 9;
         assert_eq!(Health::decode(&buf), Health::default());
     }
 
@@ -2123,7 +2358,7 @@ mod tests {
         let mut states = vec![Health::default(); 4];
         states[0].state = cooling(30_000);
         states[2].state = cooling(2_001);
-        states[3].state = AccountState::Disabled { status: 401 };
+        states[3].state = disabled(401);
         for s in [
             Strategy::Priority,
             Strategy::RoundRobin,
@@ -2139,8 +2374,8 @@ mod tests {
             pick_with(&states, Strategy::Priority, 0, &[]),
             Choice::AllCooling { retry_after_s: 1 }
         );
-        states[0].state = AccountState::Disabled { status: 403 };
-        states[2].state = AccountState::Disabled { status: 403 };
+        states[0].state = disabled(401);
+        states[2].state = disabled(400);
         assert_eq!(
             pick_with(&states, Strategy::Priority, 0, &[]),
             Choice::NoAccount
@@ -2362,13 +2597,7 @@ mod tests {
         assert_eq!(prepare(&store, &c), Ok(22));
         assert_eq!(store.len(), 22);
         assert_eq!(prepare(&store, &c), Ok(0));
-        record(
-            &store,
-            &c.accounts[0],
-            &observe_response(401, &h(&[]), NOW),
-            NOW,
-        )
-        .unwrap();
+        record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
         assert_eq!(prepare(&store, &c), Ok(0));
         assert_eq!(
             read_health(&store, &c.accounts[0]).unwrap().kind_at(NOW),
@@ -2749,25 +2978,376 @@ mod tests {
             names_of(&store, &c, 1, None),
             ["AllCooling { retry_after_s: 10 }"]
         );
-        record(
-            &store,
-            &c.accounts[0],
-            &observe_response(401, &h(&[]), NOW),
-            NOW,
-        )
-        .unwrap();
-        record(
-            &store,
-            &c.accounts[1],
-            &observe_response(403, &h(&[]), NOW),
-            NOW,
-        )
-        .unwrap();
+        // A 401 or 403 without the invalid-key body disables nothing.
+        for (i, status) in [(0, 401), (1, 403)] {
+            record(
+                &store,
+                &c.accounts[i],
+                &observe_response(status, &h(&[]), NOW),
+                NOW,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            names_of(&store, &c, 1, None),
+            ["AllCooling { retry_after_s: 10 }"]
+        );
+        for a in &c.accounts {
+            record(&store, a, &invalid_key(Api::Anthropic), NOW).unwrap();
+        }
         assert_eq!(names_of(&store, &c, 1, None), ["NoAccount"]);
         record_totals(&store, &c.accounts[0], 0, 1234).unwrap();
         let health = read_health(&store, &c.accounts[0]).unwrap();
         assert_eq!((health.tokens, health.requests), (1234, 0));
         assert_eq!(read_health(&store, &c.accounts[1]).unwrap().requests, 1);
+    }
+
+    // ---- evidence, probes and reset ----
+
+    /// One attempt of `api` at `now` through `store`.
+    fn attempt_at(store: &dyn Store, c: &Config, api: Api, now: u64) -> Outcome {
+        select(
+            store,
+            c,
+            &Attempt {
+                api,
+                need: &need(10),
+                session: None,
+                exclude: &[],
+                now_ms: now,
+            },
+        )
+    }
+
+    /// The account picked and whether the pick is a probe, or the outcome's debug form.
+    fn probe_of(out: Outcome) -> Result<(usize, bool), String> {
+        match out {
+            Outcome::Picked(p) => Ok((p.account, p.probe)),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// One account of `api` that rests `disable_for_ms` after an invalid-key answer.
+    fn lone(api: Api, disable_for_ms: u64) -> Config {
+        let mut a = acct("solo", api, 1);
+        a.disable_for = Duration::from_millis(disable_for_ms);
+        cfg(vec![a], Strategy::LeastLoaded, None)
+    }
+
+    /// `lone(api, disable_for_ms)` in a store, its key found invalid at `NOW`.
+    fn disabled_at_now(api: Api, disable_for_ms: u64) -> (MemStore, Config) {
+        let store = MemStore::new();
+        let c = lone(api, disable_for_ms);
+        prepare(&store, &c).unwrap();
+        record(&store, &c.accounts[0], &invalid_key(api), NOW).unwrap();
+        (store, c)
+    }
+
+    #[test]
+    fn answers_about_the_request_never_disable_the_shared_accounts() {
+        // The review's case: one client's `OpenAI-Organization: org-x` against the failover
+        // pool used to disable all three accounts.
+        let store = MemStore::new();
+        let c = cfg(
+            vec![
+                acct("o1", Api::OpenAi, 1),
+                acct("o2", Api::OpenAi, 1),
+                acct("o3", Api::OpenAi, 1),
+            ],
+            Strategy::Priority,
+            None,
+        );
+        prepare(&store, &c).unwrap();
+        for a in &c.accounts {
+            for obs in [
+                observe_response(401, &h(&[]), NOW),
+                observe_error_body(Api::OpenAi, 401, samples::OPENAI_MISMATCHED_ORG.as_bytes()),
+                observe_response(403, &h(&[]), NOW),
+                observe_error_body(
+                    Api::OpenAi,
+                    403,
+                    b"{\"error\":{\"code\":\"unsupported_country_region_territory\"}}",
+                ),
+                // Cut off before the end: no evidence either.
+                observe_error_body(Api::OpenAi, 401, &samples::OPENAI_INVALID.as_bytes()[..40]),
+            ] {
+                assert_eq!(obs.disable, None);
+                let t = record(&store, a, &obs, NOW).unwrap();
+                assert_eq!(t.after, StateKind::Ok, "{}", a.name);
+            }
+        }
+        assert_eq!(
+            probe_of(attempt_at(&store, &c, Api::OpenAi, NOW)),
+            Ok((0, false))
+        );
+    }
+
+    #[test]
+    fn each_providers_invalid_key_answer_disables_with_its_reason_and_time() {
+        for api in [Api::Anthropic, Api::OpenAi, Api::Gemini] {
+            let store = MemStore::new();
+            let c = lone(api, 300_000);
+            prepare(&store, &c).unwrap();
+            let t = record(&store, &c.accounts[0], &invalid_key(api), NOW).unwrap();
+            assert_eq!((t.before, t.after), (StateKind::Ok, StateKind::Disabled));
+            let status = if api == Api::Gemini { 400 } else { 401 };
+            assert_eq!(
+                read_health(&store, &c.accounts[0]).unwrap().state,
+                AccountState::Disabled {
+                    reason: DisableReason::InvalidKey,
+                    status,
+                    since_ms: NOW,
+                    probe_after_ms: NOW + 300_000,
+                },
+                "{api:?}"
+            );
+            assert_eq!(
+                probe_of(attempt_at(&store, &c, api, NOW + 1)),
+                Err("NoAccount".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_account_is_probed_by_one_request_after_disable_for_and_a_2xx_makes_it_ok() {
+        let (store, c) = disabled_at_now(Api::Anthropic, 60_000);
+        let a = &c.accounts[0];
+        let at = |now| probe_of(attempt_at(&store, &c, Api::Anthropic, now));
+        assert_eq!(at(NOW + 59_999), Err("NoAccount".into()));
+        let Outcome::Picked(p) = attempt_at(&store, &c, Api::Anthropic, NOW + 60_000) else {
+            panic!("the probe is picked");
+        };
+        assert!(p.probe && p.counted, "{p:?}");
+        assert_eq!(read_health(&store, a).unwrap().requests, 1);
+        // While it is out, nobody else is sent to the account.
+        assert_eq!(at(NOW + 60_001), Err("NoAccount".into()));
+        let t = record(
+            &store,
+            a,
+            &observe_response(200, &h(&[]), NOW + 60_500),
+            NOW + 60_500,
+        )
+        .unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Disabled, StateKind::Ok));
+        assert_eq!(read_health(&store, a).unwrap().state, AccountState::Ok);
+        assert_eq!(at(NOW + 60_501), Ok((0, false)));
+    }
+
+    #[test]
+    fn a_probe_answered_invalid_key_again_is_disabled_afresh_from_then() {
+        let (store, c) = disabled_at_now(Api::OpenAi, 60_000);
+        let a = &c.accounts[0];
+        let at = |now| probe_of(attempt_at(&store, &c, Api::OpenAi, now));
+        assert_eq!(at(NOW + 60_000), Ok((0, true)));
+        let answered = NOW + 61_000;
+        let t = record(&store, a, &invalid_key(Api::OpenAi), answered).unwrap();
+        assert!(!t.changed());
+        assert_eq!(
+            read_health(&store, a).unwrap().state,
+            AccountState::Disabled {
+                reason: DisableReason::InvalidKey,
+                status: 401,
+                since_ms: answered,
+                probe_after_ms: answered + 60_000,
+            }
+        );
+        // Not after the lapsed probe's 30 s: after a full `disable_for` from the new answer.
+        assert_eq!(at(NOW + 60_000 + PROBE_RETRY_MS), Err("NoAccount".into()));
+        assert_eq!(at(answered + 59_999), Err("NoAccount".into()));
+        assert_eq!(at(answered + 60_000), Ok((0, true)));
+    }
+
+    #[test]
+    fn a_probe_answered_otherwise_keeps_the_account_disabled_without_cooling() {
+        for (status, headers) in [
+            (500, vec![]),
+            (429, vec![("retry-after", "5")]),
+            (401, vec![]),
+            (400, vec![]),
+        ] {
+            let (store, c) = disabled_at_now(Api::Anthropic, 60_000);
+            let a = &c.accounts[0];
+            let sent = NOW + 60_000;
+            assert_eq!(
+                probe_of(attempt_at(&store, &c, Api::Anthropic, sent)),
+                Ok((0, true))
+            );
+            let t = record(
+                &store,
+                a,
+                &observe_response(status, &h(&headers), sent + 10),
+                sent + 10,
+            )
+            .unwrap();
+            assert_eq!(t.after, StateKind::Disabled, "{status}");
+            let health = read_health(&store, a).unwrap();
+            assert!(
+                matches!(health.state, AccountState::Disabled { since_ms: NOW, .. }),
+                "{status}: {health:?}"
+            );
+            // The next probe goes once the unanswered one's time is up.
+            assert_eq!(
+                probe_of(attempt_at(
+                    &store,
+                    &c,
+                    Api::Anthropic,
+                    sent + PROBE_RETRY_MS - 1
+                )),
+                Err("NoAccount".into())
+            );
+            assert_eq!(
+                probe_of(attempt_at(
+                    &store,
+                    &c,
+                    Api::Anthropic,
+                    sent + PROBE_RETRY_MS
+                )),
+                Ok((0, true))
+            );
+        }
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_back_frees_the_account_after_30_seconds() {
+        let (store, c) = disabled_at_now(Api::Gemini, 60_000);
+        let at = |now| probe_of(attempt_at(&store, &c, Api::Gemini, now));
+        let first = NOW + 90_000;
+        assert_eq!(at(first), Ok((0, true)));
+        assert_eq!(at(first + PROBE_RETRY_MS - 1), Err("NoAccount".into()));
+        assert_eq!(at(first + PROBE_RETRY_MS), Ok((0, true)));
+        assert_eq!(at(first + PROBE_RETRY_MS + 1), Err("NoAccount".into()));
+    }
+
+    /// Runs `other` (another worker's turn) just before the first write to `key`: between the
+    /// read and the write of a compare-and-swap, the narrowest race two workers can run.
+    struct RaceBeforeWrite<'a> {
+        inner: &'a MemStore,
+        key: String,
+        other: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+    }
+
+    impl Store for RaceBeforeWrite<'_> {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            if key == self.key {
+                let other = self.other.borrow_mut().take();
+                if let Some(run) = other {
+                    run();
+                }
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn two_workers_never_probe_one_account_at_once() {
+        for healthy_other in [false, true] {
+            let store = MemStore::new();
+            let mut accounts = vec![acct("bad", Api::Anthropic, 1)];
+            if healthy_other {
+                accounts.push(acct("good", Api::Anthropic, 1));
+            }
+            let c = cfg(accounts, Strategy::Priority, None);
+            prepare(&store, &c).unwrap();
+            record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
+            let due = NOW + DISABLE_FOR;
+            let lost = if healthy_other {
+                Ok((1, false))
+            } else {
+                Err("NoAccount".into())
+            };
+
+            // One after the other.
+            assert_eq!(
+                probe_of(attempt_at(&store, &c, Api::Anthropic, due)),
+                Ok((0, true))
+            );
+            assert_eq!(probe_of(attempt_at(&store, &c, Api::Anthropic, due)), lost);
+
+            // Racing: both saw the probe due; worker B claims it between A's read and write.
+            let later = due + PROBE_RETRY_MS;
+            let b_got = std::cell::RefCell::new(None);
+            let racing = RaceBeforeWrite {
+                inner: &store,
+                key: health_key("bad"),
+                other: std::cell::RefCell::new(Some(Box::new(|| {
+                    *b_got.borrow_mut() =
+                        Some(probe_of(attempt_at(&store, &c, Api::Anthropic, later)));
+                }))),
+            };
+            let a_got = probe_of(attempt_at(&racing, &c, Api::Anthropic, later));
+            drop(racing);
+            assert_eq!(
+                b_got.into_inner(),
+                Some(Ok((0, true))),
+                "B ran first and probes"
+            );
+            assert_eq!(a_got, lost, "A lost the claim");
+        }
+    }
+
+    #[test]
+    fn a_probe_refused_by_the_accounts_own_limits_is_no_probe() {
+        let store = MemStore::new();
+        let mut accounts = vec![
+            acct("bad", Api::Anthropic, 1),
+            acct("good", Api::Anthropic, 1),
+        ];
+        accounts[0].limits = vec![Limit::Rate {
+            kind: LimitKind::Requests,
+            amount: 1,
+            per: Per::Minute,
+            window: WindowKind::Fixed,
+        }];
+        accounts[0].disable_for = Duration::from_millis(10_000);
+        let c = cfg(accounts, Strategy::Priority, None);
+        prepare(&store, &c).unwrap();
+        // Its one request this minute is spent, then the key is found invalid.
+        assert_eq!(
+            probe_of(attempt_at(&store, &c, Api::Anthropic, NOW)),
+            Ok((0, false))
+        );
+        record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
+        // The probe is due at 12:00:40, but the account's minute is full until 12:01:00.
+        assert_eq!(
+            probe_of(attempt_at(&store, &c, Api::Anthropic, NOW + 10_000)),
+            Ok((1, false))
+        );
+    }
+
+    #[test]
+    fn reset_returns_an_account_to_ok_at_once_keeping_its_counters() {
+        let store = MemStore::new();
+        let c = lone(Api::Anthropic, 600_000);
+        let a = &c.accounts[0];
+        prepare(&store, &c).unwrap();
+        record_totals(&store, a, 3, 400).unwrap();
+        record(&store, a, &invalid_key(Api::Anthropic), NOW).unwrap();
+        let t = reset(&store, a, NOW + 5).unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Disabled, StateKind::Ok));
+        let health = read_health(&store, a).unwrap();
+        assert_eq!(
+            (health.state, health.requests, health.tokens),
+            (AccountState::Ok, 3, 400)
+        );
+        assert_eq!(
+            probe_of(attempt_at(&store, &c, Api::Anthropic, NOW + 6)),
+            Ok((0, false))
+        );
+        // Cooling ends at once too; an ok account stays ok.
+        record(
+            &store,
+            a,
+            &observe_response(429, &h(&[("retry-after", "60")]), NOW),
+            NOW,
+        )
+        .unwrap();
+        let t = reset(&store, a, NOW + 7).unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Cooling, StateKind::Ok));
+        assert!(!reset(&store, a, NOW + 8).unwrap().changed());
     }
 
     proptest! {
@@ -2795,7 +3375,7 @@ mod tests {
         fn observing_any_response_never_panics(status in 0u32..1000, name in "(anthropic-ratelimit-|x-ratelimit-|retry-after)[a-z0-9-]{0,30}", value in "\\PC{0,40}") {
             let obs = observe_response(status, &[(name, value)], NOW);
             let mut health = Health::default();
-            health.apply(&obs, NOW);
+            health.apply(&obs, DISABLE_FOR, NOW);
             if let Some(until) = health.cooling_until(NOW) {
                 prop_assert!((NOW + MIN_COOLING_MS..=NOW + MAX_COOLING_MS).contains(&until));
             }
@@ -2808,9 +3388,13 @@ mod tests {
         }
 
         #[test]
-        fn health_round_trips(tag: u32, req: u64, tok: u64, until: u64, rem: u64, lim: Option<u64>, reset in proptest::option::of(0u64..u64::MAX), state in 0u8..3) {
-            let mut health = Health { key_tag: tag, requests: req, tokens: tok, load_milli: rem, load_ms: until, ..Health::default() };
-            health.state = match state { 0 => AccountState::Ok, 1 => AccountState::Cooling { until_ms: until }, _ => AccountState::Disabled { status: 401 } };
+        fn health_round_trips(tag: u32, req: u64, tok: u64, until: u64, rem: u64, lim: Option<u64>, reset in proptest::option::of(0u64..u64::MAX), state in 0u8..3, status: u16, since: u64) {
+            let mut health = Health { key_tag: tag, requests: req, tokens: tok, load_milli: rem, load_ms: until, last_status: status, ..Health::default() };
+            health.state = match state {
+                0 => AccountState::Ok,
+                1 => AccountState::Cooling { until_ms: until },
+                _ => AccountState::Disabled { reason: DisableReason::InvalidKey, status, since_ms: since, probe_after_ms: until },
+            };
             health.dims[3] = Some(Dim { remaining: rem, limit: lim.map(|l| l.min(u64::MAX - 1)), reset_ms: reset, seen_ms: until });
             let mut buf = Vec::new();
             health.encode(&mut buf);
@@ -2819,7 +3403,7 @@ mod tests {
 
         #[test]
         fn pick_only_ever_picks_a_usable_account_of_the_api(
-            kinds in proptest::collection::vec(0u8..4, 4),
+            kinds in proptest::collection::vec(0u8..5, 4),
             strategy in 0u8..3,
             counter: u64,
             excl in proptest::collection::vec(0usize..5, 0..3),
@@ -2828,8 +3412,10 @@ mod tests {
                 let mut s = Health::default();
                 match k {
                     1 => s.state = cooling(1_000),
-                    2 => s.state = AccountState::Disabled { status: 401 },
+                    2 => s.state = disabled(401),
                     3 => s.dims[0] = Some(Dim { remaining: 0, limit: None, reset_ms: Some(NOW + 5), seen_ms: NOW }),
+                    // Disabled, its probe due.
+                    4 => s.state = AccountState::Disabled { reason: DisableReason::InvalidKey, status: 401, since_ms: NOW - DISABLE_FOR, probe_after_ms: NOW },
                     _ => {}
                 }
                 s
@@ -2838,11 +3424,12 @@ mod tests {
             match pick_with(&states, strategy, counter, &excl) {
                 Choice::Pick { account } => {
                     prop_assert!(account != 1);
-                    prop_assert!(states[account].usable(NOW));
+                    prop_assert!(states[account].pickable(NOW));
+                    prop_assert!(kinds[account] != 1 && kinds[account] != 2);
                 }
                 Choice::AllCooling { retry_after_s } => {
                     prop_assert_eq!(retry_after_s, 1);
-                    prop_assert!([0usize, 2, 3].iter().all(|i| !states[*i].usable(NOW)));
+                    prop_assert!([0usize, 2, 3].iter().all(|i| !states[*i].pickable(NOW)));
                 }
                 Choice::NoAccount => {
                     prop_assert!([0usize, 2, 3].iter().all(|i| kinds[*i] == 2));

@@ -1,8 +1,9 @@
-//! The filter's own endpoints under `admin.path`: health, the usage API and the dashboard.
+//! The filter's own endpoints under `admin.path`: health, the usage API, the dashboard and an
+//! account's reset.
 
 use serde::Serialize;
 
-use crate::accounts::{Dimension, Health, StateKind};
+use crate::accounts::{AccountState, Dimension, Health, StateKind, Transition};
 use crate::analytics::{ConsumerTotals, Totals};
 use crate::limits::{LimitKind, WindowKind};
 use crate::quota::{UsageSnapshot, WindowUsage};
@@ -83,11 +84,26 @@ pub struct AccountView<'a> {
     pub state: StateKind,
     /// While cooling: until when (epoch ms).
     pub cooling_until_ms: Option<u64>,
+    /// While disabled: why and since when.
+    pub disabled: Option<DisabledView>,
     /// The provider's last report of what is left, per dimension (`None`: unknown or stale).
     pub headroom: Headroom,
     /// Attempts sent to the account and the real tokens it served.
     pub requests: u64,
     pub tokens: u64,
+}
+
+/// Why and since when an account is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisabledView {
+    /// `invalid_key`.
+    pub reason: &'static str,
+    /// The status of the provider's answer that disabled it.
+    pub status: u16,
+    /// Epoch ms.
+    pub since_ms: u64,
+    /// From when one request may probe it again (epoch ms).
+    pub probe_after_ms: u64,
 }
 
 /// Learned headroom: remaining requests and tokens in the provider's current windows.
@@ -108,6 +124,20 @@ impl<'a> AccountView<'a> {
             provider,
             state: h.kind_at(now_ms),
             cooling_until_ms: h.cooling_until(now_ms),
+            disabled: match h.state {
+                AccountState::Disabled {
+                    reason,
+                    status,
+                    since_ms,
+                    probe_after_ms,
+                } => Some(DisabledView {
+                    reason: reason.as_str(),
+                    status,
+                    since_ms,
+                    probe_after_ms,
+                }),
+                _ => None,
+            },
             headroom: Headroom {
                 requests: rem(Dimension::Requests),
                 tokens: rem(Dimension::Tokens),
@@ -220,6 +250,14 @@ struct AccountOut<'a> {
     state: &'static str,
     /// Unix seconds, rounded up.
     cooling_until: Option<u64>,
+    /// While disabled: `invalid_key`.
+    disabled_reason: Option<&'static str>,
+    /// While disabled: the provider's status that disabled it.
+    disabled_status: Option<u16>,
+    /// While disabled: since when (unix seconds, rounded down).
+    disabled_since: Option<u64>,
+    /// While disabled: from when one request probes it (unix seconds, rounded up).
+    probe_after: Option<u64>,
     headroom: Headroom,
     requests: u64,
     tokens: u64,
@@ -312,6 +350,10 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
             provider: a.provider,
             state: a.state.as_str(),
             cooling_until: a.cooling_until_ms.map(|ms| ms.div_ceil(1000)),
+            disabled_reason: a.disabled.map(|d| d.reason),
+            disabled_status: a.disabled.map(|d| d.status),
+            disabled_since: a.disabled.map(|d| d.since_ms / 1000),
+            probe_after: a.disabled.map(|d| d.probe_after_ms.div_ceil(1000)),
             headroom: a.headroom,
             requests: a.requests,
             tokens: a.tokens,
@@ -360,6 +402,39 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
         accounts,
     };
     serde_json::to_string(&out).unwrap_or_else(|_| String::from("{}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account reset
+// ---------------------------------------------------------------------------------------------
+
+/// The account named by `/accounts/{name}/reset`, the path below `admin.path` (`Route::Admin`);
+/// `None` for any other path. The name is not checked against the configuration.
+pub fn reset_target(rest: &str) -> Option<&str> {
+    let name = rest.strip_prefix("/accounts/")?.strip_suffix("/reset")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The 200 body of `POST {path}/accounts/{name}/reset` (`accounts::reset`'s transition):
+/// `{"account":"org-1","state":"ok","was":"disabled"}`.
+pub fn reset_json(account: &str, t: &Transition) -> String {
+    #[derive(Serialize)]
+    struct ResetOut<'a> {
+        account: &'a str,
+        state: &'static str,
+        was: &'static str,
+    }
+    serde_json::to_string(&ResetOut {
+        account,
+        state: t.after.as_str(),
+        was: t.before.as_str(),
+    })
+    .unwrap_or_else(|_| String::from("{}"))
+}
+
+/// The 404 body of a reset naming no configured account (the name is not echoed).
+pub fn unknown_account_json() -> &'static str {
+    r#"{"error":"unknown account"}"#
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,7 +654,9 @@ function render(d) {
     cell(tr, a.name);
     cell(tr, a.provider, "muted");
     cell(tr, el("span", "badge " + a.state, a.state));
-    cell(tr, a.cooling_until ? "until " + clock(a.cooling_until) + " (" + dur(a.cooling_until - d.now_s) + ")" : "–", "muted");
+    cell(tr, a.disabled_reason ? a.disabled_reason.replace("_", " ") + " (" + a.disabled_status + ") since " +
+        clock(a.disabled_since) + (a.probe_after > d.now_s ? " · probe in " + dur(a.probe_after - d.now_s) : " · probe due")
+      : a.cooling_until ? "until " + clock(a.cooling_until) + " (" + dur(a.cooling_until - d.now_s) + ")" : "–", "muted");
     const hr = a.headroom, parts = [];
     if (hr.requests !== null) parts.push(int(hr.requests) + " req");
     if (hr.tokens !== null) parts.push(short(hr.tokens) + " tok");
@@ -591,7 +668,7 @@ function render(d) {
     return tr;
   });
   $("accounts").replaceChildren(table(
-    [["Account"], ["Provider"], ["State"], ["Cooling"], ["Headroom left"], ["Requests", 1], ["Tokens", 1]], acc));
+    [["Account"], ["Provider"], ["State"], ["Why / until"], ["Headroom left"], ["Requests", 1], ["Tokens", 1]], acc));
 
   const cons = d.consumers.map((c) => {
     const tr = el("tr"), t = c.totals;
@@ -671,7 +748,7 @@ setInterval(load, 5000);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{AccountState, Dim};
+    use crate::accounts::{AccountState, Dim, DisableReason};
     use crate::analytics::{Accumulator, Fact};
     use crate::limits::{Per, Usage};
     use crate::store::MemStore;
@@ -762,7 +839,12 @@ mod tests {
             ..Health::default()
         };
         let disabled = Health {
-            state: AccountState::Disabled { status: 401 },
+            state: AccountState::Disabled {
+                reason: DisableReason::InvalidKey,
+                status: 400,
+                since_ms: NOW - 60_500,
+                probe_after_ms: NOW + 539_500,
+            },
             ..Health::default()
         };
         let report = UsageReport {
@@ -847,7 +929,8 @@ mod tests {
             v["accounts"][0],
             parse(
                 r#"{"name":"org-1","provider":"anthropic","state":"ok","cooling_until":null,
-                    "headroom":{"requests":null,"tokens":null,"input_tokens":null,
+                    "disabled_reason":null,"disabled_status":null,"disabled_since":null,
+                    "probe_after":null,"headroom":{"requests":null,"tokens":null,"input_tokens":null,
                     "output_tokens":null},"requests":0,"tokens":0}"#
             )
         );
@@ -859,7 +942,14 @@ mod tests {
             (org2["requests"].clone(), org2["tokens"].clone()),
             (7.into(), 900.into())
         );
-        assert_eq!(v["accounts"][2]["state"], "disabled");
+        let org3 = &v["accounts"][2];
+        assert_eq!(org3["state"], "disabled");
+        assert_eq!(org3["disabled_reason"], "invalid_key");
+        assert_eq!(org3["disabled_status"], 400);
+        assert_eq!(org3["disabled_since"], (NOW - 60_500) / 1000);
+        assert_eq!(org3["probe_after"], (NOW + 539_500).div_ceil(1000));
+        assert_eq!(org3["cooling_until"], Value::Null);
+        assert_eq!(org2["disabled_reason"], Value::Null);
 
         let minutes = v["last_hour"]["minutes"]
             .as_array()
@@ -968,6 +1058,10 @@ mod tests {
         ] {
             assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
         }
+        // Why and since when an account is disabled.
+        for field in ["a.disabled_reason", "a.disabled_since", "a.probe_after"] {
+            assert!(html.contains(field), "{field}");
+        }
         // Data is written with textContent, never parsed as HTML.
         assert!(!html.contains("innerHTML"));
         assert_eq!(
@@ -983,6 +1077,50 @@ mod tests {
         let html = dashboard_html("/x</script><script>alert(1)//\"");
         assert!(!html.contains("</script><script>alert"));
         assert!(html.contains(r#""/x\u003c/script\u003e\u003cscript\u003ealert(1)//\"/usage""#));
+    }
+
+    #[test]
+    fn reset_paths_name_one_account() {
+        for (rest, want) in [
+            ("/accounts/org-1/reset", Some("org-1")),
+            ("/accounts/a.b_c/reset", Some("a.b_c")),
+            ("/accounts//reset", None),
+            ("/accounts/a/b/reset", None),
+            ("/accounts/org-1", None),
+            ("/accounts/org-1/reset/", None),
+            ("/usage", None),
+            ("", None),
+        ] {
+            assert_eq!(reset_target(rest), want, "{rest}");
+        }
+    }
+
+    #[test]
+    fn reset_answers_say_what_the_account_was_and_is() {
+        let store = MemStore::new();
+        let cfg = crate::config::parse(
+            br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-reset-key-EEEE"}]}"#,
+        )
+        .unwrap();
+        let a = &cfg.accounts[0];
+        crate::accounts::prepare(&store, &cfg).unwrap();
+        let (status, body) = crate::key_evidence::samples::invalid_key(crate::api::Api::OpenAi);
+        let invalid =
+            crate::accounts::observe_error_body(crate::api::Api::OpenAi, status, body.as_bytes());
+        crate::accounts::record(&store, a, &invalid, NOW).unwrap();
+        let t = crate::accounts::reset(&store, a, NOW + 1).unwrap();
+        let json = reset_json(&a.name, &t);
+        assert_eq!(
+            parse(&json),
+            parse(r#"{"account":"org-1","state":"ok","was":"disabled"}"#)
+        );
+        assert!(!json.contains("EEEE"));
+        let t = crate::accounts::reset(&store, a, NOW + 2).unwrap();
+        assert_eq!(parse(&reset_json(&a.name, &t))["was"], "ok");
+        assert_eq!(
+            parse(unknown_account_json()),
+            parse(r#"{"error":"unknown account"}"#)
+        );
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct Config {
     pub selection: Selection,
     pub global: Option<Global>,
     pub estimate: EstimateCfg,
-    /// The configured entries in their order, then the built-in table: the first match wins.
+    /// The configured entries in their order, then the built-in table, then configured `"*"`
+    /// defaults: the first match wins (see `pricing::with_builtins`).
     pub pricing: Vec<(Glob, Price)>,
     pub admin: Option<Admin>,
     /// Extra path prefixes proxied with identity only, each starting with `/`, with the API
@@ -118,7 +119,7 @@ impl Default for Config {
             selection: Selection::default(),
             global: None,
             estimate: EstimateCfg::default(),
-            pricing: builtin_pricing(),
+            pricing: crate::pricing::builtin_pricing(),
             admin: None,
             passthrough_paths: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -525,6 +526,47 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// `text` with every occurrence of the key replaced by a mask of the same length (the
+    /// known prefix, `*`s, the last four when at least 12 characters stay hidden), or `None`
+    /// when the key does not occur. The same length lets a body whose `content-length` has
+    /// already gone out be rewritten in place.
+    pub fn redact(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let key = self.0.as_bytes();
+        if key.is_empty() || text.len() < key.len() || !text.windows(key.len()).any(|w| w == key) {
+            return None;
+        }
+        let prefix = KNOWN_KEY_PREFIXES
+            .iter()
+            .find(|p| key.starts_with(p.as_bytes()) && key.len() > p.len())
+            .map_or(0, |p| p.len());
+        let tail = if key.len() >= prefix + 4 + 12 { 4 } else { 0 };
+        let mask: Vec<u8> = key
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if i < prefix || i + tail >= key.len() {
+                    *b
+                } else {
+                    b'*'
+                }
+            })
+            .collect();
+        let mut out = Vec::with_capacity(text.len());
+        let mut at = 0;
+        while at < text.len() {
+            if text.get(at..at + key.len()) == Some(key) {
+                out.extend_from_slice(&mask);
+                at += key.len();
+            } else {
+                out.extend(text.get(at).copied());
+                at += 1;
+            }
+        }
+        Some(out)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({})", self.mask())
@@ -743,11 +785,10 @@ pub fn parse_with_env(
         }
         None => EstimateCfg::default(),
     };
-    let mut pricing = match top.get("pricing") {
+    let pricing = crate::pricing::with_builtins(match top.get("pricing") {
         Some(n) => parse_pricing(n, &top.path("pricing"))?,
         None => Vec::new(),
-    };
-    pricing.extend(builtin_pricing());
+    });
     let admin = match top.get("admin") {
         Some(n) => Some(parse_admin(n, &top.path("admin"))?),
         None => None,
@@ -1898,60 +1939,24 @@ mod node {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Built-in prices
-// ---------------------------------------------------------------------------------------------
-
-/// USD per million tokens: (glob, input, output, cache_write, cache_read). Specific globs come
-/// before the general ones they overlap (`gpt-4o-mini*` before `gpt-4o*`). Anthropic cache
-/// writes are the 5-minute rate (1.25 × input), reads 0.1 × input; OpenAI has no cache-write
-/// charge and reads at its cached-input price.
-const BUILTIN_PRICES: &[(&str, f64, f64, f64, f64)] = &[
-    // Anthropic
-    ("claude-opus-4-5*", 5.0, 25.0, 6.25, 0.5),
-    ("claude-opus-4*", 15.0, 75.0, 18.75, 1.5),
-    ("claude-sonnet-4*", 3.0, 15.0, 3.75, 0.3),
-    ("claude-3-7-sonnet*", 3.0, 15.0, 3.75, 0.3),
-    ("claude-3-5-sonnet*", 3.0, 15.0, 3.75, 0.3),
-    ("claude-haiku-4*", 1.0, 5.0, 1.25, 0.1),
-    ("claude-3-5-haiku*", 0.8, 4.0, 1.0, 0.08),
-    ("claude-3-haiku*", 0.25, 1.25, 0.3, 0.03),
-    // OpenAI
-    ("gpt-4o-mini*", 0.15, 0.6, 0.0, 0.075),
-    ("gpt-4o*", 2.5, 10.0, 0.0, 1.25),
-    ("gpt-4.1-nano*", 0.1, 0.4, 0.0, 0.025),
-    ("gpt-4.1-mini*", 0.4, 1.6, 0.0, 0.1),
-    ("gpt-4.1*", 2.0, 8.0, 0.0, 0.5),
-    ("gpt-5-nano*", 0.05, 0.4, 0.0, 0.005),
-    ("gpt-5-mini*", 0.25, 2.0, 0.0, 0.025),
-    ("gpt-5-pro*", 15.0, 120.0, 0.0, 15.0),
-    ("gpt-5*", 1.25, 10.0, 0.0, 0.125),
-    ("o3-pro*", 20.0, 80.0, 0.0, 20.0),
-    ("o3-mini*", 1.1, 4.4, 0.0, 0.55),
-    ("o3*", 2.0, 8.0, 0.0, 0.5),
-    ("o4-mini*", 1.1, 4.4, 0.0, 0.275),
-];
-
-fn builtin_pricing() -> Vec<(Glob, Price)> {
-    BUILTIN_PRICES
-        .iter()
-        .map(|&(glob, input, output, cache_write, cache_read)| {
-            (
-                Glob(glob.to_string()),
-                Price {
-                    input,
-                    output,
-                    cache_write,
-                    cache_read,
-                },
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_keeps_the_length_and_hides_every_occurrence() {
+        let key = "sk-proj-upstream-account-one-000000000000BBBB";
+        let s = Secret::new(key);
+        let text = format!("{{\"message\":\"bad key {key}\",\"again\":\"{key}\"}}");
+        let out = String::from_utf8(s.redact(text.as_bytes()).unwrap()).unwrap();
+        assert_eq!(out.len(), text.len());
+        assert!(!out.contains(key));
+        assert!(out.contains("sk-proj-*****"));
+        assert!(out.contains("*BBBB\""));
+        assert_eq!(s.redact(b"nothing here"), None);
+        let short = Secret::new("abc123");
+        assert_eq!(short.redact(b"[abc123]").unwrap(), b"[******]");
+    }
     use proptest::prelude::{prop_assert_eq, proptest};
 
     const TEST_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -2009,8 +2014,6 @@ mod tests {
 
     /// Asserts what a good configuration parsed to.
     type Check = fn(&Config);
-    /// (glob, input price, output price)
-    type GlobPrice = (&'static str, f64, f64);
 
     fn rate(kind: LimitKind, amount: u64, per: Per) -> Limit {
         Limit::Rate {
@@ -2099,7 +2102,7 @@ mod tests {
         let (glob, price) = cfg.price_for("claude-3-5-haiku-20241022").unwrap();
         assert_eq!(glob.as_str(), "claude-3-5-haiku-*");
         assert_eq!(price.cache_read, 0.08);
-        assert_eq!(cfg.pricing.len(), 1 + BUILTIN_PRICES.len());
+        assert_eq!(cfg.pricing.len(), 1 + crate::pricing::BUILTIN_PRICES.len());
 
         let admin = cfg.admin.as_ref().unwrap();
         assert_eq!(admin.path, "/tollgate");
@@ -2127,7 +2130,7 @@ mod tests {
         assert_eq!(cfg.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(cfg.max_sessions(), 65_536);
         assert!(cfg.admin.is_none() && cfg.global.is_none() && cfg.anonymous.is_none());
-        assert_eq!(cfg.pricing.len(), BUILTIN_PRICES.len());
+        assert_eq!(cfg.pricing.len(), crate::pricing::BUILTIN_PRICES.len());
     }
 
     #[test]
@@ -2577,80 +2580,6 @@ mod tests {
         assert_eq!(format!("{plain:?}"), "KeyMatcher(…)");
         assert!(KeyMatcher::parse("").is_err());
         assert!(ct_eq(&[7; 32], &[7; 32]) && !ct_eq(&[7; 32], &[8; 32]));
-    }
-
-    #[test]
-    fn prices_models_with_specific_globs_first() {
-        let cfg = Config::default();
-        let table: &[(&str, Option<GlobPrice>)] = &[
-            ("gpt-4o-mini-2024-07-18", Some(("gpt-4o-mini*", 0.15, 0.6))),
-            ("gpt-4o-2024-08-06", Some(("gpt-4o*", 2.5, 10.0))),
-            ("gpt-4.1-mini", Some(("gpt-4.1-mini*", 0.4, 1.6))),
-            ("gpt-4.1", Some(("gpt-4.1*", 2.0, 8.0))),
-            ("gpt-5-mini", Some(("gpt-5-mini*", 0.25, 2.0))),
-            ("gpt-5", Some(("gpt-5*", 1.25, 10.0))),
-            ("o3-mini", Some(("o3-mini*", 1.1, 4.4))),
-            ("o3", Some(("o3*", 2.0, 8.0))),
-            ("o4-mini-2025-04-16", Some(("o4-mini*", 1.1, 4.4))),
-            (
-                "claude-opus-4-1-20250805",
-                Some(("claude-opus-4*", 15.0, 75.0)),
-            ),
-            ("claude-opus-4-5", Some(("claude-opus-4-5*", 5.0, 25.0))),
-            (
-                "claude-sonnet-4-5-20250929",
-                Some(("claude-sonnet-4*", 3.0, 15.0)),
-            ),
-            (
-                "claude-3-7-sonnet-20250219",
-                Some(("claude-3-7-sonnet*", 3.0, 15.0)),
-            ),
-            (
-                "claude-3-5-haiku-20241022",
-                Some(("claude-3-5-haiku*", 0.8, 4.0)),
-            ),
-            ("claude-haiku-4-5", Some(("claude-haiku-4*", 1.0, 5.0))),
-            (
-                "claude-3-haiku-20240307",
-                Some(("claude-3-haiku*", 0.25, 1.25)),
-            ),
-            ("llama-3-70b", None),
-        ];
-        for &(model, want) in table {
-            let got = cfg
-                .price_for(model)
-                .map(|(g, p)| (g.as_str(), p.input, p.output));
-            assert_eq!(got, want, "{model}");
-        }
-        // Every built-in glob is reachable: no earlier, broader glob shadows it.
-        for (i, (glob, _)) in cfg.pricing.iter().enumerate() {
-            let model = glob.as_str().replace('*', "");
-            let (first, _) = cfg.price_for(&model).unwrap();
-            assert_eq!(first, &cfg.pricing[i].0, "{model} is shadowed");
-        }
-        for (_, p) in &cfg.pricing {
-            assert!(p.cache_read <= p.input, "{p:?}");
-        }
-    }
-
-    #[test]
-    fn configured_prices_come_before_the_built_in_ones() {
-        let cfg =
-            parse_test(r#"{"pricing": {"gpt-4o-mini*": {"input": 9, "output": 9}}}"#).unwrap();
-        assert_eq!(cfg.price_for("gpt-4o-mini").unwrap().1.input, 9.0);
-        // Order of the configured entries is kept: the first listed wins.
-        let cfg = parse_test(
-            r#"{"pricing": {"z*": {"input": 1, "output": 1}, "a*": {"input": 2, "output": 2}, "*": {"input": 3, "output": 3}}}"#,
-        )
-        .unwrap();
-        let globs: Vec<&str> = cfg
-            .pricing
-            .iter()
-            .take(3)
-            .map(|(g, _)| g.as_str())
-            .collect();
-        assert_eq!(globs, ["z*", "a*", "*"]);
-        assert_eq!(cfg.price_for("gpt-4o").unwrap().1.input, 3.0);
     }
 
     #[test]

@@ -34,6 +34,11 @@ proxy_wasm::main! {{
 /// Bytes read from Envoy's body buffer per host call: the body is read in windows, never
 /// copied into the VM whole.
 const BODY_WINDOW: usize = 64 * 1024;
+/// How much of an upstream error body is held, read for evidence about the key and cleared
+/// of the key before it goes on.
+const ERROR_HEAD: usize = 64 * 1024;
+/// The largest response chunk sent on before it is metered (see `on_http_response_body`).
+const HELD_CHUNK: usize = BODY_WINDOW;
 
 /// What one worker's VM holds for the current configuration.
 struct Plugin {
@@ -456,6 +461,22 @@ struct Req {
     unmetered: Vec<u8>,
     /// Index of the request's pricing entry in `cfg.pricing`, once matched.
     price_cache: Cell<Option<Option<usize>>>,
+    /// An upstream error answer served by an account: its head is held until read.
+    error_head: ErrorHead,
+    /// The chosen account was disabled and this request probes it: its answer is recorded
+    /// even when it carries nothing else to learn.
+    probe: bool,
+}
+
+/// Where an upstream error body served by an account is (see `ERROR_HEAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorHead {
+    /// Not an error served by an account.
+    None,
+    /// Held in Envoy's buffer until `ERROR_HEAD` bytes or the end are in.
+    Holding,
+    /// Read and cleared; the rest passes.
+    Read,
 }
 
 impl Context for Req {
@@ -544,6 +565,8 @@ impl Req {
             strip_usage: false,
             unmetered: Vec::new(),
             price_cache: Cell::new(None),
+            error_head: ErrorHead::None,
+            probe: false,
         }
     }
 
@@ -925,6 +948,7 @@ impl Req {
             match accounts::select(&plugin.store, cfg, &attempt) {
                 accounts::Outcome::Picked(p) => {
                     self.account_ticket = p.ticket;
+                    self.probe = p.probe;
                     if !p.counted {
                         plugin.queue_served(p.account, 1, 0);
                     }
@@ -967,6 +991,16 @@ impl Req {
         let (name, value) = accounts::credential(account);
         // The account's credential replaces the client's in the same header.
         self.remove_client_credentials(name);
+        // A pooled key's answers come back uncompressed: an error that echoes the key is
+        // cleared of it, and read for evidence about the key, only in plain bytes.
+        ffi::set_request_header("accept-encoding", "identity");
+        // Nothing the client sends may scope or re-target the pooled key.
+        let scoping = accounts::CREDENTIAL_SCOPING_HEADERS.iter().copied();
+        for h in scoping.chain(cfg.strip_request_headers.iter().map(String::as_str)) {
+            if self.headers.has(h) {
+                ffi::remove_request_header(h);
+            }
+        }
         ffi::set_request_header(name, &value);
         if account.provider == Api::Anthropic && self.headers.get("anthropic-version").is_none() {
             ffi::set_request_header("anthropic-version", accounts::ANTHROPIC_VERSION);
@@ -1009,7 +1043,7 @@ impl Req {
         let Some(gauge) = gauge else {
             return;
         };
-        if obs.is_empty() {
+        if obs.is_empty() && !self.probe {
             // Nothing to learn; but a cooling that ended on time must show as ok again
             // (looked at once a second: the gauge is read back from the host).
             let now = ffi::now_ms();
@@ -1148,7 +1182,7 @@ impl HttpContext for Req {
             Route::Admin(sub) => {
                 // The admin key is never taken from the URL (`?key=`).
                 let key = identity::presented_key(x_api_key, authorization, None, "");
-                return self.admin(&sub, key, authorization);
+                return self.admin(method, &sub, key, authorization);
             }
             Route::NotFound(api) => {
                 self.api = api;
@@ -1308,6 +1342,17 @@ impl HttpContext for Req {
         // with an error status, so a 2xx needs no look at the response's details.
         let local_reply = !(200..300).contains(&status)
             && ffi::get_filter_state("response\0code_details").is_some_and(|d| d != "via_upstream");
+        if status >= 400 && !local_reply {
+            if let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) {
+                // An upstream that echoes the pooled key never shows it to the client.
+                for (name, value) in all.iter() {
+                    if let Some(masked) = account.key.redact(value) {
+                        ffi::set_response_header(name, &String::from_utf8_lossy(&masked));
+                    }
+                }
+                self.error_head = ErrorHead::Holding;
+            }
+        }
         if self.account.is_some() && !local_reply {
             let headers: Vec<(&str, String)> = all
                 .iter()
@@ -1350,15 +1395,51 @@ impl HttpContext for Req {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         ffi::fresh_clock();
+        if self.error_head == ErrorHead::Holding {
+            if body_size < ERROR_HEAD && !end_of_stream {
+                // Envoy keeps the body until the head is in (bounded by ERROR_HEAD).
+                return Action::Pause;
+            }
+            self.read_error_head(body_size);
+        }
         let Some(meter) = self.meter.as_mut() else {
             return Action::Continue;
         };
-        let chunk = if body_size > 0 {
-            ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, body_size).unwrap_or_default()
+        if !meter.rewrites() {
+            // A chunk goes on to the client first and is metered when the next one comes
+            // (or the stream ends): the first bytes of a stream wait for no parsing. Only a
+            // small chunk is held that way; a large one is metered now, read in windows, so
+            // the VM never holds more than a window of any body.
+            let held = std::mem::take(&mut self.unmetered);
+            if !held.is_empty() {
+                meter.feed(&held);
+            }
+            if body_size <= HELD_CHUNK && !end_of_stream {
+                self.unmetered =
+                    ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, body_size).unwrap_or_default();
+            } else {
+                let mut at = 0;
+                while at < body_size {
+                    let want = (body_size - at).min(BODY_WINDOW);
+                    let Some(window) = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, at, want) else {
+                        break;
+                    };
+                    if window.is_empty() {
+                        break;
+                    }
+                    at += window.len();
+                    meter.feed(&window);
+                }
+                if end_of_stream {
+                    meter.feed_last(&[]);
+                }
+            }
         } else {
-            Vec::new()
-        };
-        if meter.rewrites() {
+            let chunk = if body_size > 0 {
+                ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, body_size).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             // Strip mode changes the chunk before it goes on: metered now. The last chunk
             // also flushes whatever it still holds.
             let replacement = if end_of_stream {
@@ -1368,17 +1449,6 @@ impl HttpContext for Req {
             };
             if let Some(replacement) = replacement {
                 ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, chunk.len(), &replacement);
-            }
-        } else {
-            // A chunk goes on to the client first and is metered when the next one comes
-            // (or the stream ends): the first bytes of a stream wait for no parsing.
-            let held = std::mem::replace(&mut self.unmetered, chunk);
-            if !held.is_empty() {
-                meter.feed(&held);
-            }
-            if end_of_stream {
-                let last = std::mem::take(&mut self.unmetered);
-                meter.feed_last(&last);
             }
         }
         if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
@@ -1411,6 +1481,73 @@ impl HttpContext for Req {
 }
 
 impl Req {
+    /// Reads the held head of an upstream error answer: evidence about the key for the
+    /// account's health, and every occurrence of the key replaced (same length: the
+    /// `content-length` already went out) before the client sees it.
+    fn read_error_head(&mut self, body_size: usize) {
+        self.error_head = ErrorHead::Read;
+        let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) else {
+            return;
+        };
+        let want = body_size.min(ERROR_HEAD);
+        let Some(head) = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, want) else {
+            return;
+        };
+        if let Some(masked) = account.key.redact(&head) {
+            ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, head.len(), &masked);
+        }
+        // Only the provider saying the key itself is invalid disables the account.
+        let obs = accounts::observe_error_body(account.provider, self.upstream_status, &head);
+        if !obs.is_empty() {
+            self.observe_account(obs);
+        }
+    }
+
+    /// `POST {admin.path}/accounts/{name}/reset`: the account is `ok` again at once.
+    fn reset_account(&mut self, method: &str, name: &str) {
+        let json = [("content-type", "application/json")];
+        if !method.eq_ignore_ascii_case("POST") {
+            let allow = [("content-type", "application/json"), ("allow", "POST")];
+            ffi::send_http_response(405, &allow, br#"{"error":"use POST"}"#);
+            return;
+        }
+        let plugin = self.plugin.clone();
+        let Some((i, account)) = plugin
+            .cfg
+            .accounts
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.name == name)
+        else {
+            let body = crate::admin::unknown_account_json();
+            ffi::send_http_response(404, &json, body.as_bytes());
+            return;
+        };
+        match accounts::reset(&plugin.store, account, ffi::now_ms()) {
+            Ok(t) => {
+                if let Some(gauge) = plugin.stats.borrow_mut().account_gauge(i, &account.name) {
+                    ffi::record_metric(gauge, 0);
+                }
+                if t.changed() {
+                    ffi::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: account {} reset to ok by the admin API (was {})",
+                            account.name,
+                            t.before.as_str()
+                        ),
+                    );
+                }
+                let body = crate::admin::reset_json(&account.name, &t);
+                ffi::send_http_response(200, &json, body.as_bytes());
+            }
+            Err(_) => {
+                let body = br#"{"error":"account state is busy; try again"}"#;
+                ffi::send_http_response(503, &json, body);
+            }
+        }
+    }
+
     fn too_large(&mut self) -> Action {
         let max = self.plugin.cfg.max_body_bytes;
         self.reject(
@@ -1437,6 +1574,13 @@ impl Req {
                     }
                 }
             }
+        }
+        // A budget binds on every model: one with no price would cost nothing against it.
+        let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
+        let named = self.info.as_ref().and_then(|i| i.model.as_deref());
+        if self.plugin.cfg.refuses_unpriced(named, limits) {
+            let msg = crate::pricing::no_price_message(self.consumer_name(), named);
+            return self.reject(Reason::Model, &msg, &[]);
         }
         let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
         self.estimate = if model.is_empty() {
@@ -1469,6 +1613,11 @@ impl Req {
             if cfg.accounts.is_empty() {
                 ffi::set_filter_state("tollgate.fingerprint", &format!("{fp:016x}"));
             }
+        }
+        // Only codings the meter decodes may come back: metering cannot be switched off.
+        let encoding = crate::usage::decodable_accept_encoding(self.headers.get("accept-encoding"));
+        if self.headers.get("accept-encoding") != Some(encoding.as_str()) {
+            ffi::set_request_header("accept-encoding", &encoding);
         }
         let mut buf = [0u8; 20];
         ffi::set_filter_state(
@@ -1525,12 +1674,18 @@ impl Req {
             if self.phase == Phase::Proxied {
                 // The upstream never answered (reset, timeout): nothing was produced.
                 self.phase = Phase::Answered;
-                self.record(Usage::default(), false);
+                self.record(Usage::default(), UsageSource::None);
             }
             return;
         };
         self.phase = Phase::Answered;
         let m = meter.finish();
+        if self.upstream_status >= 400 && !m.complete {
+            // The provider refused the request and reports no usage: it bills nothing, so
+            // neither do budgets (the reservation is refunded; it still counts as a request).
+            self.record(Usage::default(), UsageSource::Refused);
+            return;
+        }
         let mut usage = m.usage;
         let mut input_estimated = false;
         if !m.complete && usage.input_side() == 0 {
@@ -1550,7 +1705,12 @@ impl Req {
             };
             self.observe_account(accounts::observe_stream_error(kind));
         }
-        self.record(usage, m.output_estimated || input_estimated);
+        let source = if m.output_estimated || input_estimated {
+            UsageSource::Estimated
+        } else {
+            UsageSource::Reported
+        };
+        self.record(usage, source);
     }
 
     /// Feeds the real input count back into the per-model ratio, and records the error of
@@ -1575,7 +1735,7 @@ impl Req {
     }
 
     /// Metrics and access-log facts for a finished request.
-    fn record(&mut self, usage: Usage, estimated: bool) {
+    fn record(&mut self, usage: Usage, source: UsageSource) {
         self.reconcile(&usage);
         self.charge_global(&usage);
         self.settle_account(Some(&usage));
@@ -1584,9 +1744,7 @@ impl Req {
         ffi::set_filter_state("tollgate.input_tokens", input);
         let output = metrics::decimal(usage.output, &mut buf);
         ffi::set_filter_state("tollgate.output_tokens", output);
-        // Whether the numbers came from the provider or were estimated (abort, reset).
-        let source = if estimated { "estimated" } else { "reported" };
-        ffi::set_filter_state("tollgate.usage", source);
+        ffi::set_filter_state("tollgate.usage", source.as_str());
         let (consumer, model) = (self.consumer_label(), self.model_label());
         let account = self.account.and_then(|i| self.plugin.cfg.accounts.get(i));
         let now = ffi::now_ms();
@@ -1649,7 +1807,13 @@ impl Req {
 
     /// The filter's own endpoints under `admin.path`.
     #[inline(never)]
-    fn admin(&mut self, sub: &str, key: Option<&str>, authorization: Option<&str>) -> Action {
+    fn admin(
+        &mut self,
+        method: &str,
+        sub: &str,
+        key: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Action {
         self.phase = Phase::Answered;
         if sub == "/health" {
             ffi::send_http_response(
@@ -1684,6 +1848,10 @@ impl Req {
         }
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
+        if let Some(name) = crate::admin::reset_target(sub) {
+            self.reset_account(method, name);
+            return Action::Pause;
+        }
         match sub {
             "/usage" => {
                 let now = ffi::now_ms();
@@ -2183,6 +2351,30 @@ mod ffi {
     pub fn record_metric(id: u32, value: u64) {
         unsafe {
             proxy_record_metric(id, value);
+        }
+    }
+}
+
+/// Where a finished request's usage numbers came from (`wasm.tollgate.usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UsageSource {
+    /// The provider reported them.
+    Reported,
+    /// Estimated: the stream was cut short (abort, reset) before the final usage.
+    Estimated,
+    /// The upstream refused the request (status ≥ 400) without usage: nothing is charged.
+    Refused,
+    /// The upstream never answered (reset, timeout): nothing was produced.
+    None,
+}
+
+impl UsageSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Estimated => "estimated",
+            UsageSource::Refused => "refused",
+            UsageSource::None => "none",
         }
     }
 }

@@ -60,6 +60,38 @@ impl Body {
     }
 }
 
+/// The `accept-encoding` to send upstream for a metered request: the client's list cut to
+/// the codings the meter decodes (`gzip`, `deflate`, `identity`), so no client can switch
+/// metering off by asking for `br` or `zstd`. No header, or nothing decodable left, is
+/// `identity` (no header would let the upstream pick any coding).
+pub fn decodable_accept_encoding(client: Option<&str>) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    for item in client.unwrap_or_default().split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
+                && p.get(2..)
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+        });
+        let known = ["gzip", "x-gzip", "deflate", "identity"]
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(coding));
+        if let (Some(c), false) = (known, refused) {
+            if !kept.contains(c) {
+                kept.push(c);
+            }
+        }
+    }
+    if kept.is_empty() || kept == ["identity"] {
+        "identity".to_string()
+    } else {
+        kept.join(", ")
+    }
+}
+
 /// An error reported inside a 200 stream; it affects account health like the HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamError {
@@ -1468,6 +1500,25 @@ fn find_value<'a>(hay: &'a [u8], key: &[u8], from_end: bool) -> Option<&'a [u8]>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_keeps_only_codings_the_meter_decodes() {
+        for (client, sent) in [
+            (None, "identity"),
+            (Some(""), "identity"),
+            (Some("br"), "identity"),
+            (Some("zstd, br;q=1.0"), "identity"),
+            (Some("*"), "identity"),
+            (Some("gzip, deflate, br, zstd"), "gzip, deflate"),
+            (Some("BR, GZip;q=0.5"), "gzip"),
+            (Some("gzip;q=0, br"), "identity"),
+            (Some("identity;q=0, br"), "identity"),
+            (Some("deflate , gzip , gzip"), "deflate, gzip"),
+            (Some("x-gzip"), "x-gzip"),
+        ] {
+            assert_eq!(decodable_accept_encoding(client), sent, "{client:?}");
+        }
+    }
     use crate::sse::tests::{
         ANTHROPIC, GEMINI_SSE, OPENAI_CHAT_NO_USAGE, OPENAI_CHAT_USAGE, OPENAI_RESPONSES,
     };

@@ -16,6 +16,8 @@ pub mod estimate;
 pub mod json;
 #[path = "../../filter/src/limits.rs"]
 pub mod limits;
+#[path = "../../filter/src/pricing.rs"]
+pub mod pricing;
 #[path = "../../filter/src/quota.rs"]
 pub mod quota;
 #[path = "../../filter/src/ratelimit.rs"]

@@ -194,3 +194,26 @@ def test_hash_key_matches_sha256_and_configures_a_consumer(cli):
     assert code == 0, err
     code, out, err = tollgate(cli, "hash-key", "two words")
     assert code == 1 and out == "" and "printable ASCII" in err
+
+
+def test_check_warns_when_a_cost_limit_meets_models_with_no_price(cli):
+    """Budgets bind on every model: a consumer under a cost_usd limit that may name a model
+    with no price is a warning (the filter answers such requests 403), not an error."""
+    cfg = {"consumers": [
+        {"name": "team-a", "keys": ["k-a"], "limits": [{"cost_usd": 5.0, "per": "day"}],
+         "models": ["gemini-2.5-pro", "gemini-*", "text-embedding-3-small", "my-model"]},
+        {"name": "team-b", "keys": ["k-b"]},
+        {"name": "team-c", "keys": ["k-c"], "limits": [{"tokens": 100, "per": "minute"}],
+         "models": ["my-model"]},
+    ], "limits": [{"cost_usd": 1.0, "per": "day"}]}
+    code, out, err = tollgate(cli, "check", "-", stdin=json.dumps(cfg))
+    assert code == 0, err
+    assert out == "ok: 3 consumers, 0 accounts, 1 default limits, stage downstream\n"
+    lines = err.splitlines()
+    assert all(line.startswith("warning: ") and 'get 403 "model has no price"' in line for line in lines), err
+    assert [line.split(":")[1] for line in lines] == [" consumers[0].models[1]", " consumers[0].models[3]",
+                                                      " consumers[1]"], err
+    # Priced by configuration (a prefix glob and a "*" default), the same file is quiet.
+    cfg["pricing"] = {"gemini-*": {"input": 1, "output": 2}, "*": {"input": 3, "output": 3}}
+    code, out, err = tollgate(cli, "check", "-", stdin=json.dumps(cfg))
+    assert (code, err) == (0, ""), err

@@ -1,9 +1,10 @@
-//! The response body: one buffer, or a stream plan played frame by frame with optional delays,
-//! sync-flushed gzip, and a deliberate abort (the body errors, so hyper drops the connection
+//! The response body: one buffer, a few frames with pauses between them, a huge generated
+//! answer, or a stream plan played frame by frame with optional delays, per-event flushed
+//! compression, and a deliberate abort (the body errors, so hyper drops the connection
 //! without a proper end: no last chunk on HTTP/1.1, RST_STREAM on HTTP/2).
 
+use std::collections::VecDeque;
 use std::future::Future as _;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,11 +12,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use crate::encode::{Encoder, Encoding};
+use crate::huge::Huge;
 use crate::providers::{Part, Plan};
 use crate::record::{End, Record};
 
@@ -39,6 +40,19 @@ enum Source {
         len: u64,
         truncate: bool,
     },
+    /// Frames sent one by one with a pause between them, so each arrives in its own read.
+    Frames {
+        frames: VecDeque<Bytes>,
+        len: u64,
+        gap: Duration,
+        sleep: Option<Pin<Box<Sleep>>>,
+        started: bool,
+    },
+    /// A generated answer, compressed as it goes when `enc` is set.
+    Huge {
+        gen: Box<Huge>,
+        enc: Option<Box<Encoder>>,
+    },
     Stream(Box<StreamState>),
 }
 
@@ -49,7 +63,7 @@ struct StreamState {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Abort before the delta with this index (after that many deltas were sent).
     reset_after: Option<usize>,
-    gzip: Option<GzEncoder<Vec<u8>>>,
+    enc: Option<Encoder>,
     deltas_sent: usize,
     end: End,
 }
@@ -66,56 +80,76 @@ pub struct MockBody {
 /// Long enough for hyper to flush the frames already produced before the abort.
 const RESET_FLUSH: Duration = Duration::from_millis(5);
 
-pub fn gzip_all(data: &[u8]) -> Bytes {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(data);
-    Bytes::from(enc.finish().unwrap_or_default())
-}
-
 impl MockBody {
-    pub fn full(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
+    fn new(src: Source, rec: Option<Arc<Record>>) -> MockBody {
         MockBody {
-            src: Source::Once {
-                len: data.len() as u64,
-                data: Some(data),
-                truncate: false,
-            },
+            src,
             rec,
             done: false,
             reset_wait: None,
         }
     }
 
-    pub fn truncated(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
-        MockBody {
-            src: Source::Once {
-                len: data.len() as u64,
-                data: Some(data),
-                truncate: true,
+    /// `frames` in order, pausing `gap` before each one after the first.
+    pub fn frames(frames: Vec<Bytes>, gap: Duration, rec: Option<Arc<Record>>) -> MockBody {
+        let len = frames.iter().map(|f| f.len() as u64).sum();
+        MockBody::new(
+            Source::Frames {
+                frames: frames.into(),
+                len,
+                gap,
+                sleep: None,
+                started: false,
             },
             rec,
-            done: false,
-            reset_wait: None,
-        }
+        )
+    }
+
+    pub fn huge(gen: Huge, enc: Encoding, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody::new(
+            Source::Huge {
+                gen: Box::new(gen),
+                enc: Encoder::new(enc).map(Box::new),
+            },
+            rec,
+        )
+    }
+
+    pub fn full(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody::once(data, false, rec)
+    }
+
+    pub fn truncated(data: Bytes, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody::once(data, true, rec)
+    }
+
+    fn once(data: Bytes, truncate: bool, rec: Option<Arc<Record>>) -> MockBody {
+        MockBody::new(
+            Source::Once {
+                len: data.len() as u64,
+                data: Some(data),
+                truncate,
+            },
+            rec,
+        )
     }
 
     pub fn stream(
         plan: Plan,
         delay_ms: u64,
         reset_after: Option<usize>,
-        gzip: bool,
+        enc: Encoding,
         sse_error: bool,
         rec: Option<Arc<Record>>,
     ) -> MockBody {
-        MockBody {
-            src: Source::Stream(Box::new(StreamState {
+        MockBody::new(
+            Source::Stream(Box::new(StreamState {
                 plan,
                 pos: 0,
                 delay: Duration::from_millis(delay_ms),
                 sleep: None,
                 reset_after,
-                gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
+                enc: Encoder::new(enc),
                 deltas_sent: 0,
                 end: if sse_error {
                     End::SseError
@@ -124,9 +158,7 @@ impl MockBody {
                 },
             })),
             rec,
-            done: false,
-            reset_wait: None,
-        }
+        )
     }
 
     /// Waits for the flush, then fails the body so hyper aborts the connection/stream.
@@ -189,6 +221,53 @@ impl Body for MockBody {
                 }
                 None => this.poll_reset(cx),
             },
+            Source::Frames {
+                frames,
+                gap,
+                sleep,
+                started,
+                len: _,
+            } => {
+                if frames.is_empty() {
+                    this.finish(End::Complete);
+                    return Poll::Ready(None);
+                }
+                if *started && !gap.is_zero() {
+                    // Wait, so hyper flushes what came before: this frame arrives on its own.
+                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*gap)));
+                    if s.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *sleep = None;
+                }
+                *started = true;
+                let Some(next) = frames.pop_front() else {
+                    return Poll::Ready(None);
+                };
+                if frames.is_empty() {
+                    this.finish(End::Complete);
+                }
+                Poll::Ready(Some(Ok(Frame::data(next))))
+            }
+            Source::Huge { gen, enc } => loop {
+                match (gen.next_chunk(), enc.as_mut()) {
+                    (Some(c), None) => return Poll::Ready(Some(Ok(Frame::data(c)))),
+                    (Some(c), Some(e)) => {
+                        let out = e.push(&c, false);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    (None, _) => {
+                        let trailer = enc.take().map(|e| e.finish());
+                        this.finish(End::Complete);
+                        return match trailer {
+                            Some(t) if !t.is_empty() => Poll::Ready(Some(Ok(Frame::data(t)))),
+                            _ => Poll::Ready(None),
+                        };
+                    }
+                }
+            },
             Source::Stream(st) => {
                 let part = st.plan.part(st.pos);
                 // The abort point is before delta N, or before the tail when N is all of them.
@@ -207,17 +286,15 @@ impl Body for MockBody {
                     st.sleep = None;
                 }
                 let Some(frame) = st.plan.frame(st.pos) else {
-                    // Past the end: flush the gzip trailer if any, then stop.
-                    let trailer = st.gzip.take().and_then(|g| g.finish().ok());
+                    // Past the end: flush the encoder's trailer if any, then stop.
+                    let trailer = st.enc.take().map(Encoder::finish);
                     let end = st.end;
                     if let Some(r) = &this.rec {
                         r.events_sent.store(st.deltas_sent, Ordering::Relaxed);
                     }
                     this.finish(end);
                     return match trailer {
-                        Some(t) if !t.is_empty() => {
-                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(t)))))
-                        }
+                        Some(t) if !t.is_empty() => Poll::Ready(Some(Ok(Frame::data(t)))),
                         _ => Poll::Ready(None),
                     };
                 };
@@ -229,12 +306,8 @@ impl Body for MockBody {
                         r.events_sent.store(st.deltas_sent, Ordering::Relaxed);
                     }
                 }
-                let out = match st.gzip.as_mut() {
-                    Some(g) => {
-                        let _ = g.write_all(&frame);
-                        let _ = g.flush();
-                        Bytes::from(std::mem::take(g.get_mut()))
-                    }
+                let out = match st.enc.as_mut() {
+                    Some(e) => e.push(&frame, true),
                     None => frame,
                 };
                 Poll::Ready(Some(Ok(Frame::data(out))))
@@ -249,7 +322,9 @@ impl Body for MockBody {
     fn size_hint(&self) -> SizeHint {
         match &self.src {
             Source::Once { len, .. } => SizeHint::with_exact(*len),
-            Source::Stream(_) => SizeHint::default(),
+            Source::Frames { len, .. } => SizeHint::with_exact(*len),
+            Source::Huge { gen, enc: None } => SizeHint::with_exact(gen.len()),
+            Source::Huge { .. } | Source::Stream(_) => SizeHint::default(),
         }
     }
 }
@@ -262,8 +337,8 @@ mod tests {
     use http_body_util::BodyExt;
     use std::io::Read as _;
 
-    fn plan(n: usize) -> Plan {
-        let r = Req {
+    fn req(n: usize, output: u64) -> Req {
+        Req {
             id: 1,
             created: 0,
             model: "m".into(),
@@ -272,12 +347,16 @@ mod tests {
             capped: false,
             usage: Usage {
                 input: 1,
-                output: n as u64,
+                output,
                 ..Usage::default()
             },
+            raw: crate::script::UsageRaw::none(),
             words: Words::default_answer(),
-        };
-        stream_plan(Kind::Messages, &r, None)
+        }
+    }
+
+    fn plan(n: usize) -> Plan {
+        stream_plan(Kind::Messages, &req(n, n as u64), None)
     }
 
     async fn frames(mut b: MockBody) -> (Vec<u8>, bool) {
@@ -294,7 +373,15 @@ mod tests {
     #[tokio::test]
     async fn gzip_stream_decodes_to_the_plain_stream() {
         let plain = plan(50).concat();
-        let (gz, failed) = frames(MockBody::stream(plan(50), 0, None, true, false, None)).await;
+        let (gz, failed) = frames(MockBody::stream(
+            plan(50),
+            0,
+            None,
+            Encoding::Gzip,
+            false,
+            None,
+        ))
+        .await;
         assert!(!failed);
         let mut dec = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -304,13 +391,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_encoding_of_a_stream_decodes_to_the_plain_stream() {
+        use crate::encode::decode;
+        for e in [
+            Encoding::Gzip,
+            Encoding::Deflate,
+            Encoding::DeflateRaw,
+            Encoding::Br,
+            Encoding::Zstd,
+        ] {
+            let (wire, failed) = frames(MockBody::stream(plan(30), 0, None, e, false, None)).await;
+            assert!(!failed);
+            assert_eq!(decode(e, &wire), plan(30).concat(), "{e:?}");
+        }
+    }
+
+    fn huge(size: u64) -> Huge {
+        Huge::new(Kind::Chat, &req(3, 22), size)
+    }
+
+    #[tokio::test]
+    async fn huge_body_is_sent_plain_with_its_length_or_compressed_in_many_frames() {
+        use crate::encode::decode;
+        let size = 1_000_000;
+        let plain = MockBody::huge(huge(size), Encoding::Identity, None);
+        assert_eq!(plain.size_hint().exact(), Some(size));
+        let (want, failed) = frames(plain).await;
+        assert!(!failed);
+        assert_eq!(want.len() as u64, size);
+        for e in [
+            Encoding::Gzip,
+            Encoding::Br,
+            Encoding::Zstd,
+            Encoding::Deflate,
+        ] {
+            let mut b = MockBody::huge(huge(size), e, None);
+            assert_eq!(b.size_hint().exact(), None, "{e:?}: sent chunked");
+            let mut wire = Vec::new();
+            while let Some(f) = b.frame().await {
+                wire.extend_from_slice(f.unwrap().data_ref().unwrap());
+            }
+            assert!(
+                wire.len() < want.len() / 20,
+                "{e:?}: filler compresses ({})",
+                wire.len()
+            );
+            let got = decode(e, &wire);
+            assert_eq!(got, want, "{e:?}");
+            let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(v["usage"]["completion_tokens"], 22);
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_one_by_one_after_the_gap() {
+        let parts = vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")];
+        let mut b = MockBody::frames(parts, Duration::from_millis(30), None);
+        assert_eq!(b.size_hint().exact(), Some(6));
+        let t = std::time::Instant::now();
+        let first = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(t.elapsed() < Duration::from_millis(25));
+        let second = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!((&first[..], &second[..]), (&b"abc"[..], &b"def"[..]));
+        assert!(b.frame().await.is_none());
+        assert!(b.is_end_stream());
+    }
+
+    #[tokio::test]
     async fn reset_stops_after_n_deltas_with_an_error() {
         let rec = Arc::new(Record::for_test());
         let (out, failed) = frames(MockBody::stream(
             plan(10),
             0,
             Some(4),
-            false,
+            Encoding::Identity,
             false,
             Some(rec.clone()),
         ))
@@ -325,7 +480,15 @@ mod tests {
 
     #[tokio::test]
     async fn reset_at_n_drops_only_the_tail() {
-        let (out, failed) = frames(MockBody::stream(plan(3), 0, Some(3), false, false, None)).await;
+        let (out, failed) = frames(MockBody::stream(
+            plan(3),
+            0,
+            Some(3),
+            Encoding::Identity,
+            false,
+            None,
+        ))
+        .await;
         assert!(failed);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("text_delta").count(), 3);
@@ -343,7 +506,15 @@ mod tests {
     #[tokio::test]
     async fn delays_between_deltas() {
         let t = std::time::Instant::now();
-        let (_, failed) = frames(MockBody::stream(plan(5), 10, None, false, false, None)).await;
+        let (_, failed) = frames(MockBody::stream(
+            plan(5),
+            10,
+            None,
+            Encoding::Identity,
+            false,
+            None,
+        ))
+        .await;
         assert!(!failed);
         assert!(t.elapsed() >= Duration::from_millis(50));
     }
@@ -351,7 +522,14 @@ mod tests {
     #[tokio::test]
     async fn dropped_body_records_client_gone() {
         let rec = Arc::new(Record::for_test());
-        let mut b = MockBody::stream(plan(5), 0, None, false, false, Some(rec.clone()));
+        let mut b = MockBody::stream(
+            plan(5),
+            0,
+            None,
+            Encoding::Identity,
+            false,
+            Some(rec.clone()),
+        );
         let _ = b.frame().await;
         drop(b);
         assert_eq!(rec.end(), End::ClientGone);

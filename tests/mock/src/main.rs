@@ -3,6 +3,9 @@
 //! on one port; a control API under `/__mock/` scripts behaviours per upstream key.
 
 mod body;
+mod credentials;
+mod encode;
+mod huge;
 mod providers;
 mod record;
 mod script;
@@ -16,16 +19,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 
-use body::{gzip_all, MockBody};
-use providers::{Api, Kind, Req, Usage};
+use body::MockBody;
+use credentials::ErrorCtx;
+use encode::{encode_all, Choice, Encoding};
+use huge::Huge;
+use providers::{Api, Kind, Nums, Req, Usage};
 use record::{Record, Recorder};
-use script::{Behaviour, Scripts, Words};
+use script::{Behaviour, Scripts, UsageRaw, Words};
 
 struct State {
     scripts: Scripts,
@@ -416,7 +422,12 @@ async fn upstream(
         _ => false,
     };
 
-    let picked = state.scripts.pick(key.as_deref(), model.as_deref(), path);
+    let picked = state.scripts.pick(&script::Request {
+        key: key.as_deref(),
+        model: model.as_deref(),
+        path,
+        headers: &parts.headers,
+    });
     let default_beh;
     let (beh, script_id): (&Behaviour, Option<u64>) = match &picked {
         Some(p) => (&p.behaviour, Some(p.id)),
@@ -451,15 +462,33 @@ async fn upstream(
 
     // Decide status and body.
     let scripted_status = beh.status.unwrap_or(200);
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let encoding = beh
+        .encoding
+        .map_or(Encoding::Identity, |c| c.resolve(header("accept-encoding")));
+    let cx = ErrorCtx {
+        id: seq,
+        key: key.as_deref(),
+        echo_pad: beh.echo_key,
+        user_project: header("x-goog-user-project"),
+    };
     let mut usage = None;
     let mut stream_body = None;
+    let mut huge = None;
     let (status, content_type, payload): (u16, &'static str, Bytes) = if let Some(raw) = &beh.body {
         (scripted_status, "application/json", raw.clone())
+    } else if let Some(kind) = beh.error {
+        let (default_status, body) = credentials::credential_error(api, kind, &cx);
+        (
+            beh.status.unwrap_or(default_status),
+            "application/json",
+            Bytes::from(body),
+        )
     } else if scripted_status >= 300 {
         (
             scripted_status,
             "application/json",
-            Bytes::from(providers::error_body(api, scripted_status, None, seq)),
+            Bytes::from(credentials::status_error(api, scripted_status, &cx)),
         )
     } else if let Route::NotFound(a) = route {
         (
@@ -485,7 +514,16 @@ async fn upstream(
         )
     } else {
         let v = json.as_ref().unwrap_or(&Value::Null);
-        let words = beh.text.clone().unwrap_or_else(Words::default_answer);
+        let mut words = beh.text.clone().unwrap_or_else(Words::default_answer);
+        if let Some(pad) = beh.echo_key {
+            // The echoed key is the answer's last word.
+            let echo = format!(
+                "{}{}",
+                credentials::echo_padding(pad),
+                key.as_deref().unwrap_or("(none)")
+            );
+            words = Arc::new(words.appended(&echo));
+        }
         let (n, capped) = match (beh.events, max_tokens(v)) {
             (Some(e), _) => (e, false),
             (None, Some(m)) if m < words.len() as u64 => (usize::try_from(m).unwrap_or(0), true),
@@ -526,12 +564,21 @@ async fn upstream(
             n,
             capped,
             usage: u,
+            raw: beh.usage_raw.clone().unwrap_or_else(UsageRaw::none),
             words,
         };
         match route {
             Route::Generate(kind) => {
                 usage = Some(u);
-                if stream {
+                if let Some(size) = beh.body_bytes {
+                    // Always the JSON answer, even to a streamed request.
+                    let kind = match kind {
+                        Kind::Gemini { .. } => Kind::Gemini { array: false },
+                        k => k,
+                    };
+                    huge = Some(Huge::new(kind, &r, size));
+                    (scripted_status, "application/json", Bytes::new())
+                } else if stream {
                     stream_body = Some(providers::stream_plan(kind, &r, beh.sse_error.as_ref()));
                     let ct = match kind {
                         Kind::Gemini { array: true } => "application/json; charset=UTF-8",
@@ -550,7 +597,7 @@ async fn upstream(
             Route::CountTokens => (
                 scripted_status,
                 "application/json",
-                Bytes::from(providers::count_tokens_body(u.input)),
+                Bytes::from(providers::count_tokens_body(&Nums::new(&u, &r.raw))),
             ),
             Route::Embeddings => {
                 usage = Some(u);
@@ -573,32 +620,40 @@ async fn upstream(
     let rec = rec.map(|mut r| {
         r.status = status;
         r.usage = usage;
+        r.encoding = encoding.header().unwrap_or("identity");
         let r = Arc::new(r);
         state.recorder.push(r.clone());
         r
     });
 
     let sse_error = beh.sse_error.is_some();
-    let body = match stream_body {
-        Some(plan) => MockBody::stream(
+    let body = if let Some(plan) = stream_body {
+        MockBody::stream(
             plan,
             beh.delay_ms,
             beh.reset_after_events,
-            beh.gzip,
+            encoding,
             sse_error,
             rec,
-        ),
-        None => {
-            let payload = if beh.gzip {
-                gzip_all(&payload)
-            } else {
-                payload
-            };
-            if beh.reset_after_events.is_some() {
-                MockBody::truncated(payload, rec)
-            } else {
-                MockBody::full(payload, rec)
+        )
+    } else if let Some(gen) = huge {
+        MockBody::huge(gen, encoding, rec)
+    } else {
+        let late = beh.echo_key.is_some_and(|pad| pad > 0);
+        let split = late.then(|| late_split(&payload, key.as_deref(), encoding));
+        let payload = encode_all(encoding, payload);
+        match split {
+            _ if beh.reset_after_events.is_some() => MockBody::truncated(payload, rec),
+            Some(at) => {
+                let at = at.unwrap_or(payload.len() / 2).min(payload.len());
+                let gap = Duration::from_millis(if beh.delay_ms > 0 {
+                    beh.delay_ms
+                } else {
+                    LATE_ECHO_GAP_MS
+                });
+                MockBody::frames(vec![payload.slice(..at), payload.slice(at..)], gap, rec)
             }
+            None => MockBody::full(payload, rec),
         }
     };
     let mut resp = Response::new(body);
@@ -616,13 +671,36 @@ async fn upstream(
     if let Ok(v) = HeaderValue::from_str(&format!("{id_prefix}{seq}")) {
         h.insert(HeaderName::from_static(id_header), v);
     }
-    if beh.gzip {
-        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(ce) = encoding.header() {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static(ce));
+    }
+    if beh.encoding == Some(Choice::Negotiate) {
+        h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if beh.echo_key.is_some() {
+        if let Some(v) = key.as_deref().and_then(|k| HeaderValue::from_str(k).ok()) {
+            h.insert(HeaderName::from_static("x-echo"), v);
+        }
     }
     for (k, v) in &beh.headers {
         h.insert(k.clone(), v.clone());
     }
     resp
+}
+
+/// Pause between the two halves of a late-echo body, so they reach the client in two reads.
+const LATE_ECHO_GAP_MS: u64 = 20;
+
+/// Where to cut a late-echo body in two: in the middle of the echoed key when the body goes
+/// out uncompressed (so the key straddles two reads), else `None` (the middle of the body).
+fn late_split(plain: &[u8], key: Option<&str>, encoding: Encoding) -> Option<usize> {
+    let key = key.filter(|k| !k.is_empty())?;
+    if encoding != Encoding::Identity {
+        return None;
+    }
+    let k = key.as_bytes();
+    let at = plain.windows(k.len()).rposition(|w| w == k)?;
+    Some(at + k.len() / 2)
 }
 
 #[cfg(test)]
@@ -780,6 +858,205 @@ mod tests {
             );
             assert_eq!(key_of(&h, *query).as_deref(), *want, "{name}");
         }
+    }
+
+    fn state() -> State {
+        State {
+            scripts: Scripts::default(),
+            recorder: Recorder::new(true),
+            seq: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// One request through the upstream handler: status, headers and the body's frames.
+    async fn call(
+        st: &State,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, HeaderMap, Vec<Bytes>) {
+        let mut b = Request::builder().method(Method::POST).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let resp = upstream(st, &parts, Bytes::from(body.to_string())).await;
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        (status, h, frames)
+    }
+
+    fn concat(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().flat_map(|f| f.to_vec()).collect()
+    }
+
+    fn chat(stream: bool) -> Value {
+        json!({"model": "gpt-4o", "stream": stream, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    #[tokio::test]
+    async fn negotiated_encoding_follows_accept_encoding_for_json_and_streams() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "*", "encoding": "negotiate", "usage": {"output": 5}}))
+            .unwrap();
+        let cases: &[(Option<&str>, Encoding)] = &[
+            (Some("gzip, deflate, br, zstd"), Encoding::Br),
+            (Some("zstd, gzip"), Encoding::Zstd),
+            (Some("gzip, deflate"), Encoding::Gzip),
+            (Some("deflate"), Encoding::Deflate),
+            (Some("identity"), Encoding::Identity),
+            (None, Encoding::Identity),
+        ];
+        for (ae, want) in cases {
+            for stream in [false, true] {
+                let mut hs = vec![("authorization", "Bearer k")];
+                if let Some(ae) = ae {
+                    hs.push(("accept-encoding", ae));
+                }
+                let (status, h, frames) =
+                    call(&st, "/v1/chat/completions", &hs, chat(stream)).await;
+                assert_eq!(status, 200);
+                assert_eq!(
+                    h.get(CONTENT_ENCODING).map(|v| v.to_str().unwrap()),
+                    want.header(),
+                    "{ae:?}"
+                );
+                assert_eq!(h.get(VARY).unwrap(), "accept-encoding");
+                let plain = String::from_utf8(encode::decode(*want, &concat(&frames))).unwrap();
+                assert!(
+                    plain.contains("\"completion_tokens\":5"),
+                    "{ae:?} {stream}: {plain}"
+                );
+                if stream && *want != Encoding::Identity {
+                    assert!(frames.len() > 3, "{ae:?}: flushed per event");
+                }
+                let last = st.recorder.list(0, None);
+                let rec = last.as_array().unwrap().last().unwrap().clone();
+                assert_eq!(rec["encoding"], want.header().unwrap_or("identity"));
+                assert_eq!(
+                    rec["headers"]["accept-encoding"],
+                    ae.map_or(Value::Null, Value::from)
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn mismatched_organization_answers_only_requests_that_carry_the_header() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "sk-1", "error": "mismatched_organization",
+                         "when_header": {"openai-organization": "*"}}))
+            .unwrap();
+        let (status, _, frames) = call(
+            &st,
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-1")],
+            chat(false),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(!frames.is_empty());
+        let hs = [
+            ("authorization", "Bearer sk-1"),
+            ("openai-organization", "org-evil"),
+        ];
+        let (status, _, frames) = call(&st, "/v1/chat/completions", &hs, chat(false)).await;
+        assert_eq!(status, 401);
+        let v: Value = serde_json::from_slice(&concat(&frames)).unwrap();
+        assert_eq!(v["error"]["code"], "mismatched_organization");
+        // A scripted status overrides the provider's default one.
+        st.scripts
+            .add(&json!({"key": "g", "error": "invalid_key", "status": 403}))
+            .unwrap();
+        let (status, _, frames) = call(
+            &st,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-goog-api-key", "g")],
+            json!({"contents": []}),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let v: Value = serde_json::from_slice(&concat(&frames)).unwrap();
+        assert_eq!(v["error"]["details"][0]["reason"], "API_KEY_INVALID");
+    }
+
+    #[tokio::test]
+    async fn echo_key_puts_the_key_in_a_header_and_the_body_and_late_splits_it_across_frames() {
+        let key = "sk-ant-api03-SECRET-0123456789";
+        let st = state();
+        let msg = json!({"model": "claude-x", "max_tokens": 100, "messages": []});
+        let cases = [
+            (
+                json!({"key": key, "echo_key": true, "error": "invalid_key"}),
+                401,
+                0,
+            ),
+            (
+                json!({"key": key, "echo_key": "late", "error": "invalid_key"}),
+                401,
+                10240,
+            ),
+            (
+                json!({"key": key, "echo_key": "late", "status": 503}),
+                503,
+                10240,
+            ),
+            (json!({"key": key, "echo_key": true}), 200, 0),
+            (
+                json!({"key": key, "echo_key": 70000, "status": 500}),
+                500,
+                70000,
+            ),
+        ];
+        for (script, want_status, pad) in cases {
+            st.scripts.add(&script).unwrap();
+            let (status, h, frames) =
+                call(&st, "/v1/messages", &[("x-api-key", key)], msg.clone()).await;
+            assert_eq!(status, want_status, "{script}");
+            assert_eq!(h.get("x-echo").unwrap(), key, "{script}");
+            let body = String::from_utf8(concat(&frames)).unwrap();
+            let at = body.find(key).unwrap_or_else(|| panic!("{script}: {body}"));
+            assert!(at > pad, "{script}: key at {at}");
+            serde_json::from_str::<Value>(&body).unwrap();
+            if pad > 0 {
+                assert_eq!(frames.len(), 2, "{script}");
+                let cut = frames[0].len();
+                assert!(
+                    at < cut && cut < at + key.len(),
+                    "{script}: the cut splits the key"
+                );
+                assert!(!frames
+                    .iter()
+                    .any(|f| f.windows(key.len()).any(|w| w == key.as_bytes())));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn huge_bodies_stream_the_json_answer_with_usage_at_the_end() {
+        let st = state();
+        st.scripts
+            .add(&json!({"key": "*", "gzip_bytes": 2_000_000, "usage": {"input": 3, "output": 4}}))
+            .unwrap();
+        let (status, h, frames) = call(&st, "/v1/messages", &[("x-api-key", "k")], json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(h.get(CONTENT_ENCODING).unwrap(), "gzip");
+        let plain = encode::decode(Encoding::Gzip, &concat(&frames));
+        assert_eq!(plain.len(), 2_000_000);
+        let v: Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(v["usage"]["output_tokens"], 4);
+        let rec = st.recorder.list(0, None)[0].clone();
+        assert_eq!(rec["usage"]["output"], 4);
+        assert_eq!(rec["end"], "complete");
     }
 
     #[test]

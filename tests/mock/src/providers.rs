@@ -3,12 +3,13 @@
 //! around `n` text deltas that are formatted one at a time, so 500-event streams cost nothing
 //! up front.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::script::{SseError, Words};
+use crate::script::{SseError, UsageRaw, Words};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -64,6 +65,8 @@ pub struct Req {
     /// The answer was cut by the request's max tokens.
     pub capped: bool,
     pub usage: Usage,
+    /// `usage_raw`: literal texts written in place of the usage numbers.
+    pub raw: Arc<UsageRaw>,
     pub words: Arc<Words>,
 }
 
@@ -90,6 +93,8 @@ enum DeltaKind {
     /// Gemini chunks carry a running usage; arrays separate elements with `,\r\n`.
     Gemini {
         prompt: u64,
+        /// What is written as `promptTokenCount` (the number, or `usage_raw.input`).
+        prompt_text: String,
         candidates: u64,
         array: bool,
         end: String,
@@ -161,6 +166,7 @@ impl Delta {
             }
             DeltaKind::Gemini {
                 prompt,
+                prompt_text,
                 candidates,
                 array,
                 end,
@@ -175,7 +181,7 @@ impl Delta {
                 let k = (i as u64).saturating_add(1).min(*candidates);
                 let _ = write!(
                     s,
-                    "{}{prompt},\"candidatesTokenCount\":{k},\"totalTokenCount\":{}{end}",
+                    "{}{prompt_text},\"candidatesTokenCount\":{k},\"totalTokenCount\":{}{end}",
                     self.suffix,
                     prompt.saturating_add(k)
                 );
@@ -198,10 +204,61 @@ fn data(json: &str) -> Bytes {
 
 // ---------------------------------------------------------------- usage in each format
 
-pub fn anthropic_usage(u: &Usage) -> String {
+/// The usage numbers as the JSON texts written on the wire: the real numbers, or the script's
+/// `usage_raw` literals in their place.
+pub struct Nums {
+    /// Anthropic `input_tokens`.
+    input: Cow<'static, str>,
+    cache_read: Cow<'static, str>,
+    cache_write: Cow<'static, str>,
+    /// Anthropic `output_tokens`, OpenAI `completion_tokens`/`output_tokens`.
+    output: Cow<'static, str>,
+    reasoning: Cow<'static, str>,
+    /// OpenAI `prompt_tokens`/`input_tokens`, Gemini `promptTokenCount` (cache reads included).
+    prompt: Cow<'static, str>,
+    total: Cow<'static, str>,
+    /// Gemini `candidatesTokenCount` (output less thoughts).
+    candidates: Cow<'static, str>,
+    /// Gemini and vLLM leave zero cache/thought counts out.
+    has_cache_read: bool,
+    has_reasoning: bool,
+}
+
+fn num(raw: &Option<String>, n: u64) -> Cow<'static, str> {
+    match raw {
+        Some(t) => Cow::Owned(t.clone()),
+        None => Cow::Owned(n.to_string()),
+    }
+}
+
+impl Nums {
+    pub fn new(u: &Usage, raw: &UsageRaw) -> Nums {
+        let prompt = prompt_tokens(u);
+        Nums {
+            input: num(&raw.input, u.input),
+            cache_read: num(&raw.cache_read, u.cache_read),
+            cache_write: num(&raw.cache_write, u.cache_write),
+            output: num(&raw.output, u.output),
+            reasoning: num(&raw.reasoning, u.reasoning),
+            prompt: num(&raw.input, prompt),
+            total: num(&raw.total, prompt.saturating_add(u.output)),
+            candidates: num(&raw.output, u.output.saturating_sub(u.reasoning)),
+            has_cache_read: u.cache_read > 0 || raw.cache_read.is_some(),
+            has_reasoning: u.reasoning > 0 || raw.reasoning.is_some(),
+        }
+    }
+}
+
+impl Req {
+    fn nums(&self) -> Nums {
+        Nums::new(&self.usage, &self.raw)
+    }
+}
+
+fn anthropic_usage(n: &Nums) -> String {
     format!(
         "{{\"input_tokens\":{},\"cache_creation_input_tokens\":{},\"cache_read_input_tokens\":{},\"output_tokens\":{},\"service_tier\":\"standard\"}}",
-        u.input, u.cache_write, u.cache_read, u.output
+        n.input, n.cache_write, n.cache_read, n.output
     )
 }
 
@@ -210,60 +267,49 @@ fn prompt_tokens(u: &Usage) -> u64 {
     u.input.saturating_add(u.cache_read)
 }
 
-fn chat_usage(u: &Usage) -> String {
-    let p = prompt_tokens(u);
+fn chat_usage(n: &Nums) -> String {
     format!(
-        "{{\"prompt_tokens\":{p},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{},\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":{},\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}}",
-        u.output,
-        p.saturating_add(u.output),
-        u.cache_read,
-        u.reasoning
+        "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{},\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":{},\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}}",
+        n.prompt, n.output, n.total, n.cache_read, n.reasoning
     )
 }
 
 /// vLLM style: `prompt_tokens_details` is null unless prefix caching hit.
-fn completions_usage(u: &Usage) -> String {
-    let p = prompt_tokens(u);
-    let details = if u.cache_read > 0 {
-        format!("{{\"cached_tokens\":{}}}", u.cache_read)
+fn completions_usage(n: &Nums) -> String {
+    let details = if n.has_cache_read {
+        format!("{{\"cached_tokens\":{}}}", n.cache_read)
     } else {
         "null".into()
     };
     format!(
-        "{{\"prompt_tokens\":{p},\"total_tokens\":{},\"completion_tokens\":{},\"prompt_tokens_details\":{details}}}",
-        p.saturating_add(u.output),
-        u.output
+        "{{\"prompt_tokens\":{},\"total_tokens\":{},\"completion_tokens\":{},\"prompt_tokens_details\":{details}}}",
+        n.prompt, n.total, n.output
     )
 }
 
-fn responses_usage(u: &Usage) -> String {
-    let p = prompt_tokens(u);
+fn responses_usage(n: &Nums) -> String {
     format!(
-        "{{\"input_tokens\":{p},\"input_tokens_details\":{{\"cached_tokens\":{}}},\"output_tokens\":{},\"output_tokens_details\":{{\"reasoning_tokens\":{}}},\"total_tokens\":{}}}",
-        u.cache_read,
-        u.output,
-        u.reasoning,
-        p.saturating_add(u.output)
+        "{{\"input_tokens\":{},\"input_tokens_details\":{{\"cached_tokens\":{}}},\"output_tokens\":{},\"output_tokens_details\":{{\"reasoning_tokens\":{}}},\"total_tokens\":{}}}",
+        n.prompt, n.cache_read, n.output, n.reasoning, n.total
     )
 }
 
 /// Gemini leaves zero cache/thought counts out, as the real API does.
-fn gemini_usage(u: &Usage) -> String {
-    let p = prompt_tokens(u);
+fn gemini_usage(n: &Nums) -> String {
     let mut s = format!(
-        "{{\"promptTokenCount\":{p},\"candidatesTokenCount\":{},\"totalTokenCount\":{}",
-        u.output.saturating_sub(u.reasoning),
-        p.saturating_add(u.output)
+        "{{\"promptTokenCount\":{},\"candidatesTokenCount\":{},\"totalTokenCount\":{}",
+        n.prompt, n.candidates, n.total
     );
-    if u.cache_read > 0 {
-        let _ = write!(s, ",\"cachedContentTokenCount\":{}", u.cache_read);
+    if n.has_cache_read {
+        let _ = write!(s, ",\"cachedContentTokenCount\":{}", n.cache_read);
     }
-    if u.reasoning > 0 {
-        let _ = write!(s, ",\"thoughtsTokenCount\":{}", u.reasoning);
+    if n.has_reasoning {
+        let _ = write!(s, ",\"thoughtsTokenCount\":{}", n.reasoning);
     }
     let _ = write!(
         s,
-        ",\"promptTokensDetails\":[{{\"modality\":\"TEXT\",\"tokenCount\":{p}}}]}}"
+        ",\"promptTokensDetails\":[{{\"modality\":\"TEXT\",\"tokenCount\":{}}}]}}",
+        n.prompt
     );
     s
 }
@@ -271,36 +317,51 @@ fn gemini_usage(u: &Usage) -> String {
 // ---------------------------------------------------------------- JSON bodies
 
 pub fn json_body(kind: Kind, r: &Req) -> String {
-    let text = r.words.text(r.n);
+    json_body_with(kind, r, &r.words.text(r.n))
+}
+
+/// The JSON answer with `text` (JSON-escaped) as its content.
+fn json_body_with(kind: Kind, r: &Req, text: &str) -> String {
     let m = &r.model;
     match kind {
         Kind::Messages => format!(
             "{{\"id\":\"msg_mock_{:012}\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"{m}\",\"content\":[{{\"type\":\"text\",\"text\":\"{text}\"}}],\"stop_reason\":\"{}\",\"stop_sequence\":null,\"usage\":{}}}",
             r.id,
             if r.capped { "max_tokens" } else { "end_turn" },
-            anthropic_usage(&r.usage)
+            anthropic_usage(&r.nums())
         ),
         Kind::Chat => format!(
             "{{\"id\":\"chatcmpl-mock{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":\"{m}\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{text}\",\"refusal\":null,\"annotations\":[]}},\"logprobs\":null,\"finish_reason\":\"{}\"}}],\"usage\":{},\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\"}}",
             r.id,
             r.created,
             if r.capped { "length" } else { "stop" },
-            chat_usage(&r.usage)
+            chat_usage(&r.nums())
         ),
         Kind::Completions => format!(
             "{{\"id\":\"cmpl-mock{}\",\"object\":\"text_completion\",\"created\":{},\"model\":\"{m}\",\"choices\":[{{\"index\":0,\"text\":\"{text}\",\"logprobs\":null,\"finish_reason\":\"{}\",\"stop_reason\":null,\"prompt_logprobs\":null}}],\"usage\":{}}}",
             r.id,
             r.created,
             if r.capped { "length" } else { "stop" },
-            completions_usage(&r.usage)
+            completions_usage(&r.nums())
         ),
-        Kind::Responses => response_object(r, ResponseState::Done, &text),
+        Kind::Responses => response_object(r, ResponseState::Done, text),
         Kind::Gemini { .. } => format!(
             "{{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{text}\"}}],\"role\":\"model\"}},\"finishReason\":\"{}\",\"index\":0}}],\"usageMetadata\":{},\"modelVersion\":\"{m}\",\"responseId\":\"mock{}\"}}",
             if r.capped { "MAX_TOKENS" } else { "STOP" },
-            gemini_usage(&r.usage),
+            gemini_usage(&r.nums()),
             r.id
         ),
+    }
+}
+
+/// The JSON answer cut where its content text ends, for padding the text with `filler`
+/// bytes there: (head with the real text, tail with everything after, usage included).
+pub fn json_parts(kind: Kind, r: &Req) -> (String, String) {
+    // U+0001 is escaped everywhere else in the body, so it marks the cut unambiguously.
+    let body = json_body_with(kind, r, &format!("{}\u{1}", r.words.text(r.n)));
+    match body.split_once('\u{1}') {
+        Some((head, tail)) => (head.to_owned(), tail.to_owned()),
+        None => (body, String::new()),
     }
 }
 
@@ -329,13 +390,13 @@ fn response_object(r: &Req, state: ResponseState, text: &str) -> String {
             "incomplete",
             "{\"reason\":\"max_output_tokens\"}".to_owned(),
             response_item(r, text, "incomplete"),
-            responses_usage(&r.usage),
+            responses_usage(&r.nums()),
         ),
         ResponseState::Done => (
             "completed",
             "null".to_owned(),
             response_item(r, text, "completed"),
-            responses_usage(&r.usage),
+            responses_usage(&r.nums()),
         ),
     };
     format!(
@@ -356,10 +417,10 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
     let m = &r.model;
     let (pre, delta, mut tail) = match kind {
         Kind::Messages => {
-            let start_usage = Usage {
-                output: 1,
-                reasoning: 0,
-                ..r.usage
+            // message_start reports the input and 1 output token; message_delta the output.
+            let start = Nums {
+                output: Cow::Borrowed("1"),
+                ..r.nums()
             };
             let pre = vec![
                 sse(
@@ -367,7 +428,7 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
                     &format!(
                         "{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_mock_{:012}\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"{m}\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{}}}}}",
                         r.id,
-                        anthropic_usage(&start_usage)
+                        anthropic_usage(&start)
                     ),
                 ),
                 sse(
@@ -388,7 +449,7 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
                     &format!(
                         "{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"{}\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}",
                         if r.capped { "max_tokens" } else { "end_turn" },
-                        r.usage.output
+                        r.nums().output
                     ),
                 ),
                 sse("message_stop", "{\"type\":\"message_stop\"}"),
@@ -422,7 +483,7 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
             if r.include_usage {
                 tail.push(data(&format!(
                     "{head}],\"usage\":{}}}",
-                    chat_usage(&r.usage)
+                    chat_usage(&r.nums())
                 )));
             }
             tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -446,7 +507,7 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
             if r.include_usage {
                 tail.push(data(&format!(
                     "{head}],\"usage\":{}}}",
-                    completions_usage(&r.usage)
+                    completions_usage(&r.nums())
                 )));
             }
             tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -518,6 +579,7 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
         Kind::Gemini { array } => {
             let candidates = r.usage.output.saturating_sub(r.usage.reasoning);
             let prompt = prompt_tokens(&r.usage);
+            let prompt_text = r.nums().prompt.into_owned();
             let end = format!(
                 "}},\"modelVersion\":\"{m}\",\"responseId\":\"mock{}\"}}",
                 r.id
@@ -525,12 +587,12 @@ pub fn stream_plan(kind: Kind, r: &Req, err: Option<&SseError>) -> Plan {
             let delta = Delta {
                 prefix: "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"".into(),
                 suffix: "\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":".into(),
-                kind: DeltaKind::Gemini { prompt, candidates, array, end },
+                kind: DeltaKind::Gemini { prompt, prompt_text, candidates, array, end },
             };
             let last = format!(
                 "{{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"\"}}],\"role\":\"model\"}},\"finishReason\":\"{}\",\"index\":0}}],\"usageMetadata\":{},\"modelVersion\":\"{m}\",\"responseId\":\"mock{}\"}}",
                 if r.capped { "MAX_TOKENS" } else { "STOP" },
-                gemini_usage(&r.usage),
+                gemini_usage(&r.nums()),
                 r.id
             );
             let tail = vec![if array {
@@ -601,7 +663,7 @@ fn stream_error(kind: Kind, e: &SseError, n: usize) -> Bytes {
 
 // ---------------------------------------------------------------- errors
 
-fn default_message(status: u16) -> &'static str {
+pub fn default_message(status: u16) -> &'static str {
     match status {
         400 => "Invalid request (mock)",
         401 => "Invalid API key (mock)",
@@ -656,7 +718,18 @@ fn gemini_status(status: u16) -> &'static str {
 
 fn openai_error(status: u16, msg: &str) -> String {
     let (t, code) = openai_type_code(status);
-    format!("{{\"error\":{{\"message\":\"{msg}\",\"type\":\"{t}\",\"param\":null,\"code\":\"{code}\"}}}}")
+    openai_error_with(t, &format!("\"{code}\""), msg)
+}
+
+/// `code_json` is the JSON text of `code` (a quoted string or `null`); `msg` is escaped.
+pub fn openai_error_with(kind: &str, code_json: &str, msg: &str) -> String {
+    format!("{{\"error\":{{\"message\":\"{msg}\",\"type\":\"{kind}\",\"param\":null,\"code\":{code_json}}}}}")
+}
+
+pub fn anthropic_error(kind: &str, msg: &str, id: u64) -> String {
+    format!(
+        "{{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":\"{msg}\"}},\"request_id\":\"req_mock_{id:012}\"}}"
+    )
 }
 
 fn gemini_error(status: u16, msg: &str) -> String {
@@ -671,20 +744,21 @@ pub fn error_body(api: Api, status: u16, message: Option<&str>, id: u64) -> Stri
     let msg = message
         .map(crate::script::escape)
         .unwrap_or_else(|| default_message(status).to_owned());
+    error_body_escaped(api, status, &msg, id)
+}
+
+pub fn error_body_escaped(api: Api, status: u16, msg: &str, id: u64) -> String {
     match api {
-        Api::Anthropic => format!(
-            "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":\"{msg}\"}},\"request_id\":\"req_mock_{id:012}\"}}",
-            anthropic_type(status)
-        ),
-        Api::OpenAi => openai_error(status, &msg),
-        Api::Gemini => gemini_error(status, &msg),
+        Api::Anthropic => anthropic_error(anthropic_type(status), msg, id),
+        Api::OpenAi => openai_error(status, msg),
+        Api::Gemini => gemini_error(status, msg),
     }
 }
 
 // ---------------------------------------------------------------- small endpoints
 
-pub fn count_tokens_body(input: u64) -> String {
-    format!("{{\"input_tokens\":{input}}}")
+pub fn count_tokens_body(n: &Nums) -> String {
+    format!("{{\"input_tokens\":{}}}", n.input)
 }
 
 /// `data[].embedding` in the requested encoding; the OpenAI Python SDK asks for base64 by default.
@@ -712,10 +786,10 @@ pub fn embeddings_body(r: &Req, inputs: usize, base64: bool) -> String {
             "{{\"object\":\"embedding\",\"index\":{i},\"embedding\":{embedding}}}"
         );
     }
-    let p = prompt_tokens(&r.usage);
+    let n = r.nums();
     format!(
-        "{{\"object\":\"list\",\"data\":[{items}],\"model\":\"{}\",\"usage\":{{\"prompt_tokens\":{p},\"total_tokens\":{p}}}}}",
-        r.model
+        "{{\"object\":\"list\",\"data\":[{items}],\"model\":\"{}\",\"usage\":{{\"prompt_tokens\":{},\"total_tokens\":{}}}}}",
+        r.model, n.prompt, n.total
     )
 }
 
@@ -751,6 +825,7 @@ pub fn models_body(api: Api) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::UsageRaw;
     use serde_json::Value;
 
     fn req(n: usize, usage: Usage, include_usage: bool) -> Req {
@@ -762,6 +837,7 @@ mod tests {
             n,
             capped: false,
             usage,
+            raw: crate::script::UsageRaw::none(),
             words: Words::default_answer(),
         }
     }
@@ -1030,6 +1106,147 @@ mod tests {
         let v: Value =
             serde_json::from_str(&error_body(Api::Anthropic, 429, Some("a \"b\""), 1)).unwrap();
         assert_eq!(v["error"]["message"], "a \"b\"");
+    }
+
+    fn raw(input: &str, output: &str, cache_read: &str) -> Arc<UsageRaw> {
+        Arc::new(UsageRaw {
+            input: Some(input.into()),
+            output: Some(output.into()),
+            cache_read: Some(cache_read.into()),
+            cache_write: Some(input.into()),
+            reasoning: Some(output.into()),
+            total: Some(cache_read.into()),
+        })
+    }
+
+    /// Every JSON document of a body: the body itself, SSE `data:` lines, or array elements.
+    fn documents(kind: Kind, stream: bool, body: &[u8]) -> Vec<Value> {
+        let text = std::str::from_utf8(body).unwrap();
+        if !stream || kind == (Kind::Gemini { array: true }) {
+            let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            return match v {
+                Value::Array(a) if stream => a,
+                v => vec![v],
+            };
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{kind:?} {e}: {d}")))
+            .collect()
+    }
+
+    #[test]
+    fn usage_raw_literals_stand_in_every_usage_position_and_keep_valid_literals_valid_json() {
+        let kinds = [
+            Kind::Messages,
+            Kind::Chat,
+            Kind::Completions,
+            Kind::Responses,
+            Kind::Gemini { array: false },
+            Kind::Gemini { array: true },
+        ];
+        // (kind, pointer into the final usage document, which literal lands there)
+        let positions: &[(Kind, &[&str])] = &[
+            (Kind::Messages, &["input_tokens", "output_tokens"]),
+            (
+                Kind::Chat,
+                &["prompt_tokens", "completion_tokens", "total_tokens"],
+            ),
+            (
+                Kind::Completions,
+                &["prompt_tokens", "completion_tokens", "total_tokens"],
+            ),
+            (
+                Kind::Responses,
+                &["input_tokens", "output_tokens", "total_tokens"],
+            ),
+            (
+                Kind::Gemini { array: false },
+                &[
+                    "promptTokenCount",
+                    "candidatesTokenCount",
+                    "totalTokenCount",
+                ],
+            ),
+        ];
+        let literals = [
+            ("1e30", "-5", "1.5"),
+            ("18446744073709551616", "\"12\"", "0"),
+            ("-0.0", "1E+2", "null"),
+        ];
+        for (a, b, c) in literals {
+            let (va, vb, vc): (Value, Value, Value) = (
+                serde_json::from_str(a).unwrap(),
+                serde_json::from_str(b).unwrap(),
+                serde_json::from_str(c).unwrap(),
+            );
+            for kind in kinds {
+                for stream in [false, true] {
+                    let mut r = req(5, U, true);
+                    r.raw = raw(a, b, c);
+                    let body = if stream {
+                        stream_plan(kind, &r, None).concat()
+                    } else {
+                        json_body(kind, &r).into_bytes()
+                    };
+                    let docs = documents(kind, stream, &body);
+                    // The last document with usage holds the final numbers.
+                    let usage = docs
+                        .iter()
+                        .rev()
+                        .find_map(|d| {
+                            d.pointer("/usage")
+                                .or_else(|| d.pointer("/message/usage"))
+                                .or_else(|| d.pointer("/response/usage"))
+                                .or_else(|| d.pointer("/usageMetadata"))
+                                .filter(|u| u.is_object())
+                        })
+                        .unwrap_or_else(|| panic!("{kind:?} {stream}: no usage"));
+                    let names = positions
+                        .iter()
+                        .find(|(k, _)| {
+                            matches!((k, kind), (Kind::Gemini { .. }, Kind::Gemini { .. }))
+                                || *k == kind
+                        })
+                        .unwrap()
+                        .1;
+                    for (name, want) in names.iter().zip([&va, &vb, &vc]) {
+                        if kind == Kind::Messages && stream && *name == "input_tokens" {
+                            // message_delta carries only the output; the input is in message_start.
+                            let start = &docs[0]["message"]["usage"];
+                            assert_eq!(&start["input_tokens"], want, "{kind:?} message_start");
+                            continue;
+                        }
+                        assert_eq!(
+                            &usage[*name], want,
+                            "{kind:?} stream={stream} {name}: {usage}"
+                        );
+                    }
+                    if kind == Kind::Messages {
+                        let want = if stream { Value::Null } else { vc.clone() };
+                        assert_eq!(usage["cache_read_input_tokens"], want);
+                    }
+                    let text = String::from_utf8(body).unwrap();
+                    assert!(
+                        text.contains(&format!(":{b}")),
+                        "{kind:?}: {b} is written verbatim"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn usage_raw_writes_even_invalid_json_verbatim() {
+        let mut r = req(2, U, false);
+        r.raw = raw("1e", "NaN", "0x10");
+        let body = json_body(Kind::Chat, &r);
+        assert!(
+            body.contains("\"prompt_tokens\":1e,\"completion_tokens\":NaN"),
+            "{body}"
+        );
+        assert!(serde_json::from_str::<Value>(&body).is_err());
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Record {
     pub stream: bool,
     pub usage: Option<Usage>,
     pub script: Option<u64>,
+    /// The content-encoding the answer went out with (`identity` when none).
+    pub encoding: &'static str,
     pub events_sent: AtomicUsize,
     end: AtomicU8,
 }
@@ -116,6 +118,7 @@ impl Record {
             stream: false,
             usage: None,
             script: None,
+            encoding: "identity",
             events_sent: AtomicUsize::new(0),
             end: AtomicU8::new(0),
         }
@@ -170,6 +173,7 @@ impl Record {
         m.insert("endpoint".into(), self.endpoint.into());
         m.insert("status".into(), self.status.into());
         m.insert("stream".into(), self.stream.into());
+        m.insert("encoding".into(), self.encoding.into());
         m.insert(
             "usage".into(),
             self.usage.map_or(Value::Null, |u| {
@@ -269,6 +273,37 @@ mod tests {
                 .len(),
             5
         );
+    }
+
+    #[test]
+    fn records_every_request_header_including_the_credential_scoping_ones() {
+        let names = [
+            "accept-encoding",
+            "openai-organization",
+            "openai-project",
+            "x-goog-user-project",
+            "anthropic-version",
+            "anthropic-beta",
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "content-encoding",
+            "x-anything",
+        ];
+        let mut h = hyper::HeaderMap::new();
+        for (i, n) in names.iter().enumerate() {
+            h.insert(
+                hyper::header::HeaderName::from_static(n),
+                format!("v{i}").parse().unwrap(),
+            );
+        }
+        let v = Record::new(1, "POST", "/", &h, b"", None, None, "chat").to_json();
+        let got = v["headers"].as_object().unwrap();
+        assert_eq!(got.len(), names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(got[*n], format!("v{i}"), "{n}");
+        }
+        assert_eq!(v["encoding"], "identity");
     }
 
     #[test]
