@@ -207,35 +207,5 @@ def test_envoy_refuses_a_bad_configuration_naming_the_field(make_envoy, bad, pat
         assert "tollgate" not in r.text
 
 
-def istio_as_plain_envoy(cfg: dict) -> None:
-    """Renders the Istio EnvoyFilter's HTTP_FILTER patch into a plain Envoy config: the
-    patched filter replaces the demo's wasm filter (same place: right before the router)."""
-    import yaml
-    with open(envoyctl.ROOT / "envoy" / "istio" / "tollgate-envoyfilter.yaml") as f:
-        ef = yaml.safe_load(f)
-    patch = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER")
-    assert patch["patch"]["operation"] == "INSERT_BEFORE"
-    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
-    value = patch["patch"]["value"]
-    value["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(envoyctl.WASM)
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != envoyctl.WASM_FILTER]
-    hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, value)
-    listener_patch = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "LISTENER")
-    cfg["static_resources"]["listeners"][0].update(listener_patch["patch"]["value"])
-    bootstrap = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "BOOTSTRAP")
-    cfg.update(bootstrap["patch"]["value"])
-
-
-def test_istio_envoyfilter_serves_a_request(make_envoy, mock):
-    e = make_envoy(patch=istio_as_plain_envoy)
-    mock.reset()
-    c = anthropic.Anthropic(base_url=e.url(), api_key="callers-own-key-unused", max_retries=0,
-                            default_headers={"x-tollgate-consumer": "search-team"})
-    msg = c.messages.create(model="claude-haiku-4-5", max_tokens=16,
-                            messages=[{"role": "user", "content": "hi"}])
-    assert msg.content[0].text
-    seen = last_request(mock, "/v1/messages")
-    assert seen["headers"]["x-api-key"] == ANTHROPIC_ACCOUNT
-    # The bootstrap patch's stats_tags make Prometheus labels of tollgate's stats.
-    assert 'tollgate_requests_total{consumer="search-team"' in e.prometheus()
+# The Istio example (envoy/istio/) authenticates consumers with a JWT: it is rendered and
+# tested in test_trust_identity.py.
