@@ -1208,7 +1208,12 @@ impl HttpContext for Req {
         });
         let trusted_name = match &claimed {
             Some(name) => Some(name.as_str()),
-            None => cfg.consumer_header.as_deref().and_then(|h| headers.get(h)),
+            None => cfg
+                .consumer_header
+                .as_deref()
+                .and_then(|h| headers.get(h))
+                .map(str::trim)
+                .filter(|n| !n.is_empty()),
         };
         let known = key.and_then(|k| plugin.known_keys.borrow().get(k).copied());
         let identified = match known {
@@ -1836,6 +1841,7 @@ impl Req {
             .chain(basic.as_deref())
             .any(|k| identity::is_admin_key(keys, k));
         if !ok {
+            self.decision = Some(Reason::Auth);
             ffi::send_http_response(
                 401,
                 &[

@@ -98,7 +98,9 @@ pub fn identify(cfg: &Config, key: Option<&str>, trusted_name: Option<&str>) -> 
     }
     let anonymous = cfg.anonymous.is_some();
     if cfg.consumer_header.is_some() || cfg.consumer_claim.is_some() {
-        if let Some(name) = trusted_name.map(str::trim).filter(|n| !n.is_empty()) {
+        // Compared exactly: a signed claim is the identity provider's word as it stands (a
+        // display name " search-team" is not search-team); header values come trimmed.
+        if let Some(name) = trusted_name.filter(|n| !n.is_empty()) {
             return match cfg.consumers.iter().position(|c| c.name == name) {
                 Some(i) => Identity::Known(Caller::Consumer(i), false),
                 None if anonymous => Identity::Known(Caller::Anonymous, false),
@@ -157,7 +159,11 @@ mod tests {
             assert_eq!(identify(&cfg, None, Some(invented)), Identity::UnknownName);
         }
         assert_eq!(identify(&cfg, None, None), Identity::Unauthenticated);
-        assert_eq!(identify(&cfg, None, Some("  ")), Identity::Unauthenticated);
+        assert_eq!(identify(&cfg, None, Some("  ")), Identity::UnknownName);
+        assert_eq!(
+            identify(&cfg, None, Some(" search-team")),
+            Identity::UnknownName
+        );
         let cfg = config(&format!(r#"{named}, "anonymous": {{}}}}"#));
         assert_eq!(
             identify(&cfg, None, Some("invented")),

@@ -373,8 +373,6 @@ def test_a_claim_that_is_not_a_consumers_name_names_nobody(make_envoy, mock, idp
     assert all(c in (401, 403) for c in codes.values()), codes
 
 
-@pytest.mark.xfail(strict=True, reason="filter: identify() trims a trusted name, so a claim "
-                   "' search-team' runs as search-team (consumer_claim should compare exactly)")
 def test_a_claim_with_whitespace_around_a_consumers_name_names_nobody(make_envoy, mock, idp):
     """The claim is the IdP's word, compared as it is: an IdP that lets users pick a display
     name must not let " search-team" become search-team."""
