@@ -1839,118 +1839,114 @@ mod tests {
     fn refuses_a_policy_key_repeated_in_one_object() {
         // First-wins here and last-wins upstream (or the reverse) would let a client pass an
         // allow-list with one model and be served another, or switch off the usage chunk.
-        let chat = Metered::ChatCompletions;
-        let cases: Vec<(Metered, &str, &str)> = vec![
+        let (chat, msgs, gem) = (
+            &Metered::ChatCompletions,
+            &Metered::Messages,
+            &gemini(false),
+        );
+        let cases: &[(&Metered, &str, &str)] = &[
             (
-                chat.clone(),
+                chat,
                 r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}"#,
                 "include_usage",
             ),
+            (chat, r#"{"model":"gpt-4o-mini","model":"o1"}"#, "model"),
             (
-                chat.clone(),
-                r#"{"model":"gpt-4o-mini","model":"o1"}"#,
-                "model",
-            ),
-            (
-                chat.clone(),
+                chat,
                 r#"{"model":"gpt-4o-mini","mod\u0065l":"o1"}"#,
                 "model",
             ),
             (
-                chat.clone(),
+                chat,
                 r#"{"\u006dodel":"a","messages":[],"model":"b"}"#,
                 "model",
             ),
             (
-                chat.clone(),
+                chat,
                 r#"{"model":"m","stream":false,"stream":true}"#,
                 "stream",
             ),
             (
-                chat.clone(),
-                r#"{"model":"m","stream_options":null,"stream_options":{"include_usage":false}}"#,
+                chat,
+                r#"{"stream_options":null,"stream_options":{"include_usage":false}}"#,
                 "stream_options",
             ),
             (
-                chat.clone(),
+                chat,
                 r#"{"model":"m","max_tokens":1,"max_tokens":99999}"#,
                 "max_tokens",
             ),
             (
-                chat.clone(),
-                r#"{"model":"m","max_completion_tokens":1,"max_completion_tokens":9}"#,
+                chat,
+                r#"{"max_completion_tokens":1,"max_completion_tokens":9}"#,
                 "max_completion_tokens",
             ),
+            (chat, r#"{"model":"m","n":1,"messages":[],"n":128}"#, "n"),
             (
-                chat.clone(),
-                r#"{"model":"m","n":1,"messages":[],"n":128}"#,
-                "n",
-            ),
-            (
-                chat.clone(),
+                chat,
                 r#"{"include_usage":true,"include_usage":false}"#,
                 "include_usage",
             ),
             (
-                Metered::Completions,
-                r#"{"model":"m","prompt":"p","stream_options":{"include_usage":true,"include_\u0075sage":false}}"#,
+                &Metered::Completions,
+                r#"{"prompt":"p","stream_options":{"include_usage":true,"include_\u0075sage":false}}"#,
                 "include_usage",
             ),
             (
-                Metered::Messages,
+                msgs,
                 r#"{"model":"claude-3-5-haiku","model":"claude-opus-4"}"#,
                 "model",
             ),
             (
-                Metered::Messages,
+                msgs,
                 r#"{"model":"c","stream":true,"stream":false}"#,
                 "stream",
             ),
             (
-                Metered::Messages,
+                msgs,
                 r#"{"model":"c","max_tokens":1,"max_tokens":64000}"#,
                 "max_tokens",
             ),
             (
-                Metered::Responses,
-                r#"{"model":"m","max_output_tokens":1,"max_output_tokens":100000}"#,
+                &Metered::Responses,
+                r#"{"max_output_tokens":1,"max_output_tokens":100000}"#,
                 "max_output_tokens",
             ),
             (
-                Metered::Embeddings,
+                &Metered::Embeddings,
                 r#"{"model":"a","input":"x","model":"b"}"#,
                 "model",
             ),
             (
-                gemini(false),
+                gem,
                 r#"{"generationConfig":{"maxOutputTokens":1,"maxOutputTokens":65536}}"#,
                 "maxOutputTokens",
             ),
             (
-                gemini(false),
+                gem,
                 r#"{"generationConfig":{"maxOutputTokens":1,"max_output_tokens":65536}}"#,
                 "max_output_tokens",
             ),
             (
-                gemini(true),
+                &gemini(true),
                 r#"{"generation_config":{"candidateCount":1,"candidate_count":8}}"#,
                 "candidate_count",
             ),
             (
-                gemini(false),
+                gem,
                 r#"{"generationConfig":{"maxOutputTokens":1},"contents":[],"generation_config":{}}"#,
                 "generation_config",
             ),
             (
-                gemini(false),
+                gem,
                 r#"{"generationConfig":{},"generationConfig":{"maxOutputTokens":9}}"#,
                 "generationConfig",
             ),
         ];
-        for (ep, body, key) in cases {
+        for &(ep, body, key) in cases {
             let want = format!("duplicate key \"{key}\"");
             assert_eq!(
-                scan(&ep, body.as_bytes()).map_err(|e| e.to_string()),
+                scan(ep, body.as_bytes()).map_err(|e| e.to_string()),
                 Err(want.clone()),
                 "{body}"
             );
@@ -1959,7 +1955,7 @@ mod tests {
             for cut in 0..=b.len() {
                 let (l, r) = b.split_at(cut);
                 assert_eq!(
-                    scan_split(&ep, &[l, r]).map_err(|e| e.to_string()),
+                    scan_split(ep, &[l, r]).map_err(|e| e.to_string()),
                     Err(want.clone()),
                     "{body} cut at {cut}"
                 );
