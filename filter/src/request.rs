@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::api::{Api, Metered};
+use crate::api::{Api, Metered, MODEL_CAP};
 use crate::estimate::Estimator;
 use crate::json::{Container, JsonError, Path, Scalar, Scanner, Sink};
 
@@ -22,8 +22,6 @@ const IMAGE_ALLOWANCE: u64 = 1600;
 const OPENAI_LOW_DETAIL: u64 = 85;
 /// Decoded bytes read to find an image's size; beyond this the header is given up.
 const SNIFF_LIMIT: usize = 256 * 1024;
-/// Longest `model` accepted.
-const MODEL_CAP: usize = 256;
 /// Bytes of each media payload that go into the conversation fingerprint.
 const MEDIA_HASH_BYTES: usize = 1024;
 /// Bytes of each text that go into the conversation fingerprint (with the text's length):
@@ -93,6 +91,9 @@ pub enum RequestError {
     NotBool(&'static str),
     /// The named field is too long.
     TooLong(&'static str),
+    /// A policy-relevant key is repeated in one object: tollgate and the upstream could read
+    /// different values (first-wins against last-wins).
+    Duplicate(&'static str),
 }
 
 impl fmt::Display for RequestError {
@@ -105,6 +106,7 @@ impl fmt::Display for RequestError {
             RequestError::NotCount(k) => write!(f, "{k} must be a non-negative integer"),
             RequestError::NotBool(k) => write!(f, "{k} must be a boolean"),
             RequestError::TooLong(k) => write!(f, "{k} is too long"),
+            RequestError::Duplicate(k) => write!(f, "duplicate key \"{k}\""),
         }
     }
 }
@@ -221,6 +223,8 @@ impl RequestScanner {
                 usage_literal: None,
                 usage_other: false,
                 stream_options: StreamOptions::Absent,
+                root_keys: 0,
+                policy_keys: 0,
                 root_open: None,
                 root_close: None,
                 in_message: false,
@@ -320,6 +324,10 @@ struct Collector {
     usage_literal: Option<(usize, usize)>,
     usage_other: bool,
     stream_options: StreamOptions,
+    /// Policy keys seen in the root object and in the policy object open in it
+    /// (`stream_options`, Gemini `generationConfig`): bits of [`policy_key`].
+    root_keys: u16,
+    policy_keys: u16,
     /// Offsets of the root object's `{` and `}`.
     root_open: Option<usize>,
     root_close: Option<usize>,
@@ -524,6 +532,29 @@ impl Collector {
         }
     }
 
+    /// A key of the root object or of a policy object in it has been read: a policy key
+    /// seen twice in one object is refused. Deeper objects (tool schemas, metadata) hold
+    /// nothing tollgate meters by, so their keys are the upstream's business.
+    fn note_key(&mut self, p: &Path) {
+        let seen = match (p.len(), p.key(0)) {
+            (1, _) => self.root_keys,
+            (2, Some(k)) if policy_key(self.kind, k).is_some_and(|(_, _, obj)| obj) => {
+                self.policy_keys
+            }
+            _ => return,
+        };
+        let Some((bit, name, _)) = p.key(p.len() - 1).and_then(|k| policy_key(self.kind, k)) else {
+            return;
+        };
+        if seen & bit != 0 {
+            self.fail(RequestError::Duplicate(name));
+        } else if p.len() == 1 {
+            self.root_keys |= bit;
+        } else {
+            self.policy_keys |= bit;
+        }
+    }
+
     fn type_error(&mut self, f: Field) {
         match f {
             Field::None => {}
@@ -612,6 +643,31 @@ impl Collector {
             }),
         }
     }
+}
+
+/// A key whose value tollgate meters or limits by, or the upstream bills by: its bit, the
+/// name to report, and whether its value is an object holding more of them. Repeated in one
+/// object, tollgate (first-wins or last-wins) and the upstream (either) could read different
+/// values. Gemini's JSON mapping accepts both spellings of a field, so they share a bit.
+fn policy_key(kind: Kind, k: &[u8]) -> Option<(u16, &'static str, bool)> {
+    let (bit, name, obj) = match k {
+        b"model" => (0, "model", false),
+        b"stream" => (1, "stream", false),
+        b"stream_options" => (2, "stream_options", true),
+        b"include_usage" => (3, "include_usage", false),
+        b"max_tokens" => (4, "max_tokens", false),
+        b"max_completion_tokens" => (5, "max_completion_tokens", false),
+        b"max_output_tokens" => (6, "max_output_tokens", false),
+        b"n" => (7, "n", false),
+        _ if kind != Kind::Gemini => return None,
+        b"maxOutputTokens" => (6, "maxOutputTokens", false),
+        b"candidateCount" => (8, "candidateCount", false),
+        b"candidate_count" => (8, "candidate_count", false),
+        b"generationConfig" => (9, "generationConfig", true),
+        b"generation_config" => (9, "generation_config", true),
+        _ => return None,
+    };
+    Some((1 << bit, name, obj))
 }
 
 /// A string inside a message object; `s` indexes the step after the message's index.
@@ -725,6 +781,9 @@ impl Sink for Collector {
             }
             self.root_open = Some(offset);
             return;
+        }
+        if kind == Container::Object && p.len() == 1 {
+            self.policy_keys = 0;
         }
         match (self.field(p), kind) {
             (Field::StreamOptions, Container::Object) => {
@@ -865,6 +924,9 @@ impl Sink for Collector {
     }
 
     fn str_end(&mut self, p: &Path, key: bool, len: usize) {
+        if key && p.len() <= 2 {
+            self.note_key(p);
+        }
         let role = core::mem::replace(&mut self.cur, Role::Ignore);
         match role {
             Role::Text(d) => {
@@ -1771,6 +1833,173 @@ mod tests {
             scan(&chat, deep.as_bytes()).unwrap_err().to_string(),
             "request body is not valid JSON: nesting too deep at byte 532"
         );
+    }
+
+    #[test]
+    fn refuses_a_policy_key_repeated_in_one_object() {
+        // First-wins here and last-wins upstream (or the reverse) would let a client pass an
+        // allow-list with one model and be served another, or switch off the usage chunk.
+        let (chat, msgs, gem) = (
+            &Metered::ChatCompletions,
+            &Metered::Messages,
+            &gemini(false),
+        );
+        let cases: &[(&Metered, &str, &str)] = &[
+            (
+                chat,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}"#,
+                "include_usage",
+            ),
+            (chat, r#"{"model":"gpt-4o-mini","model":"o1"}"#, "model"),
+            (
+                chat,
+                r#"{"model":"gpt-4o-mini","mod\u0065l":"o1"}"#,
+                "model",
+            ),
+            (
+                chat,
+                r#"{"\u006dodel":"a","messages":[],"model":"b"}"#,
+                "model",
+            ),
+            (
+                chat,
+                r#"{"model":"m","stream":false,"stream":true}"#,
+                "stream",
+            ),
+            (
+                chat,
+                r#"{"stream_options":null,"stream_options":{"include_usage":false}}"#,
+                "stream_options",
+            ),
+            (
+                chat,
+                r#"{"model":"m","max_tokens":1,"max_tokens":99999}"#,
+                "max_tokens",
+            ),
+            (
+                chat,
+                r#"{"max_completion_tokens":1,"max_completion_tokens":9}"#,
+                "max_completion_tokens",
+            ),
+            (chat, r#"{"model":"m","n":1,"messages":[],"n":128}"#, "n"),
+            (
+                chat,
+                r#"{"include_usage":true,"include_usage":false}"#,
+                "include_usage",
+            ),
+            (
+                &Metered::Completions,
+                r#"{"prompt":"p","stream_options":{"include_usage":true,"include_\u0075sage":false}}"#,
+                "include_usage",
+            ),
+            (
+                msgs,
+                r#"{"model":"claude-3-5-haiku","model":"claude-opus-4"}"#,
+                "model",
+            ),
+            (
+                msgs,
+                r#"{"model":"c","stream":true,"stream":false}"#,
+                "stream",
+            ),
+            (
+                msgs,
+                r#"{"model":"c","max_tokens":1,"max_tokens":64000}"#,
+                "max_tokens",
+            ),
+            (
+                &Metered::Responses,
+                r#"{"max_output_tokens":1,"max_output_tokens":100000}"#,
+                "max_output_tokens",
+            ),
+            (
+                &Metered::Embeddings,
+                r#"{"model":"a","input":"x","model":"b"}"#,
+                "model",
+            ),
+            (
+                gem,
+                r#"{"generationConfig":{"maxOutputTokens":1,"maxOutputTokens":65536}}"#,
+                "maxOutputTokens",
+            ),
+            (
+                gem,
+                r#"{"generationConfig":{"maxOutputTokens":1,"max_output_tokens":65536}}"#,
+                "max_output_tokens",
+            ),
+            (
+                &gemini(true),
+                r#"{"generation_config":{"candidateCount":1,"candidate_count":8}}"#,
+                "candidate_count",
+            ),
+            (
+                gem,
+                r#"{"generationConfig":{"maxOutputTokens":1},"contents":[],"generation_config":{}}"#,
+                "generation_config",
+            ),
+            (
+                gem,
+                r#"{"generationConfig":{},"generationConfig":{"maxOutputTokens":9}}"#,
+                "generationConfig",
+            ),
+        ];
+        for &(ep, body, key) in cases {
+            let want = format!("duplicate key \"{key}\"");
+            assert_eq!(
+                scan(ep, body.as_bytes()).map_err(|e| e.to_string()),
+                Err(want.clone()),
+                "{body}"
+            );
+            // Refused at every split point, keys and escapes cut anywhere, before the end.
+            let b = body.as_bytes();
+            for cut in 0..=b.len() {
+                let (l, r) = b.split_at(cut);
+                assert_eq!(
+                    scan_split(ep, &[l, r]).map_err(|e| e.to_string()),
+                    Err(want.clone()),
+                    "{body} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_policy_names_once_per_object_and_repeated_outside_policy_positions() {
+        // A tool's JSON schema may name a property `model` or `n` in many objects; those
+        // objects are the upstream's business, not tollgate's metering.
+        let cases: Vec<(Metered, &str)> = vec![
+            (
+                Metered::ChatCompletions,
+                r#"{"model":"m","n":1,"stream":true,"stream_options":{"include_usage":true},
+                "max_tokens":5,"max_completion_tokens":5,
+                "messages":[{"role":"user","content":"hi","name":"model"}],
+                "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object",
+                  "properties":{"model":{"type":"string"},"n":{"type":"integer"},
+                  "stream":{"type":"object","properties":{"model":{},"stream":{}}}}}}}],
+                "metadata":{"model":"x","model":"y"}}"#,
+            ),
+            (
+                Metered::Messages,
+                r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"x"}]}]}],
+                "tools":[{"name":"t","input_schema":{"properties":{"max_tokens":{},"model":{}}}}]}"#,
+            ),
+            (
+                gemini(false),
+                r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],
+                "generationConfig":{"maxOutputTokens":5,"candidateCount":1,"stopSequences":["a","a"]},
+                "model":"ignored","tools":[{"functionDeclarations":[{"name":"f","parameters":
+                {"properties":{"maxOutputTokens":{},"n":{}}}}]}]}"#,
+            ),
+            // Outside Gemini, camelCase names are not policy keys.
+            (
+                Metered::Responses,
+                r#"{"model":"m","max_output_tokens":5,"maxOutputTokens":7}"#,
+            ),
+        ];
+        for (ep, body) in cases {
+            assert!(scan(&ep, body.as_bytes()).is_ok(), "{body}");
+        }
     }
 
     #[test]
