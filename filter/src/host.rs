@@ -1103,6 +1103,11 @@ impl Req {
                 self.api = api;
                 false
             }
+            Route::BadRequest { api, message } => {
+                // The downstream stage refuses these first; this is defence in depth.
+                self.api = api;
+                return self.reject(Reason::BadRequest, message, &[]);
+            }
             _ => return Action::Continue,
         };
         self.estimate = ffi::get_filter_state("tollgate.estimate")
@@ -1184,11 +1189,16 @@ impl HttpContext for Req {
                 let key = identity::presented_key(x_api_key, authorization, None, "");
                 return self.admin(method, &sub, key, authorization);
             }
+            Route::BadRequest { api, message } => {
+                self.api = api;
+                return self.reject(Reason::BadRequest, message, &[]);
+            }
             Route::NotFound(api) => {
                 self.api = api;
+                // Never the query or `;` parameters: a client may have put a secret there.
                 let msg = format!(
                     "{method} {} is not served here",
-                    path.split('?').next().unwrap_or("")
+                    api::display_path(&path)
                 );
                 return self.reject(Reason::NotFound, &msg, &[]);
             }

@@ -529,6 +529,11 @@ def istio_as_plain_envoy(jwks: str):
                 if value["name"] == envoyctl.WASM_FILTER:
                     value["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(envoyctl.WASM)
                 hcm["http_filters"].insert(at, value)
+            elif p["applyTo"] == "NETWORK_FILTER":
+                assert p["patch"]["operation"] == "MERGE"
+                assert value["name"] == "envoy.filters.network.http_connection_manager"
+                merged = {k: v for k, v in value["typed_config"].items() if k != "@type"}
+                hcm.update(merged)
             elif p["applyTo"] == "LISTENER":
                 assert p["patch"]["operation"] == "MERGE"
                 cfg["static_resources"]["listeners"][0].update(value)
