@@ -2885,16 +2885,32 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"ist blau\"}],\"r
         sent
     }
 
+    /// Meters a gzip body of `head`, `mib` MiB of `unit`s and `tail` (see `stream_gzip`),
+    /// compressed far beyond the ratio at which decoding used to stop.
+    fn meter_huge_gzip(
+        endpoint: &Metered,
+        ct: &str,
+        (head, unit, tail): (&[u8], &[u8], &[u8]),
+        mib: usize,
+    ) -> Metering {
+        let mut m = ResponseMeter::new(endpoint, ct, "gzip", false);
+        let sent = stream_gzip(&mut m, head, unit, mib, tail);
+        assert!(
+            sent * 200 < mib as u64 * 1_000_000,
+            "compressed to {sent} bytes"
+        );
+        m.finish()
+    }
+
     #[test]
     fn finds_usage_at_the_end_of_a_24_mib_gzip_body() {
-        let head = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":""#;
-        let tail = br#" Ende."},"finish_reason":"stop"}],"usage":{"prompt_tokens":2006,"completion_tokens":777,"total_tokens":2783,"prompt_tokens_details":{"cached_tokens":1920}}}"#;
-        let mut m = ResponseMeter::new(&Metered::ChatCompletions, JSON, "gzip", false);
-        let sent = stream_gzip(&mut m, head, b"Lorem ipsum dolor sit amet, ", 24, tail);
-        // Past 16 MB and far beyond the ratio at which decoding used to stop.
-        assert!(sent * 200 < 24_000_000, "compressed to {sent} bytes");
+        let body: (&[u8], &[u8], &[u8]) = (
+            br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":""#,
+            b"Lorem ipsum dolor sit amet, ",
+            br#" Ende."},"finish_reason":"stop"}],"usage":{"prompt_tokens":2006,"completion_tokens":777,"total_tokens":2783,"prompt_tokens_details":{"cached_tokens":1920}}}"#,
+        );
         assert_eq!(
-            m.finish(),
+            meter_huge_gzip(&Metered::ChatCompletions, JSON, body, 24),
             Metering {
                 oversized_events: 1,
                 ..real(usage(86, 1920, 0, 777), "gpt-4o-2024-08-06")
@@ -2906,13 +2922,13 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"ist blau\"}],\"r
     fn finds_usage_at_the_end_of_a_64_mib_gzip_body() {
         // Embeddings: no output text to estimate (debug builds estimate slowly), and the
         // model is named after the vectors.
-        let head = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":["#;
-        let tail = br#"0.1]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":777,"total_tokens":777}}"#;
-        let mut m = ResponseMeter::new(&Metered::Embeddings, JSON, "gzip", false);
-        let sent = stream_gzip(&mut m, head, b"-0.0123456789,", 64, tail);
-        assert!(sent * 200 < 64_000_000, "compressed to {sent} bytes");
+        let body: (&[u8], &[u8], &[u8]) = (
+            br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":["#,
+            b"-0.0123456789,",
+            br#"0.1]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":777,"total_tokens":777}}"#,
+        );
         assert_eq!(
-            m.finish(),
+            meter_huge_gzip(&Metered::Embeddings, JSON, body, 64),
             Metering {
                 oversized_events: 1,
                 ..real(usage(777, 0, 0, 0), "text-embedding-3-large")
@@ -2922,13 +2938,15 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"ist blau\"}],\"r
 
     #[test]
     fn finds_usage_at_the_end_of_a_long_gzip_stream() {
-        let head =
-            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
-        let tail = b"data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":777}}\n\ndata: [DONE]\n\n";
-        let mut m = ResponseMeter::new(&Metered::ChatCompletions, SSE, "gzip", false);
-        let unit = b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Lorem ipsum \"}}]}\n\n";
-        stream_gzip(&mut m, head, unit, 24, tail);
-        assert_eq!(m.finish(), real(usage(3, 0, 0, 777), "gpt-4o"));
+        let body: (&[u8], &[u8], &[u8]) = (
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Lorem ipsum \"}}]}\n\n",
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":777}}\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(
+            meter_huge_gzip(&Metered::ChatCompletions, SSE, body, 24),
+            real(usage(3, 0, 0, 777), "gpt-4o")
+        );
     }
 
     // -----------------------------------------------------------------------------------
