@@ -120,18 +120,28 @@ pub struct Price {
 
 impl Price {
     /// Cost of `usage` in micro-dollars, rounded up so that a limit is never under-charged.
+    /// Exact: tokens × USD/Mtok is micro-USD, and a price is a whole number of pico-USD per
+    /// token (any price with at most six decimals), so the sum is taken in integers. With
+    /// sane counts (each ≤ 10^8, SPEC "Usage numbers are sane") it can only saturate for a
+    /// price above about 10^10 USD per million tokens.
     pub fn cost_micros(&self, usage: &Usage) -> u64 {
-        // tokens × USD/Mtok = micro-USD exactly.
-        let micros = usage.input as f64 * self.input
-            + usage.output as f64 * self.output
-            + usage.cache_write as f64 * self.cache_write
-            + usage.cache_read as f64 * self.cache_read;
-        if micros.is_finite() && micros > 0.0 {
-            micros.ceil().min(u64::MAX as f64) as u64
-        } else {
-            0
-        }
+        let pico = [
+            (usage.input, self.input),
+            (usage.output, self.output),
+            (usage.cache_write, self.cache_write),
+            (usage.cache_read, self.cache_read),
+        ]
+        .into_iter()
+        .map(|(tokens, price)| u128::from(tokens).saturating_mul(u128::from(pico_per_token(price))))
+        .fold(0u128, u128::saturating_add);
+        u64::try_from(pico.div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
+}
+
+/// USD per million tokens as pico-USD per token (`as` maps a negative or NaN price to 0 and
+/// saturates an absurd one).
+fn pico_per_token(usd_per_mtok: f64) -> u64 {
+    (usd_per_mtok * 1e6).round() as u64
 }
 
 #[cfg(test)]
@@ -156,5 +166,66 @@ mod tests {
         assert_eq!(p.cost_micros(&u), 11_475);
         assert_eq!(u.total(), 3600);
         assert_eq!(u.input_side(), 3100);
+    }
+
+    #[test]
+    fn costs_are_exact_for_decimal_prices() {
+        // 100 × 0.07 is 7.000000000000001 in floating point: rounded up, 8.
+        let cases = [
+            (0.07, 100, 7),
+            (0.1, 3, 1),
+            (0.3, 2000, 600),
+            (1.1, 3, 4),
+            (0.000001, 1, 1),
+            (2.5, 0, 0),
+        ];
+        for (price, tokens, want) in cases {
+            let p = Price {
+                input: price,
+                ..Price::default()
+            };
+            let u = Usage {
+                input: tokens,
+                ..Usage::default()
+            };
+            assert_eq!(p.cost_micros(&u), want, "{tokens} × {price}");
+        }
+    }
+
+    #[test]
+    fn totals_and_costs_are_exact_at_the_largest_sane_usage() {
+        // Each reported count is at most 10^8; Gemini's output adds thoughts to candidates.
+        let u = Usage {
+            input: 100_000_000,
+            cache_read: 100_000_000,
+            cache_write: 100_000_000,
+            output: 200_000_000,
+        };
+        assert_eq!(u.input_side(), 300_000_000);
+        assert_eq!(u.total(), 500_000_000);
+        let opus = Price {
+            input: 15.0,
+            output: 75.0,
+            cache_write: 18.75,
+            cache_read: 1.5,
+        };
+        // 1.5e9 + 1.5e10 + 1.875e9 + 1.5e8 micro-dollars.
+        assert_eq!(opus.cost_micros(&u), 18_525_000_000);
+        let odd = Price {
+            input: 0.15,
+            output: 0.6,
+            cache_write: 0.1875,
+            cache_read: 0.075,
+        };
+        assert_eq!(
+            odd.cost_micros(&u),
+            15_000_000 + 120_000_000 + 18_750_000 + 7_500_000
+        );
+        // A price no one charges still does not wrap.
+        let absurd = Price {
+            input: 1e300,
+            ..Price::default()
+        };
+        assert_eq!(absurd.cost_micros(&u), u64::MAX);
     }
 }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use miniz_oxide::inflate::stream::{inflate, InflateState};
 use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::api::{Api, Metered};
@@ -24,12 +24,13 @@ const ELEMENT_CAP: usize = DEFAULT_EVENT_CAP;
 const HOLD_CAP: usize = DEFAULT_EVENT_CAP;
 /// Longest model name kept.
 const MODEL_CAP: usize = 256;
-/// Inflate output window.
+/// Inflate output window: a compressed body is decoded to its end through it, each window
+/// scanned and dropped (SPEC "Decoding runs to the end in bounded memory").
 const INFLATE_OUT: usize = 16 << 10;
-/// Decompression stops (counting stays partial) past this many bytes when the ratio to the
-/// compressed input is absurd: a gzip bomb must not burn the worker's CPU.
-const INFLATE_FREE: u64 = 16 << 20;
-const INFLATE_RATIO: u64 = 200;
+/// The largest token count a response may report (SPEC "Usage numbers are sane"). Every
+/// normalised field is then at most twice this (Gemini's output adds thoughts), so no sum or
+/// cost over one response can come near `u64::MAX`.
+pub const MAX_COUNT: u64 = 100_000_000;
 
 /// How a response body is framed, decided from its content type and endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,24 +101,66 @@ pub enum StreamError {
     Other,
 }
 
-/// What one response used.
+/// What one response used, and how far to trust it.
+///
+/// What the host charges (`charged`): the input side as reported when `complete`, else its
+/// own input estimate; the output as given, except for an `undecodable()` response, where it
+/// charges at least the output it reserved (`usage.output` is then only what could be
+/// estimated, often nothing). `tollgate.usage` is then `undecodable`; else `invalid` for
+/// `invalid_usage`; else `estimated` when `output_estimated` or not `complete`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Metering {
     pub usage: Usage,
     /// The upstream reported the input side (`input`, `cache_read`, `cache_write`). When
     /// false they are 0 and the caller should use its own input estimate.
     pub complete: bool,
-    /// `output` is estimated from the streamed text (the final usage never came).
+    /// `output` is estimated from the streamed text (the final usage never came, was
+    /// invalid, or the body could not be decoded). Always true when `invalid_usage` or
+    /// `undecodable()`.
     pub output_estimated: bool,
     /// The model the response names (`model`, or Gemini's `modelVersion`).
     pub model: Option<String>,
     /// The first error event seen in the body.
     pub stream_error: Option<StreamError>,
-    /// `content-encoding` was neither identity, gzip nor deflate: nothing could be counted.
+    /// `content-encoding` was not identity, gzip, x-gzip or deflate (br, zstd, stacked
+    /// codings such as `gzip, gzip`): nothing could be counted; `usage` is all zero,
+    /// `complete` false, `output_estimated` true.
     pub unsupported_encoding: bool,
+    /// The body claimed gzip/deflate but was not, or broke off into corrupt data, before its
+    /// final usage was read: the rest was not counted; `output_estimated` is true.
+    pub corrupt_encoding: bool,
+    /// The upstream reported a count that is negative, fractional, not a number or above
+    /// `MAX_COUNT` (in any usage field, read or not), or a usage that is not an object: none
+    /// of its usage counts. `complete` is false (no input reported) and `output` is estimated
+    /// from the streamed text, as if the final usage never came.
+    pub invalid_usage: bool,
     /// Events or array elements too large to parse whole (their usage, if any, was looked
     /// for in their tail).
     pub oversized_events: u64,
+}
+
+impl Metering {
+    /// The body could not be decoded (far enough) to count it.
+    pub fn undecodable(&self) -> bool {
+        self.unsupported_encoding || self.corrupt_encoding
+    }
+
+    /// What to charge, given the host's own input estimate and the output it reserved at
+    /// admission (SPEC "Trust boundaries (v2)").
+    pub fn charged(&self, input_estimate: u64, reserved_output: u64) -> Usage {
+        let mut u = self.usage;
+        if !self.complete {
+            u = Usage {
+                input: input_estimate,
+                output: u.output,
+                ..Usage::default()
+            };
+        }
+        if self.undecodable() {
+            u.output = u.output.max(reserved_output);
+        }
+        u
+    }
 }
 
 /// Which response shape to expect.
@@ -234,6 +277,11 @@ impl ResponseMeter {
         self.parser.finish(&mut self.counter);
         let mut m = self.counter.metering();
         m.unsupported_encoding = matches!(self.decoder, Decoder::Unsupported);
+        m.corrupt_encoding = self.decoder.broken() && !self.counter.final_seen;
+        if m.undecodable() {
+            // Whatever was counted, the output is not known: never a reported zero.
+            m.output_estimated = true;
+        }
         m.oversized_events = m.oversized_events.saturating_add(self.parser.oversized());
         self.done = Some(m.clone());
         m
@@ -362,13 +410,13 @@ impl Parser {
         }
         match self {
             Parser::Sse(p) => p.feed(bytes, |end, ev| {
-                let drop = ev.is_some_and(|e| counter.event(e));
+                let drop = ev.is_some_and(|e| counter.event(e, false));
                 if let Some(c) = cuts.as_deref_mut() {
                     c.push((end, drop));
                 }
             }),
             Parser::Array(a) => a.feed(bytes, |doc| {
-                counter.doc(doc, false);
+                counter.doc(doc, false, false);
             }),
             Parser::Json(j) => j.feed(bytes, counter),
         }
@@ -378,7 +426,7 @@ impl Parser {
         match self {
             Parser::Sse(p) => p.finish(|ev| {
                 if let Some(e) = ev {
-                    counter.event(e);
+                    counter.event(e, true);
                 }
             }),
             Parser::Array(_) => {}
@@ -488,12 +536,7 @@ impl JsonBuffer {
                 return;
             }
             self.truncated = true;
-            // The model name is near the start in OpenAI and Anthropic bodies.
-            if let Some(v) = find_value(&self.buf, b"\"model\"", false) {
-                if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
-                    counter.set_model(&t);
-                }
-            }
+            counter.model_near_start(&self.buf);
             // Start a small buffer: the big one's capacity would otherwise stay allocated.
             let old = std::mem::replace(&mut self.buf, Vec::with_capacity(3 * TAIL_KEEP));
             let cut = old.len().saturating_sub(TAIL_KEEP);
@@ -512,10 +555,10 @@ impl JsonBuffer {
 
     fn finish(&mut self, counter: &mut Counter) {
         if self.truncated {
-            counter.push_raw(&self.buf);
             counter.tail(&self.buf);
+            counter.push_raw(&self.buf);
         } else if !self.buf.is_empty() {
-            counter.doc(&self.buf, true);
+            counter.doc(&self.buf, true, false);
         }
         self.buf = Vec::new();
     }
@@ -531,17 +574,31 @@ enum Decoder {
 }
 
 impl Decoder {
+    /// `identity` entries (and empty ones) are no coding; one gzip, x-gzip or deflate is
+    /// decoded; anything else, stacked codings included (`gzip, gzip`, `gzip, br`), is not.
     fn new(content_encoding: &str) -> Decoder {
-        let enc = content_encoding.trim();
-        if enc.is_empty() || enc.eq_ignore_ascii_case("identity") {
-            Decoder::Identity
-        } else if enc.eq_ignore_ascii_case("gzip") || enc.eq_ignore_ascii_case("x-gzip") {
-            Decoder::Inflate(Box::new(Inflater::new(Gz::Fixed { got: 0, flags: 0 })))
-        } else if enc.eq_ignore_ascii_case("deflate") {
-            Decoder::Inflate(Box::new(Inflater::new(Gz::Sniff)))
-        } else {
-            Decoder::Unsupported
+        let mut codings = content_encoding
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        match (codings.next(), codings.next()) {
+            (None, _) => Decoder::Identity,
+            (Some(c), None)
+                if c.eq_ignore_ascii_case("gzip") || c.eq_ignore_ascii_case("x-gzip") =>
+            {
+                Decoder::Inflate(Box::new(Inflater::new(Gz::Fixed { got: 0, flags: 0 })))
+            }
+            (Some(c), None) if c.eq_ignore_ascii_case("deflate") => {
+                Decoder::Inflate(Box::new(Inflater::new(Gz::Sniff)))
+            }
+            _ => Decoder::Unsupported,
         }
+    }
+
+    /// The compressed bytes turned out not to be gzip/deflate, or corrupt: the rest of the
+    /// body was not decoded.
+    fn broken(&self) -> bool {
+        matches!(self, Decoder::Inflate(i) if i.gz == Gz::Broken)
     }
 
     fn decode<F: FnMut(&[u8])>(&mut self, input: &[u8], mut sink: F) {
@@ -588,8 +645,10 @@ enum Gz {
     Trailer {
         left: u8,
     },
-    /// Finished, or broken: the rest is ignored.
+    /// Finished: the rest is ignored.
     Stop,
+    /// Not gzip/deflate, or corrupt: the rest is ignored.
+    Broken,
 }
 
 const FHCRC: u8 = 2;
@@ -621,8 +680,8 @@ struct Inflater {
     state: Box<InflateState>,
     out: Vec<u8>,
     gz: Gz,
-    total_in: u64,
-    total_out: u64,
+    /// A whole gzip member was read: bytes after it that start no member are ignored.
+    member_done: bool,
 }
 
 impl Inflater {
@@ -631,19 +690,17 @@ impl Inflater {
             state: InflateState::new_boxed(DataFormat::Raw),
             out: vec![0; INFLATE_OUT],
             gz,
-            total_in: 0,
-            total_out: 0,
+            member_done: false,
         }
     }
 
     fn decode(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        self.total_in = self.total_in.saturating_add(input.len() as u64);
         while !input.is_empty() {
             let Some((&b, rest)) = input.split_first() else {
                 return;
             };
             match self.gz {
-                Gz::Stop => return,
+                Gz::Stop | Gz::Broken => return,
                 Gz::Body { gzip } => {
                     input = self.inflate(input, gzip, sink);
                     continue;
@@ -668,8 +725,11 @@ impl Inflater {
                         _ => true,
                     };
                     let flags = if got == 3 { b } else { flags };
-                    self.gz = if !ok {
+                    self.gz = if !ok && self.member_done {
+                        // Padding or garbage after the body, not a next member.
                         Gz::Stop
+                    } else if !ok {
+                        Gz::Broken
                     } else if got == 9 {
                         self.state.reset(DataFormat::Raw);
                         after_header(flags, 0)
@@ -745,17 +805,11 @@ impl Inflater {
             let r = inflate(&mut self.state, input, &mut self.out, MZFlush::None);
             input = input.get(r.bytes_consumed..).unwrap_or_default();
             if r.bytes_written > 0 {
-                self.total_out = self.total_out.saturating_add(r.bytes_written as u64);
-                if self.total_out > INFLATE_FREE
-                    && self.total_out > self.total_in.saturating_mul(INFLATE_RATIO)
-                {
-                    self.gz = Gz::Stop;
-                    return &[];
-                }
                 sink(self.out.get(..r.bytes_written).unwrap_or_default());
             }
             match r.status {
                 Ok(MZStatus::StreamEnd) => {
+                    self.member_done = true;
                     self.gz = if gzip {
                         Gz::Trailer { left: 8 }
                     } else {
@@ -773,7 +827,7 @@ impl Inflater {
                 }
                 Err(MZError::Buf) => return input,
                 Err(_) => {
-                    self.gz = Gz::Stop;
+                    self.gz = Gz::Broken;
                     return &[];
                 }
             }
@@ -867,28 +921,98 @@ impl Text<'_> {
     }
 }
 
-/// A token count (anything but a number reads as absent).
-#[derive(Debug, Default, Clone, Copy)]
-struct Count(Option<u64>);
+/// A token count as reported. Null or a missing field is absent; a count that is negative,
+/// fractional, above `MAX_COUNT` or not a number is insane (SPEC "Usage numbers are sane").
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    #[default]
+    Absent,
+    Sane(u64),
+    Insane,
+}
 
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Count(match Scalar::deserialize(d)? {
-            Scalar::Num(n) => Some(n),
-            _ => None,
-        }))
+impl Count {
+    fn of(n: u64) -> Count {
+        if n <= MAX_COUNT {
+            Count::Sane(n)
+        } else {
+            Count::Insane
+        }
+    }
+
+    fn get(self) -> Option<u64> {
+        match self {
+            Count::Sane(n) => Some(n),
+            Count::Absent | Count::Insane => None,
+        }
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Details {
-    cached_tokens: Count,
+struct CountVisitor;
+
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Count;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a token count")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count::of(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+        Ok(u64::try_from(v).map_or(Count::Insane, Count::of))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
+        // A whole number written as a float (`12.0`, `1e2`) is that number; NaN and the
+        // infinities fail both tests.
+        Ok(
+            if v.fract() == 0.0 && (0.0..=MAX_COUNT as f64).contains(&v) {
+                Count::Sane(v as u64)
+            } else {
+                Count::Insane
+            },
+        )
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+        Ok(Count::Insane)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
+        Ok(Count::Insane)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+        Ok(Count::Absent)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Count, E> {
+        Ok(Count::Absent)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Count::Insane)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Count::Insane)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+/// A key that names a token count in some API's usage: `*_tokens` (Anthropic, OpenAI,
+/// their `*_details`, `cache_creation`), `*TokenCount` and `tokenCount` (Gemini and its
+/// per-modality details). Such a value must be a sane count even where nothing reads it.
+fn is_count_key(key: &str) -> bool {
+    key.ends_with("_tokens") || key.ends_with("TokenCount") || key == "tokenCount"
 }
 
 /// Every usage shape at once; `raw` picks the fields of the API at hand.
-#[derive(Deserialize, Default)]
-#[serde(default)]
+#[derive(Debug, Default)]
 struct WireUsage {
     input_tokens: Count,
     output_tokens: Count,
@@ -896,51 +1020,165 @@ struct WireUsage {
     cache_read_input_tokens: Count,
     prompt_tokens: Count,
     completion_tokens: Count,
-    prompt_tokens_details: Option<Details>,
-    input_tokens_details: Option<Details>,
-    #[serde(rename = "promptTokenCount")]
+    /// Inside a `*_details` object.
+    cached_tokens: Count,
+    /// `prompt_tokens_details.cached_tokens` (Chat, Embeddings).
+    prompt_cached: Count,
+    /// `input_tokens_details.cached_tokens` (Responses).
+    input_cached: Count,
     prompt_token_count: Count,
-    #[serde(rename = "candidatesTokenCount")]
     candidates_token_count: Count,
-    #[serde(rename = "thoughtsTokenCount")]
     thoughts_token_count: Count,
-    #[serde(rename = "cachedContentTokenCount")]
     cached_content_token_count: Count,
+    /// Some count in it, read or not, is insane; or the usage is not an object at all.
+    insane: bool,
 }
 
 impl WireUsage {
+    /// The field a count key fills, if any.
+    fn slot(&mut self, key: &str) -> Option<&mut Count> {
+        Some(match key {
+            "input_tokens" => &mut self.input_tokens,
+            "output_tokens" => &mut self.output_tokens,
+            "cache_creation_input_tokens" => &mut self.cache_creation_input_tokens,
+            "cache_read_input_tokens" => &mut self.cache_read_input_tokens,
+            "prompt_tokens" => &mut self.prompt_tokens,
+            "completion_tokens" => &mut self.completion_tokens,
+            "cached_tokens" => &mut self.cached_tokens,
+            "promptTokenCount" => &mut self.prompt_token_count,
+            "candidatesTokenCount" => &mut self.candidates_token_count,
+            "thoughtsTokenCount" => &mut self.thoughts_token_count,
+            "cachedContentTokenCount" => &mut self.cached_content_token_count,
+            _ => return None,
+        })
+    }
+
     fn raw(&self, kind: Kind) -> Raw {
-        let cached = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens.0);
         match kind {
             Kind::Anthropic => Raw {
-                prompt: self.input_tokens.0,
-                cached: self.cache_read_input_tokens.0,
-                cache_write: self.cache_creation_input_tokens.0,
-                output: self.output_tokens.0,
+                prompt: self.input_tokens.get(),
+                cached: self.cache_read_input_tokens.get(),
+                cache_write: self.cache_creation_input_tokens.get(),
+                output: self.output_tokens.get(),
                 thoughts: None,
             },
             Kind::Chat | Kind::Embeddings => Raw {
-                prompt: self.prompt_tokens.0,
-                cached: cached(&self.prompt_tokens_details),
+                prompt: self.prompt_tokens.get(),
+                cached: self.prompt_cached.get(),
                 cache_write: None,
-                output: self.completion_tokens.0,
+                output: self.completion_tokens.get(),
                 thoughts: None,
             },
             Kind::Responses => Raw {
-                prompt: self.input_tokens.0,
-                cached: cached(&self.input_tokens_details),
+                prompt: self.input_tokens.get(),
+                cached: self.input_cached.get(),
                 cache_write: None,
-                output: self.output_tokens.0,
+                output: self.output_tokens.get(),
                 thoughts: None,
             },
             Kind::Gemini => Raw {
-                prompt: self.prompt_token_count.0,
-                cached: self.cached_content_token_count.0,
+                prompt: self.prompt_token_count.get(),
+                cached: self.cached_content_token_count.get(),
                 cache_write: None,
-                output: self.candidates_token_count.0,
-                thoughts: self.thoughts_token_count.0,
+                output: self.candidates_token_count.get(),
+                thoughts: self.thoughts_token_count.get(),
             },
         }
+    }
+}
+
+/// Reads a usage object (`top`) or a value nested in one: every count key in it, at any
+/// depth (serde_json bounds the depth), is checked; nested objects and arrays are searched.
+#[derive(Clone, Copy)]
+struct UsageSeed {
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for UsageSeed {
+    type Value = WireUsage;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WireUsage, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl UsageSeed {
+    /// A scalar: a usage that is one is insane; nested under a key that is not a count,
+    /// it is something else (`service_tier`, `modality`, OpenRouter's `cost`).
+    fn scalar(self) -> WireUsage {
+        WireUsage {
+            insane: self.top,
+            ..WireUsage::default()
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for UsageSeed {
+    type Value = WireUsage;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a usage object")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<WireUsage, E> {
+        Ok(self.scalar())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<WireUsage, E> {
+        Ok(self.scalar())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<WireUsage, E> {
+        Ok(self.scalar())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<WireUsage, E> {
+        Ok(self.scalar())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<WireUsage, E> {
+        Ok(self.scalar())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<WireUsage, E> {
+        Ok(WireUsage::default())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<WireUsage, E> {
+        Ok(WireUsage::default())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<WireUsage, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WireUsage, A::Error> {
+        let mut insane = self.top;
+        while let Some(u) = seq.next_element_seed(UsageSeed { top: false })? {
+            insane |= u.insane;
+        }
+        Ok(WireUsage {
+            insane,
+            ..WireUsage::default()
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireUsage, A::Error> {
+        let mut u = WireUsage::default();
+        while let Some(key) = map.next_key::<Text>()? {
+            let key = key.get().unwrap_or_default();
+            if let Some(slot) = u.slot(key) {
+                *slot = map.next_value()?;
+                u.insane |= *slot == Count::Insane;
+            } else if is_count_key(key) {
+                u.insane |= map.next_value::<Count>()? == Count::Insane;
+            } else {
+                let inner = map.next_value_seed(UsageSeed { top: false })?;
+                u.insane |= inner.insane;
+                match key {
+                    "prompt_tokens_details" => u.prompt_cached = inner.cached_tokens,
+                    "input_tokens_details" => u.input_cached = inner.cached_tokens,
+                    _ => {}
+                }
+            }
+        }
+        Ok(u)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireUsage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        UsageSeed { top: true }.deserialize(d)
     }
 }
 
@@ -1176,18 +1414,20 @@ struct Counter {
     raw: Raw,
     /// The final usage arrived: `output` is real.
     final_seen: bool,
+    /// Some usage in the response was insane: none of it counts.
+    insane: bool,
     model: Option<String>,
     error: Option<StreamError>,
     est: Estimator,
     oversized: u64,
 }
 
-/// One response document, or None when it does not parse. Not inlined: each document type's
+/// One response document, or why it does not parse. Not inlined: each document type's
 /// deserializer stays a function of its own, so `Counter::doc` does not grow huge (V8 compiles
 /// every function whole when the filter loads; see lib.rs).
 #[inline(never)]
-fn parse_doc<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
-    serde_json::from_slice(bytes).ok()
+fn parse_doc<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(bytes)
 }
 
 impl Counter {
@@ -1196,6 +1436,7 @@ impl Counter {
             kind,
             raw: Raw::default(),
             final_seen: false,
+            insane: false,
             model: None,
             error: None,
             est: Estimator::new(api),
@@ -1203,44 +1444,81 @@ impl Counter {
         }
     }
 
-    /// One SSE event. Returns true for OpenAI's usage-only chunk (the one strip mode drops).
-    fn event(&mut self, e: Event<'_>) -> bool {
+    /// One SSE event; `last` when the stream ended without closing it (it may be cut
+    /// short). Returns true for OpenAI's usage-only chunk (the one strip mode drops).
+    fn event(&mut self, e: Event<'_>, last: bool) -> bool {
         if e.truncated {
             self.tail(e.data);
             false
         } else if e.data.is_empty() || e.is_done() {
             false
         } else {
-            self.doc(e.data, false)
+            self.doc(e.data, false, last)
         }
     }
 
-    /// One JSON document: a whole body (`whole`), an SSE event's data or an array element.
-    /// Unparsable documents are ignored. Returns true for a usage-only Chat chunk.
-    fn doc(&mut self, bytes: &[u8], whole: bool) -> bool {
-        match self.kind {
-            Kind::Anthropic => {
-                if let Some(d) = parse_doc::<AnthropicDoc>(bytes) {
-                    self.anthropic(d);
-                }
+    /// One JSON document: a whole body (`whole`), an SSE event's data or an array element;
+    /// `may_be_cut` when the stream ended inside it. Returns true for a usage-only Chat chunk.
+    fn doc(&mut self, bytes: &[u8], whole: bool, may_be_cut: bool) -> bool {
+        let parsed = match self.kind {
+            Kind::Anthropic => parse_doc::<AnthropicDoc>(bytes).map(|d| {
+                self.anthropic(d);
                 false
-            }
-            Kind::Chat | Kind::Embeddings => {
-                parse_doc::<OpenAiDoc>(bytes).is_some_and(|d| self.openai(d))
-            }
-            Kind::Responses => {
-                if let Some(d) = parse_doc::<ResponsesDoc>(bytes) {
-                    self.responses(d);
-                }
+            }),
+            Kind::Chat | Kind::Embeddings => parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d)),
+            Kind::Responses => parse_doc::<ResponsesDoc>(bytes).map(|d| {
+                self.responses(d);
                 false
-            }
-            Kind::Gemini => {
-                if let Some(d) = parse_doc::<GeminiDoc>(bytes) {
-                    self.gemini(d, whole);
-                }
+            }),
+            Kind::Gemini => parse_doc::<GeminiDoc>(bytes).map(|d| {
+                self.gemini(d, whole);
+                false
+            }),
+        };
+        match parsed {
+            Ok(usage_only) => usage_only,
+            // The stream ended inside its last event: the half event adds nothing.
+            Err(e) if may_be_cut && e.is_eof() => false,
+            Err(_) => {
+                self.unparsed(bytes);
                 false
             }
         }
+    }
+
+    /// A document that does not parse (cut short, or broken: `1e400` fails serde_json
+    /// itself): read like the tail of an over-cap one, its raw bytes feeding the estimate.
+    fn unparsed(&mut self, bytes: &[u8]) {
+        self.model_near_start(bytes);
+        self.tail(bytes);
+        self.push_raw(bytes);
+    }
+
+    /// The model of a document too large (or too broken) to parse: near its start in
+    /// OpenAI and Anthropic bodies.
+    fn model_near_start(&mut self, bytes: &[u8]) {
+        self.model_at(bytes, b"\"model\"", false);
+    }
+
+    /// The model under the first (or last) `key` in `bytes`.
+    fn model_at(&mut self, bytes: &[u8], key: &[u8], from_end: bool) {
+        if let Some(v) = find_value(bytes, key, from_end) {
+            if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
+                self.set_model(&t);
+            }
+        }
+    }
+
+    /// One usage object; `last` when it is the final one (its output is then real).
+    fn usage(&mut self, u: &WireUsage, last: bool) {
+        self.insane |= u.insane;
+        if self.insane {
+            // Counted as if no usage came: the texts that follow feed the estimate.
+            self.final_seen = false;
+            return;
+        }
+        self.raw.merge(u.raw(self.kind));
+        self.final_seen |= last;
     }
 
     fn anthropic(&mut self, d: AnthropicDoc<'_>) {
@@ -1248,13 +1526,12 @@ impl Counter {
         if let Some(m) = &d.message {
             self.set_model(&m.model);
             if let Some(u) = &m.usage {
-                self.raw.merge(u.raw(self.kind));
+                self.usage(u, false);
             }
         }
         // Top-level usage: `message_delta` (cumulative) or the whole JSON body.
         if let Some(u) = &d.usage {
-            self.raw.merge(u.raw(self.kind));
-            self.final_seen = true;
+            self.usage(u, true);
         }
         if let Some(t) = &d.delta {
             self.push_texts(t);
@@ -1276,8 +1553,7 @@ impl Counter {
         // Usage first: once the final count is known, texts need no estimate.
         let usage_only = match &d.usage {
             Some(u) => {
-                self.raw.merge(u.raw(self.kind));
-                self.final_seen = true;
+                self.usage(u, true);
                 // Usage-only: `choices: []` (or, from some servers, no `choices` at all).
                 d.choices.as_ref().is_none_or(Vec::is_empty)
             }
@@ -1331,8 +1607,7 @@ impl Counter {
         for r in [d.response.as_ref(), Some(&top)].into_iter().flatten() {
             self.set_model(&r.model);
             if let Some(u) = &r.usage {
-                self.raw.merge(u.raw(self.kind));
-                self.final_seen = true;
+                self.usage(u, true);
             }
             if let Some(e) = &r.error {
                 self.set_error(e.classify());
@@ -1359,9 +1634,8 @@ impl Counter {
             }
         }
         if let Some(u) = &d.usage {
-            self.raw.merge(u.raw(self.kind));
             // Every chunk repeats usageMetadata; only the last one's output is final.
-            self.final_seen |= finished;
+            self.usage(u, finished);
         }
         if let Some(e) = &d.error {
             self.set_error(e.classify());
@@ -1370,27 +1644,34 @@ impl Counter {
 
     /// The tail of a document too large to parse: look for its usage object.
     fn tail(&mut self, tail: &[u8]) {
-        let key: &[u8] = if self.kind == Kind::Gemini {
-            b"\"usageMetadata\""
+        let (key, model_key): (&[u8], &[u8]) = if self.kind == Kind::Gemini {
+            (b"\"usageMetadata\"", b"\"modelVersion\"")
         } else {
-            b"\"usage\""
+            (b"\"usage\"", b"\"model\"")
         };
-        // The last `"usage":` whose value reads as a usage object (a key named so inside
-        // e.g. tool arguments would sit earlier and usually fail to read).
-        let found = (0..tail.len()).rev().find_map(|i| {
-            let v = value_at(tail, i, key)?;
-            WireUsage::deserialize(&mut serde_json::Deserializer::from_slice(v)).ok()
-        });
-        if let Some(u) = found {
-            self.raw.merge(u.raw(self.kind));
-            self.final_seen = true;
-        }
-        if self.kind == Kind::Gemini {
-            if let Some(v) = find_value(tail, b"\"modelVersion\"", true) {
-                if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
-                    self.set_model(&t);
-                }
+        // The last `"usage":` whose value is an object is the usage (a key named so earlier,
+        // in an echoed tool schema say, is not; one in tool arguments is escaped). One parse:
+        // cut short inside it (the body ended there), there is none; broken (`1e400`), it is
+        // insane.
+        let found = (0..tail.len())
+            .rev()
+            .find_map(|i| value_at(tail, i, key).filter(|v| v.first() == Some(&b'{')));
+        if let Some(v) = found {
+            match WireUsage::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
+                Ok(u) => self.usage(&u, true),
+                Err(e) if e.is_eof() => {}
+                Err(_) => self.usage(
+                    &WireUsage {
+                        insane: true,
+                        ..WireUsage::default()
+                    },
+                    true,
+                ),
             }
+        }
+        // Gemini names it last; OpenAI's embeddings too, after the vectors.
+        if self.model.is_none() {
+            self.model_at(tail, model_key, true);
         }
     }
 
@@ -1441,6 +1722,27 @@ impl Counter {
 
     fn metering(&mut self) -> Metering {
         self.est.end_text();
+        if self.insane {
+            // As if the usage never came: the input is the host's estimate, the output the
+            // streamed text's.
+            let output = if self.kind == Kind::Embeddings {
+                0
+            } else {
+                self.est.tokens()
+            };
+            return Metering {
+                usage: Usage {
+                    output,
+                    ..Usage::default()
+                },
+                output_estimated: true,
+                invalid_usage: true,
+                model: self.model.clone(),
+                stream_error: self.error,
+                oversized_events: self.oversized,
+                ..Metering::default()
+            };
+        }
         let r = self.raw;
         let cached = r.cached.unwrap_or(0);
         let (input, cache_write) = match self.kind {
@@ -1471,6 +1773,8 @@ impl Counter {
             model: self.model.clone(),
             stream_error: self.error,
             unsupported_encoding: false,
+            corrupt_encoding: false,
+            invalid_usage: false,
             oversized_events: self.oversized,
         }
     }
@@ -2089,6 +2393,782 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_token
         assert_eq!(m.feed_last(ANTHROPIC_JSON.as_bytes()), None);
         let a = m.finish();
         assert_eq!(m.finish(), a);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Usage sanity (SPEC "Usage numbers are sane").
+
+    /// Counts no API may report: negative, fractional, not a number, above the bound.
+    const INSANE: [&str; 12] = [
+        "-1",
+        "-0.5",
+        "1.5",
+        "1e30",
+        "18446744073709551616",
+        "100000001",
+        "1e400",
+        "\"12\"",
+        "true",
+        "{}",
+        "[3]",
+        "{\"n\":1}",
+    ];
+
+    /// A response with sane usage, the counts in it that a test may spoil (each occurs once),
+    /// and the texts its output estimate reads.
+    struct Sample {
+        name: &'static str,
+        endpoint: Metered,
+        ct: &'static str,
+        body: String,
+        counts: Vec<&'static str>,
+        texts: Vec<&'static str>,
+    }
+
+    fn sample(
+        name: &'static str,
+        endpoint: Metered,
+        ct: &'static str,
+        body: &str,
+        counts: &[&'static str],
+        texts: &[&'static str],
+    ) -> Sample {
+        for c in counts {
+            assert_eq!(body.matches(c).count(), 1, "{name}: {c}");
+        }
+        Sample {
+            name,
+            endpoint,
+            ct,
+            body: body.to_string(),
+            counts: counts.to_vec(),
+            texts: texts.to_vec(),
+        }
+    }
+
+    fn samples() -> Vec<Sample> {
+        vec![
+            sample(
+                "anthropic json",
+                Metered::Messages,
+                JSON,
+                r#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hallo Welt, wie geht es?"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"cache_creation_input_tokens":3,"cache_read_input_tokens":40,"cache_creation":{"ephemeral_5m_input_tokens":3,"ephemeral_1h_input_tokens":0},"output_tokens":6,"service_tier":"standard","server_tool_use":{"web_search_requests":0}}}"#,
+                &[
+                    "\"input_tokens\":12",
+                    "\"cache_creation_input_tokens\":3",
+                    "\"cache_read_input_tokens\":40",
+                    "\"ephemeral_5m_input_tokens\":3",
+                    "\"output_tokens\":6",
+                ],
+                &["Hallo Welt, wie geht es?"],
+            ),
+            sample(
+                "anthropic sse",
+                Metered::Messages,
+                SSE,
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-3-5-haiku-20241022\",\"content\":[],\"usage\":{\"input_tokens\":472,\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":2048,\"output_tokens\":2}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Grüße aus Köln!\"}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                &[
+                    "\"input_tokens\":472",
+                    "\"cache_read_input_tokens\":2048",
+                    "\"output_tokens\":2}",
+                    "\"output_tokens\":15",
+                ],
+                &["Grüße aus Köln!"],
+            ),
+            sample(
+                "chat json",
+                Metered::ChatCompletions,
+                JSON,
+                CHAT_JSON,
+                &[
+                    "\"prompt_tokens\":2006",
+                    "\"completion_tokens\":300",
+                    "\"total_tokens\":2306",
+                    "\"cached_tokens\":1920",
+                    "\"reasoning_tokens\":100",
+                ],
+                &["Bonjour à tous"],
+            ),
+            sample(
+                "completions json",
+                Metered::Completions,
+                JSON,
+                COMPLETIONS_JSON,
+                &["\"completion_tokens\":7", "\"prompt_tokens\":5"],
+                &[" the sea."],
+            ),
+            sample(
+                "chat sse",
+                Metered::ChatCompletions,
+                SSE,
+                "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Привет, мир\"}}]}\n\n\
+data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":176,\"completion_tokens\":9,\"total_tokens\":185,\"prompt_tokens_details\":{\"cached_tokens\":64,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n\
+data: [DONE]\n\n",
+                &[
+                    "\"prompt_tokens\":176",
+                    "\"completion_tokens\":9",
+                    "\"cached_tokens\":64",
+                    "\"accepted_prediction_tokens\":0",
+                ],
+                &["Привет, мир"],
+            ),
+            sample(
+                "embeddings json",
+                Metered::Embeddings,
+                JSON,
+                EMBEDDINGS_JSON,
+                &["\"prompt_tokens\":8", "\"total_tokens\":8"],
+                &[],
+            ),
+            sample(
+                "responses json",
+                Metered::Responses,
+                JSON,
+                RESPONSES_JSON,
+                &[
+                    "\"input_tokens\":36",
+                    "\"cached_tokens\":0",
+                    "\"output_tokens\":87",
+                    "\"reasoning_tokens\":64",
+                    "\"total_tokens\":123",
+                ],
+                &["42"],
+            ),
+            sample(
+                "responses sse",
+                Metered::Responses,
+                SSE,
+                "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hallo Wält\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-4.1\",\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hallo Wält\"}]}],\"usage\":{\"input_tokens\":328,\"input_tokens_details\":{\"cached_tokens\":128},\"output_tokens\":52,\"output_tokens_details\":{\"reasoning_tokens\":7},\"total_tokens\":380},\"metadata\":{}}}\n\n",
+                &[
+                    "\"input_tokens\":328",
+                    "\"cached_tokens\":128",
+                    "\"output_tokens\":52",
+                    "\"reasoning_tokens\":7",
+                ],
+                &["Hallo Wält"],
+            ),
+            sample(
+                "gemini json",
+                gemini(false),
+                JSON,
+                r#"{"candidates":[{"content":{"parts":[{"text":"Hello there"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":5,"totalTokenCount":45,"cachedContentTokenCount":4,"thoughtsTokenCount":20,"toolUsePromptTokenCount":6,"promptTokensDetails":[{"modality":"TEXT","tokenCount":10}],"trafficType":"ON_DEMAND"},"modelVersion":"gemini-2.5-flash"}"#,
+                &[
+                    "\"promptTokenCount\":10",
+                    "\"candidatesTokenCount\":5",
+                    "\"totalTokenCount\":45",
+                    "\"cachedContentTokenCount\":4",
+                    "\"thoughtsTokenCount\":20",
+                    "\"toolUsePromptTokenCount\":6",
+                    "\"tokenCount\":10",
+                ],
+                &["Hello there"],
+            ),
+            sample(
+                "gemini array",
+                gemini(true),
+                JSON,
+                "[{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Der Himmel \"}],\"role\":\"model\"}}],\"usageMetadata\":{\"promptTokenCount\":9,\"totalTokenCount\":9},\"modelVersion\":\"gemini-2.5-pro\"}\r\n,\r\n{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"ist blau\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":90,\"candidatesTokenCount\":7,\"totalTokenCount\":116,\"thoughtsTokenCount\":19},\"modelVersion\":\"gemini-2.5-pro\"}\r\n]",
+                &[
+                    "\"promptTokenCount\":9,",
+                    "\"candidatesTokenCount\":7",
+                    "\"thoughtsTokenCount\":19",
+                ],
+                &["Der Himmel ", "ist blau"],
+            ),
+            sample(
+                "gemini sse",
+                gemini(true),
+                SSE,
+                "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Der Himmel \"}],\"role\": \"model\"}}],\"usageMetadata\": {\"promptTokenCount\": 88,\"totalTokenCount\": 88},\"modelVersion\": \"gemini-2.0-flash\"}\r\n\r\n\
+data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"ist blau\"}],\"role\": \"model\"},\"finishReason\": \"STOP\"}],\"usageMetadata\": {\"promptTokenCount\": 89,\"candidatesTokenCount\": 421,\"totalTokenCount\": 1021,\"cachedContentTokenCount\": 512}}\r\n\r\n",
+                &[
+                    "\"promptTokenCount\": 88",
+                    "\"candidatesTokenCount\": 421",
+                    "\"cachedContentTokenCount\": 512",
+                ],
+                &["Der Himmel ", "ist blau"],
+            ),
+        ]
+    }
+
+    /// `count` (`"key":value`, maybe followed by `}` or `,`) with its value replaced by `value`.
+    fn spoil(body: &str, count: &str, value: &str) -> String {
+        let key = &count[..=count.find(':').unwrap()];
+        let suffix = count
+            .strip_suffix(['}', ','])
+            .map_or("", |c| &count[c.len()..]);
+        body.replacen(count, &format!("{key}{value}{suffix}"), 1)
+    }
+
+    /// Asserts that `m` is what a response with invalid usage meters to.
+    fn assert_invalid(m: &Metering, endpoint: &Metered, texts: &[&str], exact: bool, what: &str) {
+        assert!(m.invalid_usage, "{what}: flagged");
+        assert!(!m.complete, "{what}: the host uses its own input estimate");
+        assert_eq!(m.usage.input_side(), 0, "{what}: no input reported");
+        assert!(m.output_estimated, "{what}: output is an estimate");
+        let want = if *endpoint == Metered::Embeddings {
+            0
+        } else {
+            estimate(endpoint.api(), texts)
+        };
+        if exact {
+            assert_eq!(
+                m.usage.output, want,
+                "{what}: output from the streamed text"
+            );
+        } else {
+            // The document holding the usage did not parse: its raw bytes were read too.
+            assert!(
+                m.usage.output >= want && m.usage.output < 2_000,
+                "{what}: output {} from the text",
+                m.usage.output
+            );
+        }
+    }
+
+    #[test]
+    fn insane_usage_counts_make_the_usage_invalid_in_every_api() {
+        for s in samples() {
+            let sane = run(&s.endpoint, s.ct, "", false, s.body.as_bytes(), &[]).1;
+            assert!(
+                sane.complete && !sane.invalid_usage,
+                "{}: sane as given",
+                s.name
+            );
+            for count in &s.counts {
+                for value in INSANE {
+                    let body = spoil(&s.body, count, value);
+                    let what = format!("{} {count} = {value}", s.name);
+                    let b = body.as_bytes();
+                    let m = run(&s.endpoint, s.ct, "", false, b, &[]).1;
+                    assert_invalid(&m, &s.endpoint, &s.texts, value != "1e400", &what);
+                    // The same answer at any split point and compressed.
+                    for i in (0..=b.len()).step_by(37) {
+                        let split = run(&s.endpoint, s.ct, "", false, b, &[i]).1;
+                        assert_eq!(split, m, "{what} split at {i}");
+                    }
+                    let gz = run(&s.endpoint, s.ct, "gzip", false, &gzip(b, false), &[5]).1;
+                    assert_eq!(gz, m, "{what} gzip");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_usage_cut_short_hides_no_earlier_object_named_usage() {
+        // An echoed tool schema with a property named `usage`, then the real usage, cut.
+        let body = r#"{"model":"gpt-4.1","tools":[{"type":"function","parameters":{"properties":{"usage":{"type":"object"}}}}],"output":[{"content":[{"text":"Hallo Welt"}]}],"usage":{"input_tokens":5,"output_tok"#;
+        let m = run(&Metered::Responses, JSON, "", false, body.as_bytes(), &[]).1;
+        assert!(
+            !m.complete && m.output_estimated && !m.invalid_usage,
+            "{m:?}"
+        );
+        assert!(m.usage.output > 0);
+        assert_eq!(m.model.as_deref(), Some("gpt-4.1"));
+    }
+
+    #[test]
+    fn usage_that_is_not_an_object_is_invalid() {
+        for value in ["5", "\"x\"", "[1,2]", "true", "-3"] {
+            for (endpoint, body, texts) in [
+                (
+                    Metered::ChatCompletions,
+                    CHAT_JSON.replacen(
+                        &CHAT_JSON[CHAT_JSON.find("\"usage\":").unwrap()..CHAT_JSON.len() - 1],
+                        &format!("\"usage\":{value}"),
+                        1,
+                    ),
+                    vec!["Bonjour à tous"],
+                ),
+                (
+                    gemini(false),
+                    GEMINI_JSON.replacen(
+                        &GEMINI_JSON[GEMINI_JSON.find("\"usageMetadata\":").unwrap()
+                            ..GEMINI_JSON.find(",\"modelVersion\"").unwrap()],
+                        &format!("\"usageMetadata\":{value}"),
+                        1,
+                    ),
+                    vec!["Hello"],
+                ),
+            ] {
+                let m = run(&endpoint, JSON, "", false, body.as_bytes(), &[]).1;
+                assert_invalid(&m, &endpoint, &texts, true, &body);
+            }
+        }
+    }
+
+    #[test]
+    fn null_or_missing_counts_are_absent_not_invalid() {
+        let cases = [
+            (
+                Metered::ChatCompletions,
+                r#"{"model":"m","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":null,"prompt_tokens_details":{"cached_tokens":null},"completion_tokens_details":null}}"#,
+                usage(5, 0, 0, 2),
+            ),
+            (
+                Metered::Responses,
+                r#"{"model":"m","output":[],"usage":{"input_tokens":5,"input_tokens_details":null,"output_tokens":2}}"#,
+                usage(5, 0, 0, 2),
+            ),
+            (
+                Metered::Messages,
+                r#"{"model":"m","content":[],"usage":{"input_tokens":5,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,"cache_creation":null,"output_tokens":2,"server_tool_use":null,"service_tier":null}}"#,
+                usage(5, 0, 0, 2),
+            ),
+            (
+                gemini(false),
+                r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"thoughtsTokenCount":null,"promptTokensDetails":null},"modelVersion":"m"}"#,
+                usage(5, 0, 0, 2),
+            ),
+        ];
+        for (endpoint, body, want) in cases {
+            let m = run(&endpoint, JSON, "", false, body.as_bytes(), &[]).1;
+            assert_eq!(m, real(want, "m"), "{body}");
+        }
+    }
+
+    #[test]
+    fn sane_counts_are_accepted_up_to_the_bound() {
+        let cases = [
+            (
+                Metered::Messages,
+                r#"{"model":"m","content":[],"usage":{"input_tokens":100000000,"cache_creation_input_tokens":100000000,"cache_read_input_tokens":100000000,"output_tokens":100000000,"service_tier":"priority"}}"#,
+                usage(100_000_000, 100_000_000, 100_000_000, 100_000_000),
+            ),
+            (
+                gemini(false),
+                r#"{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":100000000,"cachedContentTokenCount":100000000,"candidatesTokenCount":100000000,"thoughtsTokenCount":100000000,"totalTokenCount":100000000,"trafficType":"ON_DEMAND","promptTokensDetails":[{"modality":"TEXT","tokenCount":100000000}]},"modelVersion":"m"}"#,
+                usage(0, 100_000_000, 0, 200_000_000),
+            ),
+            // A whole number written as a float is that number; an unknown non-count field
+            // (OpenRouter's `cost`) is not a count.
+            (
+                Metered::ChatCompletions,
+                r#"{"model":"m","choices":[],"usage":{"prompt_tokens":12.0,"completion_tokens":1e2,"total_tokens":112,"cost":0.0012,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+                usage(10, 2, 0, 100),
+            ),
+        ];
+        for (endpoint, body, want) in cases {
+            let m = run(&endpoint, JSON, "", false, body.as_bytes(), &[]).1;
+            assert_eq!(m, real(want, "m"), "{body}");
+            assert_eq!(
+                m.usage.total(),
+                want.input + want.cache_read + want.cache_write + want.output
+            );
+        }
+    }
+
+    #[test]
+    fn insane_usage_in_the_tail_of_an_oversized_body_is_invalid() {
+        let filler = "Hallo Welt ".repeat(JSON_CAP / 11 + 100);
+        let cases = [
+            (
+                Metered::Messages,
+                ANTHROPIC_JSON.replace("Hi \\u00e9t\\u00e9!", &filler),
+                "\"output_tokens\":6",
+            ),
+            (
+                Metered::ChatCompletions,
+                CHAT_JSON.replace("Bonjour à tous", &filler),
+                "\"completion_tokens\":300",
+            ),
+            (
+                Metered::Responses,
+                RESPONSES_JSON.replace("\"42\"", &format!("\"{filler}\"")),
+                "\"output_tokens\":87",
+            ),
+            (
+                gemini(false),
+                GEMINI_JSON.replace("Hello", &filler),
+                "\"candidatesTokenCount\":5",
+            ),
+            (
+                Metered::Embeddings,
+                EMBEDDINGS_JSON.replace("0.0023,", &"0.0023,".repeat(JSON_CAP / 7 + 10)),
+                "\"prompt_tokens\":8",
+            ),
+        ];
+        for (endpoint, body, count) in cases {
+            assert!(body.len() > JSON_CAP);
+            let sane = run(&endpoint, JSON, "", false, body.as_bytes(), &[1000]).1;
+            assert!(sane.complete && !sane.invalid_usage && sane.oversized_events == 1);
+            // A count read but insane, and one serde_json cannot read (the other insane
+            // values take the first path, see above).
+            for value in ["\"12\"", "1e400"] {
+                let body = spoil(&body, count, value);
+                let what = format!("{endpoint:?} {count} = {value}");
+                let m = run(&endpoint, JSON, "", false, body.as_bytes(), &[1000]).1;
+                assert!(
+                    m.invalid_usage && !m.complete && m.output_estimated,
+                    "{what}"
+                );
+                assert_eq!(m.usage.input_side(), 0, "{what}");
+                if endpoint == Metered::Embeddings {
+                    assert_eq!(m.usage.output, 0, "{what}");
+                } else {
+                    let est = m.usage.output;
+                    assert!(
+                        est > (body.len() / 20) as u64 && est < body.len() as u64,
+                        "{what}: {est}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn insane_usage_in_the_tail_of_an_oversized_event_is_invalid() {
+        let text = "Hallo Welt ".repeat(DEFAULT_EVENT_CAP / 11 + 100);
+        let cases = [
+            (
+                Metered::Responses,
+                format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"model\":\"gpt-4.1\",\"output\":[{{\"content\":[{{\"text\":\"{text}\"}}]}}],\"usage\":{{\"input_tokens\":10,\"input_tokens_details\":{{\"cached_tokens\":4}},\"output_tokens\":300000}}}}}}\n\n"),
+                "\"output_tokens\":300000",
+            ),
+            (
+                gemini(true),
+                format!("data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{text}\"}}]}},\"finishReason\":\"STOP\"}}],\"usageMetadata\":{{\"promptTokenCount\":10,\"candidatesTokenCount\":300000}}}}\n\n"),
+                "\"candidatesTokenCount\":300000",
+            ),
+        ];
+        for (endpoint, body, count) in cases {
+            let sane = run(&endpoint, SSE, "", false, body.as_bytes(), &[100]).1;
+            assert!(sane.complete && !sane.invalid_usage && sane.oversized_events == 1);
+            for value in ["1e30", "-1", "\"12\"", "1e400", "{}"] {
+                let body = spoil(&body, count, value);
+                let what = format!("{endpoint:?} {value}");
+                let m = run(&endpoint, SSE, "", false, body.as_bytes(), &[100]).1;
+                assert!(
+                    m.invalid_usage && !m.complete && m.output_estimated,
+                    "{what}"
+                );
+                assert_eq!(m.usage.input_side(), 0, "{what}");
+                assert!(m.usage.output < 1_000_000, "{what}: {}", m.usage.output);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Decoding to the end (SPEC "Decoding runs to the end in bounded memory").
+
+    /// A tiny xorshift: chunk sizes that differ from run to run of the loop, the same in
+    /// every test run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Streams `head`, `mib` MiB of whole `unit`s, then `tail` as one gzip member, made
+    /// piece by piece (never whole), into `meter` in chunks of random size. Returns the
+    /// compressed length.
+    fn stream_gzip(
+        meter: &mut ResponseMeter,
+        head: &[u8],
+        unit: &[u8],
+        mib: usize,
+        tail: &[u8],
+    ) -> u64 {
+        use miniz_oxide::deflate::core::{create_comp_flags_from_zip_params, CompressorOxide};
+        use miniz_oxide::deflate::stream::deflate;
+        let mut comp = Box::new(CompressorOxide::new(create_comp_flags_from_zip_params(
+            6, -15, 0,
+        )));
+        let units = (1 << 20) / unit.len();
+        let mib_of_unit: Vec<u8> = unit
+            .iter()
+            .copied()
+            .cycle()
+            .take(units * unit.len())
+            .collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut pending = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        let mut sent = 0u64;
+        let mut out = vec![0u8; 64 << 10];
+        let mut flush = |pending: &mut Vec<u8>, meter: &mut ResponseMeter, last: bool| {
+            let mut at = 0;
+            while pending.len() - at > 4096 || (last && at < pending.len()) {
+                let n = (1 + rng.below(4096) as usize).min(pending.len() - at);
+                let end = at + n;
+                if last && end == pending.len() {
+                    meter.feed_last(&pending[at..end]);
+                } else {
+                    meter.feed(&pending[at..end]);
+                }
+                at = end;
+            }
+            sent += at as u64;
+            pending.drain(..at);
+        };
+        let pieces = std::iter::once(head)
+            .chain(std::iter::repeat_n(&mib_of_unit[..], mib))
+            .chain(std::iter::once(tail));
+        let count = mib + 2;
+        for (i, mut input) in pieces.enumerate() {
+            let finish = if i + 1 == count {
+                MZFlush::Finish
+            } else {
+                MZFlush::None
+            };
+            loop {
+                let r = deflate(&mut comp, input, &mut out, finish);
+                input = &input[r.bytes_consumed..];
+                pending.extend_from_slice(&out[..r.bytes_written]);
+                let done = r.status == Ok(MZStatus::StreamEnd)
+                    || (input.is_empty() && finish == MZFlush::None && r.bytes_written < out.len());
+                if done || r.status.is_err() {
+                    break;
+                }
+            }
+            flush(&mut pending, meter, false);
+        }
+        pending.extend_from_slice(&[0; 8]); // CRC and size: not checked
+        flush(&mut pending, meter, true);
+        sent
+    }
+
+    /// Meters a gzip body of `head`, `mib` MiB of `unit`s and `tail` (see `stream_gzip`),
+    /// compressed far beyond the ratio at which decoding used to stop.
+    fn meter_huge_gzip(
+        endpoint: &Metered,
+        ct: &str,
+        (head, unit, tail): (&[u8], &[u8], &[u8]),
+        mib: usize,
+    ) -> Metering {
+        let mut m = ResponseMeter::new(endpoint, ct, "gzip", false);
+        let sent = stream_gzip(&mut m, head, unit, mib, tail);
+        assert!(
+            sent * 200 < mib as u64 * 1_000_000,
+            "compressed to {sent} bytes"
+        );
+        m.finish()
+    }
+
+    #[test]
+    fn finds_usage_at_the_end_of_a_24_mib_gzip_body() {
+        let body: (&[u8], &[u8], &[u8]) = (
+            br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":""#,
+            b"Lorem ipsum dolor sit amet, ",
+            br#" Ende."},"finish_reason":"stop"}],"usage":{"prompt_tokens":2006,"completion_tokens":777,"total_tokens":2783,"prompt_tokens_details":{"cached_tokens":1920}}}"#,
+        );
+        assert_eq!(
+            meter_huge_gzip(&Metered::ChatCompletions, JSON, body, 24),
+            Metering {
+                oversized_events: 1,
+                ..real(usage(86, 1920, 0, 777), "gpt-4o-2024-08-06")
+            }
+        );
+    }
+
+    #[test]
+    fn finds_usage_at_the_end_of_a_64_mib_gzip_body() {
+        // Embeddings: no output text to estimate (debug builds estimate slowly), and the
+        // model is named after the vectors.
+        let body: (&[u8], &[u8], &[u8]) = (
+            br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":["#,
+            b"-0.0123456789,",
+            br#"0.1]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":777,"total_tokens":777}}"#,
+        );
+        assert_eq!(
+            meter_huge_gzip(&Metered::Embeddings, JSON, body, 64),
+            Metering {
+                oversized_events: 1,
+                ..real(usage(777, 0, 0, 0), "text-embedding-3-large")
+            }
+        );
+    }
+
+    #[test]
+    fn finds_usage_at_the_end_of_a_long_gzip_stream() {
+        let body: (&[u8], &[u8], &[u8]) = (
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Lorem ipsum \"}}]}\n\n",
+            b"data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":777}}\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(
+            meter_huge_gzip(&Metered::ChatCompletions, SSE, body, 24),
+            real(usage(3, 0, 0, 777), "gpt-4o")
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Undecodable bodies (SPEC "Metering cannot be switched off by the client").
+
+    #[test]
+    fn decides_each_content_encoding() {
+        let plain = CHAT_JSON.as_bytes();
+        let gz = gzip(plain, false);
+        let want = real(usage(86, 1920, 0, 300), "gpt-4o-2024-08-06");
+        let cases: [(&str, &[u8], bool); 14] = [
+            ("", plain, true),
+            ("identity", plain, true),
+            (" IDENTITY ", plain, true),
+            ("gzip", &gz, true),
+            (" GZip ", &gz, true),
+            ("x-gzip", &gz, true),
+            ("identity, gzip", &gz, true),
+            ("gzip,identity", &gz, true),
+            ("br", plain, false),
+            ("zstd", plain, false),
+            ("compress", plain, false),
+            ("gzip, br", &gz, false),
+            ("gzip, gzip", &gz, false),
+            ("gzip;q=1", &gz, false),
+        ];
+        for (enc, body, decodable) in cases {
+            let m = run(&Metered::ChatCompletions, JSON, enc, false, body, &[]).1;
+            if decodable {
+                assert_eq!(m, want, "{enc:?}");
+            } else {
+                assert!(m.unsupported_encoding, "{enc:?}");
+                assert!(
+                    !m.complete && m.output_estimated && !m.invalid_usage,
+                    "{enc:?}"
+                );
+                assert_eq!(m.usage, Usage::default(), "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_undecodable_body_never_reads_as_a_reported_zero() {
+        let endpoints = endpoints();
+        for endpoint in &endpoints {
+            for enc in ["br", "zstd", "gzip, br"] {
+                let m = run(endpoint, JSON, enc, false, b"\x1b\x00\x00", &[]).1;
+                assert!(
+                    m.unsupported_encoding && !m.complete && m.output_estimated,
+                    "{endpoint:?} {enc}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_gzip_body_is_flagged_undecodable() {
+        let packed = gzip(CHAT_JSON.as_bytes(), false);
+        let mut bad_magic = packed.clone();
+        bad_magic[1] = 0x8c;
+        let mut bad_data = packed.clone();
+        // A reserved block type (BTYPE = 11) in the first deflate block.
+        bad_data[10] |= 0b110;
+        let mut cut = packed.clone();
+        cut.truncate(packed.len() / 2);
+        for (name, body, corrupt) in [
+            ("magic", &bad_magic, true),
+            ("data", &bad_data, true),
+            ("cut short", &cut, false),
+        ] {
+            let m = run(&Metered::ChatCompletions, JSON, "gzip", false, body, &[]).1;
+            assert_eq!(m.corrupt_encoding, corrupt, "{name}");
+            assert!(
+                !m.complete && m.output_estimated && !m.unsupported_encoding,
+                "{name}"
+            );
+        }
+        // Bytes after a complete member are not a second member: ignored.
+        let mut trailing = packed.clone();
+        trailing.extend_from_slice(b"\0\0\0garbage");
+        let m = run(
+            &Metered::ChatCompletions,
+            JSON,
+            "gzip",
+            false,
+            &trailing,
+            &[],
+        )
+        .1;
+        assert_eq!(m, real(usage(86, 1920, 0, 300), "gpt-4o-2024-08-06"));
+    }
+
+    #[test]
+    fn the_host_charges_its_estimates_for_what_the_upstream_did_not_report() {
+        let chat = |body: &str, enc: &str| {
+            run(
+                &Metered::ChatCompletions,
+                SSE,
+                enc,
+                false,
+                body.as_bytes(),
+                &[],
+            )
+            .1
+        };
+        let cut = &OPENAI_CHAT_USAGE[..OPENAI_CHAT_USAGE.find("\"choices\":[],").unwrap()];
+        let text = estimate(Api::OpenAi, &["Привет, ", "мир! 你好\n"]);
+        let insane =
+            OPENAI_CHAT_USAGE.replacen("\"completion_tokens\":9", "\"completion_tokens\":1e30", 1);
+        let mut corrupt = gzip(OPENAI_CHAT_USAGE.as_bytes(), false);
+        // A reserved block type (BTYPE = 11) in the first deflate block.
+        corrupt[10] |= 0b110;
+        let corrupt = run(&Metered::ChatCompletions, SSE, "gzip", false, &corrupt, &[]).1;
+        // The label the host writes to `tollgate.usage`, as the struct documents it.
+        let label = |m: &Metering| {
+            if m.undecodable() {
+                "undecodable"
+            } else if m.invalid_usage {
+                "invalid"
+            } else if m.output_estimated || !m.complete {
+                "estimated"
+            } else {
+                "reported"
+            }
+        };
+        // (what, metering, charged with an input estimate of 100 and 4096 reserved, label)
+        let cases = [
+            (
+                "reported",
+                chat(OPENAI_CHAT_USAGE, ""),
+                usage(176, 1024, 0, 9),
+                "reported",
+            ),
+            (
+                "cut short",
+                chat(cut, ""),
+                usage(100, 0, 0, text),
+                "estimated",
+            ),
+            (
+                "insane",
+                chat(&insane, ""),
+                usage(100, 0, 0, text),
+                "invalid",
+            ),
+            (
+                "brotli",
+                chat(OPENAI_CHAT_USAGE, "br"),
+                usage(100, 0, 0, 4096),
+                "undecodable",
+            ),
+            (
+                "stacked",
+                chat(OPENAI_CHAT_USAGE, "gzip, gzip"),
+                usage(100, 0, 0, 4096),
+                "undecodable",
+            ),
+            ("corrupt", corrupt, usage(100, 0, 0, 4096), "undecodable"),
+        ];
+        for (what, m, want, source) in cases {
+            assert_eq!(m.charged(100, 4096), want, "{what}: {m:?}");
+            assert_eq!(label(&m), source, "{what}");
+        }
+        // More text than was reserved: the estimate wins.
+        let m = Metering {
+            usage: usage(0, 0, 0, 5000),
+            corrupt_encoding: true,
+            output_estimated: true,
+            ..Metering::default()
+        };
+        assert_eq!(m.charged(100, 4096), usage(100, 0, 0, 5000));
     }
 
     fn endpoints() -> Vec<Metered> {
