@@ -38,7 +38,7 @@ def anthropic_cluster() -> dict:
         "type": "LOGICAL_DNS",
         "dns_lookup_family": "V4_ONLY",
         "connect_timeout": "5s",
-        "per_connection_buffer_limit_bytes": 34603008,
+        "per_connection_buffer_limit_bytes": 1048576,
         "load_assignment": {"cluster_name": "llm", "endpoints": [{"lb_endpoints": [{"endpoint": {
             "address": {"socket_address": {"address": "api.anthropic.com", "port_value": 443}}}}]}]},
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {

@@ -1196,10 +1196,7 @@ impl HttpContext for Req {
             Route::NotFound(api) => {
                 self.api = api;
                 // Never the query or `;` parameters: a client may have put a secret there.
-                let msg = format!(
-                    "{method} {} is not served here",
-                    api::display_path(&path)
-                );
+                let msg = format!("{method} {} is not served here", api::display_path(&path));
                 return self.reject(Reason::NotFound, &msg, &[]);
             }
             Route::Identity(api) => self.api = api,
@@ -1701,12 +1698,9 @@ impl Req {
             self.record(Usage::default(), UsageSource::Refused);
             return;
         }
-        let mut usage = m.usage;
-        let mut input_estimated = false;
-        if !m.complete && usage.input_side() == 0 {
-            usage.input = self.estimate;
-            input_estimated = true;
-        }
+        // What the upstream did not report (reliably) is charged from the estimates: the
+        // input estimate, and for an undecodable body at least the reserved output.
+        let usage = m.charged(self.estimate, self.need().output_tokens);
         if m.complete {
             self.learn(usage.input_side());
         }
@@ -1720,10 +1714,26 @@ impl Req {
             };
             self.observe_account(accounts::observe_stream_error(kind));
         }
-        let source = if m.output_estimated || input_estimated {
-            UsageSource::Estimated
+        let flagged = if m.unsupported_encoding {
+            Some(("unsupported_encoding", UsageSource::Undecodable))
+        } else if m.corrupt_encoding {
+            Some(("corrupt_encoding", UsageSource::Undecodable))
+        } else if m.invalid_usage {
+            Some(("invalid_usage", UsageSource::Invalid))
         } else {
-            UsageSource::Reported
+            None
+        };
+        let source = match flagged {
+            Some((reason, source)) => {
+                self.plugin.stats.borrow_mut().count(
+                    "tollgate_usage_fallbacks_total",
+                    &[("reason", reason)],
+                    1,
+                );
+                source
+            }
+            None if m.output_estimated || !m.complete => UsageSource::Estimated,
+            None => UsageSource::Reported,
         };
         self.record(usage, source);
     }
@@ -2378,6 +2388,10 @@ enum UsageSource {
     Reported,
     /// Estimated: the stream was cut short (abort, reset) before the final usage.
     Estimated,
+    /// Estimated: the body came in an encoding tollgate cannot decode, or broken.
+    Undecodable,
+    /// Estimated: the reported numbers were not sane (negative, fractional, absurd).
+    Invalid,
     /// The upstream refused the request (status ≥ 400) without usage: nothing is charged.
     Refused,
     /// The upstream never answered (reset, timeout): nothing was produced.
@@ -2389,6 +2403,8 @@ impl UsageSource {
         match self {
             UsageSource::Reported => "reported",
             UsageSource::Estimated => "estimated",
+            UsageSource::Undecodable => "undecodable",
+            UsageSource::Invalid => "invalid",
             UsageSource::Refused => "refused",
             UsageSource::None => "none",
         }

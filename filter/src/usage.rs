@@ -15,7 +15,7 @@ use crate::limits::Usage;
 use crate::sse::{Event, SseParser, DEFAULT_EVENT_CAP};
 
 /// Largest JSON body parsed whole; beyond it only a tail is kept and scanned for usage.
-const JSON_CAP: usize = 4 << 20;
+const JSON_CAP: usize = 1 << 20;
 /// Tail of an over-cap JSON body kept for the usage scan (usage is near the end in every API).
 const TAIL_KEEP: usize = 64 << 10;
 /// Largest element of a streamed JSON array (Gemini without `alt=sse`).
