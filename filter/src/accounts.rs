@@ -49,6 +49,21 @@ pub fn first_for(accounts: &[Account], api: Api) -> Option<usize> {
     accounts.iter().position(|a| a.provider == api)
 }
 
+/// The account for an unmetered request of `api` (model lists, `count_tokens`, pass-through
+/// paths): the first that serves it and is not disabled (cooling is no reason to skip one:
+/// these requests spend no rate). `None` when every one is disabled.
+pub fn first_usable_for(
+    store: &dyn Store,
+    accounts: &[Account],
+    api: Api,
+    now_ms: u64,
+) -> Option<usize> {
+    accounts.iter().position(|a| {
+        a.provider == api
+            && read_health(store, a).map_or(true, |h| h.kind_at(now_ms) != StateKind::Disabled)
+    })
+}
+
 /// The credential header an account's provider expects, with its value.
 pub fn credential(account: &Account) -> (&'static str, String) {
     let key = account.key.expose();
@@ -3315,6 +3330,34 @@ mod tests {
         assert_eq!(
             probe_of(attempt_at(&store, &c, Api::Anthropic, NOW + 10_000)),
             Ok((1, false))
+        );
+    }
+
+    #[test]
+    fn unmetered_requests_skip_disabled_accounts_but_not_cooling_ones() {
+        let store = MemStore::new();
+        let c = cfg(
+            vec![
+                acct("a1", Api::Anthropic, 1),
+                acct("o1", Api::OpenAi, 1),
+                acct("a2", Api::Anthropic, 1),
+            ],
+            Strategy::Priority,
+            None,
+        );
+        prepare(&store, &c).unwrap();
+        let first = |now| first_usable_for(&store, &c.accounts, Api::Anthropic, now);
+        assert_eq!(first(NOW), Some(0));
+        let cooled = observe_response(429, &h(&[("retry-after", "60")]), NOW);
+        record(&store, &c.accounts[0], &cooled, NOW).unwrap();
+        assert_eq!(first(NOW + 1), Some(0));
+        record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
+        assert_eq!(first(NOW + 2), Some(2));
+        record(&store, &c.accounts[2], &invalid_key(Api::Anthropic), NOW).unwrap();
+        assert_eq!(first(NOW + 3), None);
+        assert_eq!(
+            first_usable_for(&store, &c.accounts, Api::OpenAi, NOW),
+            Some(1)
         );
     }
 

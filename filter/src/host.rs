@@ -977,7 +977,7 @@ impl Req {
                 accounts::Outcome::NoAccount => None,
             }
         } else {
-            accounts::first_for(&cfg.accounts, self.api)
+            accounts::first_usable_for(&plugin.store, &cfg.accounts, self.api, ffi::now_ms())
         };
         let Some(i) = chosen else {
             let msg = format!("no usable {} account is configured", self.api.as_str());

@@ -534,6 +534,11 @@ def istio_as_plain_envoy(jwks: str):
                 assert value["name"] == "envoy.filters.network.http_connection_manager"
                 merged = {k: v for k, v in value["typed_config"].items() if k != "@type"}
                 hcm.update(merged)
+            elif p["applyTo"] == "HTTP_ROUTE":
+                assert p["patch"]["operation"] == "MERGE"
+                for vh in hcm["route_config"]["virtual_hosts"]:
+                    for route in vh["routes"]:
+                        route.update(value)
             elif p["applyTo"] == "LISTENER":
                 assert p["patch"]["operation"] == "MERGE"
                 cfg["static_resources"]["listeners"][0].update(value)
