@@ -23,7 +23,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate.wasm"
+# TOLLGATE_WASM runs the suite against another build (an older release, say, to show that a
+# new test fails there).
+WASM = Path(os.environ.get("TOLLGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate.wasm")
 MOCK = ROOT / "target" / "mock" / "tollgate-mock"
 WASM_FILTER = "envoy.filters.http.wasm"
 

@@ -11,13 +11,13 @@ use crate::providers::{json_parts, Kind, Req};
 /// Filler chunk size: one body frame.
 const CHUNK: usize = 64 << 10;
 
-/// Compressible, JSON-safe text that follows the real answer inside the content string.
+/// Highly compressible, JSON-safe text that follows the real answer inside the content string.
 fn filler() -> Bytes {
     static FILLER: OnceLock<Bytes> = OnceLock::new();
     FILLER
         .get_or_init(|| {
-            let unit = " lorem ipsum dolor sit amet, consectetur adipiscing elit.";
-            Bytes::from(unit.bytes().cycle().take(CHUNK).collect::<Vec<u8>>())
+            // One repeated letter: gzip squeezes it about 1000:1, a real bomb's ratio.
+            Bytes::from(vec![b'x'; CHUNK])
         })
         .clone()
 }
