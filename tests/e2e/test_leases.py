@@ -27,10 +27,17 @@ LOG_LINE = re.compile(r'"\S+ \S+" (?P<code>\d+) consumer=(?P<consumer>\S*) .*?'
                       r"decision=(?P<decision>\S*) .*?id=(?P<id>\S*)\s*$")
 
 
-def start(make_envoy):
+def start(make_envoy, mock, model: str, **stream):
+    """Envoy with one consumer under `concurrent: 1` and a 2 s ttl; the mock answers `model`
+    with a stream scripted by `stream` and anything else at once. Returns Envoy and two
+    clients of that consumer."""
     cfg = consumers_config([{"name": "lease", "keys": [KEY], "limits": [{"concurrent": 1}]}],
                            100, lease_ttl="2s")
-    return make_envoy(cfg, patch=with_request_ids)
+    e = make_envoy(cfg, patch=with_request_ids)
+    mock.reset()
+    mock.script("*", model=model, usage=USAGE, **stream)
+    mock.script("*", usage=USAGE)
+    return e, claude(e), claude(e)
 
 
 def claude(e) -> anthropic.Anthropic:
@@ -71,14 +78,10 @@ def end_of(mock, t: str) -> str:
 
 
 def test_a_stalled_stream_loses_its_lease_after_the_ttl(make_envoy, mock):
-    e = start(make_envoy)
-    mock.reset()
     # message_start comes at once, then the upstream stalls for a minute before its first
     # delta: nothing flows, so nothing renews the lease.
-    mock.script("*", model="claude-stall", events=3, delay_ms=60_000, usage=USAGE)
-    mock.script("*", usage=USAGE)
+    e, client, other = start(make_envoy, mock, "claude-stall", events=3, delay_ms=60_000)
     t_stall = tid()
-    client, other = claude(e), claude(e)
 
     began = time.monotonic()
     stream = open_stream(client, "claude-stall", t_stall)
@@ -100,12 +103,13 @@ def test_a_stalled_stream_loses_its_lease_after_the_ttl(make_envoy, mock):
         stream.close()
 
     refused = [at for at, status, _ in tries if status == 429]
-    admitted_at, status, t_ok = tries[-1]
+    admitted_at, status, _ = tries[-1]
+    assert refused, tries
     print(f"\n[leases stall] ttl={TTL_S}s: {len(refused)} calls refused with 429 from "
           f"{refused[0]:.2f}s to {refused[-1]:.2f}s, then {status} at {admitted_at:.2f}s")
     assert status == 200, f"no call admitted within 10 s of a stalled stream: {tries[-3:]}"
     # Refused at first, admitted once the ttl has passed (never before it, not long after).
-    assert refused and refused[0] < 0.5 * TTL_S, tries
+    assert refused[0] < 0.5 * TTL_S, tries
     assert TTL_S - 0.1 <= admitted_at < TTL_S + 2.0, tries
     assert len(refused) >= 4, tries
     lines = access_log(e, {t for _, _, t in tries})
@@ -113,23 +117,17 @@ def test_a_stalled_stream_loses_its_lease_after_the_ttl(make_envoy, mock):
 
 
 def test_a_flowing_stream_keeps_its_lease_beyond_the_ttl(make_envoy, mock):
-    e = start(make_envoy)
-    mock.reset()
     # A delta every 300 ms for 4.2 s: more than twice the ttl.
-    mock.script("*", model="claude-flow", events=14, delay_ms=300, usage=USAGE)
-    mock.script("*", usage=USAGE)
+    e, client, other = start(make_envoy, mock, "claude-flow", events=14, delay_ms=300)
     t_flow = tid()
-    client, other = claude(e), claude(e)
-    probes: list[tuple[float, int, str]] = []
+    probes: list[tuple[float, int, str, anthropic.APIStatusError | None]] = []
     stop = threading.Event()
 
     def probe():
         while not stop.is_set():
             t = tid()
             status, err = ask(other, t)
-            probes.append((time.monotonic() - began, status, t))
-            if status == 429:
-                assert_concurrency_refusal(err)
+            probes.append((time.monotonic() - began, status, t, err))
             stop.wait(0.25)
 
     began = time.monotonic()
@@ -148,14 +146,19 @@ def test_a_flowing_stream_keeps_its_lease_beyond_the_ttl(make_envoy, mock):
     t_after = tid()
     status, err = ask(other, t_after)
 
-    during = [(at, s) for at, s, _ in probes if at < ended - 0.1]
+    during = [p for p in probes if p[0] < ended - 0.1]
+    assert during, probes
     print(f"\n[leases flow] ttl={TTL_S}s, stream of {ended:.2f}s: {len(during)} calls during it, "
-          f"statuses {sorted({s for _, s in during})}, last at {during[-1][0]:.2f}s; "
+          f"statuses {sorted({s for _, s, _, _ in during})}, last at {during[-1][0]:.2f}s; "
           f"after it: {status}")
     assert ended >= 2 * TTL_S, ended
+    # Probed from the start to well past the ttl, and refused every time.
     assert len(during) >= 10 and during[-1][0] >= TTL_S + 1.0, during
-    assert all(s == 429 for _, s in during), during
+    assert [s for _, s, _, _ in during] == [429] * len(during), during
+    for _, _, _, refusal in during:
+        assert_concurrency_refusal(refusal)
     assert status == 200, err and err.body
-    lines = access_log(e, {t_flow, t_after})
+    lines = access_log(e, {t_flow, t_after} | {t for _, _, t, _ in during})
     assert lines[t_flow]["decision"] == "admitted" and lines[t_flow]["code"] == "200"
+    assert {lines[t]["decision"] for _, _, t, _ in during} == {"concurrency"}
     assert lines[t_after]["decision"] == "admitted"
