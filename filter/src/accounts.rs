@@ -1420,8 +1420,8 @@ pub struct Attempt<'a> {
 /// - `round_robin` without an affinity hit: 1 `get` + 1 `set` of the API's shared counter
 ///   (shared rather than per worker, so that light traffic spread over workers still
 ///   rotates);
-/// - an account with `limits`: `quota::admit`, 1 `get` + 1 `set` (a refusal: 1 `get`, and
-///   the next account is tried).
+/// - an account with `limits`: `quota::admit` (a `concurrent` lease lives `cfg.lease_ttl`),
+///   1 `get` + 1 `set` (a refusal: 1 `get`, and the next account is tried).
 ///
 /// - a disabled account with a probe due: 1 `get` + 1 `set` claiming the probe (and charging
 ///   the pick), so that only one worker probes; one that lost the claim drops out.
@@ -1538,8 +1538,9 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
             chosen = Some((account, None));
             break;
         }
+        let owner = OwnerKey::account(&a.name);
         let refused_for_s =
-            match quota::admit(store, &OwnerKey::account(&a.name), &a.limits, req.need, now) {
+            match quota::admit(store, &owner, &a.limits, req.need, now, cfg.lease_ttl) {
                 Ok(Admission::Admitted { ticket, .. }) => {
                     chosen = Some((account, Some(ticket)));
                     break;
@@ -2962,6 +2963,38 @@ mod tests {
             read_health(&store, &c.accounts[0]).unwrap().kind_at(NOW),
             StateKind::Ok
         );
+    }
+
+    #[test]
+    fn an_accounts_concurrency_lease_lives_the_configured_lease_ttl() {
+        let store = MemStore::new();
+        let mut a = acct("a", Api::Anthropic, 1);
+        a.limits = vec![Limit::Concurrent(1)];
+        let c = Config {
+            lease_ttl: Duration::from_millis(2_000),
+            ..cfg(vec![a], Strategy::Priority, None)
+        };
+        prepare(&store, &c).unwrap();
+        let at = |now_ms| {
+            let attempt = Attempt {
+                api: Api::Anthropic,
+                need: &need(10),
+                session: None,
+                exclude: &[],
+                now_ms,
+            };
+            matches!(
+                select(&store, &c, &attempt),
+                Outcome::Picked(Picked {
+                    ticket: Some(_),
+                    ..
+                })
+            )
+        };
+        // Never released: held until 2 s have passed, then free again.
+        assert!(at(NOW));
+        assert!(!at(NOW + 1_999));
+        assert!(at(NOW + 2_000));
     }
 
     #[test]

@@ -654,8 +654,8 @@ impl Req {
             return Ok(());
         };
         let amounts = self.need();
-        let now = ffi::now_ms();
-        match quota::admit(&plugin.store, &owner, limits, &amounts, now) {
+        let (now, ttl) = (ffi::now_ms(), plugin.cfg.lease_ttl);
+        match quota::admit(&plugin.store, &owner, limits, &amounts, now, ttl) {
             Ok(Admission::Admitted { ticket, headers }) => {
                 self.ticket = Some(ticket);
                 self.rate_headers = headers;
@@ -1465,7 +1465,8 @@ impl HttpContext for Req {
         }
         if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
             if ticket.lease.is_some() {
-                let _ = quota::renew(&self.plugin.store, owner, ticket, ffi::now_ms());
+                let ttl = self.plugin.cfg.lease_ttl;
+                let _ = quota::renew(&self.plugin.store, owner, ticket, ffi::now_ms(), ttl);
             }
         }
         if end_of_stream {

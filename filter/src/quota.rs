@@ -3,12 +3,12 @@
 //! (`decide`, `settle`), run through the store by a short compare-and-swap loop (`admit`,
 //! `reconcile`, `renew`, `release`). One admission is one `get` and one `set`.
 
+use crate::config::Duration;
 use crate::limits::{Limit, LimitKind, Per, Price, Usage, WindowKind};
 use crate::store::{self, SlotTable, Store, StoreError, MAX_TRIES};
 
-/// A concurrency lease not renewed for this long frees itself.
-pub const LEASE_TTL_MS: u64 = 90_000;
-/// `renew` writes only when the lease was last renewed at least this long ago.
+/// `renew` writes only when the lease was last renewed at least this long ago, or a third of
+/// `lease_ttl` when that is shorter (see `renew_after_ms`).
 pub const RENEW_AFTER_MS: u64 = 30_000;
 /// Default size of the slot table for consumers named by `consumer_header` but not configured.
 pub const DEFAULT_DYNAMIC_SLOTS: u32 = 4096;
@@ -691,9 +691,16 @@ pub enum Decision {
 }
 
 /// Decides one admission at `now_ms` and, when admitted, charges `amounts` to every rate
-/// limit and takes a lease into `state` (the caller writes it back). The ticket's `slot` and
-/// `owner` are left for the caller. A rejection leaves the counters as they were (rolled).
-pub fn decide(state: &mut State, limits: &[Limit], amounts: &Amounts, now_ms: u64) -> Decision {
+/// limit and takes a lease into `state` that lives `lease_ttl` unless renewed (the caller
+/// writes the state back). The ticket's `slot` and `owner` are left for the caller. A
+/// rejection leaves the counters as they were (rolled).
+pub fn decide(
+    state: &mut State,
+    limits: &[Limit],
+    amounts: &Amounts,
+    now_ms: u64,
+    lease_ttl: Duration,
+) -> Decision {
     state.advance(limits, now_ms);
     let mut worst: Option<Rejection> = None;
     let mut needs_lease = false;
@@ -756,7 +763,7 @@ pub fn decide(state: &mut State, limits: &[Limit], amounts: &Amounts, now_ms: u6
         state.next_lease = state.next_lease.wrapping_add(1);
         state.leases.push(Lease {
             id,
-            expires_ms: now_ms.saturating_add(LEASE_TTL_MS),
+            expires_ms: now_ms.saturating_add(lease_ttl.millis()),
         });
         id
     });
@@ -959,7 +966,7 @@ fn locate(store: &dyn Store, key: &OwnerKey) -> Result<Located, StoreError> {
 const ADMIT_TRIES: u32 = 1024;
 
 /// Admits a request if every limit has room for `amounts` and a lease is free, charging it
-/// in the same write. One `get` and one `set` when uncontended (a dynamic name not in its
+/// in the same write; the lease frees itself `lease_ttl` after admission unless renewed. One `get` and one `set` when uncontended (a dynamic name not in its
 /// first slot costs one more `get`); a rejection costs one `get` and writes nothing.
 ///
 /// Gives up with `Err(StoreError::Contended)` after `ADMIT_TRIES` lost races. The host then
@@ -972,11 +979,12 @@ pub fn admit(
     limits: &[Limit],
     amounts: &Amounts,
     now_ms: u64,
+    lease_ttl: Duration,
 ) -> Result<Admission, StoreError> {
     let mut buf = Vec::with_capacity(64);
     for _ in 0..ADMIT_TRIES {
         let mut loc = locate(store, key)?;
-        match decide(&mut loc.state, limits, amounts, now_ms) {
+        match decide(&mut loc.state, limits, amounts, now_ms, lease_ttl) {
             Decision::Reject(rejection) => {
                 return Ok(Admission::Rejected {
                     rejection,
@@ -1061,19 +1069,28 @@ pub fn release(store: &dyn Store, key: &OwnerKey, ticket: &Ticket) -> Result<Set
     })
 }
 
-/// Extends the ticket's lease to `now_ms + LEASE_TTL_MS`. Call it as a stream flows: it
-/// touches the store only when the last renewal is `RENEW_AFTER_MS` old. A lease that has
-/// already expired is not taken again (that could exceed the limit): `Skipped`.
+/// How old the last renewal must be before `renew` writes: `RENEW_AFTER_MS`, or a third of
+/// `lease_ttl` when that is shorter, so a flowing stream renews its lease a few times per
+/// ttl rather than once it has already lapsed.
+fn renew_after_ms(lease_ttl: Duration) -> u64 {
+    RENEW_AFTER_MS.min(lease_ttl.millis() / 3)
+}
+
+/// Extends the ticket's lease to `now_ms + lease_ttl` (the `lease_ttl` it was admitted
+/// with). Call it as a stream flows: it touches the store only when the last renewal is
+/// `renew_after_ms(lease_ttl)` old. A lease that has already expired is not taken again
+/// (that could exceed the limit): `Skipped`.
 pub fn renew(
     store: &dyn Store,
     key: &OwnerKey,
     ticket: &mut Ticket,
     now_ms: u64,
+    lease_ttl: Duration,
 ) -> Result<Settled, StoreError> {
     let Some(id) = ticket.lease else {
         return Ok(Settled::Skipped);
     };
-    if now_ms < ticket.renewed_ms.saturating_add(RENEW_AFTER_MS) {
+    if now_ms < ticket.renewed_ms.saturating_add(renew_after_ms(lease_ttl)) {
         return Ok(Settled::Skipped);
     }
     let outcome = update(store, key, ticket, |s| {
@@ -1083,7 +1100,7 @@ pub fn renew(
             .find(|l| l.id == id && l.expires_ms > now_ms)
         {
             Some(l) => {
-                l.expires_ms = now_ms.saturating_add(LEASE_TTL_MS);
+                l.expires_ms = now_ms.saturating_add(lease_ttl.millis());
                 true
             }
             None => false,
@@ -1183,6 +1200,28 @@ mod tests {
 
     fn key() -> OwnerKey {
         OwnerKey::consumer("team-a")
+    }
+
+    /// The default `lease_ttl` (90 s): the tests' `decide`, `admit` and `renew` below run
+    /// with it; tests of other ttls call `super::…` with theirs.
+    const TTL: Duration = Duration::from_millis(crate::config::DEFAULT_LEASE_TTL_MS);
+
+    fn decide(state: &mut State, limits: &[Limit], amounts: &Amounts, now: u64) -> Decision {
+        super::decide(state, limits, amounts, now, TTL)
+    }
+
+    fn admit(
+        s: &dyn Store,
+        k: &OwnerKey,
+        limits: &[Limit],
+        amounts: &Amounts,
+        now: u64,
+    ) -> Result<Admission, StoreError> {
+        super::admit(s, k, limits, amounts, now, TTL)
+    }
+
+    fn renew(s: &dyn Store, k: &OwnerKey, t: &mut Ticket, now: u64) -> Result<Settled, StoreError> {
+        super::renew(s, k, t, now, TTL)
     }
 
     fn admitted(a: &Admission) -> Option<Ticket> {
@@ -1742,6 +1781,92 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_frees_itself_once_its_ttl_has_passed_and_not_before() {
+        let t = at(2024, 5, 20, 12, 0, 0);
+        let limits = [Limit::Concurrent(1)];
+        for ttl_ms in [1, 250, 2 * SEC, 90 * SEC, DAY_MS] {
+            let ttl = Duration::from_millis(ttl_ms);
+            let s = MemStore::new();
+            let k = key();
+            let second = |now| admitted(&super::admit(&s, &k, &limits, &req(), now, ttl).unwrap());
+            assert!(second(t).is_some(), "{ttl_ms}: the first is admitted");
+            assert!(
+                second(t + ttl_ms - 1).is_none(),
+                "{ttl_ms}: held 1 ms before"
+            );
+            assert_eq!(
+                state_of(&s, "tollgate:q:c:team-a").leases_in_use(t + ttl_ms - 1),
+                1
+            );
+            assert!(second(t + ttl_ms).is_some(), "{ttl_ms}: free at the ttl");
+        }
+    }
+
+    #[test]
+    fn a_stream_renewing_within_a_short_ttl_keeps_its_lease_until_it_stalls() {
+        let t = at(2024, 5, 20, 12, 0, 0);
+        let ttl = Duration::from_millis(2 * SEC);
+        let limits = [Limit::Concurrent(1)];
+        let s = MemStore::new();
+        let k = key();
+        let taken = super::admit(&s, &k, &limits, &req(), t, ttl).unwrap();
+        let mut a = admitted(&taken).unwrap();
+        let blocked = |now| rejection(&super::admit(&s, &k, &limits, &req(), now, ttl).unwrap());
+        // A chunk every 300 ms for 10 s (five ttls): the lease never lapses, and only every
+        // third chunk writes (the last renewal must be 666 ms old).
+        let (mut now, mut writes) = (t, 0);
+        while now < t + 10 * SEC {
+            now += 300;
+            if super::renew(&s, &k, &mut a, now, ttl).unwrap() == Settled::Applied {
+                writes += 1;
+            }
+            assert!(blocked(now).is_some(), "at +{} ms", now - t);
+        }
+        assert_eq!((writes, a.renewed_ms), (11, t + 9_900));
+        // The stream stalls: the lease lives one ttl past its last renewal.
+        assert!(blocked(t + 11_899).is_some());
+        assert!(blocked(t + 11_900).is_none());
+    }
+
+    #[test]
+    fn the_renewal_interval_is_a_third_of_a_short_ttl_and_at_most_30_s() {
+        let t = at(2024, 5, 20, 12, 0, 0);
+        let limits = [Limit::Concurrent(1)];
+        let cases = [
+            (DAY_MS, 30 * SEC),
+            (90 * SEC, 30 * SEC),
+            (60 * SEC, 20 * SEC),
+            (2 * SEC, 666),
+            (250, 83),
+            (1, 0),
+        ];
+        for (ttl_ms, interval) in cases {
+            let ttl = Duration::from_millis(ttl_ms);
+            assert_eq!(renew_after_ms(ttl), interval, "{ttl_ms}");
+            let s = MemStore::new();
+            let k = key();
+            let taken = super::admit(&s, &k, &limits, &req(), t, ttl).unwrap();
+            let mut a = admitted(&taken).unwrap();
+            if let Some(early) = interval.checked_sub(1) {
+                let before = s.round_trips();
+                let got = super::renew(&s, &k, &mut a, t + early, ttl).unwrap();
+                assert_eq!(
+                    (got, s.round_trips()),
+                    (Settled::Skipped, before),
+                    "{ttl_ms}"
+                );
+            }
+            let got = super::renew(&s, &k, &mut a, t + interval, ttl).unwrap();
+            assert_eq!(got, Settled::Applied, "{ttl_ms}");
+            // Renewed for one whole ttl from the renewal.
+            let end = t + interval + ttl_ms;
+            let state = state_of(&s, "tollgate:q:c:team-a");
+            let in_use = (state.leases_in_use(end - 1), state.leases_in_use(end));
+            assert_eq!(in_use, (1, 0), "{ttl_ms}");
+        }
+    }
+
+    #[test]
     fn admission_costs_one_get_and_one_set_and_rejection_one_get() {
         let t = at(2024, 5, 20, 12, 0, 0);
         let limits = [
@@ -2113,7 +2238,7 @@ mod tests {
                                 fits &= ok;
                             }
                             if let Some(n) = concurrent {
-                                let live = open.iter().filter(|o| o.ticket.admitted_ms + LEASE_TTL_MS > now).count();
+                                let live = open.iter().filter(|o| o.ticket.admitted_ms + TTL.millis() > now).count();
                                 fits &= live < n as usize;
                             }
                             let got = admit(&store, &k, &limits, &amounts, now).unwrap();
