@@ -872,7 +872,15 @@ pub fn parse_with_env(
         ));
     }
     let lease_ttl = match top.get("lease_ttl") {
-        Some(n) => as_duration(n, &top.path("lease_ttl"))?,
+        Some(n) => {
+            let path = top.path("lease_ttl");
+            let d = as_duration(n, &path)?;
+            // A lease renews at a third of its life: shorter would write on every chunk.
+            if d.millis() < 1_000 {
+                return Err(err(&path, "must be at least 1s"));
+            }
+            d
+        }
         None => Duration::from_millis(DEFAULT_LEASE_TTL_MS),
     };
 
@@ -2396,6 +2404,7 @@ mod tests {
             (r#"{"admin": {"keys": []}}"#.into(), "admin.keys: must list at least one key".into()),
             (r#"{"passthrough_paths": ["/v1/files", "v2"]}"#.into(), "passthrough_paths[1]: must start with \"/\", got \"v2\"".into()),
             (r#"{"passthrough_paths": "/v1/files"}"#.into(), "passthrough_paths: expected an array, got a string".into()),
+            (r#"{"lease_ttl": "500ms"}"#.into(), "lease_ttl: must be at least 1s".into()),
             (r#"{"max_body_bytes": 0}"#.into(), "max_body_bytes: must be between 1 and 1073741824 (1 GiB), got 0".into()),
             (r#"{"max_body_bytes": 1073741825}"#.into(), "max_body_bytes: must be between 1 and 1073741824 (1 GiB), got 1073741825".into()),
         ];

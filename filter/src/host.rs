@@ -1415,6 +1415,8 @@ impl HttpContext for Req {
             self.read_error_head(body_size);
         }
         let Some(meter) = self.meter.as_mut() else {
+            // An upstream-stage attempt meters nothing, but its account's lease lives on.
+            self.renew_leases();
             return Action::Continue;
         };
         if !meter.rewrites() {
@@ -1463,12 +1465,7 @@ impl HttpContext for Req {
                 ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, chunk.len(), &replacement);
             }
         }
-        if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
-            if ticket.lease.is_some() {
-                let ttl = self.plugin.cfg.lease_ttl;
-                let _ = quota::renew(&self.plugin.store, owner, ticket, ffi::now_ms(), ttl);
-            }
-        }
+        self.renew_leases();
         if end_of_stream {
             self.finish_response();
         }
@@ -1513,6 +1510,25 @@ impl Req {
         let obs = accounts::observe_error_body(account.provider, self.upstream_status, &head);
         if !obs.is_empty() {
             self.observe_account(obs);
+        }
+    }
+
+    /// A flowing response renews its concurrency leases: the consumer's, and the account's
+    /// own (each writes only when due; a lease not renewed for `lease_ttl` frees itself).
+    fn renew_leases(&mut self) {
+        let ttl = self.plugin.cfg.lease_ttl;
+        let now = ffi::now_ms();
+        if let (Some(ticket), Some(owner)) = (self.ticket.as_mut(), self.owner.as_ref()) {
+            if ticket.lease.is_some() {
+                let _ = quota::renew(&self.plugin.store, owner, ticket, now, ttl);
+            }
+        }
+        let account = self.account.and_then(|i| self.plugin.cfg.accounts.get(i));
+        if let (Some(ticket), Some(account)) = (self.account_ticket.as_mut(), account) {
+            if ticket.lease.is_some() {
+                let owner = OwnerKey::account(&account.name);
+                let _ = quota::renew(&self.plugin.store, &owner, ticket, now, ttl);
+            }
         }
     }
 
