@@ -181,3 +181,28 @@ def access_log(e, ids: set[str], line: re.Pattern, timeout: float = 20.0) -> dic
             assert not missing, f"{len(missing)} requests have no access log line, e.g. {sorted(missing)[:3]}"
             return found
         time.sleep(0.2)
+
+
+# ---- figures read from a running Envoy -------------------------------------------------------
+
+
+def stat_sum(e, prefix: str, **labels) -> int:
+    """The sum of tollgate counters named `prefix` whose labels include `labels`."""
+    total = 0
+    for name, v in e.stats().items():
+        if not name.startswith(f"wasmcustom.{prefix}"):
+            continue
+        rest = name[len(f"wasmcustom.{prefix}"):].lstrip(".").split(".")
+        got = dict(zip(rest[0::2], rest[1::2]))
+        if all(got.get(k) == v_ for k, v_ in labels.items()):
+            total += v
+    return total
+
+
+def rss_kb(e) -> int:
+    """Envoy's resident memory (VmRSS), in KiB."""
+    with open(f"/proc/{e.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

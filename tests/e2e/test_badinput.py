@@ -18,7 +18,7 @@ import openai
 import pytest
 import requests
 
-from conftest import ACCOUNT_KEYS, KEY_A, KEY_B, base_config
+from conftest import ACCOUNT_KEYS, KEY_A, KEY_B, base_config, rss_kb
 
 ANTHROPIC_ACCOUNT = ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"]
 TOKENS = "wasmcustom.tollgate_tokens_total."
@@ -92,12 +92,6 @@ def wait_tokens(envoy, at_least: int, timeout: float = 5.0) -> int:
         time.sleep(0.05)
 
 
-def rss_kb(envoy) -> int:
-    with open(f"/proc/{envoy.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def png(size: int) -> bytes:

@@ -28,7 +28,7 @@ import yaml
 import envoyctl
 import ratelimitctl
 from conftest import (ACCOUNT_KEYS, ADMIN_KEY, KEY_A, KEY_B, add_request_ids, base_config,
-                      consumers_config as _consumers_config, tid, with_request_ids)
+                      consumers_config as _consumers_config, stat_sum, tid, with_request_ids)
 from conftest import access_log as _access_log
 
 MODEL = "claude-haiku-4-5"
@@ -96,17 +96,6 @@ def ask(client: anthropic.Anthropic, t: str | None = None, model: str = MODEL, m
         return err.status_code, err.response.headers, err
 
 
-def stat_sum(e, prefix: str, **labels) -> int:
-    """The sum of tollgate counters named `prefix` whose labels include `labels`."""
-    total = 0
-    for name, v in e.stats().items():
-        if not name.startswith(f"wasmcustom.{prefix}"):
-            continue
-        rest = name[len(f"wasmcustom.{prefix}"):].lstrip(".").split(".")
-        got = dict(zip(rest[0::2], rest[1::2]))
-        if all(got.get(k) == v_ for k, v_ in labels.items()):
-            total += v
-    return total
 
 
 def degraded(e) -> int:

@@ -7,20 +7,18 @@ filter's facts (`usage=`, `input_tokens=`, `output_tokens=`, `decision=`) of one
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import threading
 import time
-import zlib
 
 import anthropic
 import openai
 import pytest
 import requests
 
-from conftest import (ACCOUNT_KEYS, ADMIN_KEY, KEY_A, access_log as _access_log, base_config, sha, tid,
-                      with_request_ids)
+from conftest import (ACCOUNT_KEYS, ADMIN_KEY, KEY_A, access_log as _access_log, base_config, rss_kb, stat_sum,
+                      tid, with_request_ids)
 
 MODEL = "claude-haiku-4-5"
 AV = {"anthropic-version": "2023-06-01"}
@@ -72,16 +70,6 @@ def account_view(e, name: str) -> dict:
     return next(a for a in usage_api(e)["accounts"] if a["name"] == name)
 
 
-def stat_sum(e, prefix: str, **labels) -> int:
-    total = 0
-    for name, v in e.stats().items():
-        if not name.startswith(f"wasmcustom.{prefix}"):
-            continue
-        rest = name[len(f"wasmcustom.{prefix}"):].lstrip(".").split(".")
-        got = dict(zip(rest[0::2], rest[1::2]))
-        if all(got.get(k) == v_ for k, v_ in labels.items()):
-            total += v
-    return total
 
 
 def headers_seen(mock, path: str) -> dict:
@@ -332,12 +320,6 @@ def test_usage_at_the_end_of_a_1gb_gzip_body_is_counted(make_envoy, mock):
     assert (int(line["input_tokens"]), int(line["output_tokens"])) == (12, 777), line
 
 
-def _rss_kb(e) -> int:
-    with open(f"/proc/{e.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _without_tollgate(cfg: dict) -> None:
@@ -357,7 +339,7 @@ def _heap_kb(e) -> int:
 def _six_parallel(e, size: int) -> tuple[int, int]:
     """RSS before and after six parallel `size`-byte responses read to the end; also checks
     that the VMs' own memory (RSS less Envoy's heap in use) grew by at most 50 MiB."""
-    before = _rss_kb(e)
+    before = rss_kb(e)
     vm_before = before - _heap_kb(e)
     got = []
 
@@ -373,7 +355,7 @@ def _six_parallel(e, size: int) -> tuple[int, int]:
     for th in threads:
         th.join()
     assert all(st == 200 and n >= size for st, n in got), got
-    after = _rss_kb(e)
+    after = rss_kb(e)
     vm_after = after - _heap_kb(e)
     print(f"\n[trust rss] {e.name}: RSS less Envoy's heap {vm_before / 1024:.0f} -> {vm_after / 1024:.0f} MiB")
     assert vm_after - vm_before <= 50 * 1024, (e.name, vm_before, vm_after)
