@@ -500,8 +500,9 @@ impl Context for Req {
             format!("gRPC status {status}")
         };
         match decision {
-            ratelimit::Decision::Admit(_) => {
+            ratelimit::Decision::Admit(headroom) => {
                 self.plugin.set_degraded(false, "");
+                self.rate_headers = ratelimit::binding_with(self.rate_headers, &headroom);
                 ffi::resume_http_request();
             }
             ratelimit::Decision::Reject(r) => {

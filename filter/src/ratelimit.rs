@@ -27,7 +27,7 @@
 //! ```
 
 use crate::limits::{Limit, LimitKind, Per};
-use crate::quota::Amounts;
+use crate::quota::{self, Amounts, LimitStatus, RateHeaders};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -244,10 +244,35 @@ pub struct Headroom {
     /// As the service reported it: before this request for tokens and cost (checked, not
     /// counted), after it for requests.
     pub remaining: u64,
+    /// This request's reservation in the unit (what `remaining` still has to hold).
+    pub need: u64,
     /// Whole seconds until the service's window resets (≥ 1).
     pub reset_s: u64,
     /// The window, in seconds (a month is 30 days in the reference service).
     pub window_s: u64,
+}
+
+/// The caller's binding limits with the global ones in (SPEC "HTTP behaviour": the binding
+/// limit is the one with the lowest remaining/limit ratio): every token and requests
+/// descriptor the service limits competes with the local limits in `local`. A token
+/// descriptor's remaining is net of this request's reservation, as a local limit's is once
+/// admitted; a requests descriptor was counted by the admission call itself.
+pub fn binding_with(local: RateHeaders, headroom: &[Headroom]) -> RateHeaders {
+    let global = headroom.iter().filter_map(|h| {
+        let (kind, remaining) = match h.unit {
+            Unit::Tokens => (LimitKind::Tokens, h.remaining.saturating_sub(h.need)),
+            Unit::Requests => (LimitKind::Requests, h.remaining),
+            Unit::CostMicros => return None,
+        };
+        Some(LimitStatus {
+            index: usize::MAX,
+            kind: Some(kind),
+            limit: h.limit,
+            remaining,
+            reset_s: h.reset_s,
+        })
+    });
+    quota::binding(local.tokens.into_iter().chain(local.requests).chain(global))
 }
 
 /// Why the global limits refused a request.
@@ -354,6 +379,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
                     unit: ck.unit,
                     limit: l.requests_per_unit,
                     remaining: st.limit_remaining,
+                    need: ck.need,
                     reset_s,
                     window_s: l.unit.window_s(),
                 });
@@ -1076,7 +1102,8 @@ mod tests {
     fn a_request_sends_its_accounts_descriptors_checked_then_charged() {
         let consumer = [rate(LimitKind::Tokens, 100)];
         let account = [rate(LimitKind::Tokens, 400), rate(LimitKind::CostUsd, 9)];
-        let cases: [(Option<(&str, &[Limit])>, Vec<Vec<(&str, &str)>>); 3] = [
+        type Case<'a> = (Option<(&'a str, &'a [Limit])>, Vec<Vec<(&'a str, &'a str)>>);
+        let cases: [Case; 3] = [
             (
                 Some(("anthropic-1", &account)),
                 vec![
@@ -1179,6 +1206,80 @@ mod tests {
                 (s("account"), s("cost_micros"), Some(2839)),
             ]
         );
+    }
+
+    /// SPEC "HTTP behaviour": the headers carry the binding limit, global limits included. A
+    /// global limit of 3 requests with 2 left binds over a local 1000 with 999 left.
+    #[test]
+    fn the_binding_headers_take_in_the_global_limits() {
+        let local = |kind, limit, remaining| LimitStatus {
+            index: 0,
+            kind: Some(kind),
+            limit,
+            remaining,
+            reset_s: 60,
+        };
+        let room = |unit, limit, remaining, need| Headroom {
+            unit,
+            limit,
+            remaining,
+            need,
+            reset_s: 3000,
+            window_s: 3600,
+        };
+        let both = RateHeaders {
+            tokens: Some(local(LimitKind::Tokens, 10_000, 9_000)),
+            requests: Some(local(LimitKind::Requests, 1000, 999)),
+        };
+        // (local, global headroom, want (limit, remaining, reset) for tokens and requests)
+        type Want = Option<(u64, u64, u64)>;
+        let cases: Vec<(RateHeaders, Vec<Headroom>, Want, Want)> = vec![
+            (
+                both,
+                vec![],
+                Some((10_000, 9_000, 60)),
+                Some((1000, 999, 60)),
+            ),
+            (
+                both,
+                vec![room(Unit::Requests, 3, 2, 1)],
+                Some((10_000, 9_000, 60)),
+                Some((3, 2, 3000)),
+            ),
+            // Tokens: net of this request's reservation (500 of 1000 left → 0.5 < 0.9).
+            (
+                both,
+                vec![room(Unit::Tokens, 1000, 600, 100)],
+                Some((1000, 500, 3000)),
+                Some((1000, 999, 60)),
+            ),
+            // A roomier global limit does not bind; cost has no header.
+            (
+                both,
+                vec![
+                    room(Unit::Tokens, 1_000_000, 1_000_000, 10),
+                    room(Unit::CostMicros, 5, 0, 0),
+                ],
+                Some((10_000, 9_000, 60)),
+                Some((1000, 999, 60)),
+            ),
+            // No local limit of a kind: the global one is the header.
+            (
+                RateHeaders::default(),
+                vec![room(Unit::Requests, 3, 0, 1)],
+                None,
+                Some((3, 0, 3000)),
+            ),
+        ];
+        for (local, headroom, tokens, requests) in cases {
+            let h = binding_with(local, &headroom);
+            let f = |s: Option<LimitStatus>| s.map(|s| (s.limit, s.remaining, s.reset_s));
+            assert_eq!(
+                (f(h.tokens), f(h.requests)),
+                (tokens, requests),
+                "{headroom:?}"
+            );
+        }
     }
 
     #[test]
