@@ -58,10 +58,18 @@ def stack():
         rl.stop()
 
 
-def global_envoy(make_envoy, rl, cfg: dict):
+def setup(make_envoy, mock, stack, descriptors: list[dict], cfg: dict, usage: dict[str, dict]):
+    """The service with `descriptors`, one Envoy with tollgate `cfg` using it (deny when it
+    fails, so a test never passes on local limits alone), and the mock's usage per account
+    key. Returns (stack, envoy)."""
+    rl = stack(descriptors)
     cfg["global"] = {"cluster": "ratelimit", "domain": "tollgate", "timeout": "1s", "failure_mode": "deny"}
     cfg.setdefault("estimate", {"output_reserve": 50})
-    return make_envoy(cfg, shipped="envoy-global.yaml", patch=ratelimitctl.with_ratelimit_port(rl.grpc_port))
+    e = make_envoy(cfg, shipped="envoy-global.yaml", patch=ratelimitctl.with_ratelimit_port(rl.grpc_port))
+    mock.reset()
+    for key, u in usage.items():
+        mock.script(key, usage=u)
+    return rl, e
 
 
 def counters(rl) -> dict[str, int]:
@@ -94,6 +102,18 @@ def wait_charges(e, n: int, timeout: float = 15.0) -> int:
             break
         time.sleep(0.1)
     return sent
+
+
+def in_turn(e, calls) -> list:
+    """Makes the calls one after another; after each admitted one, waits until its charge
+    reached the service, so the next admission sees it."""
+    results, charged = [], stat_sum(e, "tollgate_global_charges_total", outcome="sent")
+    for call in calls:
+        results.append(call())
+        if results[-1][0] == 200:
+            charged += 1
+            assert wait_charges(e, charged) == charged
+    return results
 
 
 def claude(e, key=KEY_A, model=HAIKU):
@@ -130,20 +150,15 @@ def global_refusal(e, consumer: str) -> int:
 def test_a_global_cost_limit_counts_real_micro_dollars_and_refuses_once_reached(make_envoy, mock, stack):
     """Unit `cost_micros`: the service is charged the priced real usage to the micro-dollar,
     and admission refuses (429, reason global) once the charged cost leaves no room."""
-    rl = stack([{"key": "consumer", "value": "team-a", "descriptors": [limit("cost_micros", 10_000)]}])
     cfg = base_config(pricing={HAIKU: {"input": 1.0, "output": 5.0}})
     cfg["consumers"][0]["limits"] = [{"cost_usd": 1000.0, "per": "day"}]
-    e = global_envoy(make_envoy, rl, cfg)
-    mock.reset()
-    mock.script(ANTHROPIC_KEY, usage={"input": 1234, "output": 321})
+    rl, e = setup(make_envoy, mock, stack,
+                  [{"key": "consumer", "value": "team-a", "descriptors": [limit("cost_micros", 10_000)]}],
+                  cfg, {ANTHROPIC_KEY: {"input": 1234, "output": 321}})
     per_request = 1234 * 1 + 321 * 5    # $1 and $5 per million tokens: 2839 micro-dollars
-    statuses = []
-    for i in range(5):
-        status, err, headers = claude(e)
-        statuses.append(status)
-        if status != 200:
-            break
-        assert wait_charges(e, i + 1) == i + 1
+    results = in_turn(e, [lambda: claude(e)] * 5)
+    statuses = [s for s, _, _ in results]
+    _, err, headers = results[-1]
     charged = counters(rl).get(dkey(("consumer", "team-a"), ("unit", "cost_micros")))
     print(f"\nstatuses {statuses}; service counted {charged} micro-dollars of limit 10000 "
           f"({per_request} per request); remaining {rl.remaining([('consumer', 'team-a'), ('unit', 'cost_micros')])}")
@@ -161,12 +176,11 @@ def test_a_global_cost_limit_counts_real_micro_dollars_and_refuses_once_reached(
 def test_a_global_request_limit_counts_each_request_once_at_admission(make_envoy, mock, stack):
     """Unit `requests`: counted 1 by the admission call itself (never again after the
     response), so the N+1th request in the window gets 429 global."""
-    rl = stack([{"key": "consumer", "value": "team-a", "descriptors": [limit("requests", 3)]}])
     cfg = base_config()
     cfg["consumers"][0]["limits"] = [{"requests": 1000, "per": "minute"}]
-    e = global_envoy(make_envoy, rl, cfg)
-    mock.reset()
-    mock.script(OPENAI_KEY, usage={"input": 20, "output": 10})
+    rl, e = setup(make_envoy, mock, stack,
+                  [{"key": "consumer", "value": "team-a", "descriptors": [limit("requests", 3)]}],
+                  cfg, {OPENAI_KEY: {"input": 20, "output": 10}})
     results = [gpt(e) for _ in range(4)]
     statuses = [s for s, _, _ in results]
     time.sleep(1.0)   # any charge after the responses would have gone out by now (tick: 100 ms)
@@ -187,21 +201,16 @@ def test_a_global_request_limit_counts_each_request_once_at_admission(make_envoy
     assert len(mock.requests("/v1/chat/completions")) == 3
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the SDK's notice about the model name
 def test_a_model_descriptor_limit_binds_that_model_only(make_envoy, mock, stack):
     """`[consumer, model, unit]`: a global token limit on one model refuses that model once
     its real tokens fill it, while the same consumer's other model is still admitted."""
-    rl = stack([{"key": "consumer", "value": "team-a", "descriptors": [
-        {"key": "model", "value": HAIKU, "descriptors": [limit("tokens", 400)]}]}])
-    e = global_envoy(make_envoy, rl, base_config())
-    mock.reset()
-    mock.script(ANTHROPIC_KEY, usage={"input": 150, "output": 50})
-    haiku = []
-    for i in range(3):
-        haiku.append(claude(e, model=HAIKU))
-        if haiku[-1][0] == 200:
-            assert wait_charges(e, i + 1) == i + 1
-    sonnet = [claude(e, model=SONNET)[0] for _ in range(2)]
-    wait_charges(e, 4)
+    rl, e = setup(make_envoy, mock, stack,
+                  [{"key": "consumer", "value": "team-a", "descriptors": [
+                      {"key": "model", "value": HAIKU, "descriptors": [limit("tokens", 400)]}]}],
+                  base_config(), {ANTHROPIC_KEY: {"input": 150, "output": 50}})
+    haiku = in_turn(e, [lambda: claude(e, model=HAIKU)] * 3)
+    sonnet = [s for s, _, _ in in_turn(e, [lambda: claude(e, model=SONNET)] * 2)]
     held = counters(rl)
     haiku_tokens = held.get(dkey(("consumer", "team-a"), ("model", HAIKU), ("unit", "tokens")))
     print(f"\n{HAIKU}: {[s for s, _, _ in haiku]}, counted {haiku_tokens} of 400; {SONNET}: {sonnet}; "
@@ -220,17 +229,13 @@ def test_an_account_descriptor_limit_binds_every_consumer_of_that_account(make_e
     """`[account, unit]`: an account's global token limit counts the real tokens of every
     consumer it serves; once full, another consumer is refused on that account (429 global)
     while a request served by another account is still admitted."""
-    rl = stack([{"key": "account", "value": "anthropic-1", "descriptors": [limit("tokens", 400)]}])
     cfg = base_config()
     cfg["accounts"][0]["limits"] = [{"tokens": 10_000_000, "per": "minute"}]
-    e = global_envoy(make_envoy, rl, cfg)
-    mock.reset()
-    mock.script(ANTHROPIC_KEY, usage={"input": 150, "output": 50})
-    mock.script(OPENAI_KEY, usage={"input": 150, "output": 50})
-    first = []
-    for i in range(2):
-        first.append(claude(e, key=KEY_A)[0])
-        assert wait_charges(e, i + 1) == i + 1
+    usage = {"input": 150, "output": 50}
+    rl, e = setup(make_envoy, mock, stack,
+                  [{"key": "account", "value": "anthropic-1", "descriptors": [limit("tokens", 400)]}],
+                  cfg, {ANTHROPIC_KEY: usage, OPENAI_KEY: usage})
+    first = [s for s, _, _ in in_turn(e, [lambda: claude(e, key=KEY_A)] * 2)]
     status, err, headers = claude(e, key=KEY_B)
     other_account = gpt(e, key=KEY_B)[0]
     held = counters(rl)
