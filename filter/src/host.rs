@@ -16,7 +16,7 @@ use crate::learn;
 use crate::limits::{Limit, Price, Usage};
 use crate::metrics;
 use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
-use crate::ratelimit::{self, ChargeQueue, Unit};
+use crate::ratelimit::{self, ChargeQueue};
 use crate::request::{RequestInfo, RequestScanner};
 use crate::store::{SlotTable, Store, StoreError};
 use crate::usage::ResponseMeter;
@@ -449,8 +449,8 @@ struct Req {
     estimate: u64,
     /// The global admission call under way: its token and what each descriptor must allow.
     global_call: Option<(u32, Vec<ratelimit::Check>)>,
-    /// The global units this request is charged in when it ends.
-    global_units: Vec<Unit>,
+    /// The global descriptors this request is charged on when it ends (those it was admitted on).
+    global_descriptors: Vec<ratelimit::Descriptor>,
     /// What the chosen account's own limits charged for this request or attempt.
     account_ticket: Option<Ticket>,
     /// When the request arrived (for the analytics response time).
@@ -500,19 +500,29 @@ impl Context for Req {
             format!("gRPC status {status}")
         };
         match decision {
-            ratelimit::Decision::Admit(_) => {
+            ratelimit::Decision::Admit(headroom) => {
                 self.plugin.set_degraded(false, "");
+                self.rate_headers = ratelimit::binding_with(self.rate_headers, &headroom);
                 ffi::resume_http_request();
             }
             ratelimit::Decision::Reject(r) => {
                 self.plugin.set_degraded(false, "");
                 self.cancel_reservation();
-                self.global_units.clear();
+                // An account's limit is named as such: the consumer has no such limit.
+                let account = r
+                    .index
+                    .and_then(|i| self.global_descriptors.get(i))
+                    .and_then(|d| d.account())
+                    .map(|a| format!("account {a}: "))
+                    .unwrap_or_default();
+                self.global_descriptors.clear();
                 let retry = r.retry_after_s.max(1).to_string();
                 let unit = r.unit.map_or("tokens", |u| u.as_str());
                 let what = match (r.limit, r.per) {
-                    (Some(l), Some(p)) => format!("{l} {unit} per {} (global)", p.as_str()),
-                    _ => format!("global {unit} limit"),
+                    (Some(l), Some(p)) => {
+                        format!("{account}{l} {unit} per {} (global)", p.as_str())
+                    }
+                    _ => format!("{account}global {unit} limit"),
                 };
                 let msg = if r.should_retry {
                     format!("{}: {what}; retry in {retry}s", self.consumer_name())
@@ -559,7 +569,7 @@ impl Req {
             rate_headers: RateHeaders::default(),
             estimate: 0,
             global_call: None,
-            global_units: Vec::new(),
+            global_descriptors: Vec::new(),
             account_ticket: None,
             started_ms: ffi::now_ms(),
             strip_usage: false,
@@ -713,21 +723,18 @@ impl Req {
         let plugin = self.plugin.clone();
         let global = plugin.cfg.global.as_ref()?;
         let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
-        let units = ratelimit::units_for(limits);
-        if units.is_empty() {
+        let model = self.info.as_ref().and_then(|i| i.model.as_deref());
+        let account = self
+            .account
+            .and_then(|i| plugin.cfg.accounts.get(i))
+            .map(|a| (a.name.as_str(), a.limits.as_slice()));
+        let descriptors =
+            ratelimit::request_descriptors(self.consumer_name(), limits, model, account);
+        if descriptors.is_empty() {
             return None;
         }
-        let model = self.info.as_ref().and_then(|i| i.model.clone());
-        let amounts = self.need();
-        let consumer = self.consumer_name().to_string();
-        let adm = ratelimit::admission_request(
-            &global.domain,
-            &consumer,
-            model.as_deref(),
-            &units,
-            &amounts,
-        );
-        self.global_units = units;
+        let adm = ratelimit::admission(&global.domain, descriptors.clone(), &self.need());
+        self.global_descriptors = descriptors;
         match self.dispatch_grpc_call(
             &global.cluster,
             ratelimit::SERVICE,
@@ -758,7 +765,7 @@ impl Req {
             .is_some_and(|g| g.failure_mode == config::FailureMode::Deny);
         if deny {
             self.cancel_reservation();
-            self.global_units.clear();
+            self.global_descriptors.clear();
             let msg = "the global rate-limit service is unavailable";
             return self.reject(Reason::GlobalUnavailable, msg, &[]);
         }
@@ -782,19 +789,13 @@ impl Req {
         let Some(global) = &self.plugin.cfg.global else {
             return;
         };
-        if self.global_units.is_empty() {
+        if self.global_descriptors.is_empty() {
             return;
         }
-        let model = self.info.as_ref().and_then(|i| i.model.as_deref());
         let price = self.price();
         let actual = Amounts::from_usage(usage, price.as_ref());
-        let body = ratelimit::charge_request(
-            &global.domain,
-            self.consumer_name(),
-            model,
-            &self.global_units,
-            &actual,
-        );
+        let descriptors = std::mem::take(&mut self.global_descriptors);
+        let body = ratelimit::charge(&global.domain, descriptors, &actual);
         if let Some(body) = body {
             if !self.plugin.charges.borrow_mut().push(body) {
                 self.plugin.stats.borrow_mut().count(
@@ -804,7 +805,6 @@ impl Req {
                 );
             }
         }
-        self.global_units.clear();
     }
 
     /// Replaces the reservation with real usage (or refunds it all when nothing was used).

@@ -27,7 +27,7 @@
 //! ```
 
 use crate::limits::{Limit, LimitKind, Per};
-use crate::quota::Amounts;
+use crate::quota::{self, Amounts, LimitStatus, RateHeaders};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -128,6 +128,14 @@ impl Descriptor {
             hits_addend: 0,
         }
     }
+
+    /// The account this descriptor counts for (`[("account", name), ...]`), if it is one.
+    pub fn account(&self) -> Option<&str> {
+        match self.entries.first() {
+            Some((k, v)) if k == "account" => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// The consumer's descriptors (SPEC): for each unit `[("consumer", name), ("unit", u)]`,
@@ -154,6 +162,24 @@ pub fn account_descriptors(account: &str, units: &[Unit]) -> Vec<Descriptor> {
         .iter()
         .map(|&u| Descriptor::new(&[("account", account)], u))
         .collect()
+}
+
+/// Everything one request sends (SPEC "Global limits"): the consumer's descriptors for the
+/// global units of `consumer_limits` (`descriptors_for`), then, when the request is served by
+/// an account, that account's descriptors for the global units of the account's own limits.
+/// Admission and the charge after the response send the same list, so the account that was
+/// checked is the one charged. Empty when neither has a limit with a global unit.
+pub fn request_descriptors(
+    consumer: &str,
+    consumer_limits: &[Limit],
+    model: Option<&str>,
+    account: Option<(&str, &[Limit])>,
+) -> Vec<Descriptor> {
+    let mut out = descriptors_for(consumer, model, &units_for(consumer_limits));
+    if let Some((name, limits)) = account {
+        out.extend(account_descriptors(name, &units_for(limits)));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,10 +244,35 @@ pub struct Headroom {
     /// As the service reported it: before this request for tokens and cost (checked, not
     /// counted), after it for requests.
     pub remaining: u64,
+    /// This request's reservation in the unit (what `remaining` still has to hold).
+    pub need: u64,
     /// Whole seconds until the service's window resets (≥ 1).
     pub reset_s: u64,
     /// The window, in seconds (a month is 30 days in the reference service).
     pub window_s: u64,
+}
+
+/// The caller's binding limits with the global ones in (SPEC "HTTP behaviour": the binding
+/// limit is the one with the lowest remaining/limit ratio): every token and requests
+/// descriptor the service limits competes with the local limits in `local`. A token
+/// descriptor's remaining is net of this request's reservation, as a local limit's is once
+/// admitted; a requests descriptor was counted by the admission call itself.
+pub fn binding_with(local: RateHeaders, headroom: &[Headroom]) -> RateHeaders {
+    let global = headroom.iter().filter_map(|h| {
+        let (kind, remaining) = match h.unit {
+            Unit::Tokens => (LimitKind::Tokens, h.remaining.saturating_sub(h.need)),
+            Unit::Requests => (LimitKind::Requests, h.remaining),
+            Unit::CostMicros => return None,
+        };
+        Some(LimitStatus {
+            index: usize::MAX,
+            kind: Some(kind),
+            limit: h.limit,
+            remaining,
+            reset_s: h.reset_s,
+        })
+    });
+    quota::binding(local.tokens.into_iter().chain(local.requests).chain(global))
 }
 
 /// Why the global limits refused a request.
@@ -232,6 +283,9 @@ pub struct Rejection {
     pub unit: Option<Unit>,
     /// Whole seconds (≥ 1) until every refusing window has reset.
     pub retry_after_s: u64,
+    /// The binding descriptor's position in the request (`None` when the service said
+    /// OVER_LIMIT without saying which descriptor).
+    pub index: Option<usize>,
     /// The binding descriptor's limit and window, when the service sent them.
     pub limit: Option<u64>,
     pub per: Option<Per>,
@@ -295,6 +349,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
             return Decision::Reject(Rejection {
                 unit: None,
                 retry_after_s: 1,
+                index: None,
                 limit: None,
                 per: None,
                 remaining: 0,
@@ -311,7 +366,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
     let mut worst: Option<Rejection> = None;
     let mut retry_after_s = 1;
     let mut should_retry = true;
-    for (st, ck) in resp.statuses.iter().zip(checks) {
+    for (index, (st, ck)) in resp.statuses.iter().zip(checks).enumerate() {
         let reset_s = st.reset_s();
         let limit = st.current_limit.map(|l| l.requests_per_unit);
         let short = match (ck.unit, limit) {
@@ -324,6 +379,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
                     unit: ck.unit,
                     limit: l.requests_per_unit,
                     remaining: st.limit_remaining,
+                    need: ck.need,
                     reset_s,
                     window_s: l.unit.window_s(),
                 });
@@ -339,6 +395,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
         let r = Rejection {
             unit: Some(ck.unit),
             retry_after_s: reset_s,
+            index: Some(index),
             limit,
             per: st.current_limit.and_then(|l| l.unit.per()),
             remaining: st.limit_remaining,
@@ -369,6 +426,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
         None if resp.overall == Code::OverLimit => Decision::Reject(Rejection {
             unit: None,
             retry_after_s,
+            index: None,
             limit: None,
             per: None,
             remaining: 0,
@@ -1028,6 +1086,202 @@ mod tests {
         );
     }
 
+    fn rate(kind: LimitKind, amount: u64) -> Limit {
+        Limit::Rate {
+            kind,
+            amount,
+            per: Per::Minute,
+            window: Default::default(),
+        }
+    }
+
+    /// SPEC: `[("account", name), ("unit", u)]` for account limits. The account serving a
+    /// request is checked at admission and charged after the response, with the same
+    /// descriptors, and a refusal on it says which descriptor bound.
+    #[test]
+    fn a_request_sends_its_accounts_descriptors_checked_then_charged() {
+        let consumer = [rate(LimitKind::Tokens, 100)];
+        let account = [rate(LimitKind::Tokens, 400), rate(LimitKind::CostUsd, 9)];
+        type Case<'a> = (Option<(&'a str, &'a [Limit])>, Vec<Vec<(&'a str, &'a str)>>);
+        let cases: [Case; 3] = [
+            (
+                Some(("anthropic-1", &account)),
+                vec![
+                    vec![("consumer", "team-a"), ("unit", "tokens")],
+                    vec![("consumer", "team-a"), ("model", "m"), ("unit", "tokens")],
+                    vec![("account", "anthropic-1"), ("unit", "tokens")],
+                    vec![("account", "anthropic-1"), ("unit", "cost_micros")],
+                ],
+            ),
+            // An account without limits (or with concurrency only) sends nothing of its own.
+            (
+                Some(("openai-1", &[Limit::Concurrent(4)])),
+                vec![
+                    vec![("consumer", "team-a"), ("unit", "tokens")],
+                    vec![("consumer", "team-a"), ("model", "m"), ("unit", "tokens")],
+                ],
+            ),
+            (
+                None,
+                vec![
+                    vec![("consumer", "team-a"), ("unit", "tokens")],
+                    vec![("consumer", "team-a"), ("model", "m"), ("unit", "tokens")],
+                ],
+            ),
+        ];
+        for (acct, want) in cases {
+            let d = request_descriptors("team-a", &consumer, Some("m"), acct);
+            assert_eq!(d.iter().map(entries).collect::<Vec<_>>(), want, "{acct:?}");
+        }
+
+        // A consumer with no global unit still sends its account's descriptors.
+        let d = request_descriptors("team-a", &[], Some("m"), Some(("anthropic-1", &account)));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].account(), Some("anthropic-1"));
+
+        let d = request_descriptors(
+            "team-a",
+            &consumer,
+            Some("m"),
+            Some(("anthropic-1", &account)),
+        );
+        assert_eq!(d[0].account(), None);
+        let a = admission("tollgate", d.clone(), &amounts(120, 700));
+        let hits: Vec<_> = decode_request(&a.body).1.iter().map(|(_, h)| *h).collect();
+        assert_eq!(hits, vec![Some(0), Some(0), Some(0), Some(0)]);
+        assert_eq!(
+            a.checks[2],
+            Check {
+                unit: Unit::Tokens,
+                need: 120
+            }
+        );
+        assert_eq!(
+            a.checks[3],
+            Check {
+                unit: Unit::CostMicros,
+                need: 700
+            }
+        );
+
+        // Only the account's token descriptor is short: the refusal points at it.
+        let resp = encode_response(
+            OK,
+            &[
+                st(OK, None, 0, 0),
+                st(OK, None, 0, 0),
+                st(OK, Some((400, MINUTE)), 100, 20),
+                st(OK, Some((9_000_000, 4)), 9_000_000, 600),
+            ],
+        );
+        match decide(&resp, &a.checks) {
+            Decision::Reject(r) => {
+                assert_eq!(
+                    (r.index, r.unit, r.limit),
+                    (Some(2), Some(Unit::Tokens), Some(400))
+                );
+                assert_eq!(
+                    r.index.and_then(|i| d.get(i)).and_then(|x| x.account()),
+                    Some("anthropic-1")
+                );
+                assert_eq!(r.retry_after_s, 20);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The charge after the response counts real usage on the account too.
+        let body = charge("tollgate", d, &amounts(200, 2839)).unwrap();
+        let charged: Vec<_> = decode_request(&body)
+            .1
+            .into_iter()
+            .map(|(es, h)| (es[0].0.clone(), es.last().unwrap().1.clone(), h))
+            .collect();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            charged,
+            vec![
+                (s("consumer"), s("tokens"), Some(200)),
+                (s("consumer"), s("tokens"), Some(200)),
+                (s("account"), s("tokens"), Some(200)),
+                (s("account"), s("cost_micros"), Some(2839)),
+            ]
+        );
+    }
+
+    /// SPEC "HTTP behaviour": the headers carry the binding limit, global limits included. A
+    /// global limit of 3 requests with 2 left binds over a local 1000 with 999 left.
+    #[test]
+    fn the_binding_headers_take_in_the_global_limits() {
+        let local = |kind, limit, remaining| LimitStatus {
+            index: 0,
+            kind: Some(kind),
+            limit,
+            remaining,
+            reset_s: 60,
+        };
+        let room = |unit, limit, remaining, need| Headroom {
+            unit,
+            limit,
+            remaining,
+            need,
+            reset_s: 3000,
+            window_s: 3600,
+        };
+        let both = RateHeaders {
+            tokens: Some(local(LimitKind::Tokens, 10_000, 9_000)),
+            requests: Some(local(LimitKind::Requests, 1000, 999)),
+        };
+        // (local, global headroom, want (limit, remaining, reset) for tokens and requests)
+        type Want = Option<(u64, u64, u64)>;
+        let cases: Vec<(RateHeaders, Vec<Headroom>, Want, Want)> = vec![
+            (
+                both,
+                vec![],
+                Some((10_000, 9_000, 60)),
+                Some((1000, 999, 60)),
+            ),
+            (
+                both,
+                vec![room(Unit::Requests, 3, 2, 1)],
+                Some((10_000, 9_000, 60)),
+                Some((3, 2, 3000)),
+            ),
+            // Tokens: net of this request's reservation (500 of 1000 left → 0.5 < 0.9).
+            (
+                both,
+                vec![room(Unit::Tokens, 1000, 600, 100)],
+                Some((1000, 500, 3000)),
+                Some((1000, 999, 60)),
+            ),
+            // A roomier global limit does not bind; cost has no header.
+            (
+                both,
+                vec![
+                    room(Unit::Tokens, 1_000_000, 1_000_000, 10),
+                    room(Unit::CostMicros, 5, 0, 0),
+                ],
+                Some((10_000, 9_000, 60)),
+                Some((1000, 999, 60)),
+            ),
+            // No local limit of a kind: the global one is the header.
+            (
+                RateHeaders::default(),
+                vec![room(Unit::Requests, 3, 0, 1)],
+                None,
+                Some((3, 0, 3000)),
+            ),
+        ];
+        for (local, headroom, tokens, requests) in cases {
+            let h = binding_with(local, &headroom);
+            let f = |s: Option<LimitStatus>| s.map(|s| (s.limit, s.remaining, s.reset_s));
+            assert_eq!(
+                (f(h.tokens), f(h.requests)),
+                (tokens, requests),
+                "{headroom:?}"
+            );
+        }
+    }
+
     #[test]
     fn request_encoding_matches_hand_computed_bytes() {
         let d = vec![Descriptor {
@@ -1130,6 +1384,7 @@ mod tests {
             Decision::Reject(Rejection {
                 unit: Some(Unit::Tokens),
                 retry_after_s: 42,
+                index: Some(0),
                 limit: Some(5000),
                 per: Some(Per::Minute),
                 remaining: 1000,
