@@ -234,61 +234,39 @@ mod tests {
     #[test]
     fn finds_a_tollgate_key_sent_beside_the_callers_own() {
         let cfg = config(r#"{"consumers": [{"name": "a", "keys": ["tg-a"]}], "anonymous": {}}"#);
-        let h = |n| Place::Header(n);
-        // (x-api-key, authorization, x-goog-api-key, path, where a tollgate key is)
-        let cases: [(Option<&str>, Option<&str>, Option<&str>, &str, Vec<Place>); 8] = [
+        let (key, auth, goog) = (
+            Place::Header("x-api-key"),
+            Place::Header("authorization"),
+            Place::Header("x-goog-api-key"),
+        );
+        // x-api-key, authorization, x-goog-api-key; path; where a tollgate key is.
+        type Case<'a> = ([Option<&'a str>; 3], &'a str, &'a [Place]);
+        let cases: [Case; 8] = [
+            ([Some("own"), Some("Bearer tg-a"), None], "/", &[auth]),
+            ([Some("own"), Some("bearer  tg-a "), None], "/", &[auth]),
+            ([None, Some("Bearer own"), Some("tg-a")], "/", &[goog]),
             (
-                Some("own"),
-                Some("Bearer tg-a"),
-                None,
-                "/",
-                vec![h("authorization")],
-            ),
-            (
-                Some("own"),
-                Some("bearer  tg-a "),
-                None,
-                "/",
-                vec![h("authorization")],
-            ),
-            (
-                None,
-                Some("Bearer own"),
-                Some("tg-a"),
-                "/",
-                vec![h("x-goog-api-key")],
-            ),
-            (
-                None,
-                None,
-                Some("own"),
+                [None, None, Some("own")],
                 "/v1beta/m?key=tg-a",
-                vec![Place::Query],
+                &[Place::Query],
             ),
             (
-                Some("own"),
-                Some("Bearer tg-a"),
-                Some("tg-a"),
+                [Some("own"), Some("Bearer tg-a"), Some("tg-a")],
                 "/",
-                vec![h("authorization"), h("x-goog-api-key")],
+                &[auth, goog],
             ),
+            ([Some("tg-a"), None, Some("own")], "/", &[key]),
             // The caller's own keys only, or a lone credential (identify compared it).
             (
-                Some("own"),
-                Some("Bearer own-2"),
-                Some("own-3"),
+                [Some("own"), Some("Bearer own-2"), Some("own-3")],
                 "/?key=own-4",
-                vec![],
+                &[],
             ),
-            (Some("tg-a"), None, None, "/", vec![]),
-            (Some("own"), Some("Basic tg-a"), Some(""), "/", vec![]),
+            ([Some("tg-a"), Some("Basic tg-a"), Some("")], "/", &[]),
         ];
-        for (x, auth, goog, path, want) in cases {
-            assert_eq!(
-                tollgate_key_places(&cfg, x, auth, goog, path),
-                want,
-                "{x:?} {auth:?} {goog:?} {path}"
-            );
+        for ([x, a, g], path, want) in cases {
+            let found = tollgate_key_places(&cfg, x, a, g, path);
+            assert_eq!(found, want, "{x:?} {a:?} {g:?} {path}");
         }
     }
 

@@ -320,7 +320,7 @@ def test_a_fixed_second_window_refuses_until_its_boundary_then_admits(make_envoy
         if math.floor(time.time()) == math.floor(started):
             break
     else:
-        pytest.skip("three calls never fitted in one second on this machine")
+        pytest.fail("three calls never fitted in one second in five tries")
     assert [s for s, _, _ in outcomes] == [200, 200, 429], outcomes
     assert [h["x-ratelimit-remaining-requests"] for _, _, h in outcomes] == ["1", "0", "0"]
     assert outcomes[0][2]["x-ratelimit-reset-requests"] == "1"
@@ -344,7 +344,7 @@ def minute_window(mock, workdir):
     e = f(consumers_config([{"name": "perminute", "keys": [key], "limits": [
         {"requests": MINUTE_LIMIT, "per": "minute", "window": "fixed"}]}], OUTPUT_RESERVE),
         name="envoy-promises-minute")
-    clear_of(lambda now: (math.floor(now / 60) + 1) * 60, 8)
+    clear_of(lambda now: (math.floor(now / 60) + 1) * 60, 3)
     g = gpt(e, key)
     started = time.time()
     outcomes = [chat(g) for _ in range(MINUTE_LIMIT + 1)]
