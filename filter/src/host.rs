@@ -682,7 +682,7 @@ impl Req {
                     _ => Reason::Tokens,
                 };
                 let retry = rejection.retry_after_s.max(1);
-                let what = limit.map_or_else(String::new, |l| describe_limit(&l));
+                let what = limit.map_or_else(String::new, |l| l.to_string());
                 let msg = if rejection.should_retry {
                     format!("{}: {what}; retry in {retry}s", self.consumer_name())
                 } else {
@@ -927,6 +927,8 @@ impl Req {
         let cfg = &plugin.cfg;
         let by_key = self.presented_tollgate_key;
         if cfg.accounts.is_empty() && !by_key {
+            // The caller's own credentials go upstream as sent; a tollgate key beside them never.
+            self.remove_tollgate_keys(path);
             return Ok(());
         }
         if let Some(stripped) = identity::strip_query_key(path) {
@@ -1014,6 +1016,28 @@ impl Req {
         }
         ffi::set_filter_state("tollgate.account", &account.name);
         Ok(())
+    }
+
+    /// Removes any tollgate key from a request that keeps the caller's own credentials.
+    fn remove_tollgate_keys(&self, path: &str) {
+        let h = &self.headers;
+        let places = identity::tollgate_key_places(
+            &self.plugin.cfg,
+            h.get("x-api-key"),
+            h.get("authorization"),
+            h.get("x-goog-api-key"),
+            path,
+        );
+        for place in places {
+            match place {
+                identity::Place::Header(name) => ffi::remove_request_header(name),
+                identity::Place::Query => {
+                    if let Some(stripped) = identity::strip_query_key(path) {
+                        ffi::set_request_header(":path", &stripped);
+                    }
+                }
+            }
+        }
     }
 
     /// Removes the credentials the client sent (a caller's own or a tollgate key), but for
@@ -2425,21 +2449,6 @@ impl UsageSource {
             UsageSource::Refused => "refused",
             UsageSource::None => "none",
         }
-    }
-}
-
-/// `tokens 100000 per minute`, as messages name a limit.
-fn describe_limit(l: &Limit) -> String {
-    match l {
-        Limit::Rate {
-            kind, amount, per, ..
-        } => match kind {
-            crate::limits::LimitKind::CostUsd => {
-                format!("{:.2} USD per {}", *amount as f64 / 1e6, per.as_str())
-            }
-            k => format!("{amount} {} per {}", k.as_str(), per.as_str()),
-        },
-        Limit::Concurrent(n) => format!("{n} concurrent requests"),
     }
 }
 

@@ -34,20 +34,74 @@ pub fn presented_key<'a>(
     goog_api_key: Option<&'a str>,
     path: &'a str,
 ) -> Option<&'a str> {
+    credentials(x_api_key, authorization, goog_api_key, path)
+        .into_iter()
+        .find_map(|(_, k)| k)
+}
+
+/// Where a client credential can be: a header, or Gemini's `?key=` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Header(&'static str),
+    Query,
+}
+
+/// Every credential a request presents, in the order `presented_key` prefers them (empty
+/// values are none).
+fn credentials<'a>(
+    x_api_key: Option<&'a str>,
+    authorization: Option<&'a str>,
+    goog_api_key: Option<&'a str>,
+    path: &'a str,
+) -> [(Place, Option<&'a str>); 4] {
     let bearer = authorization.and_then(|v| {
         let v = v.trim();
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
     [
-        x_api_key.map(str::trim),
-        bearer,
-        goog_api_key.map(str::trim),
-        query_key(path),
+        (Place::Header("x-api-key"), x_api_key.map(str::trim)),
+        (Place::Header("authorization"), bearer),
+        (Place::Header("x-goog-api-key"), goog_api_key.map(str::trim)),
+        (Place::Query, query_key(path)),
     ]
-    .into_iter()
-    .flatten()
-    .find(|k| !k.is_empty())
+    .map(|(place, k)| (place, k.filter(|k| !k.is_empty())))
+}
+
+/// Where a request that no tollgate key identified (a consumer header, `anonymous`) still
+/// carries one: `presented_key` reads only the first credential, so a tollgate key sent
+/// beside the caller's own would otherwise go upstream with it (SPEC: a tollgate key never
+/// reaches the upstream). A lone credential is the one `identify` already compared.
+pub fn tollgate_key_places(
+    cfg: &Config,
+    x_api_key: Option<&str>,
+    authorization: Option<&str>,
+    goog_api_key: Option<&str>,
+    path: &str,
+) -> Vec<Place> {
+    let found = credentials(x_api_key, authorization, goog_api_key, path);
+    if found.iter().filter(|(_, k)| k.is_some()).count() < 2 {
+        return Vec::new();
+    }
+    found
+        .into_iter()
+        .filter_map(|(place, k)| k.filter(|k| consumer_of(cfg, k).is_some()).map(|_| place))
+        .collect()
+}
+
+/// The consumer whose key `key` is. Every key is compared, whatever matched, so timing says
+/// nothing about which.
+fn consumer_of(cfg: &Config, key: &str) -> Option<usize> {
+    let digest = KeyMatcher::digest(key);
+    let mut found = None;
+    for (i, consumer) in cfg.consumers.iter().enumerate() {
+        for km in &consumer.keys {
+            if km.matches(&digest) && found.is_none() {
+                found = Some(i);
+            }
+        }
+    }
+    found
 }
 
 /// The value of the `key` query parameter (Gemini's `?key=`), if any.
@@ -81,20 +135,8 @@ pub fn strip_query_key(path: &str) -> Option<String> {
 /// `jwt_authn` verified).
 #[inline(never)]
 pub fn identify(cfg: &Config, key: Option<&str>, trusted_name: Option<&str>) -> Identity {
-    if let Some(key) = key {
-        let digest = KeyMatcher::digest(key);
-        // Every key is compared, whatever matched, so timing says nothing about which.
-        let mut found = None;
-        for (i, consumer) in cfg.consumers.iter().enumerate() {
-            for km in &consumer.keys {
-                if km.matches(&digest) && found.is_none() {
-                    found = Some(i);
-                }
-            }
-        }
-        if let Some(i) = found {
-            return Identity::Known(Caller::Consumer(i), true);
-        }
+    if let Some(i) = key.and_then(|k| consumer_of(cfg, k)) {
+        return Identity::Known(Caller::Consumer(i), true);
     }
     let anonymous = cfg.anonymous.is_some();
     if cfg.consumer_header.is_some() || cfg.consumer_claim.is_some() {
@@ -187,6 +229,45 @@ mod tests {
             Identity::Known(Caller::Consumer(0), false)
         );
         assert_eq!(identify(&cfg, None, Some("b")), Identity::UnknownName);
+    }
+
+    #[test]
+    fn finds_a_tollgate_key_sent_beside_the_callers_own() {
+        let cfg = config(r#"{"consumers": [{"name": "a", "keys": ["tg-a"]}], "anonymous": {}}"#);
+        let (key, auth, goog) = (
+            Place::Header("x-api-key"),
+            Place::Header("authorization"),
+            Place::Header("x-goog-api-key"),
+        );
+        // x-api-key, authorization, x-goog-api-key; path; where a tollgate key is.
+        type Case<'a> = ([Option<&'a str>; 3], &'a str, &'a [Place]);
+        let cases: [Case; 8] = [
+            ([Some("own"), Some("Bearer tg-a"), None], "/", &[auth]),
+            ([Some("own"), Some("bearer  tg-a "), None], "/", &[auth]),
+            ([None, Some("Bearer own"), Some("tg-a")], "/", &[goog]),
+            (
+                [None, None, Some("own")],
+                "/v1beta/m?key=tg-a",
+                &[Place::Query],
+            ),
+            (
+                [Some("own"), Some("Bearer tg-a"), Some("tg-a")],
+                "/",
+                &[auth, goog],
+            ),
+            ([Some("tg-a"), None, Some("own")], "/", &[key]),
+            // The caller's own keys only, or a lone credential (identify compared it).
+            (
+                [Some("own"), Some("Bearer own-2"), Some("own-3")],
+                "/?key=own-4",
+                &[],
+            ),
+            ([Some("tg-a"), Some("Basic tg-a"), Some("")], "/", &[]),
+        ];
+        for ([x, a, g], path, want) in cases {
+            let found = tollgate_key_places(&cfg, x, a, g, path);
+            assert_eq!(found, want, "{x:?} {a:?} {g:?} {path}");
+        }
     }
 
     #[test]

@@ -86,6 +86,37 @@ pub enum Limit {
     Concurrent(u32),
 }
 
+/// How messages name a limit: `100000 tokens per minute`, `0.015 USD per day`,
+/// `4 concurrent requests`. A cost shows every decimal it has (at least two), so a 429 names
+/// the budget that refused it and never a rounded one.
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Limit::Rate {
+                kind: LimitKind::CostUsd,
+                amount,
+                per,
+                ..
+            } => {
+                // `amount` is in micro-dollars: six decimals, trailing zeros beyond two dropped.
+                let micros = format!("{:06}", amount % 1_000_000);
+                let decimals = micros.trim_end_matches('0').len().max(2);
+                let fraction = micros.get(..decimals).unwrap_or("");
+                write!(
+                    f,
+                    "{}.{fraction} USD per {}",
+                    amount / 1_000_000,
+                    per.as_str()
+                )
+            }
+            Limit::Rate {
+                kind, amount, per, ..
+            } => write!(f, "{amount} {} per {}", kind.as_str(), per.as_str()),
+            Limit::Concurrent(n) => write!(f, "{n} concurrent requests"),
+        }
+    }
+}
+
 /// Normalised token usage of one response (SPEC "Counting").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
@@ -147,6 +178,41 @@ fn pico_per_token(usd_per_mtok: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_is_named_with_its_exact_amount() {
+        let cost = |amount, per| Limit::Rate {
+            kind: LimitKind::CostUsd,
+            amount,
+            per,
+            window: WindowKind::Fixed,
+        };
+        let cases = [
+            (cost(15_000, Per::Day), "0.015 USD per day"),
+            (cost(25_000_000, Per::Month), "25.00 USD per month"),
+            (cost(1, Per::Hour), "0.000001 USD per hour"),
+            (cost(1_230_000, Per::Minute), "1.23 USD per minute"),
+            (cost(100_500_000, Per::Second), "100.50 USD per second"),
+            (cost(0, Per::Day), "0.00 USD per day"),
+            (
+                cost(u64::MAX, Per::Day),
+                "18446744073709.551615 USD per day",
+            ),
+            (
+                Limit::Rate {
+                    kind: LimitKind::InputTokens,
+                    amount: 1000,
+                    per: Per::Day,
+                    window: WindowKind::Sliding,
+                },
+                "1000 input_tokens per day",
+            ),
+            (Limit::Concurrent(4), "4 concurrent requests"),
+        ];
+        for (limit, want) in cases {
+            assert_eq!(limit.to_string(), want, "{limit:?}");
+        }
+    }
 
     #[test]
     fn prices_each_token_class_in_micro_dollars() {
