@@ -14,7 +14,7 @@ import requests
 from google import genai
 from google.genai import types
 
-from conftest import ACCOUNT_KEYS, ADMIN_KEY, KEY_A
+from conftest import ACCOUNT_KEYS, ADMIN_KEY, KEY_A, stat_sum
 from test_metering import CASES, GEMINI_USAGE, OPENAI_USAGE, TYPES, Meter, assert_exact, gpt, mock_usage
 
 GEMINI_KEY = ACCOUNT_KEYS["TOLLGATE_GEMINI_KEY_1"]
@@ -30,13 +30,22 @@ def clean_mock(mock):
     yield
 
 
-def consumer_totals(envoy, name: str = "team-a") -> dict:
-    r = requests.get(envoy.url() + "/tollgate/usage", headers={"x-api-key": ADMIN_KEY}, timeout=5)
-    assert r.status_code == 200, r.text
-    return next(c["totals"] for c in r.json()["consumers"] if c["name"] == name)
+def consumer_totals(envoy, name: str = "team-a", timeout: float = 10.0) -> dict:
+    """The usage API's totals of consumer `name` once they hold every request the counters
+    hold (each worker merges its facts into the usage API about once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(envoy.url() + "/tollgate/usage", headers={"x-api-key": ADMIN_KEY}, timeout=5)
+        assert r.status_code == 200, r.text
+        totals = next(c["totals"] for c in r.json()["consumers"] if c["name"] == name)
+        admitted = stat_sum(envoy, "tollgate_requests_total", consumer=name, outcome="admitted")
+        if totals["requests"] == admitted or time.monotonic() > deadline:
+            assert totals["requests"] == admitted, (totals, admitted)
+            return totals
+        time.sleep(0.2)
 
 
-def metered_exactly(envoy, mock, call, path: str, scripted: dict, timeout: float = 10.0) -> dict:
+def metered_exactly(envoy, mock, call, path: str, scripted: dict) -> dict:
     """Runs `call` and checks that the access log, the counters and the usage API each show
     exactly the numbers the upstream reported; returns the mock's record of the request."""
     before = consumer_totals(envoy)
@@ -44,15 +53,9 @@ def metered_exactly(envoy, mock, call, path: str, scripted: dict, timeout: float
     call()
     rec = mock_usage(mock, path)
     assert_exact(meter.done(), rec, scripted)
-    # Each worker merges its facts into the usage API about once a second.
-    deadline = time.monotonic() + timeout
-    while True:
-        after = consumer_totals(envoy)
-        if after["requests"] > before["requests"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    got = {t: after[TOTALS[t]] - before[TOTALS[t]] for t in TYPES}
+    after = consumer_totals(envoy)
     assert after["requests"] - before["requests"] == 1, (before, after)
+    got = {t: after[TOTALS[t]] - before[TOTALS[t]] for t in TYPES}
     assert got == {t: scripted.get(t, 0) for t in TYPES}, (before, after)
     return rec
 
