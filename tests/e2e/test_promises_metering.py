@@ -15,7 +15,7 @@ from google import genai
 from google.genai import types
 
 from conftest import ACCOUNT_KEYS, ADMIN_KEY, KEY_A, stat_sum
-from test_metering import CASES, GEMINI_USAGE, OPENAI_USAGE, TYPES, Meter, assert_exact, gpt, mock_usage
+from test_metering import CASES, GEMINI_USAGE, TYPES, Meter, assert_exact, gpt, mock_usage
 
 GEMINI_KEY = ACCOUNT_KEYS["TOLLGATE_GEMINI_KEY_1"]
 PROMPT_TEXT = "Count my tokens, please."
@@ -124,8 +124,8 @@ OPENAI_CASES = {
 @pytest.mark.parametrize("case", list(OPENAI_CASES))
 def test_completions_and_embeddings_are_counted_exactly(envoy, mock, case):
     call, path, usage = OPENAI_CASES[case]
-    # An upstream that claims output for an embedding must not be believed over the API's
-    # shape: the mock never reports any, and tollgate must not invent any (no reserve).
+    # An embeddings answer reports input only: its output must count 0, never the output
+    # reserve taken at admission nor an estimate.
     mock.script("*", usage=usage)
     rec = metered_exactly(envoy, mock, lambda: call(envoy), path, usage)
     assert rec["key"] == ACCOUNT_KEYS["TOLLGATE_OPENAI_KEY_1"], rec["key"]
