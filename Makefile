@@ -6,7 +6,7 @@ VENV     := .venv
 PY       := $(VENV)/bin/python
 WASM     := target/wasm32-wasip1/release/tollgate.wasm
 MOCK     := target/mock/tollgate-mock
-APT_PKGS := redis-server wrk nghttp2-client chromium
+APT_PKGS := redis-server wrk nghttp2-client chromium prometheus
 # envoyproxy/ratelimit, the reference global rate-limit service (pinned; v1.4.0 is too old).
 RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
 GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin

@@ -34,7 +34,7 @@ pub enum Metered {
     Embeddings,
     /// `POST /v1/responses`
     Responses,
-    /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent`
+    /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent` (or `/v1/...`)
     Gemini { model: String, stream: bool },
 }
 
@@ -125,7 +125,12 @@ pub fn classify(
     if get && (bare == "/v1/models" || bare.starts_with("/v1/models/")) {
         return Route::Identity(hint);
     }
-    if let Some(rest) = bare.strip_prefix("/v1beta/models/") {
+    // Google's own SDK (google-genai) speaks `/v1` unless told `v1beta`: Gemini serves both.
+    // (`GET /v1/models/...` is the model list of any API, answered above.)
+    let gemini = bare
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| bare.strip_prefix("/v1/models/"));
+    if let Some(rest) = gemini {
         if post {
             if let Some(route) = rest
                 .rsplit_once(':')
@@ -146,7 +151,7 @@ pub fn classify(
     Route::NotFound(path_api(bare).unwrap_or(hint))
 }
 
-/// The route of `POST /v1beta/models/{model}:{verb}` (decoded) for the verbs tollgate
+/// The route of `POST /v1beta/models/{model}:{verb}` or `/v1/models/...` (decoded) for the verbs tollgate
 /// knows; other verbs (`embedContent`, ...) may be `passthrough_paths`.
 fn gemini_route(model: &str, verb: &str) -> Option<Route> {
     let stream = match verb {
@@ -534,6 +539,64 @@ mod tests {
                 "POST",
                 "/v1beta/models/x:deleteEverything",
                 Route::NotFound(Api::Gemini),
+            ),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(&route(m, p), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn gemini_generate_verbs_under_v1_are_metered_like_v1beta() {
+        // google-genai, Google's own SDK, calls `/v1/models/...` unless told `v1beta`.
+        let gemini = |model: &str, stream| {
+            Route::Metered(Metered::Gemini {
+                model: model.into(),
+                stream,
+            })
+        };
+        let cases: &[(&str, &str, Route)] = &[
+            (
+                "POST",
+                "/v1/models/gemini-2.0-flash:generateContent",
+                gemini("gemini-2.0-flash", false),
+            ),
+            (
+                "POST",
+                "/v1/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+                gemini("gemini-2.5-pro", true),
+            ),
+            (
+                "POST",
+                "/v1/models/gemini-2.5-pr%6F:generateContent",
+                gemini("gemini-2.5-pro", false),
+            ),
+            (
+                "POST",
+                "/v1/models/gemini-2.0-flash:countTokens",
+                Route::Identity(Api::Gemini),
+            ),
+            (
+                "POST",
+                "/v1/models/a:b:generateContent",
+                Route::BadRequest {
+                    api: Api::Gemini,
+                    message:
+                        "the model name in the path has a character that model names never have",
+                },
+            ),
+            // Not a Gemini verb: nothing to serve, and never metered as one.
+            (
+                "POST",
+                "/v1/models/gpt-4o:deleteEverything",
+                Route::NotFound(Api::OpenAi),
+            ),
+            ("POST", "/v1/models/gpt-4o", Route::NotFound(Api::OpenAi)),
+            // A GET stays the model list of whichever API the client speaks.
+            (
+                "GET",
+                "/v1/models/gemini-2.0-flash:generateContent",
+                Route::Identity(Api::OpenAi),
             ),
         ];
         for (m, p, want) in cases {
