@@ -1398,6 +1398,20 @@ impl HttpContext for Req {
             self.observe_account(accounts::observe_response(status, &headers, ffi::now_ms()));
         }
         if self.phase == Phase::Attempt {
+            // Each attempt's answer is counted here, by the account that got it (a retried
+            // 429 included); the downstream stage counts none for a staged account.
+            if let (Some(a), false) = (
+                self.account.and_then(|i| self.plugin.cfg.accounts.get(i)),
+                local_reply,
+            ) {
+                let mut buf = [0u8; 20];
+                let code = metrics::decimal(u64::from(status), &mut buf);
+                self.plugin.stats.borrow_mut().count(
+                    "tollgate_upstream_responses_total",
+                    &[("account", &a.name), ("code", code)],
+                    1,
+                );
+            }
             // The downstream stage strips the provider's headers after it, too.
             return Action::Continue;
         }
@@ -1813,6 +1827,13 @@ impl Req {
         ffi::set_filter_state("tollgate.usage", source.as_str());
         let (consumer, model) = (self.consumer_label(), self.model_label());
         let account = self.account.and_then(|i| self.plugin.cfg.accounts.get(i));
+        // In a failover setup the upstream stage chose the account (a configured name, set
+        // only by tollgate) and counted each attempt's answer itself.
+        let staged = match account {
+            Some(_) => None,
+            None => ffi::get_filter_state("tollgate.account"),
+        };
+        let account = account.map(|a| a.name.as_str()).or(staged.as_deref());
         let now = ffi::now_ms();
         let cost_micros = self.price().map(|p| p.cost_micros(&usage));
         self.plugin
@@ -1821,14 +1842,14 @@ impl Req {
             .record(&crate::analytics::Fact {
                 consumer: self.consumer_name(),
                 model_label: model,
-                account: account.map(|a| a.name.as_str()),
+                account,
                 usage,
                 cost_micros: cost_micros.unwrap_or(0),
                 response_ms: now.saturating_sub(self.started_ms),
                 ok: (200..300).contains(&self.upstream_status),
                 now_ms: now,
             });
-        let account = account.map_or("none", |a| a.name.as_str());
+        let account = account.unwrap_or("none");
         let code = metrics::decimal(u64::from(self.upstream_status), &mut buf);
         let mut stats = self.plugin.stats.borrow_mut();
         stats.count(
@@ -1840,11 +1861,13 @@ impl Req {
             ],
             1,
         );
-        stats.count(
-            "tollgate_upstream_responses_total",
-            &[("account", account), ("code", code)],
-            1,
-        );
+        if staged.is_none() {
+            stats.count(
+                "tollgate_upstream_responses_total",
+                &[("account", account), ("code", code)],
+                1,
+            );
+        }
         if let Some(cost) = cost_micros {
             stats.count(
                 "tollgate_cost_usd_micros_total",

@@ -309,8 +309,6 @@ def panel(dash: dict, title: str) -> str:
     return next(expr for t, _, expr in panels_with_queries(dash) if t == title)
 
 
-@pytest.mark.xfail(strict=True, reason="host.rs: in the failover config the pool's answers are "
-                   "counted by the downstream stage as account `none`, the 429 attempt not at all")
 def test_failover_pool_answers_show_by_account(envoys, prometheus, mock):
     """The shipped failover config: the panels by account must show the pool's accounts, the
     429 that moved an attempt included, not `none`."""
