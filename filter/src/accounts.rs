@@ -631,7 +631,8 @@ impl Observation {
 /// Reads an upstream response's status and headers (names in any case).
 ///
 /// - 429: cooling until `retry-after` (seconds or HTTP date), else a rejected
-///   `anthropic-ratelimit-unified-*` window's reset, else `Cool::RateLimited` (the
+///   `anthropic-ratelimit-unified-*` window's reset, else `anthropic-ratelimit-unified-reset`
+///   unless `-unified-status` says `allowed…`, else `Cool::RateLimited` (the
 ///   `anthropic-ratelimit-*-reset` / `x-ratelimit-reset-*` times, else 60 s).
 /// - 529, 503: cooling for `retry-after` if sent, else 10 s.
 /// - 401, 403: nothing by itself (the body decides: `observe_error_body`).
@@ -651,6 +652,8 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
     };
     let mut retry_after = None;
     let mut unified_rejected = false;
+    // The provider said the unified limit still allows (`allowed`, `allowed_warning`).
+    let mut unified_allowed = false;
     let mut unified_reset = None;
     // Rejected unified windows (`5h`, `7d`, …) and each window's reset, matched by name.
     let mut windows: Vec<(String, bool, Option<u64>)> = Vec::new();
@@ -664,7 +667,10 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
             retry_after = parse_retry_after(value, now_ms);
         } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-unified-") {
             match rest {
-                "status" => unified_rejected = value.eq_ignore_ascii_case("rejected"),
+                "status" => {
+                    unified_rejected = value.eq_ignore_ascii_case("rejected");
+                    unified_allowed = starts_with_ignore_case(value.as_bytes(), b"allowed");
+                }
                 "reset" => unified_reset = parse_reset(value, now_ms),
                 _ => {
                     let (window, field) = match rest.rsplit_once('-') {
@@ -710,10 +716,12 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
         rejected_window_reset
     };
     match status {
+        // A bare unified reset names when this 429 ends, unless the unified limit allows.
         429 => {
             obs.cool = Some(
                 retry_after
                     .or(unified_until)
+                    .or(unified_reset.filter(|_| !unified_allowed))
                     .map_or(Cool::RateLimited, Cool::Until),
             )
         }
@@ -2119,6 +2127,33 @@ mod tests {
             ("anthropic-ratelimit-unified-reset", "1714568430"),
         ];
         assert_eq!(cooled(200, &allowed), AccountState::Ok);
+    }
+
+    #[test]
+    fn a_429_with_only_the_unified_reset_cools_until_it_unless_the_status_says_allowed() {
+        // SPEC "Accounts": a 429 cools until the `anthropic-ratelimit-*-reset` time, the unified
+        // one included, as epoch seconds or RFC 3339.
+        for reset in ["1714568430", "2024-05-01T13:00:30Z"] {
+            let alone = [("anthropic-ratelimit-unified-reset", reset)];
+            assert_eq!(cooled(429, &alone), cooling(3_600_000), "{reset}");
+        }
+        // The provider said the unified limit still allows: this 429 is about something else.
+        let allowed = [
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            ("anthropic-ratelimit-unified-reset", "1714568430"),
+        ];
+        assert_eq!(cooled(429, &allowed), cooling(60_000));
+        // `retry-after` still wins.
+        let both = [
+            ("retry-after", "5"),
+            ("anthropic-ratelimit-unified-reset", "1714568430"),
+        ];
+        assert_eq!(cooled(429, &both), cooling(5_000));
+        // Without a 429 a bare reset is only a report.
+        assert_eq!(
+            cooled(200, &[("anthropic-ratelimit-unified-reset", "1714568430")]),
+            AccountState::Ok
+        );
     }
 
     #[test]
