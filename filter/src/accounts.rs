@@ -1759,22 +1759,34 @@ fn update_health(
 fn update_health_if(
     store: &dyn Store,
     account: &Account,
-    mut f: impl FnMut(&mut Health) -> bool,
+    f: impl FnMut(&mut Health) -> bool,
 ) -> Result<(Health, bool), StoreError> {
-    let key = health_key(&account.name);
+    let fresh = Health::fresh(account);
+    update_stored_if(store, &health_key(&account.name), Some(fresh), f)
+        .map(|r| r.unwrap_or((fresh, false)))
+}
+
+/// `update_health_if` on a health key: a missing key reads as `missing`, or (`None`) is left
+/// alone (`Ok(None)`).
+fn update_stored_if(
+    store: &dyn Store,
+    key: &str,
+    missing: Option<Health>,
+    mut f: impl FnMut(&mut Health) -> bool,
+) -> Result<Option<(Health, bool)>, StoreError> {
     let mut buf = Vec::with_capacity(64);
     for _ in 0..MAX_TRIES {
-        let (value, cas) = store.get(&key)?;
-        let mut h = value
-            .as_deref()
-            .map_or_else(|| Health::fresh(account), Health::decode);
+        let (value, cas) = store.get(key)?;
+        let Some(mut h) = value.as_deref().map(Health::decode).or(missing) else {
+            return Ok(None);
+        };
         if !f(&mut h) {
-            return Ok((h, false));
+            return Ok(Some((h, false)));
         }
         buf.clear();
         h.encode(&mut buf);
-        match store.set(&key, &buf, store::write_cas(cas)) {
-            Ok(()) => return Ok((h, true)),
+        match store.set(key, &buf, store::write_cas(cas)) {
+            Ok(()) => return Ok(Some((h, true))),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -1798,6 +1810,29 @@ pub fn record(
         t = Some(h.apply(obs, disable_for, now_ms))
     })?;
     t.ok_or(StoreError::Contended)
+}
+
+/// `record` for an account this instance does not configure, known by `name` only: the
+/// downstream stage of a failover setup, which meters the stream and so finds its error
+/// events, while the upstream stage picked the account (and its attempt ended before the
+/// stream's last bytes reached the downstream stage). Only a health key that exists (made by
+/// the stage that lists the account) is touched, and an observation that disables (it needs
+/// the account's `disable_for`) is not applied: `Ok(None)` then.
+pub fn record_named(
+    store: &dyn Store,
+    name: &str,
+    obs: &Observation,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    if obs.disable.is_some() {
+        return Ok(None);
+    }
+    let mut t = None;
+    let written = update_stored_if(store, &health_key(name), None, |h| {
+        t = Some(h.apply(obs, 0, now_ms));
+        true
+    })?;
+    Ok(written.and(t))
 }
 
 /// Returns an account to ok at once, whatever its state (`POST {admin.path}/accounts/{name}/
@@ -2668,6 +2703,37 @@ mod tests {
             Health::default()
         );
         assert_eq!(prepare(&store, &c), Ok(1));
+    }
+
+    #[test]
+    fn a_stage_without_the_account_records_a_stream_error_by_name_on_an_existing_key_only() {
+        let store = MemStore::new();
+        let c = cfg(pool(), Strategy::Priority, None);
+        prepare(&store, &c).unwrap();
+        let keys = store.len();
+        // The downstream stage of a failover setup knows the account only by name.
+        let t = record_named(&store, "a1", &observe_stream_error("overloaded_error"), NOW);
+        let t = t.unwrap().unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Ok, StateKind::Cooling));
+        assert_eq!(
+            read_health(&store, &c.accounts[0])
+                .unwrap()
+                .cooling_until(NOW),
+            Some(NOW + OVERLOADED_COOLING_MS)
+        );
+        let limited = observe_stream_error("rate_limit_error");
+        let t = record_named(&store, "a2", &limited, NOW).unwrap().unwrap();
+        assert_eq!(t.state, cooling(RATE_LIMIT_COOLING_MS));
+        // A name no stage configured creates no key; an observation that would disable (it
+        // needs the account's `disable_for`) is left to the stage that lists the account.
+        assert_eq!(record_named(&store, "nobody", &limited, NOW), Ok(None));
+        let invalid = invalid_key(Api::Anthropic);
+        assert_eq!(record_named(&store, "a3", &invalid, NOW), Ok(None));
+        assert_eq!(store.len(), keys);
+        assert_eq!(
+            read_health(&store, &c.accounts[3]).unwrap().kind_at(NOW),
+            StateKind::Ok
+        );
     }
 
     #[test]

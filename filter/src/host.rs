@@ -40,6 +40,22 @@ const ERROR_HEAD: usize = 64 * 1024;
 /// The largest response chunk sent on before it is metered (see `on_http_response_body`).
 const HELD_CHUNK: usize = BODY_WINDOW;
 
+/// An account's observed state on its `tollgate_account_state` gauge (every observation sets
+/// it: a cooling that ended on time is no transition), and a change of state logged once.
+fn show_transition(gauge: u32, account: &str, t: &accounts::Transition) {
+    ffi::record_metric(gauge, t.after.gauge().max(0) as u64);
+    if t.changed() {
+        ffi::log(
+            LogLevel::Warn,
+            &format!(
+                "tollgate: account {account} is now {} (was {})",
+                t.after.as_str(),
+                t.before.as_str()
+            ),
+        );
+    }
+}
+
 /// What one worker's VM holds for the current configuration.
 struct Plugin {
     cfg: Config,
@@ -480,6 +496,15 @@ enum ErrorHead {
 }
 
 impl Context for Req {
+    fn on_done(&mut self) -> bool {
+        // Envoy runs no access log (`on_log`) for upstream filters: an attempt ends here.
+        if self.phase == Phase::Attempt {
+            ffi::fresh_clock();
+            self.end_attempt();
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         ffi::fresh_clock();
         let Some((expected, checks)) = self.global_call.take() else {
@@ -1060,19 +1085,25 @@ impl Req {
             return;
         }
         if let Ok(t) = accounts::record(&self.plugin.store, account, &obs, ffi::now_ms()) {
-            // Every observation sets the gauge: a cooling that ended on time is no transition.
-            ffi::record_metric(gauge, t.after.gauge().max(0) as u64);
-            if t.changed() {
-                ffi::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "tollgate: account {} is now {} (was {})",
-                        account.name,
-                        t.after.as_str(),
-                        t.before.as_str()
-                    ),
-                );
-            }
+            show_transition(gauge, &account.name, &t);
+        }
+    }
+
+    /// `observe_account` for an account this instance does not list, by name (a stream
+    /// error found by the downstream stage of a failover setup; see `accounts::record_named`).
+    fn observe_named_account(&mut self, name: &str, obs: &accounts::Observation) {
+        let now = ffi::now_ms();
+        let Ok(Some(t)) = accounts::record_named(&self.plugin.store, name, obs, now) else {
+            return;
+        };
+        let metric = metrics::name("tollgate_account_state", &[("account", name)]);
+        let gauge = self
+            .plugin
+            .stats
+            .borrow_mut()
+            .id(proxy_wasm::types::MetricType::Gauge, &metric);
+        if let Some(gauge) = gauge {
+            show_transition(gauge, name, &t);
         }
     }
 
@@ -1478,7 +1509,7 @@ impl HttpContext for Req {
             self.finish_response();
         }
         if self.phase == Phase::Attempt {
-            self.settle_account(None);
+            self.end_attempt();
             return;
         }
         let decision = match self.decision {
@@ -1491,6 +1522,13 @@ impl HttpContext for Req {
 }
 
 impl Req {
+    /// The end of an upstream-stage attempt (once): the account's reservation is settled and
+    /// its concurrency lease freed.
+    fn end_attempt(&mut self) {
+        self.phase = Phase::Answered;
+        self.settle_account(None);
+    }
+
     /// Reads the held head of an upstream error answer: evidence about the key for the
     /// account's health, and every occurrence of the key replaced (same length: the
     /// `content-length` already went out) before the client sees it.
@@ -1729,7 +1767,14 @@ impl Req {
                 crate::usage::StreamError::Overloaded => "overloaded_error",
                 crate::usage::StreamError::Other => "api_error",
             };
-            self.observe_account(accounts::observe_stream_error(kind));
+            let obs = accounts::observe_stream_error(kind);
+            if self.account.is_some() {
+                self.observe_account(obs);
+            } else if let Some(name) = ffi::get_filter_state("tollgate.account") {
+                // Two stages: the upstream stage picked the account, and its attempt ended
+                // before the stream's last bytes got here.
+                self.observe_named_account(&name, &obs);
+            }
         }
         let flagged = if m.unsupported_encoding {
             Some(("unsupported_encoding", UsageSource::Undecodable))

@@ -321,6 +321,15 @@ def test_an_accounts_own_limits_move_requests_on_and_then_refuse_with_429(make_e
     assert "cooling" in err.value.body["error"]["message"]
 
 
+def test_an_accounts_concurrency_lease_ends_with_each_attempt(make_envoy, mock):
+    e = failover(make_envoy, [anth(1, limits=[{"concurrent": 1}]), anth(2)], "priority")
+    mock.reset()
+    c = claude(e)
+    # One at a time, each request finds anthropic-1's single lease free again: Envoy runs no
+    # access log for upstream filters, so the attempt's end must free it (not lease_ttl, 90 s).
+    assert [served(mock, c) for _ in range(4)] == ["anthropic-1"] * 4
+
+
 # ---- 7. failover of a stream ----------------------------------------------------------------
 
 
