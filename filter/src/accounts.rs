@@ -1297,8 +1297,9 @@ fn account_tag(name: &str) -> u32 {
 
 /// Creates every key the pool uses, unless it exists: each account's health key (and
 /// resets one whose key tag differs: the account's key changed), the round-robin counter
-/// of each API with accounts (strategy `round_robin` only) and, with affinity, every slot of
-/// the session table. Returns how many keys it created or reset. Run in `on_configure`.
+/// of each API with accounts (strategy `round_robin` only), with affinity every slot of
+/// the session table, and the roster (`publish_roster`). Returns how many keys it created or
+/// reset. Run in `on_configure`.
 ///
 /// Cost: one `get` per key plus one `set` per key created; the session table is
 /// `max_sessions` keys (65536 by default).
@@ -1343,6 +1344,9 @@ pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
                 created += 1;
             }
         }
+    }
+    if publish_roster(store, &cfg.accounts)? {
+        created += 1;
     }
     Ok(created)
 }
@@ -1875,6 +1879,106 @@ pub fn read_health(store: &dyn Store, account: &Account) -> Result<Health, Store
     Ok(value
         .as_deref()
         .map_or_else(|| Health::fresh(account), Health::decode))
+}
+
+/// The shared-data key of the pool's roster: `<name> <provider>` lines written at
+/// configuration load by the instance that lists the accounts, so that an instance that does
+/// not (the downstream stage of a failover setup, which serves the admin API) can show them.
+pub const ROSTER_KEY: &str = "tollgate:accounts";
+
+/// The most accounts a roster read returns (a configuration lists far fewer).
+const MAX_ROSTER: usize = 1024;
+
+/// An account as the roster names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub provider: Api,
+}
+
+fn roster_bytes(accounts: &[Account]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in accounts {
+        out.extend_from_slice(a.name.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(a.provider.as_str().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Writes the roster of `accounts` unless it is stored already (1 `get`, and 1 `set` when it
+/// changed); nothing when `accounts` is empty. Returns whether it wrote. Run in `on_configure`
+/// (`prepare` does).
+pub fn publish_roster(store: &dyn Store, accounts: &[Account]) -> Result<bool, StoreError> {
+    if accounts.is_empty() {
+        return Ok(false);
+    }
+    let want = roster_bytes(accounts);
+    let (have, _) = store.get(ROSTER_KEY)?;
+    if have.as_deref() == Some(want.as_slice()) {
+        return Ok(false);
+    }
+    store.set(ROSTER_KEY, &want, 0).map(|()| true)
+}
+
+/// The roster another instance published (empty if none): lines that do not read as
+/// `<name> <provider>` with a valid account name are skipped.
+pub fn read_roster(store: &dyn Store) -> Vec<Listed> {
+    let Ok((Some(bytes), _)) = store.get(ROSTER_KEY) else {
+        return Vec::new();
+    };
+    let name_ok = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| {
+            let (name, provider) = line.split_once(' ')?;
+            let provider = match provider {
+                "anthropic" => Api::Anthropic,
+                "openai" => Api::OpenAi,
+                "gemini" => Api::Gemini,
+                _ => return None,
+            };
+            name_ok(name).then(|| Listed {
+                name: name.to_owned(),
+                provider,
+            })
+        })
+        .take(MAX_ROSTER)
+        .collect()
+}
+
+/// An account's health by name (1 `get`; a missing or unreadable key reads as fresh), for an
+/// instance that knows it from the roster only.
+pub fn read_health_named(store: &dyn Store, name: &str) -> Health {
+    match store.get(&health_key(name)) {
+        Ok((Some(v), _)) => Health::decode(&v),
+        _ => Health::default(),
+    }
+}
+
+/// `reset` for an account known by name only (from the roster): `Ok(None)` when its health
+/// key does not exist.
+pub fn reset_named(
+    store: &dyn Store,
+    name: &str,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    let mut before = StateKind::Ok;
+    let written = update_stored_if(store, &health_key(name), None, |h| {
+        before = h.kind_at(now_ms);
+        h.state = AccountState::Ok;
+        true
+    })?;
+    Ok(written.map(|_| Transition {
+        before,
+        after: StateKind::Ok,
+        state: AccountState::Ok,
+    }))
 }
 
 #[cfg(test)]
@@ -2679,9 +2783,9 @@ mod tests {
     fn prepare_creates_every_key_once_and_resets_a_changed_key() {
         let store = MemStore::new();
         let mut c = cfg(pool(), Strategy::RoundRobin, Some(aff(16, 60_000)));
-        // 4 health keys, 2 round-robin counters, 16 session slots.
-        assert_eq!(prepare(&store, &c), Ok(22));
-        assert_eq!(store.len(), 22);
+        // 4 health keys, 2 round-robin counters, 16 session slots, the roster.
+        assert_eq!(prepare(&store, &c), Ok(23));
+        assert_eq!(store.len(), 23);
         assert_eq!(prepare(&store, &c), Ok(0));
         record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
         assert_eq!(prepare(&store, &c), Ok(0));
@@ -2695,7 +2799,7 @@ mod tests {
             read_health(&store, &c.accounts[0]).unwrap().kind_at(NOW),
             StateKind::Ok
         );
-        assert_eq!(store.len(), 22);
+        assert_eq!(store.len(), 23);
         // Garbage in a health key reads as fresh.
         store.set(&health_key("a2"), b"\xff\xfe", 0).unwrap();
         assert_eq!(
@@ -2734,6 +2838,57 @@ mod tests {
             read_health(&store, &c.accounts[3]).unwrap().kind_at(NOW),
             StateKind::Ok
         );
+    }
+
+    #[test]
+    fn the_roster_lets_an_instance_without_accounts_show_and_reset_them_by_name() {
+        let store = MemStore::new();
+        let c = cfg(pool(), Strategy::Priority, None);
+        // The downstream stage of a failover setup lists no accounts: it publishes nothing.
+        let bare = cfg(Vec::new(), Strategy::Priority, None);
+        assert_eq!(prepare(&store, &bare), Ok(0));
+        assert_eq!(read_roster(&store), Vec::new());
+        prepare(&store, &c).unwrap();
+        let roster = read_roster(&store);
+        let names: Vec<(&str, Api)> = roster
+            .iter()
+            .map(|l| (l.name.as_str(), l.provider))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a1", Api::Anthropic),
+                ("o1", Api::OpenAi),
+                ("a2", Api::Anthropic),
+                ("a3", Api::Anthropic)
+            ]
+        );
+        // Published once: loading the same configuration again writes nothing.
+        assert_eq!(publish_roster(&store, &c.accounts), Ok(false));
+        assert_eq!(prepare(&store, &bare), Ok(0));
+        assert_eq!(read_roster(&store).len(), 4);
+        // Health by name, and the admin reset by name.
+        let limited = observe_stream_error("rate_limit_error");
+        record(&store, &c.accounts[0], &limited, NOW).unwrap();
+        assert_eq!(
+            read_health_named(&store, "a1").kind_at(NOW),
+            StateKind::Cooling
+        );
+        assert_eq!(read_health_named(&store, "nobody"), Health::default());
+        let t = reset_named(&store, "a1", NOW).unwrap().unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Cooling, StateKind::Ok));
+        assert_eq!(read_health_named(&store, "a1").kind_at(NOW), StateKind::Ok);
+        assert_eq!(reset_named(&store, "nobody", NOW), Ok(None));
+        // Garbage lines are skipped, never trusted as names.
+        store
+            .set(
+                ROSTER_KEY,
+                b"ok gemini\nbad/name openai\nx mystery\n\xff\xfe\n",
+                0,
+            )
+            .unwrap();
+        let kept: Vec<String> = read_roster(&store).into_iter().map(|l| l.name).collect();
+        assert_eq!(kept, ["ok"]);
     }
 
     #[test]
@@ -2969,7 +3124,8 @@ mod tests {
         assert_eq!(how("a", NOW + 1), AffinityUse::Hit);
         assert_eq!(how("b", NOW + 2), AffinityUse::Miss);
         assert_eq!(how("a", NOW + 3), AffinityUse::Miss);
-        assert_eq!(store.len(), 4 + 1);
+        // 4 health keys, 1 session slot, the roster.
+        assert_eq!(store.len(), 4 + 1 + 1);
         // No session: affinity is off.
         let out = select(
             &store,

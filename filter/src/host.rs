@@ -274,8 +274,7 @@ impl Stats {
         if let Some(Some(id)) = self.account_gauges.get(i) {
             return Some(*id);
         }
-        let name = metrics::name("tollgate_account_state", &[("account", account)]);
-        let id = self.id(proxy_wasm::types::MetricType::Gauge, &name)?;
+        let id = self.account_gauge_named(account)?;
         if self.account_gauges.len() <= i {
             self.account_gauges.resize(i + 1, None);
             self.gauges_checked.resize(i + 1, 0);
@@ -284,6 +283,13 @@ impl Stats {
             *slot = Some(id);
         }
         Some(id)
+    }
+
+    /// The `tollgate_account_state` gauge of an account by name (one this instance may not
+    /// list: a failover setup's downstream stage knows the pool from the roster).
+    fn account_gauge_named(&mut self, account: &str) -> Option<u32> {
+        let name = metrics::name("tollgate_account_state", &[("account", account)]);
+        self.id(proxy_wasm::types::MetricType::Gauge, &name)
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -1096,12 +1102,7 @@ impl Req {
         let Ok(Some(t)) = accounts::record_named(&self.plugin.store, name, obs, now) else {
             return;
         };
-        let metric = metrics::name("tollgate_account_state", &[("account", name)]);
-        let gauge = self
-            .plugin
-            .stats
-            .borrow_mut()
-            .id(proxy_wasm::types::MetricType::Gauge, &metric);
+        let gauge = self.plugin.stats.borrow_mut().account_gauge_named(name);
         if let Some(gauge) = gauge {
             show_transition(gauge, name, &t);
         }
@@ -1579,33 +1580,45 @@ impl Req {
             return;
         }
         let plugin = self.plugin.clone();
-        let Some((i, account)) = plugin
+        let now = ffi::now_ms();
+        let found = plugin
             .cfg
             .accounts
             .iter()
             .enumerate()
-            .find(|(_, a)| a.name == name)
-        else {
-            let body = crate::admin::unknown_account_json();
-            ffi::send_http_response(404, &json, body.as_bytes());
-            return;
+            .find(|(_, a)| a.name == name);
+        // Without accounts of its own (failover downstream stage): those of the roster.
+        let listed = || accounts::read_roster(&plugin.store).iter().any(|l| l.name == name);
+        let reset = match found {
+            Some((_, account)) => accounts::reset(&plugin.store, account, now).map(Some),
+            None if plugin.cfg.accounts.is_empty() && listed() => {
+                accounts::reset_named(&plugin.store, name, now)
+            }
+            None => Ok(None),
         };
-        match accounts::reset(&plugin.store, account, ffi::now_ms()) {
-            Ok(t) => {
-                if let Some(gauge) = plugin.stats.borrow_mut().account_gauge(i, &account.name) {
+        match reset {
+            Ok(None) => {
+                let body = crate::admin::unknown_account_json();
+                ffi::send_http_response(404, &json, body.as_bytes());
+            }
+            Ok(Some(t)) => {
+                let gauge = match found {
+                    Some((i, _)) => plugin.stats.borrow_mut().account_gauge(i, name),
+                    None => plugin.stats.borrow_mut().account_gauge_named(name),
+                };
+                if let Some(gauge) = gauge {
                     ffi::record_metric(gauge, 0);
                 }
                 if t.changed() {
                     ffi::log(
                         LogLevel::Warn,
                         &format!(
-                            "tollgate: account {} reset to ok by the admin API (was {})",
-                            account.name,
+                            "tollgate: account {name} reset to ok by the admin API (was {})",
                             t.before.as_str()
                         ),
                     );
                 }
-                let body = crate::admin::reset_json(&account.name, &t);
+                let body = crate::admin::reset_json(name, &t);
                 ffi::send_http_response(200, &json, body.as_bytes());
             }
             Err(_) => {
@@ -1973,20 +1986,31 @@ impl Req {
                         .unwrap_or_default(),
                     });
                 }
-                let healths: Vec<accounts::Health> = cfg
+                // An instance without accounts (the downstream stage of a failover setup)
+                // shows the pool its upstream stage published.
+                let roster = if cfg.accounts.is_empty() {
+                    accounts::read_roster(&plugin.store)
+                } else {
+                    Vec::new()
+                };
+                let listed = roster.iter().map(|l| {
+                    let h = accounts::read_health_named(&plugin.store, &l.name);
+                    (l.name.as_str(), l.provider, h)
+                });
+                let healths: Vec<(&str, Api, accounts::Health)> = cfg
                     .accounts
                     .iter()
                     .map(|a| {
-                        accounts::read_health(&plugin.store, a)
-                            .unwrap_or_else(|_| accounts::Health::fresh(a))
+                        let h = accounts::read_health(&plugin.store, a)
+                            .unwrap_or_else(|_| accounts::Health::fresh(a));
+                        (a.name.as_str(), a.provider, h)
                     })
+                    .chain(listed)
                     .collect();
-                let views = cfg
-                    .accounts
+                let views = healths
                     .iter()
-                    .zip(&healths)
-                    .map(|(a, h)| {
-                        crate::admin::AccountView::from_health(&a.name, a.provider.as_str(), h, now)
+                    .map(|(name, api, h)| {
+                        crate::admin::AccountView::from_health(name, api.as_str(), h, now)
                     })
                     .collect();
                 let body = crate::admin::usage_json(&crate::admin::UsageReport {

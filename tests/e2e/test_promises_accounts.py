@@ -29,7 +29,8 @@ O = {1: ACCOUNT_KEYS["TOLLGATE_OPENAI_KEY_1"], 2: ACCOUNT_KEYS["TOLLGATE_VLLM_KE
 NAME = {**{k: f"anthropic-{i}" for i, k in A.items()}, **{k: f"openai-{i}" for i, k in O.items()}}
 SESSION = "x-session-id"
 # The consumer's own limits: the client sees these in `x-ratelimit-*`, never the provider's.
-CONSUMER_LIMITS = [{"tokens": 10_000_000, "per": "minute"}, {"requests": 1000, "per": "minute"}]
+# The requests window is fixed per day, so `remaining-requests` counts down exactly.
+CONSUMER_LIMITS = [{"tokens": 10_000_000, "per": "minute"}, {"requests": 1000, "per": "day", "window": "fixed"}]
 
 
 # ---- setups ---------------------------------------------------------------------------------
@@ -139,8 +140,8 @@ def rfc3339(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def clear_of_minute_boundary(margin_s: float = 15.0) -> None:
-    """Exact `remaining-requests` figures assume one minute window holds the whole sequence."""
+def clear_of_minute_boundary(margin_s: float = 8.0) -> None:
+    """Exact figures of a per-minute limit assume one minute window holds the whole sequence."""
     left = 60 - time.time() % 60
     if left < margin_s:
         time.sleep(left + 0.2)
@@ -234,7 +235,6 @@ def test_least_loaded_follows_anthropic_headroom_and_the_client_sees_only_its_ow
                                "anthropic-ratelimit-tokens-remaining": "95000",
                                "anthropic-ratelimit-tokens-reset": reset})
     c = claude(e)
-    clear_of_minute_boundary()
     picks, seen = [], []
     for _ in range(12):
         raw = ask(c)
@@ -261,7 +261,6 @@ def test_least_loaded_follows_openai_headroom_and_the_client_sees_only_its_own_l
                                "x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": "98000",
                                "x-ratelimit-reset-requests": "1m0s", "x-ratelimit-reset-tokens": "30s"})
     c = gpt(e)
-    clear_of_minute_boundary()
     picks, seen = [], []
     for _ in range(12):
         raw = c.chat.completions.with_raw_response.create(
@@ -306,17 +305,21 @@ def test_an_accounts_own_limits_move_requests_on_and_then_refuse_with_429(make_e
                               anth(2, limits=[{"requests": 1, "per": "minute"}])], "priority")
     mock.reset()
     c = claude(e)
+    clear_of_minute_boundary()
     # Priority would send all to anthropic-1; its own limit of 2 a minute moves the third on.
     assert [served(mock, c) for _ in range(3)] == ["anthropic-1", "anthropic-1", "anthropic-2"]
     before = last_seq(mock)
     with pytest.raises(anthropic.RateLimitError) as err:
         ask(c)
     # SPEC "HTTP behaviour": every account cooling (here: out of its own limits) is a 429 with
-    # `retry-after`, the earliest recovery (a 1-minute window: at most 60 s), in the API's
-    # error format; the upstream is not asked.
+    # `retry-after`, the earliest recovery, in the API's error format; the upstream is not
+    # asked. The earliest is anthropic-1's: its sliding-window counter (epoch-aligned minutes,
+    # the previous one weighted by what is left of it) has room for a third request once
+    # half of its two have decayed, 30 s into the next minute; anthropic-2 needs all of it.
     assert attempts(mock, before) == []
     retry = int(err.value.response.headers["retry-after"])
-    assert 1 <= retry <= 60, retry
+    expected = 60 - time.time() % 60 + 30
+    assert expected - 2 <= retry <= expected + 1, (retry, expected)
     assert err.value.body["error"]["type"] == "rate_limit_error"
     assert "cooling" in err.value.body["error"]["message"]
 
@@ -474,3 +477,8 @@ def test_an_error_event_inside_a_200_stream_cools_the_account(make_envoy, mock, 
     assert 6 <= overloaded <= 11 and 55 <= limited <= 61, (overloaded, limited)
     assert view["anthropic-3"]["state"] == "ok"
     assert usage_api(e)["rate_limited_accounts"] == 2
+    # The admin reset ends a cooling at once, in either setup: priority picks anthropic-2 again.
+    r = requests.post(e.url() + "/tollgate/accounts/anthropic-2/reset", headers={"x-api-key": ADMIN_KEY}, timeout=5)
+    assert r.status_code == 200 and r.json()["was"] == "cooling", r.text
+    assert served(mock, c) == "anthropic-2"
+    assert accounts_view(e)["anthropic-2"]["state"] == "ok"
