@@ -1588,7 +1588,11 @@ impl Req {
             .enumerate()
             .find(|(_, a)| a.name == name);
         // Without accounts of its own (failover downstream stage): those of the roster.
-        let listed = || accounts::read_roster(&plugin.store).iter().any(|l| l.name == name);
+        let listed = || {
+            accounts::read_roster(&plugin.store)
+                .iter()
+                .any(|l| l.name == name)
+        };
         let reset = match found {
             Some((_, account)) => accounts::reset(&plugin.store, account, now).map(Some),
             None if plugin.cfg.accounts.is_empty() && listed() => {
