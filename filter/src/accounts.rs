@@ -2272,27 +2272,25 @@ mod tests {
     fn a_429_with_only_the_unified_reset_cools_until_it_unless_the_status_says_allowed() {
         // SPEC "Accounts": a 429 cools until the `anthropic-ratelimit-*-reset` time, the unified
         // one included, as epoch seconds or RFC 3339.
-        for reset in ["1714568430", "2024-05-01T13:00:30Z"] {
-            let alone = [("anthropic-ratelimit-unified-reset", reset)];
-            assert_eq!(cooled(429, &alone), cooling(3_600_000), "{reset}");
+        const RESET: (&str, &str) = ("anthropic-ratelimit-unified-reset", "1714568430");
+        const RFC3339: (&str, &str) = ("anthropic-ratelimit-unified-reset", "2024-05-01T13:00:30Z");
+        let cases: [(u32, &[(&str, &str)], AccountState); 5] = [
+            (429, &[RESET], cooling(3_600_000)),
+            (429, &[RFC3339], cooling(3_600_000)),
+            // The unified limit still allows: this 429 is about something else.
+            (
+                429,
+                &[("anthropic-ratelimit-unified-status", "allowed"), RESET],
+                cooling(60_000),
+            ),
+            // `retry-after` still wins.
+            (429, &[("retry-after", "5"), RESET], cooling(5_000)),
+            // Without a 429 a bare reset is only a report.
+            (200, &[RESET], AccountState::Ok),
+        ];
+        for (status, headers, want) in cases {
+            assert_eq!(cooled(status, headers), want, "{status} {headers:?}");
         }
-        // The provider said the unified limit still allows: this 429 is about something else.
-        let allowed = [
-            ("anthropic-ratelimit-unified-status", "allowed"),
-            ("anthropic-ratelimit-unified-reset", "1714568430"),
-        ];
-        assert_eq!(cooled(429, &allowed), cooling(60_000));
-        // `retry-after` still wins.
-        let both = [
-            ("retry-after", "5"),
-            ("anthropic-ratelimit-unified-reset", "1714568430"),
-        ];
-        assert_eq!(cooled(429, &both), cooling(5_000));
-        // Without a 429 a bare reset is only a report.
-        assert_eq!(
-            cooled(200, &[("anthropic-ratelimit-unified-reset", "1714568430")]),
-            AccountState::Ok
-        );
     }
 
     #[test]
@@ -2834,10 +2832,7 @@ mod tests {
         let invalid = invalid_key(Api::Anthropic);
         assert_eq!(record_named(&store, "a3", &invalid, NOW), Ok(None));
         assert_eq!(store.len(), keys);
-        assert_eq!(
-            read_health(&store, &c.accounts[3]).unwrap().kind_at(NOW),
-            StateKind::Ok
-        );
+        assert_eq!(read_health_named(&store, "a3").kind_at(NOW), StateKind::Ok);
     }
 
     #[test]
