@@ -2274,7 +2274,8 @@ mod tests {
         // one included, as epoch seconds or RFC 3339.
         const RESET: (&str, &str) = ("anthropic-ratelimit-unified-reset", "1714568430");
         const RFC3339: (&str, &str) = ("anthropic-ratelimit-unified-reset", "2024-05-01T13:00:30Z");
-        let cases: [(u32, &[(&str, &str)], AccountState); 5] = [
+        type Case<'a> = (u32, &'a [(&'a str, &'a str)], AccountState);
+        let cases: [Case; 5] = [
             (429, &[RESET], cooling(3_600_000)),
             (429, &[RFC3339], cooling(3_600_000)),
             // The unified limit still allows: this 429 is about something else.
