@@ -631,7 +631,8 @@ impl Observation {
 /// Reads an upstream response's status and headers (names in any case).
 ///
 /// - 429: cooling until `retry-after` (seconds or HTTP date), else a rejected
-///   `anthropic-ratelimit-unified-*` window's reset, else `Cool::RateLimited` (the
+///   `anthropic-ratelimit-unified-*` window's reset, else `anthropic-ratelimit-unified-reset`
+///   unless `-unified-status` says `allowed…`, else `Cool::RateLimited` (the
 ///   `anthropic-ratelimit-*-reset` / `x-ratelimit-reset-*` times, else 60 s).
 /// - 529, 503: cooling for `retry-after` if sent, else 10 s.
 /// - 401, 403: nothing by itself (the body decides: `observe_error_body`).
@@ -651,6 +652,8 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
     };
     let mut retry_after = None;
     let mut unified_rejected = false;
+    // The provider said the unified limit still allows (`allowed`, `allowed_warning`).
+    let mut unified_allowed = false;
     let mut unified_reset = None;
     // Rejected unified windows (`5h`, `7d`, …) and each window's reset, matched by name.
     let mut windows: Vec<(String, bool, Option<u64>)> = Vec::new();
@@ -664,7 +667,10 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
             retry_after = parse_retry_after(value, now_ms);
         } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-unified-") {
             match rest {
-                "status" => unified_rejected = value.eq_ignore_ascii_case("rejected"),
+                "status" => {
+                    unified_rejected = value.eq_ignore_ascii_case("rejected");
+                    unified_allowed = starts_with_ignore_case(value.as_bytes(), b"allowed");
+                }
                 "reset" => unified_reset = parse_reset(value, now_ms),
                 _ => {
                     let (window, field) = match rest.rsplit_once('-') {
@@ -710,10 +716,12 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
         rejected_window_reset
     };
     match status {
+        // A bare unified reset names when this 429 ends, unless the unified limit allows.
         429 => {
             obs.cool = Some(
                 retry_after
                     .or(unified_until)
+                    .or(unified_reset.filter(|_| !unified_allowed))
                     .map_or(Cool::RateLimited, Cool::Until),
             )
         }
@@ -1289,8 +1297,9 @@ fn account_tag(name: &str) -> u32 {
 
 /// Creates every key the pool uses, unless it exists: each account's health key (and
 /// resets one whose key tag differs: the account's key changed), the round-robin counter
-/// of each API with accounts (strategy `round_robin` only) and, with affinity, every slot of
-/// the session table. Returns how many keys it created or reset. Run in `on_configure`.
+/// of each API with accounts (strategy `round_robin` only), with affinity every slot of
+/// the session table, and the roster (`publish_roster`). Returns how many keys it created or
+/// reset. Run in `on_configure`.
 ///
 /// Cost: one `get` per key plus one `set` per key created; the session table is
 /// `max_sessions` keys (65536 by default).
@@ -1335,6 +1344,9 @@ pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
                 created += 1;
             }
         }
+    }
+    if publish_roster(store, &cfg.accounts)? {
+        created += 1;
     }
     Ok(created)
 }
@@ -1751,22 +1763,34 @@ fn update_health(
 fn update_health_if(
     store: &dyn Store,
     account: &Account,
-    mut f: impl FnMut(&mut Health) -> bool,
+    f: impl FnMut(&mut Health) -> bool,
 ) -> Result<(Health, bool), StoreError> {
-    let key = health_key(&account.name);
+    let fresh = Health::fresh(account);
+    update_stored_if(store, &health_key(&account.name), Some(fresh), f)
+        .map(|r| r.unwrap_or((fresh, false)))
+}
+
+/// `update_health_if` on a health key: a missing key reads as `missing`, or (`None`) is left
+/// alone (`Ok(None)`).
+fn update_stored_if(
+    store: &dyn Store,
+    key: &str,
+    missing: Option<Health>,
+    mut f: impl FnMut(&mut Health) -> bool,
+) -> Result<Option<(Health, bool)>, StoreError> {
     let mut buf = Vec::with_capacity(64);
     for _ in 0..MAX_TRIES {
-        let (value, cas) = store.get(&key)?;
-        let mut h = value
-            .as_deref()
-            .map_or_else(|| Health::fresh(account), Health::decode);
+        let (value, cas) = store.get(key)?;
+        let Some(mut h) = value.as_deref().map(Health::decode).or(missing) else {
+            return Ok(None);
+        };
         if !f(&mut h) {
-            return Ok((h, false));
+            return Ok(Some((h, false)));
         }
         buf.clear();
         h.encode(&mut buf);
-        match store.set(&key, &buf, store::write_cas(cas)) {
-            Ok(()) => return Ok((h, true)),
+        match store.set(key, &buf, store::write_cas(cas)) {
+            Ok(()) => return Ok(Some((h, true))),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -1790,6 +1814,29 @@ pub fn record(
         t = Some(h.apply(obs, disable_for, now_ms))
     })?;
     t.ok_or(StoreError::Contended)
+}
+
+/// `record` for an account this instance does not configure, known by `name` only: the
+/// downstream stage of a failover setup, which meters the stream and so finds its error
+/// events, while the upstream stage picked the account (and its attempt ended before the
+/// stream's last bytes reached the downstream stage). Only a health key that exists (made by
+/// the stage that lists the account) is touched, and an observation that disables (it needs
+/// the account's `disable_for`) is not applied: `Ok(None)` then.
+pub fn record_named(
+    store: &dyn Store,
+    name: &str,
+    obs: &Observation,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    if obs.disable.is_some() {
+        return Ok(None);
+    }
+    let mut t = None;
+    let written = update_stored_if(store, &health_key(name), None, |h| {
+        t = Some(h.apply(obs, 0, now_ms));
+        true
+    })?;
+    Ok(written.and(t))
 }
 
 /// Returns an account to ok at once, whatever its state (`POST {admin.path}/accounts/{name}/
@@ -1832,6 +1879,106 @@ pub fn read_health(store: &dyn Store, account: &Account) -> Result<Health, Store
     Ok(value
         .as_deref()
         .map_or_else(|| Health::fresh(account), Health::decode))
+}
+
+/// The shared-data key of the pool's roster: `<name> <provider>` lines written at
+/// configuration load by the instance that lists the accounts, so that an instance that does
+/// not (the downstream stage of a failover setup, which serves the admin API) can show them.
+pub const ROSTER_KEY: &str = "tollgate:accounts";
+
+/// The most accounts a roster read returns (a configuration lists far fewer).
+const MAX_ROSTER: usize = 1024;
+
+/// An account as the roster names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub provider: Api,
+}
+
+fn roster_bytes(accounts: &[Account]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in accounts {
+        out.extend_from_slice(a.name.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(a.provider.as_str().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Writes the roster of `accounts` unless it is stored already (1 `get`, and 1 `set` when it
+/// changed); nothing when `accounts` is empty. Returns whether it wrote. Run in `on_configure`
+/// (`prepare` does).
+pub fn publish_roster(store: &dyn Store, accounts: &[Account]) -> Result<bool, StoreError> {
+    if accounts.is_empty() {
+        return Ok(false);
+    }
+    let want = roster_bytes(accounts);
+    let (have, _) = store.get(ROSTER_KEY)?;
+    if have.as_deref() == Some(want.as_slice()) {
+        return Ok(false);
+    }
+    store.set(ROSTER_KEY, &want, 0).map(|()| true)
+}
+
+/// The roster another instance published (empty if none): lines that do not read as
+/// `<name> <provider>` with a valid account name are skipped.
+pub fn read_roster(store: &dyn Store) -> Vec<Listed> {
+    let Ok((Some(bytes), _)) = store.get(ROSTER_KEY) else {
+        return Vec::new();
+    };
+    let name_ok = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| {
+            let (name, provider) = line.split_once(' ')?;
+            let provider = match provider {
+                "anthropic" => Api::Anthropic,
+                "openai" => Api::OpenAi,
+                "gemini" => Api::Gemini,
+                _ => return None,
+            };
+            name_ok(name).then(|| Listed {
+                name: name.to_owned(),
+                provider,
+            })
+        })
+        .take(MAX_ROSTER)
+        .collect()
+}
+
+/// An account's health by name (1 `get`; a missing or unreadable key reads as fresh), for an
+/// instance that knows it from the roster only.
+pub fn read_health_named(store: &dyn Store, name: &str) -> Health {
+    match store.get(&health_key(name)) {
+        Ok((Some(v), _)) => Health::decode(&v),
+        _ => Health::default(),
+    }
+}
+
+/// `reset` for an account known by name only (from the roster): `Ok(None)` when its health
+/// key does not exist.
+pub fn reset_named(
+    store: &dyn Store,
+    name: &str,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    let mut before = StateKind::Ok;
+    let written = update_stored_if(store, &health_key(name), None, |h| {
+        before = h.kind_at(now_ms);
+        h.state = AccountState::Ok;
+        true
+    })?;
+    Ok(written.map(|_| Transition {
+        before,
+        after: StateKind::Ok,
+        state: AccountState::Ok,
+    }))
 }
 
 #[cfg(test)]
@@ -2119,6 +2266,32 @@ mod tests {
             ("anthropic-ratelimit-unified-reset", "1714568430"),
         ];
         assert_eq!(cooled(200, &allowed), AccountState::Ok);
+    }
+
+    #[test]
+    fn a_429_with_only_the_unified_reset_cools_until_it_unless_the_status_says_allowed() {
+        // SPEC "Accounts": a 429 cools until the `anthropic-ratelimit-*-reset` time, the unified
+        // one included, as epoch seconds or RFC 3339.
+        const RESET: (&str, &str) = ("anthropic-ratelimit-unified-reset", "1714568430");
+        const RFC3339: (&str, &str) = ("anthropic-ratelimit-unified-reset", "2024-05-01T13:00:30Z");
+        type Case<'a> = (u32, &'a [(&'a str, &'a str)], AccountState);
+        let cases: [Case; 5] = [
+            (429, &[RESET], cooling(3_600_000)),
+            (429, &[RFC3339], cooling(3_600_000)),
+            // The unified limit still allows: this 429 is about something else.
+            (
+                429,
+                &[("anthropic-ratelimit-unified-status", "allowed"), RESET],
+                cooling(60_000),
+            ),
+            // `retry-after` still wins.
+            (429, &[("retry-after", "5"), RESET], cooling(5_000)),
+            // Without a 429 a bare reset is only a report.
+            (200, &[RESET], AccountState::Ok),
+        ];
+        for (status, headers, want) in cases {
+            assert_eq!(cooled(status, headers), want, "{status} {headers:?}");
+        }
     }
 
     #[test]
@@ -2609,9 +2782,9 @@ mod tests {
     fn prepare_creates_every_key_once_and_resets_a_changed_key() {
         let store = MemStore::new();
         let mut c = cfg(pool(), Strategy::RoundRobin, Some(aff(16, 60_000)));
-        // 4 health keys, 2 round-robin counters, 16 session slots.
-        assert_eq!(prepare(&store, &c), Ok(22));
-        assert_eq!(store.len(), 22);
+        // 4 health keys, 2 round-robin counters, 16 session slots, the roster.
+        assert_eq!(prepare(&store, &c), Ok(23));
+        assert_eq!(store.len(), 23);
         assert_eq!(prepare(&store, &c), Ok(0));
         record(&store, &c.accounts[0], &invalid_key(Api::Anthropic), NOW).unwrap();
         assert_eq!(prepare(&store, &c), Ok(0));
@@ -2625,7 +2798,7 @@ mod tests {
             read_health(&store, &c.accounts[0]).unwrap().kind_at(NOW),
             StateKind::Ok
         );
-        assert_eq!(store.len(), 22);
+        assert_eq!(store.len(), 23);
         // Garbage in a health key reads as fresh.
         store.set(&health_key("a2"), b"\xff\xfe", 0).unwrap();
         assert_eq!(
@@ -2633,6 +2806,85 @@ mod tests {
             Health::default()
         );
         assert_eq!(prepare(&store, &c), Ok(1));
+    }
+
+    #[test]
+    fn a_stage_without_the_account_records_a_stream_error_by_name_on_an_existing_key_only() {
+        let store = MemStore::new();
+        let c = cfg(pool(), Strategy::Priority, None);
+        prepare(&store, &c).unwrap();
+        let keys = store.len();
+        // The downstream stage of a failover setup knows the account only by name.
+        let t = record_named(&store, "a1", &observe_stream_error("overloaded_error"), NOW);
+        let t = t.unwrap().unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Ok, StateKind::Cooling));
+        assert_eq!(
+            read_health(&store, &c.accounts[0])
+                .unwrap()
+                .cooling_until(NOW),
+            Some(NOW + OVERLOADED_COOLING_MS)
+        );
+        let limited = observe_stream_error("rate_limit_error");
+        let t = record_named(&store, "a2", &limited, NOW).unwrap().unwrap();
+        assert_eq!(t.state, cooling(RATE_LIMIT_COOLING_MS));
+        // A name no stage configured creates no key; an observation that would disable (it
+        // needs the account's `disable_for`) is left to the stage that lists the account.
+        assert_eq!(record_named(&store, "nobody", &limited, NOW), Ok(None));
+        let invalid = invalid_key(Api::Anthropic);
+        assert_eq!(record_named(&store, "a3", &invalid, NOW), Ok(None));
+        assert_eq!(store.len(), keys);
+        assert_eq!(read_health_named(&store, "a3").kind_at(NOW), StateKind::Ok);
+    }
+
+    #[test]
+    fn the_roster_lets_an_instance_without_accounts_show_and_reset_them_by_name() {
+        let store = MemStore::new();
+        let c = cfg(pool(), Strategy::Priority, None);
+        // The downstream stage of a failover setup lists no accounts: it publishes nothing.
+        let bare = cfg(Vec::new(), Strategy::Priority, None);
+        assert_eq!(prepare(&store, &bare), Ok(0));
+        assert_eq!(read_roster(&store), Vec::new());
+        prepare(&store, &c).unwrap();
+        let roster = read_roster(&store);
+        let names: Vec<(&str, Api)> = roster
+            .iter()
+            .map(|l| (l.name.as_str(), l.provider))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a1", Api::Anthropic),
+                ("o1", Api::OpenAi),
+                ("a2", Api::Anthropic),
+                ("a3", Api::Anthropic)
+            ]
+        );
+        // Published once: loading the same configuration again writes nothing.
+        assert_eq!(publish_roster(&store, &c.accounts), Ok(false));
+        assert_eq!(prepare(&store, &bare), Ok(0));
+        assert_eq!(read_roster(&store).len(), 4);
+        // Health by name, and the admin reset by name.
+        let limited = observe_stream_error("rate_limit_error");
+        record(&store, &c.accounts[0], &limited, NOW).unwrap();
+        assert_eq!(
+            read_health_named(&store, "a1").kind_at(NOW),
+            StateKind::Cooling
+        );
+        assert_eq!(read_health_named(&store, "nobody"), Health::default());
+        let t = reset_named(&store, "a1", NOW).unwrap().unwrap();
+        assert_eq!((t.before, t.after), (StateKind::Cooling, StateKind::Ok));
+        assert_eq!(read_health_named(&store, "a1").kind_at(NOW), StateKind::Ok);
+        assert_eq!(reset_named(&store, "nobody", NOW), Ok(None));
+        // Garbage lines are skipped, never trusted as names.
+        store
+            .set(
+                ROSTER_KEY,
+                b"ok gemini\nbad/name openai\nx mystery\n\xff\xfe\n",
+                0,
+            )
+            .unwrap();
+        let kept: Vec<String> = read_roster(&store).into_iter().map(|l| l.name).collect();
+        assert_eq!(kept, ["ok"]);
     }
 
     #[test]
@@ -2868,7 +3120,8 @@ mod tests {
         assert_eq!(how("a", NOW + 1), AffinityUse::Hit);
         assert_eq!(how("b", NOW + 2), AffinityUse::Miss);
         assert_eq!(how("a", NOW + 3), AffinityUse::Miss);
-        assert_eq!(store.len(), 4 + 1);
+        // 4 health keys, 1 session slot, the roster.
+        assert_eq!(store.len(), 4 + 1 + 1);
         // No session: affinity is off.
         let out = select(
             &store,

@@ -40,6 +40,22 @@ const ERROR_HEAD: usize = 64 * 1024;
 /// The largest response chunk sent on before it is metered (see `on_http_response_body`).
 const HELD_CHUNK: usize = BODY_WINDOW;
 
+/// An account's observed state on its `tollgate_account_state` gauge (every observation sets
+/// it: a cooling that ended on time is no transition), and a change of state logged once.
+fn show_transition(gauge: u32, account: &str, t: &accounts::Transition) {
+    ffi::record_metric(gauge, t.after.gauge().max(0) as u64);
+    if t.changed() {
+        ffi::log(
+            LogLevel::Warn,
+            &format!(
+                "tollgate: account {account} is now {} (was {})",
+                t.after.as_str(),
+                t.before.as_str()
+            ),
+        );
+    }
+}
+
 /// What one worker's VM holds for the current configuration.
 struct Plugin {
     cfg: Config,
@@ -258,8 +274,7 @@ impl Stats {
         if let Some(Some(id)) = self.account_gauges.get(i) {
             return Some(*id);
         }
-        let name = metrics::name("tollgate_account_state", &[("account", account)]);
-        let id = self.id(proxy_wasm::types::MetricType::Gauge, &name)?;
+        let id = self.account_gauge_named(account)?;
         if self.account_gauges.len() <= i {
             self.account_gauges.resize(i + 1, None);
             self.gauges_checked.resize(i + 1, 0);
@@ -268,6 +283,13 @@ impl Stats {
             *slot = Some(id);
         }
         Some(id)
+    }
+
+    /// The `tollgate_account_state` gauge of an account by name (one this instance may not
+    /// list: a failover setup's downstream stage knows the pool from the roster).
+    fn account_gauge_named(&mut self, account: &str) -> Option<u32> {
+        let name = metrics::name("tollgate_account_state", &[("account", account)]);
+        self.id(proxy_wasm::types::MetricType::Gauge, &name)
     }
 
     fn count(&mut self, metric: &str, labels: &[(&str, &str)], by: u64) {
@@ -480,6 +502,15 @@ enum ErrorHead {
 }
 
 impl Context for Req {
+    fn on_done(&mut self) -> bool {
+        // Envoy runs no access log (`on_log`) for upstream filters: an attempt ends here.
+        if self.phase == Phase::Attempt {
+            ffi::fresh_clock();
+            self.end_attempt();
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         ffi::fresh_clock();
         let Some((expected, checks)) = self.global_call.take() else {
@@ -1084,19 +1115,20 @@ impl Req {
             return;
         }
         if let Ok(t) = accounts::record(&self.plugin.store, account, &obs, ffi::now_ms()) {
-            // Every observation sets the gauge: a cooling that ended on time is no transition.
-            ffi::record_metric(gauge, t.after.gauge().max(0) as u64);
-            if t.changed() {
-                ffi::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "tollgate: account {} is now {} (was {})",
-                        account.name,
-                        t.after.as_str(),
-                        t.before.as_str()
-                    ),
-                );
-            }
+            show_transition(gauge, &account.name, &t);
+        }
+    }
+
+    /// `observe_account` for an account this instance does not list, by name (a stream
+    /// error found by the downstream stage of a failover setup; see `accounts::record_named`).
+    fn observe_named_account(&mut self, name: &str, obs: &accounts::Observation) {
+        let now = ffi::now_ms();
+        let Ok(Some(t)) = accounts::record_named(&self.plugin.store, name, obs, now) else {
+            return;
+        };
+        let gauge = self.plugin.stats.borrow_mut().account_gauge_named(name);
+        if let Some(gauge) = gauge {
+            show_transition(gauge, name, &t);
         }
     }
 
@@ -1516,7 +1548,7 @@ impl HttpContext for Req {
             self.finish_response();
         }
         if self.phase == Phase::Attempt {
-            self.settle_account(None);
+            self.end_attempt();
             return;
         }
         let decision = match self.decision {
@@ -1529,6 +1561,13 @@ impl HttpContext for Req {
 }
 
 impl Req {
+    /// The end of an upstream-stage attempt (once): the account's reservation is settled and
+    /// its concurrency lease freed.
+    fn end_attempt(&mut self) {
+        self.phase = Phase::Answered;
+        self.settle_account(None);
+    }
+
     /// Reads the held head of an upstream error answer: evidence about the key for the
     /// account's health, and every occurrence of the key replaced (same length: the
     /// `content-length` already went out) before the client sees it.
@@ -1579,33 +1618,49 @@ impl Req {
             return;
         }
         let plugin = self.plugin.clone();
-        let Some((i, account)) = plugin
+        let now = ffi::now_ms();
+        let found = plugin
             .cfg
             .accounts
             .iter()
             .enumerate()
-            .find(|(_, a)| a.name == name)
-        else {
-            let body = crate::admin::unknown_account_json();
-            ffi::send_http_response(404, &json, body.as_bytes());
-            return;
+            .find(|(_, a)| a.name == name);
+        // Without accounts of its own (failover downstream stage): those of the roster.
+        let listed = || {
+            accounts::read_roster(&plugin.store)
+                .iter()
+                .any(|l| l.name == name)
         };
-        match accounts::reset(&plugin.store, account, ffi::now_ms()) {
-            Ok(t) => {
-                if let Some(gauge) = plugin.stats.borrow_mut().account_gauge(i, &account.name) {
+        let reset = match found {
+            Some((_, account)) => accounts::reset(&plugin.store, account, now).map(Some),
+            None if plugin.cfg.accounts.is_empty() && listed() => {
+                accounts::reset_named(&plugin.store, name, now)
+            }
+            None => Ok(None),
+        };
+        match reset {
+            Ok(None) => {
+                let body = crate::admin::unknown_account_json();
+                ffi::send_http_response(404, &json, body.as_bytes());
+            }
+            Ok(Some(t)) => {
+                let gauge = match found {
+                    Some((i, _)) => plugin.stats.borrow_mut().account_gauge(i, name),
+                    None => plugin.stats.borrow_mut().account_gauge_named(name),
+                };
+                if let Some(gauge) = gauge {
                     ffi::record_metric(gauge, 0);
                 }
                 if t.changed() {
                     ffi::log(
                         LogLevel::Warn,
                         &format!(
-                            "tollgate: account {} reset to ok by the admin API (was {})",
-                            account.name,
+                            "tollgate: account {name} reset to ok by the admin API (was {})",
                             t.before.as_str()
                         ),
                     );
                 }
-                let body = crate::admin::reset_json(&account.name, &t);
+                let body = crate::admin::reset_json(name, &t);
                 ffi::send_http_response(200, &json, body.as_bytes());
             }
             Err(_) => {
@@ -1767,7 +1822,14 @@ impl Req {
                 crate::usage::StreamError::Overloaded => "overloaded_error",
                 crate::usage::StreamError::Other => "api_error",
             };
-            self.observe_account(accounts::observe_stream_error(kind));
+            let obs = accounts::observe_stream_error(kind);
+            if self.account.is_some() {
+                self.observe_account(obs);
+            } else if let Some(name) = ffi::get_filter_state("tollgate.account") {
+                // Two stages: the upstream stage picked the account, and its attempt ended
+                // before the stream's last bytes got here.
+                self.observe_named_account(&name, &obs);
+            }
         }
         let flagged = if m.unsupported_encoding {
             Some(("unsupported_encoding", UsageSource::Undecodable))
@@ -1975,20 +2037,31 @@ impl Req {
                         .unwrap_or_default(),
                     });
                 }
-                let healths: Vec<accounts::Health> = cfg
+                // An instance without accounts (the downstream stage of a failover setup)
+                // shows the pool its upstream stage published.
+                let roster = if cfg.accounts.is_empty() {
+                    accounts::read_roster(&plugin.store)
+                } else {
+                    Vec::new()
+                };
+                let listed = roster.iter().map(|l| {
+                    let h = accounts::read_health_named(&plugin.store, &l.name);
+                    (l.name.as_str(), l.provider, h)
+                });
+                let healths: Vec<(&str, Api, accounts::Health)> = cfg
                     .accounts
                     .iter()
                     .map(|a| {
-                        accounts::read_health(&plugin.store, a)
-                            .unwrap_or_else(|_| accounts::Health::fresh(a))
+                        let h = accounts::read_health(&plugin.store, a)
+                            .unwrap_or_else(|_| accounts::Health::fresh(a));
+                        (a.name.as_str(), a.provider, h)
                     })
+                    .chain(listed)
                     .collect();
-                let views = cfg
-                    .accounts
+                let views = healths
                     .iter()
-                    .zip(&healths)
-                    .map(|(a, h)| {
-                        crate::admin::AccountView::from_health(&a.name, a.provider.as_str(), h, now)
+                    .map(|(name, api, h)| {
+                        crate::admin::AccountView::from_health(name, api.as_str(), h, now)
                     })
                     .collect();
                 let body = crate::admin::usage_json(&crate::admin::UsageReport {
