@@ -962,12 +962,16 @@ impl Req {
             self.remove_tollgate_keys(path);
             return Ok(());
         }
-        if let Some(stripped) = identity::strip_query_key(path) {
-            ffi::set_request_header(":path", &stripped);
-        }
         if cfg.accounts.is_empty() {
+            if let Some(stripped) = identity::strip_query_key(path) {
+                ffi::set_request_header(":path", &stripped);
+            }
             self.remove_client_credentials("");
             return Ok(());
+        }
+        // With a pooled key no query parameter may carry, re-target or mask a credential.
+        if let Some(stripped) = identity::strip_pooled_query(path) {
+            ffi::set_request_header(":path", &stripped);
         }
         let chosen = if metered {
             let need = self.need();
@@ -1166,9 +1170,22 @@ impl Req {
             }
             _ => return Action::Continue,
         };
-        self.estimate = ffi::get_filter_state("tollgate.estimate")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        // Only a request the downstream stage identified (and, when metered, admitted) may
+        // leave with a pooled key: anything else skipped it (say, by a path around it).
+        let estimate = ffi::get_filter_state("tollgate.estimate");
+        let passed = if metered {
+            estimate.is_some()
+        } else {
+            ffi::get_filter_state("tollgate.consumer").is_some()
+        };
+        if !passed {
+            return self.reject(
+                Reason::Auth,
+                "this request was not admitted by tollgate's downstream stage",
+                &[],
+            );
+        }
+        self.estimate = estimate.and_then(|v| v.parse().ok()).unwrap_or(0);
         let affinity = self.plugin.cfg.selection.affinity.as_ref();
         let header = affinity
             .and_then(|a| a.header.as_deref())
@@ -1391,6 +1408,39 @@ impl HttpContext for Req {
         };
         self.info = Some(info);
         self.admit_and_forward(body_size)
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        ffi::fresh_clock();
+        if self.phase != Phase::ReadingBody {
+            return Action::Continue;
+        }
+        // No LLM API sends request trailers; they would end the body without an
+        // end-of-stream body callback, so admission, the credential and metering would be
+        // skipped. Refused rather than trusted.
+        self.scanner = None;
+        self.reject(
+            Reason::BadRequest,
+            "request trailers are not supported on this endpoint",
+            &[],
+        )
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        ffi::fresh_clock();
+        // Trailers end the body: no body callback says end of stream.
+        if self.error_head == ErrorHead::Holding {
+            let held = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, ERROR_HEAD).unwrap_or_default();
+            self.read_error_head(held.len());
+            let held = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, ERROR_HEAD).unwrap_or_default();
+            if let Some(meter) = self.meter.as_mut() {
+                meter.feed(&held);
+            }
+        }
+        if self.meter.is_some() {
+            self.finish_response();
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -1794,9 +1844,19 @@ impl Req {
         }
         let Some(mut meter) = self.meter.take() else {
             if self.phase == Phase::Proxied {
-                // The upstream never answered (reset, timeout): nothing was produced.
                 self.phase = Phase::Answered;
-                self.record(Usage::default(), UsageSource::None);
+                if self.upstream_status == 0 && self.global_call.is_none() {
+                    // The client left before any answer, after the request went upstream:
+                    // the provider still reads (and bills) the prompt.
+                    let input = Usage {
+                        input: self.estimate,
+                        ..Usage::default()
+                    };
+                    self.record(input, UsageSource::Estimated);
+                } else {
+                    // The upstream never answered (reset, timeout): nothing was produced.
+                    self.record(Usage::default(), UsageSource::None);
+                }
             }
             return;
         };

@@ -130,6 +130,62 @@ pub fn strip_query_key(path: &str) -> Option<String> {
     })
 }
 
+/// Query parameters that carry or re-target a Google credential (`key`, OAuth tokens, the
+/// billed project, the quota user) or mask the response's fields (so its usage could be
+/// left out): removed, whatever their percent-encoding, whenever a pooled key is used.
+const POOLED_QUERY_DROPS: &[&str] = &[
+    "key",
+    "access_token",
+    "oauth_token",
+    "userProject",
+    "quotaUser",
+    "fields",
+    "$fields",
+];
+
+/// `path` without the query parameters a pooled key must not travel with (see
+/// `POOLED_QUERY_DROPS`; names compared after percent-decoding, so `%6Bey` is `key`), or
+/// `None` when there is none.
+pub fn strip_pooled_query(path: &str) -> Option<String> {
+    let (base, query) = path.split_once('?')?;
+    let dropped = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let decoded = percent_decode_lossy(name);
+        POOLED_QUERY_DROPS.contains(&decoded.as_str())
+    };
+    if !query.split('&').any(dropped) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !dropped(p)).collect();
+    Some(if kept.iter().all(|p| p.is_empty()) {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    })
+}
+
+/// `%XX` escapes decoded (an invalid one kept as it is; non-UTF-8 replaced).
+fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+        match (b.get(i), hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (Some(b'%'), Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (Some(c), _, _) => {
+                out.push(*c);
+                i += 1;
+            }
+            (None, _, _) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Maps a request to its consumer. `trusted_name` is the name a trusted source gave
 /// (`consumer_header` set by a filter before this one, or the `consumer_claim` of a JWT that
 /// `jwt_authn` verified).
@@ -267,6 +323,26 @@ mod tests {
         for ([x, a, g], path, want) in cases {
             let found = tollgate_key_places(&cfg, x, a, g, path);
             assert_eq!(found, want, "{x:?} {a:?} {g:?} {path}");
+        }
+    }
+
+    #[test]
+    fn a_pooled_key_never_travels_with_credential_or_field_mask_parameters() {
+        for (path, want) in [
+            ("/v1beta/models/g:generateContent", None),
+            ("/v1beta/models/g:generateContent?alt=sse", None),
+            (
+                "/v1beta/models/g:generateContent?%6Bey=AIzaBOGUS&userProject=p",
+                Some("/v1beta/models/g:generateContent"),
+            ),
+            (
+                "/v1beta/models/g:streamGenerateContent?alt=sse&key=k&fields=candidates",
+                Some("/v1beta/models/g:streamGenerateContent?alt=sse"),
+            ),
+            ("/x?access_token=t&quotaUser=u&%24fields=a", Some("/x")),
+            ("/x?keys=1&key", Some("/x?keys=1")),
+        ] {
+            assert_eq!(strip_pooled_query(path).as_deref(), want, "{path}");
         }
     }
 
