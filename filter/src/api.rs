@@ -230,7 +230,7 @@ fn not_normal(p: &[u8]) -> Result<(), &'static str> {
 }
 
 /// `s` with every `%XX` decoded, or `None` if a `%` is not followed by two hex digits.
-fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+pub fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while let Some(&b) = s.get(i) {

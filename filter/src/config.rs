@@ -1953,7 +1953,7 @@ mod tests {
 
     #[test]
     fn redaction_keeps_the_length_and_hides_every_occurrence() {
-        let key = "sk-proj-upstream-account-one-000000000000BBBB";
+        let key = "sk-proj-FAKE-redaction-test-not-a-key-BBBB";
         let s = Secret::new(key);
         let text = format!("{{\"message\":\"bad key {key}\",\"again\":\"{key}\"}}");
         let out = String::from_utf8(s.redact(text.as_bytes()).unwrap()).unwrap();
@@ -2191,7 +2191,7 @@ mod tests {
             ),
             (
                 r#"{"stage": "upstream", "accounts": [
-                    {"name": "g", "provider": "gemini", "key": "AIzaSyAAAAAAAAAAAAAAAAAAAAAAAAA",
+                    {"name": "g", "provider": "gemini", "key": "AIza-FAKE-test-key",
                      "headers": {"X-Goog-User-Project": "p1", "anthropic-version": "2023-06-01"}}]}"#,
                 |c| {
                     assert_eq!(c.stage, Stage::Upstream);

@@ -1430,9 +1430,8 @@ impl HttpContext for Req {
         ffi::fresh_clock();
         // Trailers end the body: no body callback says end of stream.
         if self.error_head == ErrorHead::Holding {
-            let held = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, ERROR_HEAD).unwrap_or_default();
-            self.read_error_head(held.len());
-            let held = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, ERROR_HEAD).unwrap_or_default();
+            // Held, so under ERROR_HEAD: the head is the whole body.
+            let held = self.read_error_head(ERROR_HEAD);
             if let Some(meter) = self.meter.as_mut() {
                 meter.feed(&held);
             }
@@ -1532,7 +1531,7 @@ impl HttpContext for Req {
                 // Envoy keeps the body until the head is in (bounded by ERROR_HEAD).
                 return Action::Pause;
             }
-            self.read_error_head(body_size);
+            let _ = self.read_error_head(body_size);
         }
         let Some(meter) = self.meter.as_mut() else {
             // An upstream-stage attempt meters nothing, but its account's lease lives on.
@@ -1621,23 +1620,29 @@ impl Req {
     /// Reads the held head of an upstream error answer: evidence about the key for the
     /// account's health, and every occurrence of the key replaced (same length: the
     /// `content-length` already went out) before the client sees it.
-    fn read_error_head(&mut self, body_size: usize) {
+    /// Returns the head as it goes on (masked where it held the key).
+    fn read_error_head(&mut self, body_size: usize) -> Vec<u8> {
         self.error_head = ErrorHead::Read;
         let Some(account) = self.account.and_then(|i| self.plugin.cfg.accounts.get(i)) else {
-            return;
+            return Vec::new();
         };
         let want = body_size.min(ERROR_HEAD);
         let Some(head) = ffi::get_buffer(ffi::BUF_RESPONSE_BODY, 0, want) else {
-            return;
+            return Vec::new();
         };
-        if let Some(masked) = account.key.redact(&head) {
-            ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, head.len(), &masked);
-        }
         // Only the provider saying the key itself is invalid disables the account.
         let obs = accounts::observe_error_body(account.provider, self.upstream_status, &head);
+        let head = match account.key.redact(&head) {
+            Some(masked) => {
+                ffi::set_buffer(ffi::BUF_RESPONSE_BODY, 0, head.len(), &masked);
+                masked
+            }
+            None => head,
+        };
         if !obs.is_empty() {
             self.observe_account(obs);
         }
+        head
     }
 
     /// A flowing response renews its concurrency leases: the consumer's, and the account's
@@ -1787,9 +1792,13 @@ impl Req {
             }
         }
         // Only codings the meter decodes may come back: metering cannot be switched off.
-        let encoding = crate::usage::decodable_accept_encoding(self.headers.get("accept-encoding"));
-        if self.headers.get("accept-encoding") != Some(encoding.as_str()) {
-            ffi::set_request_header("accept-encoding", &encoding);
+        // (A pooled key asks for `identity` itself, in `choose_account`.)
+        if self.plugin.cfg.accounts.is_empty() {
+            let sent = self.headers.get("accept-encoding");
+            let encoding = crate::usage::decodable_accept_encoding(sent);
+            if sent != Some(encoding.as_str()) {
+                ffi::set_request_header("accept-encoding", &encoding);
+            }
         }
         let mut buf = [0u8; 20];
         ffi::set_filter_state(

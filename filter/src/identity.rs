@@ -115,15 +115,18 @@ pub fn query_key(path: &str) -> Option<&str> {
 
 /// `path` without its `key` query parameter, so a client's Gemini key never goes upstream.
 pub fn strip_query_key(path: &str) -> Option<String> {
+    strip_query(path, |name| name == "key")
+}
+
+/// `path` without the query parameters whose name `drop` picks, or `None` when none is there.
+fn strip_query(path: &str, drop: impl Fn(&str) -> bool) -> Option<String> {
     let (base, query) = path.split_once('?')?;
-    if !query.split('&').any(|p| p.starts_with("key=")) {
+    let dropped = |pair: &str| drop(pair.split('=').next().unwrap_or_default());
+    if !query.split('&').any(dropped) {
         return None;
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.starts_with("key="))
-        .collect();
-    Some(if kept.is_empty() {
+    let kept: Vec<&str> = query.split('&').filter(|p| !dropped(p)).collect();
+    Some(if kept.iter().all(|p| p.is_empty()) {
         base.to_string()
     } else {
         format!("{base}?{}", kept.join("&"))
@@ -147,43 +150,11 @@ const POOLED_QUERY_DROPS: &[&str] = &[
 /// `POOLED_QUERY_DROPS`; names compared after percent-decoding, so `%6Bey` is `key`), or
 /// `None` when there is none.
 pub fn strip_pooled_query(path: &str) -> Option<String> {
-    let (base, query) = path.split_once('?')?;
-    let dropped = |pair: &str| {
-        let name = pair.split('=').next().unwrap_or_default();
-        let decoded = percent_decode_lossy(name);
-        POOLED_QUERY_DROPS.contains(&decoded.as_str())
-    };
-    if !query.split('&').any(dropped) {
-        return None;
-    }
-    let kept: Vec<&str> = query.split('&').filter(|p| !dropped(p)).collect();
-    Some(if kept.iter().all(|p| p.is_empty()) {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
+    strip_query(path, |name| {
+        let decoded = crate::api::percent_decode(name.as_bytes());
+        let name = decoded.as_deref().unwrap_or(name.as_bytes());
+        POOLED_QUERY_DROPS.iter().any(|d| d.as_bytes() == name)
     })
-}
-
-/// `%XX` escapes decoded (an invalid one kept as it is; non-UTF-8 replaced).
-fn percent_decode_lossy(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
-        match (b.get(i), hex(b.get(i + 1)), hex(b.get(i + 2))) {
-            (Some(b'%'), Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (Some(c), _, _) => {
-                out.push(*c);
-                i += 1;
-            }
-            (None, _, _) => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Maps a request to its consumer. `trusted_name` is the name a trusted source gave
