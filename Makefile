@@ -53,7 +53,7 @@ build:
 	@ls -l $(WASM) | awk '{print "tollgate.wasm: " $$5 " bytes"}'
 
 unit:
-	cargo test -p tollgate -p tollgate-cli
+	cargo test -p tollgate-core -p tollgate-cli
 
 e2e: build
 	$(PY) -m pytest -q tests/e2e
@@ -67,7 +67,8 @@ run: setup build
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy -p tollgate --all-targets -- -D warnings
+	cargo clippy -p tollgate-core --all-targets -- -D warnings
+	cargo clippy -p tollgate-core --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate-cli --all-targets -- -D warnings
 	cargo clippy -p tollgate-floor --target wasm32-wasip1 -- -D warnings

@@ -8,20 +8,20 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::accounts;
-use crate::api::{self, Api, Metered, Reason, Route};
-use crate::config::{self, Config};
-use crate::identity::{self, Caller};
-use crate::learn;
-use crate::limits::{Limit, Price, Usage};
-use crate::metrics;
-use crate::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
-use crate::ratelimit::{self, ChargeQueue};
-use crate::request::{RequestInfo, RequestScanner};
-use crate::store::{SlotTable, Store, StoreError};
-use crate::usage::ResponseMeter;
 use std::cell::Cell;
 use std::time::Duration;
+use tollgate_core::accounts;
+use tollgate_core::api::{self, Api, Metered, Reason, Route};
+use tollgate_core::config::{self, Config};
+use tollgate_core::identity::{self, Caller};
+use tollgate_core::learn;
+use tollgate_core::limits::{Limit, Price, Usage};
+use tollgate_core::metrics;
+use tollgate_core::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
+use tollgate_core::ratelimit::{self, ChargeQueue};
+use tollgate_core::request::{RequestInfo, RequestScanner};
+use tollgate_core::store::{SlotTable, Store, StoreError};
+use tollgate_core::usage::ResponseMeter;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -64,13 +64,13 @@ struct Plugin {
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     learned: SlotTable,
     /// By the model's `store::owner_tag`.
-    ratios: RefCell<crate::store::FnvMap<u64, (f64, u64)>>,
+    ratios: RefCell<tollgate_core::store::FnvMap<u64, (f64, u64)>>,
     /// Charges for the global rate-limit service, sent from the root context.
     charges: RefCell<ChargeQueue>,
     /// Whether the global service is failing (for the log-once-per-transition rule).
     degraded: Cell<bool>,
     /// This worker's analytics facts, merged into shared data from the root tick.
-    analytics: RefCell<crate::analytics::Accumulator>,
+    analytics: RefCell<tollgate_core::analytics::Accumulator>,
     /// Per account (by index), picks `select` left uncounted and real tokens served; and
     /// learning observations: not yet written to shared data. The request path only queues
     /// them, the root tick writes them.
@@ -78,7 +78,7 @@ struct Plugin {
     observed: RefCell<learn::Pending>,
     /// Keys this worker has already matched to a consumer: a known key skips the SHA-256 of
     /// every request. Only matched keys enter (a client cannot fill it), at most `KNOWN_KEYS`.
-    known_keys: RefCell<crate::store::FnvMap<String, usize>>,
+    known_keys: RefCell<tollgate_core::store::FnvMap<String, usize>>,
 }
 
 /// Size of `Plugin::known_keys` (cleared when full).
@@ -131,7 +131,7 @@ impl Plugin {
     fn ratio(&self, model: &str, now: u64) -> f64 {
         const FRESH_MS: u64 = 2_000;
         const CACHED: usize = 512;
-        let tag = crate::store::owner_tag(model);
+        let tag = tollgate_core::store::owner_tag(model);
         if let Some((r, at)) = self.ratios.borrow().get(&tag) {
             if now.saturating_sub(*at) < FRESH_MS {
                 return *r;
@@ -177,10 +177,10 @@ impl Plugin {
         }
         let n = quota::prepare(&self.store, keys)? + accounts::prepare(&self.store, cfg)?;
         for key in self.learned.keys() {
-            crate::store::ensure(&self.store, &key, b"-")?;
+            tollgate_core::store::ensure(&self.store, &key, b"-")?;
         }
         // Made now like every other key, so the key set is complete once the config loads.
-        crate::store::ensure(&self.store, crate::analytics::KEY, b"-")?;
+        tollgate_core::store::ensure(&self.store, tollgate_core::analytics::KEY, b"-")?;
         Ok(n)
     }
 }
@@ -208,7 +208,7 @@ impl Store for HostStore {
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         ffi::set_shared_data(key, value, cas)?;
-        if cas == crate::store::CREATE_CAS {
+        if cas == tollgate_core::store::CREATE_CAS {
             let id = match self.created.get() {
                 Some(id) => Some(id),
                 None => ffi::define_metric(
@@ -229,10 +229,10 @@ impl Store for HostStore {
 /// matched globs and fixed reasons).
 #[derive(Default)]
 struct Stats {
-    ids: crate::store::FnvMap<String, u32>,
+    ids: tollgate_core::store::FnvMap<String, u32>,
     /// Counter ids by [`metrics::key`] of their metric and raw labels: a count on the hot
     /// path neither formats the name nor hashes a string.
-    counters: crate::store::FnvMap<u64, u32>,
+    counters: tollgate_core::store::FnvMap<u64, u32>,
     /// `tollgate_account_state` gauge ids by account index.
     account_gauges: Vec<Option<u32>>,
     /// When this worker last looked whether a gauge still shows a cooling that ended, by
@@ -1695,7 +1695,7 @@ impl Req {
         };
         match reset {
             Ok(None) => {
-                let body = crate::admin::unknown_account_json();
+                let body = tollgate_core::admin::unknown_account_json();
                 ffi::send_http_response(404, &json, body.as_bytes());
             }
             Ok(Some(t)) => {
@@ -1715,7 +1715,7 @@ impl Req {
                         ),
                     );
                 }
-                let body = crate::admin::reset_json(name, &t);
+                let body = tollgate_core::admin::reset_json(name, &t);
                 ffi::send_http_response(200, &json, body.as_bytes());
             }
             Err(_) => {
@@ -1756,7 +1756,7 @@ impl Req {
         let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
         let named = self.info.as_ref().and_then(|i| i.model.as_deref());
         if self.plugin.cfg.refuses_unpriced(named, limits) {
-            let msg = crate::pricing::no_price_message(self.consumer_name(), named);
+            let msg = tollgate_core::pricing::no_price_message(self.consumer_name(), named);
             return self.reject(Reason::Model, &msg, &[]);
         }
         let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
@@ -1795,7 +1795,7 @@ impl Req {
         // (A pooled key asks for `identity` itself, in `choose_account`.)
         if self.plugin.cfg.accounts.is_empty() {
             let sent = self.headers.get("accept-encoding");
-            let encoding = crate::usage::decodable_accept_encoding(sent);
+            let encoding = tollgate_core::usage::decodable_accept_encoding(sent);
             if sent != Some(encoding.as_str()) {
                 ffi::set_request_header("accept-encoding", &encoding);
             }
@@ -1887,9 +1887,9 @@ impl Req {
         let ok = (200..300).contains(&self.upstream_status);
         if let Some(err) = m.stream_error.filter(|_| ok) {
             let kind = match err {
-                crate::usage::StreamError::RateLimited => "rate_limit_error",
-                crate::usage::StreamError::Overloaded => "overloaded_error",
-                crate::usage::StreamError::Other => "api_error",
+                tollgate_core::usage::StreamError::RateLimited => "rate_limit_error",
+                tollgate_core::usage::StreamError::Overloaded => "overloaded_error",
+                tollgate_core::usage::StreamError::Other => "api_error",
             };
             let obs = accounts::observe_stream_error(kind);
             if self.account.is_some() {
@@ -1970,7 +1970,7 @@ impl Req {
         self.plugin
             .analytics
             .borrow_mut()
-            .record(&crate::analytics::Fact {
+            .record(&tollgate_core::analytics::Fact {
                 consumer: self.consumer_name(),
                 model_label: model,
                 account,
@@ -2039,7 +2039,7 @@ impl Req {
             ffi::send_http_response(
                 200,
                 &[("content-type", "application/json")],
-                crate::admin::health_json().as_bytes(),
+                tollgate_core::admin::health_json().as_bytes(),
             );
             return Action::Pause;
         }
@@ -2050,7 +2050,7 @@ impl Req {
             .as_ref()
             .map(|a| a.keys.as_slice())
             .unwrap_or(&[]);
-        let basic = authorization.and_then(crate::admin::basic_password);
+        let basic = authorization.and_then(tollgate_core::admin::basic_password);
         let ok = key
             .into_iter()
             .chain(basic.as_deref())
@@ -2069,7 +2069,7 @@ impl Req {
         }
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
-        if let Some(name) = crate::admin::reset_target(sub) {
+        if let Some(name) = tollgate_core::admin::reset_target(sub) {
             self.reset_account(method, name);
             return Action::Pause;
         }
@@ -2079,11 +2079,11 @@ impl Req {
                 // This worker's facts now; the other workers' within a second.
                 let _ = plugin.analytics.borrow_mut().flush(&plugin.store, now);
                 plugin.flush_pending();
-                let totals = crate::analytics::load(&plugin.store);
-                let mut consumers: Vec<crate::admin::ConsumerView<'_>> = cfg
+                let totals = tollgate_core::analytics::load(&plugin.store);
+                let mut consumers: Vec<tollgate_core::admin::ConsumerView<'_>> = cfg
                     .consumers
                     .iter()
-                    .map(|c| crate::admin::ConsumerView {
+                    .map(|c| tollgate_core::admin::ConsumerView {
                         name: &c.name,
                         usage: quota::usage_snapshot(
                             &plugin.store,
@@ -2095,7 +2095,7 @@ impl Req {
                     })
                     .collect();
                 if let Some(a) = &cfg.anonymous {
-                    consumers.push(crate::admin::ConsumerView {
+                    consumers.push(tollgate_core::admin::ConsumerView {
                         name: config::ANONYMOUS,
                         usage: quota::usage_snapshot(
                             &plugin.store,
@@ -2130,10 +2130,10 @@ impl Req {
                 let views = healths
                     .iter()
                     .map(|(name, api, h)| {
-                        crate::admin::AccountView::from_health(name, api.as_str(), h, now)
+                        tollgate_core::admin::AccountView::from_health(name, api.as_str(), h, now)
                     })
                     .collect();
-                let body = crate::admin::usage_json(&crate::admin::UsageReport {
+                let body = tollgate_core::admin::usage_json(&tollgate_core::admin::UsageReport {
                     now_ms: now,
                     consumers,
                     accounts: views,
@@ -2156,7 +2156,7 @@ impl Req {
                         ("content-type", "text/html; charset=utf-8"),
                         ("cache-control", "no-store"),
                     ],
-                    crate::admin::dashboard_html(path).as_bytes(),
+                    tollgate_core::admin::dashboard_html(path).as_bytes(),
                 );
             }
             _ => ffi::send_http_response(
@@ -2172,9 +2172,9 @@ impl Req {
 /// Host calls with every status handled: the SDK's wrappers panic on unexpected statuses,
 /// and a panic aborts the VM (every later request then gets 503).
 mod ffi {
-    use crate::store::StoreError;
     use proxy_wasm::types::{LogLevel, MetricType};
     use std::ptr::null_mut;
+    use tollgate_core::store::StoreError;
 
     pub const BUF_REQUEST_BODY: u32 = 0;
     pub const BUF_RESPONSE_BODY: u32 = 1;

@@ -1,37 +1,11 @@
 //! tollgate's pure core, compiled natively for libFuzzer.
 //!
-//! The filter crate is cdylib-only, so its modules are included by path under the same
-//! names they have at the filter's crate root (they refer to each other as `crate::...`).
-//! `host` (the only proxy-wasm code) is left out, and so are modules the targets don't need.
+//! The modules come from `tollgate-core` (filter/core), the same crate the wasm filter links.
 
-#[path = "../../filter/src/accounts.rs"]
-pub mod accounts;
-#[path = "../../filter/src/api.rs"]
-pub mod api;
-#[path = "../../filter/src/config.rs"]
-pub mod config;
-#[path = "../../filter/src/estimate.rs"]
-pub mod estimate;
-#[path = "../../filter/src/json.rs"]
-pub mod json;
-#[path = "../../filter/src/limits.rs"]
-pub mod limits;
-#[path = "../../filter/src/pricing.rs"]
-pub mod pricing;
-#[path = "../../filter/src/quota.rs"]
-pub mod quota;
-#[path = "../../filter/src/ratelimit.rs"]
-pub mod ratelimit;
-#[path = "../../filter/src/request.rs"]
-pub mod request;
-#[path = "../../filter/src/simd.rs"]
-pub mod simd;
-#[path = "../../filter/src/sse.rs"]
-pub mod sse;
-#[path = "../../filter/src/store.rs"]
-pub mod store;
-#[path = "../../filter/src/usage.rs"]
-pub mod usage;
+pub use tollgate_core::{
+    accounts, api, config, estimate, json, limits, pricing, quota, ratelimit, request, simd, sse,
+    store, usage,
+};
 
 use api::Metered;
 

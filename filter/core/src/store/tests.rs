@@ -1,0 +1,120 @@
+use super::*;
+
+#[test]
+fn fake_lets_any_cas_create_a_missing_key() {
+    let s = MemStore::new();
+    assert_eq!(s.set("tollgate:k", b"a", 12345), Ok(()));
+    let (v, cas) = s.get("tollgate:k").unwrap();
+    assert_eq!(v.as_deref(), Some(&b"a"[..]));
+    assert_eq!(
+        s.set("tollgate:k", b"b", cas + 7),
+        Err(StoreError::CasMismatch)
+    );
+    assert_eq!(s.set("tollgate:k", b"b", cas), Ok(()));
+    assert_eq!(s.set("tollgate:k", b"b", cas), Err(StoreError::CasMismatch));
+    assert_eq!(s.set("tollgate:k", b"c", 0), Ok(()));
+    assert_eq!(s.get("tollgate:k").unwrap().0.as_deref(), Some(&b"c"[..]));
+}
+
+#[test]
+fn fake_cas_counter_is_process_wide_and_skips_zero() {
+    let s = MemStore::with_first_cas(u32::MAX - 1);
+    s.set("tollgate:a", b"1", 0).unwrap();
+    s.set("tollgate:b", b"1", 0).unwrap();
+    s.set("tollgate:c", b"1", 0).unwrap();
+    assert_eq!(s.get("tollgate:a").unwrap().1, u32::MAX - 1);
+    assert_eq!(s.get("tollgate:b").unwrap().1, u32::MAX);
+    assert_eq!(s.get("tollgate:c").unwrap().1, 1);
+}
+
+/// The hazard `ensure` exists for: two workers both see a missing key, worker A creates
+/// it and updates it, then worker B's naive create wipes A's update.
+#[test]
+fn naive_creation_loses_an_update_when_workers_interleave() {
+    let s = MemStore::new();
+    let (b_seen, _) = s.get("tollgate:k").unwrap(); // worker B: missing
+    assert!(b_seen.is_none());
+    s.set("tollgate:k", b"0", 0).unwrap(); // worker A creates
+    let (_, cas) = s.get("tollgate:k").unwrap();
+    s.set("tollgate:k", b"1", cas).unwrap(); // worker A charges a request
+    s.set("tollgate:k", b"0", 0).unwrap(); // worker B creates: A's charge is gone
+    assert_eq!(s.get("tollgate:k").unwrap().0.as_deref(), Some(&b"0"[..]));
+}
+
+#[test]
+fn ensure_never_overwrites_when_workers_interleave() {
+    // Every interleaving of worker B's get/set around worker A's create+update.
+    for b_get_at in 0..3 {
+        for b_set_at in b_get_at..3 {
+            let s = MemStore::new();
+            let mut b_cas = None;
+            for step in 0..=3 {
+                if step == b_get_at {
+                    b_cas = Some(s.get("tollgate:k").unwrap());
+                }
+                if step == b_set_at {
+                    // worker B's half of `ensure`, from what it read.
+                    if let Some((None, 0)) = b_cas.take() {
+                        let r = s.set("tollgate:k", b"0", CREATE_CAS);
+                        assert!(matches!(r, Ok(()) | Err(StoreError::CasMismatch)));
+                    }
+                }
+                match step {
+                    0 => {
+                        ensure(&s, "tollgate:k", b"0").unwrap();
+                    }
+                    1 => {
+                        let (_, cas) = s.get("tollgate:k").unwrap();
+                        s.set("tollgate:k", b"1", write_cas(cas)).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                s.get("tollgate:k").unwrap().0.as_deref(),
+                Some(&b"1"[..]),
+                "B get at {b_get_at}, set at {b_set_at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ensure_creates_once_and_reports_it() {
+    let s = MemStore::new();
+    assert_eq!(ensure(&s, "tollgate:k", b"x"), Ok(true));
+    assert_eq!(ensure(&s, "tollgate:k", b"y"), Ok(false));
+    assert_eq!(s.get("tollgate:k").unwrap().0.as_deref(), Some(&b"x"[..]));
+}
+
+#[test]
+fn slot_table_maps_names_to_two_distinct_slots_within_bounds() {
+    let t = SlotTable::new("tollgate:q:d:", 8);
+    for name in ["a", "team-b", "", "ünïcode", "x".repeat(300).as_str()] {
+        let [a, b] = t.slots(name);
+        assert!(a < 8 && b < 8 && a != b, "{name}");
+        assert_eq!(t.slots(name), [a, b]);
+    }
+    assert_eq!(SlotTable::new("tollgate:x:", 1).slots("n"), [0, 0]);
+    assert_eq!(t.keys().count(), 8);
+    assert_eq!(t.key(3), "tollgate:q:d:3");
+    assert_ne!(owner_tag(""), 0);
+}
+
+#[test]
+fn fnv_maps_find_what_was_put() {
+    let mut m: FnvMap<String, u32> = FnvMap::default();
+    let mut d: FnvMap<u64, u32> = FnvMap::default();
+    for i in 0..1000u32 {
+        m.insert(format!("tollgate_metric_{i}"), i);
+        d.insert(crate::metrics::key("m", &[("i", &i.to_string())]), i);
+    }
+    for i in 0..1000u32 {
+        assert_eq!(m.get(&format!("tollgate_metric_{i}")), Some(&i));
+        assert_eq!(
+            d.get(&crate::metrics::key("m", &[("i", &i.to_string())])),
+            Some(&i)
+        );
+    }
+    assert_eq!(m.get("tollgate_metric_1000"), None);
+}
