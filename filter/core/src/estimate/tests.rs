@@ -1,3 +1,4 @@
+use super::chars::{COMMON, COMMON_LEN, COMMON_WORDS};
 use super::*;
 use proptest::prelude::*;
 
