@@ -105,7 +105,7 @@ fn check_envoy(file: &str, docs: &[yaml_rust2::Yaml], env: &Env<'_>) -> Outcome 
             Ok(cfg) => {
                 errors.extend(placement_errors(f, &cfg));
                 if let (Some(g), Some(names)) = (&cfg.global, &clusters) {
-                    if !names.iter().any(|n| *n == g.cluster) {
+                    if !names.contains(&g.cluster) {
                         errors.push(format!(
                             "global.cluster: {:?} is not a cluster of this file (clusters: {})",
                             g.cluster,

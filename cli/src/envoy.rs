@@ -53,9 +53,11 @@ pub fn classify(text: &str) -> Result<Document, String> {
     } else if looks_json {
         Ok(Document::Tollgate)
     } else {
-        Err("neither a tollgate configuration (JSON) nor an Envoy bootstrap or Istio \
+        Err(
+            "neither a tollgate configuration (JSON) nor an Envoy bootstrap or Istio \
              EnvoyFilter (YAML)"
-            .to_string())
+                .to_string(),
+        )
     }
 }
 
@@ -191,8 +193,7 @@ impl Walker {
                 for (k, v) in h {
                     let Some(key) = k.as_str() else { continue };
                     let mut inner = ctx.clone();
-                    if key == "typed_extension_protocol_options" || key == "upstream_http_filters"
-                    {
+                    if key == "typed_extension_protocol_options" || key == "upstream_http_filters" {
                         inner.upstream = true;
                     }
                     let mut p = path.to_vec();
@@ -325,9 +326,11 @@ fn is_tollgate(config: &Yaml) -> bool {
 /// serialized protobuf bytes, which tollgate cannot read.
 fn configuration(node: &Yaml) -> Result<String, String> {
     if node.is_badvalue() || node.is_null() {
-        return Err("the wasm filter has no configuration: tollgate needs its JSON in \
+        return Err(
+            "the wasm filter has no configuration: tollgate needs its JSON in \
                     configuration (\"@type\": type.googleapis.com/google.protobuf.StringValue)"
-            .to_string());
+                .to_string(),
+        );
     }
     match node["@type"].as_str() {
         Some(STRING_VALUE_TYPE) => match &node["value"] {

@@ -334,7 +334,8 @@ fn top_args(args: &[String]) -> Result<TopArgs, String> {
             _ => return Err("top takes one URL".to_string()),
         }
     }
-    let url = url.ok_or_else(|| "a URL is required, e.g. http://127.0.0.1:10000/tollgate".to_string())?;
+    let url =
+        url.ok_or_else(|| "a URL is required, e.g. http://127.0.0.1:10000/tollgate".to_string())?;
     Ok(TopArgs {
         url,
         key,
@@ -365,7 +366,10 @@ fn top_command(a: &TopArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
     loop {
         let frame = match top::fetch(&target, key.as_deref()) {
             Ok(usage) => top::render(&usage, &shown),
-            Err(e) => format!("tollgate top  {shown}\n\n{e}\n(retrying every {}s)\n", a.interval),
+            Err(e) => format!(
+                "tollgate top  {shown}\n\n{e}\n(retrying every {}s)\n",
+                a.interval
+            ),
         };
         let mut stdout = io::stdout().lock();
         if stdout

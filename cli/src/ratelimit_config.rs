@@ -46,12 +46,9 @@ pub fn ratelimit_config(file: &str, raw: &[u8]) -> Outcome {
         Ok(Document::Envoy(docs)) => {
             let mut out = Vec::new();
             for f in envoy::filters(&docs).0 {
-                let parsed = f
-                    .configuration
-                    .clone()
-                    .and_then(|json| {
-                        config::parse_with_env(json.as_bytes(), &env).map_err(|e| e.to_string())
-                    });
+                let parsed = f.configuration.clone().and_then(|json| {
+                    config::parse_with_env(json.as_bytes(), &env).map_err(|e| e.to_string())
+                });
                 match parsed {
                     Ok(cfg) => out.push((format!("{}: ", f.label), cfg)),
                     Err(e) => return Outcome::fail(1, format!("error: {}: {e}\n", f.label)),
@@ -145,15 +142,33 @@ fn entries_of(cfg: &Config, label: &str, notes: &mut String) -> Result<Vec<Entry
     };
     for (i, c) in cfg.consumers.iter().enumerate() {
         if !c.default_limits {
-            add("consumer", Some(&c.name), format!("consumers[{i}]"), &c.limits, notes)?;
+            add(
+                "consumer",
+                Some(&c.name),
+                format!("consumers[{i}]"),
+                &c.limits,
+                notes,
+            )?;
         }
     }
     if let Some(a) = cfg.anonymous.as_ref().filter(|a| !a.default_limits) {
-        add("consumer", Some("anonymous"), "anonymous".into(), &a.limits, notes)?;
+        add(
+            "consumer",
+            Some("anonymous"),
+            "anonymous".into(),
+            &a.limits,
+            notes,
+        )?;
     }
     add("consumer", None, String::new(), &cfg.limits, notes)?;
     for (i, a) in cfg.accounts.iter().enumerate() {
-        add("account", Some(&a.name), format!("accounts[{i}]"), &a.limits, notes)?;
+        add(
+            "account",
+            Some(&a.name),
+            format!("accounts[{i}]"),
+            &a.limits,
+            notes,
+        )?;
     }
     Ok(out)
 }

@@ -43,7 +43,10 @@ fn check_reports_a_missing_key_env_from_the_shells_point_of_view() {
          vm_config.environment_variables.host_env_keys (check --no-env skips the keys)\n"
     );
     // A value of blanks is no key either (the filter trims it), and says the same.
-    assert_eq!(run_with(&["check", "-"], CONFIG, &[("TEST_KEY_1", " \n")]).stderr, out.stderr);
+    assert_eq!(
+        run_with(&["check", "-"], CONFIG, &[("TEST_KEY_1", " \n")]).stderr,
+        out.stderr
+    );
     // --no-env checks the rest without the secret.
     let out = run_with(&["check", "--no-env", "-"], CONFIG, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -238,4 +241,287 @@ fn usage_errors_exit_2() {
     ] {
         assert_eq!(run_with(args, "", &[]).code, 2, "{args:?}");
     }
+}
+
+/// An Envoy bootstrap around tollgate configurations: a downstream filter (`down`) in a
+/// listener, and, when `up` is given, an upstream filter in cluster `llm`.
+fn bootstrap(down: &str, up: Option<&str>, host_env_keys: &str) -> String {
+    let filter = |name: &str, json: &str, indent: usize| {
+        let pad = " ".repeat(indent);
+        let json = json.replace('\'', "''");
+        format!(
+            "{pad}- name: envoy.filters.http.wasm\n\
+             {pad}  typed_config:\n\
+             {pad}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n\
+             {pad}    config:\n\
+             {pad}      name: {name}\n\
+             {pad}      root_id: tollgate\n\
+             {pad}      allow_on_headers_stop_iteration: true\n\
+             {pad}      vm_config:\n\
+             {pad}        vm_id: tollgate\n\
+             {pad}        environment_variables: {{ host_env_keys: [{host_env_keys}] }}\n\
+             {pad}      configuration:\n\
+             {pad}        \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+             {pad}        value: '{json}'\n"
+        )
+    };
+    let mut y = format!(
+        "static_resources:\n  listeners:\n  - name: edge\n    filter_chains:\n    - filters:\n      \
+         - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \
+         http_filters:\n{}          - name: envoy.filters.http.router\n  clusters:\n  - name: llm\n",
+        filter("tollgate", down, 10)
+    );
+    if let Some(up) = up {
+        y.push_str(
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        http_filters:\n",
+        );
+        y.push_str(&filter("tollgate-upstream", up, 8));
+    }
+    y.push_str("  - name: ratelimit\n");
+    y
+}
+
+const DOWN: &str = r#"{"consumers": [{"name": "team-a", "keys": ["k-a"]}], "limits": [{"tokens": 10, "per": "minute"}]}"#;
+const UP: &str = r#"{"stage": "upstream", "accounts": [{"name": "a1", "provider": "anthropic", "key_env": "TEST_KEY_1"}]}"#;
+const DOWN_LABEL: &str = r#"filter "tollgate" (listener "edge", http_filters[0])"#;
+const UP_LABEL: &str = r#"filter "tollgate-upstream" (cluster "llm", upstream http_filters[0])"#;
+
+#[test]
+fn check_of_an_envoy_yaml_checks_every_tollgate_filter_and_names_each() {
+    let yaml = bootstrap(DOWN, Some(UP), "TEST_KEY_1");
+    let out = run_with(&["check", "-"], &yaml, &[("TEST_KEY_1", "sk-FAKE-one")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "ok: {DOWN_LABEL}: 1 consumers, 0 accounts, 1 default limits, stage downstream\n\
+             ok: {UP_LABEL}: 0 consumers, 1 accounts, 0 default limits, stage upstream\n"
+        )
+    );
+    assert_eq!(out.stderr, "");
+    // An error in one filter is about that filter, and the others are still checked.
+    let bad = bootstrap(&DOWN.replace("minute", "fortnight"), Some(UP), "TEST_KEY_1");
+    let out = run_with(&["check", "-"], &bad, &[("TEST_KEY_1", "sk-FAKE-one")]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.starts_with(&format!("ok: {UP_LABEL}")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: {DOWN_LABEL}: limits[0].per: expected one of "
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_of_an_envoy_yaml_tells_which_environment_a_key_env_misses() {
+    // Listed in host_env_keys but not set here: Envoy needs it too.
+    let yaml = bootstrap(DOWN, Some(UP), "TEST_KEY_1");
+    let out = run_with(&["check", "-"], &yaml, &[]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: {UP_LABEL}: accounts[0].key_env: environment variable TEST_KEY_1 is not set \
+             in this shell; this filter takes it from Envoy's environment (host_env_keys), so \
+             Envoy needs it set when it starts (check --no-env skips the keys)\n"
+        )
+    );
+    assert_eq!(run_with(&["check", "--no-env", "-"], &yaml, &[]).code, 0);
+    // Not in host_env_keys: the VM never sees it, whatever the shell has; --no-env or not.
+    let yaml = bootstrap(DOWN, Some(UP), "OTHER_KEY");
+    for args in [&["check", "-"][..], &["check", "--no-env", "-"][..]] {
+        let out = run_with(args, &yaml, &[("TEST_KEY_1", "sk-FAKE-one")]);
+        assert_eq!(out.code, 1, "{args:?}");
+        assert_eq!(
+            out.stderr,
+            format!(
+                "error: {UP_LABEL}: accounts[0].key_env: environment variable TEST_KEY_1 is \
+                 not passed to the VM: add it to this filter's \
+                 vm_config.environment_variables.host_env_keys (Envoy refuses the configuration \
+                 without it)\n"
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn check_of_an_envoy_yaml_refuses_what_envoy_would_run_wrongly() {
+    let cases: [(String, &str); 5] = [
+        // The upstream stage in a listener, the downstream one in a cluster.
+        (
+            bootstrap(UP, None, "TEST_KEY_1"),
+            "error: filter \"tollgate\" (listener \"edge\", http_filters[0]): stage: \"upstream\" in a connection manager's http_filters",
+        ),
+        (
+            bootstrap(DOWN, Some(&UP.replace(r#""stage": "upstream", "#, "")), "TEST_KEY_1"),
+            "error: filter \"tollgate-upstream\" (cluster \"llm\", upstream http_filters[0]): stage: this filter is an upstream http filter",
+        ),
+        // An upstream stage whose downstream half is in another VM: no shared state.
+        (
+            bootstrap(DOWN, Some(UP), "TEST_KEY_1").replacen("vm_id: tollgate", "vm_id: other", 1),
+            "error: filter \"tollgate-upstream\" (cluster \"llm\", upstream http_filters[0]): an upstream-stage filter needs a downstream tollgate filter with the same vm_id (\"tollgate\")",
+        ),
+        (
+            bootstrap(DOWN, None, "").replace("allow_on_headers_stop_iteration: true", "allow_on_headers_stop_iteration: false"),
+            "error: filter \"tollgate\" (listener \"edge\", http_filters[0]): config.allow_on_headers_stop_iteration must be true",
+        ),
+        (
+            bootstrap(r#"{"limits": [{"tokens": 10, "per": "minute"}], "global": {"cluster": "rl", "domain": "d"}}"#, None, ""),
+            "error: filter \"tollgate\" (listener \"edge\", http_filters[0]): global.cluster: \"rl\" is not a cluster of this file (clusters: llm, ratelimit)",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let out = run_with(&["check", "-"], &yaml, &[("TEST_KEY_1", "sk-FAKE-one")]);
+        assert_eq!(out.code, 1, "{want}\n{}", out.stderr);
+        assert!(
+            out.stderr.starts_with(want),
+            "want {want}\ngot {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn check_of_an_envoy_file_without_tollgate_fails_and_says_so() {
+    let yaml = "static_resources:\n  listeners: []\n";
+    let out = run_with(&["check", "-"], yaml, &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("-: no tollgate wasm filter"),
+        "{}",
+        out.stderr
+    );
+    let out = run_with(&["check", "-"], "just: yaml\n", &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("neither a tollgate configuration"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_never_prints_a_key_from_the_shell_or_the_file() {
+    let secret = "sk-FAKE-never-printed-0001";
+    let yaml = bootstrap(
+        DOWN,
+        Some(
+            &UP.replace("TEST_KEY_1", "K")
+                .replace("key_env\": \"K\"", &format!("key\": \"{secret} x\"")),
+        ),
+        "TEST_KEY_1",
+    );
+    let out = run_with(&["check", "-"], &yaml, &[("TEST_KEY_1", secret)]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let shell_bad = bootstrap(DOWN, Some(UP), "TEST_KEY_1");
+    let out2 = run_with(
+        &["check", "-"],
+        &shell_bad,
+        &[("TEST_KEY_1", &format!("{secret} x"))],
+    );
+    assert_eq!(out2.code, 1);
+    for o in [out, out2] {
+        assert!(
+            !o.stdout.contains(secret) && !o.stderr.contains(secret),
+            "{o:?}"
+        );
+    }
+}
+
+#[test]
+fn version_and_help_for_every_command_go_to_stdout_with_exit_0() {
+    let version = format!("tollgate {}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        run_with(&["--version"], "", &[]),
+        Outcome::ok(version.clone())
+    );
+    assert_eq!(
+        run_with(&["version"], "", &[]),
+        Outcome::ok(version.clone())
+    );
+    assert_eq!(run_with(&["-V"], "", &[]), Outcome::ok(version));
+    for command in ["check", "ratelimit-config", "top", "estimate", "hash-key"] {
+        let want = format!("usage: tollgate {command}");
+        for args in [
+            vec!["help", command],
+            vec![command, "--help"],
+            vec![command, "-h"],
+            vec![command, "x", "--help"],
+        ] {
+            let out = run_with(&args, "", &[]);
+            assert_eq!(out.code, 0, "{args:?}");
+            assert!(out.stdout.starts_with(&want), "{args:?}: {}", out.stdout);
+            assert_eq!(out.stderr, "", "{args:?}");
+        }
+    }
+    for args in [&["help"][..], &["--help"][..], &["-h"][..]] {
+        let out = run_with(args, "", &[]);
+        assert_eq!(out.code, 0);
+        for command in [
+            "check FILE",
+            "ratelimit-config FILE",
+            "top URL",
+            "estimate",
+            "hash-key",
+            "version",
+        ] {
+            assert!(out.stdout.contains(command), "{command}");
+        }
+    }
+}
+
+#[test]
+fn usage_errors_name_the_command_and_its_usage_line() {
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &["check", "--frob", "x.json"],
+            "tollgate check: unknown option \"--frob\"\nusage: tollgate check [--no-env] FILE\n",
+        ),
+        (
+            &["check", "a.json", "b.json"],
+            "tollgate check: check takes one configuration file\n",
+        ),
+        (
+            &["ratelimit-config"],
+            "tollgate ratelimit-config: ratelimit-config takes one configuration file\n",
+        ),
+        (
+            &["ratelimit-config", "--no-env", "x"],
+            "tollgate ratelimit-config: unknown option \"--no-env\"\n",
+        ),
+        (&["top"], "tollgate top: a URL is required"),
+        (
+            &["top", "http://h/", "--interval", "0"],
+            "tollgate top: --interval: expected seconds from 0.1 to 3600, got \"0\"\n",
+        ),
+        (
+            &["top", "http://h/", "--key"],
+            "tollgate top: --key needs a value\n",
+        ),
+        (
+            &["top", "https://h/"],
+            "tollgate top: https is not supported",
+        ),
+        (
+            &["help", "frobnicate"],
+            "tollgate: no such command \"frobnicate\"\n",
+        ),
+        (&["version", "x"], "tollgate: version takes no arguments\n"),
+    ];
+    for (args, want) in cases {
+        let out = run_with(args, "", &[]);
+        assert_eq!(out.code, 2, "{args:?}");
+        assert!(out.stderr.starts_with(want), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
+    }
+    // After `--`, `--help` is a file name.
+    let out = run_with(&["check", "--", "--help"], "", &[]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("--help: "), "{}", out.stderr);
 }

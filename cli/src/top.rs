@@ -37,9 +37,11 @@ impl Target {
         let rest = match url.split_once("://") {
             Some(("http", rest)) => rest,
             Some(("https", _)) => {
-                return Err("https is not supported: use the http listener, e.g. on the \
+                return Err(
+                    "https is not supported: use the http listener, e.g. on the \
                             loopback or through a port-forward"
-                    .to_string())
+                        .to_string(),
+                )
             }
             Some((scheme, _)) => return Err(format!("unsupported URL scheme {scheme:?}")),
             None => url,
@@ -70,8 +72,9 @@ impl Target {
             return Err("the URL has no host".to_string());
         }
         if path.contains(['?', '#']) {
-            return Err("the URL takes no query: give the key with --key or TOLLGATE_ADMIN_KEY"
-                .to_string());
+            return Err(
+                "the URL takes no query: give the key with --key or TOLLGATE_ADMIN_KEY".to_string(),
+            );
         }
         let base = path.trim_end_matches('/');
         let base = if base.is_empty() { "/tollgate" } else { base };
@@ -106,8 +109,8 @@ pub fn fetch(t: &Target, key: Option<&str>) -> Result<Value, String> {
         .map_err(|e| format!("{}: {e}", t.display()))?
         .next()
         .ok_or_else(|| format!("{}: no address", t.display()))?;
-    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)
-        .map_err(|e| format!("{}: {e}", t.display()))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("{}: {e}", t.display()))?;
     let _ = s.set_read_timeout(Some(TIMEOUT));
     let _ = s.set_write_timeout(Some(TIMEOUT));
     let mut req = format!(
@@ -219,7 +222,10 @@ pub fn render(u: &Value, shown_url: &str) -> String {
     if let Some(n) = now {
         head.push_str(&format!("  {}", utc(n)));
         if let Some(since) = u["since_s"].as_u64() {
-            head.push_str(&format!("  counting for {}", duration(n.saturating_sub(since))));
+            head.push_str(&format!(
+                "  counting for {}",
+                duration(n.saturating_sub(since))
+            ));
         }
     }
     out.push_str(&head);
@@ -305,7 +311,9 @@ pub fn render(u: &Value, shown_url: &str) -> String {
             .collect();
         out.push_str("\nACCOUNTS\n");
         out.push_str(&table(
-            &["name", "provider", "state", "requests", "tokens", "headroom"],
+            &[
+                "name", "provider", "state", "requests", "tokens", "headroom",
+            ],
             rows,
         ));
     }
@@ -333,7 +341,13 @@ pub fn render(u: &Value, shown_url: &str) -> String {
         out.push_str("\nCONSUMERS\n");
         out.push_str(&table(
             &[
-                "name", "requests", "errors", "tokens", "cost", "in flight", "windows",
+                "name",
+                "requests",
+                "errors",
+                "tokens",
+                "cost",
+                "in flight",
+                "windows",
             ],
             rows,
         ));
@@ -411,7 +425,13 @@ fn latency(u: &Value) -> Option<String> {
         .find_map(|f| u[*f].as_object())?;
     let parts: Vec<String> = obj
         .iter()
-        .filter_map(|(k, v)| Some(format!("{} {:.0} ms", k.trim_end_matches("_ms"), v.as_f64()?)))
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{} {:.0} ms",
+                k.trim_end_matches("_ms"),
+                v.as_f64()?
+            ))
+        })
         .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }

@@ -77,7 +77,10 @@ fn every_tollgate_filter_is_found_and_named_by_its_place_and_other_plugins_are_s
     assert_eq!(down.configuration.as_deref(), Ok(r#"{"limits": []}"#));
     let why = up.configuration.clone().unwrap_err();
     assert!(why.contains("google.protobuf.Struct"), "{why}");
-    assert_eq!(static_clusters(&load(BOOTSTRAP)).unwrap(), ["llm", "ratelimit"]);
+    assert_eq!(
+        static_clusters(&load(BOOTSTRAP)).unwrap(),
+        ["llm", "ratelimit"]
+    );
 }
 
 #[test]
@@ -144,10 +147,7 @@ fn a_tollgate_configuration_stays_one_even_when_broken_or_empty() {
         "",
         r#"{"static_resources": 1, "x": }"#,
     ] {
-        assert!(
-            matches!(classify(text), Ok(Document::Tollgate)),
-            "{text:?}"
-        );
+        assert!(matches!(classify(text), Ok(Document::Tollgate)), "{text:?}");
     }
     // JSON with an Envoy shape is an Envoy bootstrap.
     assert!(matches!(
