@@ -210,22 +210,18 @@ fn an_envoy_file_merges_its_filters_of_one_domain_and_refuses_two_domains() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let (_, d) = descriptors(&out.stdout);
     assert_eq!(d.len(), 2, "{}", out.stdout);
-    let other = b.replace("\"d\"", "\"e\"");
-    let out = ratelimit_config("e.yaml", doc(a, &other).as_bytes());
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("global.domain: \"e\""),
-        "{}",
-        out.stderr
-    );
-    let conflicting = b.replace("\"tokens\": 5", "\"tokens\": 6");
-    let out = ratelimit_config("e.yaml", doc(a, &conflicting).as_bytes());
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("its global limits differ"),
-        "{}",
-        out.stderr
-    );
+    // Another domain, or other limits for the same descriptor: refused.
+    for (other, want) in [
+        (b.replace("\"d\"", "\"e\""), "global.domain: \"e\""),
+        (
+            b.replace("\"tokens\": 5", "\"tokens\": 6"),
+            "its global limits differ",
+        ),
+    ] {
+        let out = ratelimit_config("e.yaml", doc(a, &other).as_bytes());
+        assert_eq!(out.code, 1, "{want}");
+        assert!(out.stderr.contains(want), "{}", out.stderr);
+    }
 }
 
 #[test]
