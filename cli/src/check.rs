@@ -60,7 +60,7 @@ fn check_json(raw: &[u8], env: &Env<'_>) -> Outcome {
             stderr: price_warnings(&cfg, ""),
         },
         // The same `<path>: <reason>` the filter logs after "tollgate: invalid configuration: ".
-        Err(e) => Outcome::fail(1, format!("{e}\n")),
+        Err(errors) => Outcome::fail(1, errors.iter().map(|e| format!("{e}\n")).collect()),
     }
 }
 
@@ -97,9 +97,10 @@ fn check_envoy(file: &str, docs: &[yaml_rust2::Yaml], env: &Env<'_>) -> Outcome 
         let parsed = match &f.configuration {
             Ok(json) => {
                 let lookup = |name: &str| f.lookup(name, &|n| env.shell(n));
-                parse(json.as_bytes(), &lookup, true).map_err(|e| e.to_string())
+                parse(json.as_bytes(), &lookup, true)
+                    .map_err(|errors| errors.iter().map(|e| e.to_string()).collect())
             }
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(vec![e.clone()]),
         };
         match parsed {
             Ok(cfg) => {
@@ -121,7 +122,7 @@ fn check_envoy(file: &str, docs: &[yaml_rust2::Yaml], env: &Env<'_>) -> Outcome 
                     .push_str(&price_warnings(&cfg, &format!("{}: ", f.label)));
                 configs.push((f, cfg));
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
         if !errors.is_empty() {
             out.code = 1;
@@ -167,36 +168,53 @@ fn placement_errors(f: &Filter, cfg: &Config) -> Option<String> {
 
 /// The filter's parser, with `key_env` read through `lookup`. A missing variable is told from
 /// the CLI's point of view: the filter's own message speaks of the VM, which the CLI is not.
+/// The filter stops at its first error; here every missing variable is reported at once (each
+/// is filled with a placeholder and the parse runs again), then the first other error, if any.
 fn parse(
     raw: &[u8],
     lookup: &dyn Fn(&str) -> EnvLookup,
     in_envoy: bool,
-) -> Result<Config, config::ConfigError> {
-    let misses: RefCell<Vec<(String, EnvLookup)>> = RefCell::new(Vec::new());
-    let env = |name: &str| {
-        let found = lookup(name);
-        match &found {
-            EnvLookup::Inline(v) | EnvLookup::Shell(v) if !v.trim().is_empty() => {
-                return Some(v.clone());
+) -> Result<Config, Vec<config::ConfigError>> {
+    let mut filled: Vec<String> = Vec::new();
+    let mut errors = Vec::new();
+    loop {
+        let misses: RefCell<Vec<(String, EnvLookup)>> = RefCell::new(Vec::new());
+        let env = |name: &str| {
+            if filled.iter().any(|f| f == name) {
+                return Some(PLACEHOLDER_KEY.to_string());
             }
-            _ => {}
-        }
-        misses.borrow_mut().push((name.to_string(), found));
-        None
-    };
-    let result = config::parse_with_env(raw, &env);
-    result.map_err(|mut e| {
-        if e.path.ends_with("key_env") {
-            let misses = misses.borrow();
-            let miss = misses
-                .iter()
-                .find(|(var, _)| e.reason.contains(&format!("environment variable {var} ")));
-            if let Some((var, how)) = miss {
+            let found = lookup(name);
+            match &found {
+                EnvLookup::Inline(v) | EnvLookup::Shell(v) if !v.trim().is_empty() => {
+                    return Some(v.clone());
+                }
+                _ => {}
+            }
+            misses.borrow_mut().push((name.to_string(), found));
+            None
+        };
+        let mut e = match config::parse_with_env(raw, &env) {
+            Ok(cfg) if errors.is_empty() => return Ok(cfg),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let misses = misses.into_inner();
+        let miss = misses.iter().find(|(var, _)| {
+            e.path.ends_with("key_env")
+                && e.reason.contains(&format!("environment variable {var} "))
+        });
+        match miss {
+            Some((var, how)) if !filled.contains(var) => {
                 e.reason = missing_variable(var, how, in_envoy);
+                errors.push(e);
+                filled.push(var.clone());
+            }
+            _ => {
+                errors.push(e);
+                return Err(errors);
             }
         }
-        e
-    })
+    }
 }
 
 fn missing_variable(var: &str, how: &EnvLookup, in_envoy: bool) -> String {

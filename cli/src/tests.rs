@@ -525,3 +525,35 @@ fn usage_errors_name_the_command_and_its_usage_line() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.starts_with("--help: "), "{}", out.stderr);
 }
+
+#[test]
+fn check_reports_every_missing_variable_at_once_then_the_first_other_error() {
+    let two = r#"{"accounts": [
+        {"name": "a1", "provider": "anthropic", "key_env": "TEST_KEY_1"},
+        {"name": "a2", "provider": "openai", "key_env": "TEST_KEY_2"},
+        {"name": "a3", "provider": "openai", "key_env": "TEST_KEY_1"}]}"#;
+    let out = run_with(&["check", "-"], two, &[]);
+    assert_eq!(out.code, 1);
+    let paths: Vec<&str> = out
+        .stderr
+        .lines()
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["accounts[0].key_env", "accounts[1].key_env"],
+        "{}",
+        out.stderr
+    );
+    let with_bad = two.replace(r#""name": "a3""#, r#""name": "a3", "weight": -1"#);
+    let out = run_with(&["check", "-"], &with_bad, &[("TEST_KEY_2", "sk-FAKE")]);
+    let filter = config::parse_with_env(with_bad.as_bytes(), &|_| Some("sk-FAKE".into()));
+    let lines: Vec<String> = out.stderr.lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{}", out.stderr);
+    assert!(
+        lines[0].starts_with("accounts[0].key_env: "),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1], filter.unwrap_err().to_string());
+}
