@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::parser::{MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+use yaml_rust2::{Event, Yaml, YamlLoader};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
@@ -38,6 +40,14 @@ pub fn classify(text: &str) -> Result<Document, String> {
     {
         return Ok(Document::Tollgate);
     }
+    // Aliases are copied where they are used: a few lines of anchors can stand for billions of
+    // nodes. The size is counted on the parser's events before anything is built.
+    let size = expanded_size(trimmed).map_err(|e| format!("not JSON and not valid YAML: {e}"))?;
+    if size > MAX_NODES {
+        return Err(format!(
+            "its aliases expand to more than {MAX_NODES} YAML nodes: not an Envoy configuration"
+        ));
+    }
     let docs = match YamlLoader::load_from_str(trimmed) {
         Ok(docs) => docs,
         // Not YAML: for something that starts like JSON, the filter's parser says why.
@@ -59,6 +69,70 @@ pub fn classify(text: &str) -> Result<Document, String> {
                 .to_string(),
         )
     }
+}
+
+/// The most YAML nodes a document may stand for, aliases expanded (Envoy bootstraps have
+/// thousands).
+const MAX_NODES: u64 = 1_000_000;
+
+/// Counts the nodes of a YAML stream as if every alias were copied in place.
+#[derive(Default)]
+struct SizeCounter {
+    /// The open collections: (anchor id, nodes so far).
+    open: Vec<(usize, u64)>,
+    /// Each anchor's size (anchor ids count up from 1).
+    anchors: Vec<u64>,
+    total: u64,
+}
+
+impl SizeCounter {
+    fn add(&mut self, n: u64) {
+        match self.open.last_mut() {
+            Some((_, count)) => *count = count.saturating_add(n),
+            None => self.total = self.total.saturating_add(n),
+        }
+    }
+
+    fn anchor(&mut self, id: usize, n: u64) {
+        if id == 0 {
+            return;
+        }
+        if self.anchors.len() <= id {
+            self.anchors.resize(id + 1, 0);
+        }
+        if let Some(slot) = self.anchors.get_mut(id) {
+            *slot = n;
+        }
+    }
+}
+
+impl MarkedEventReceiver for SizeCounter {
+    fn on_event(&mut self, ev: Event, _mark: Marker) {
+        match ev {
+            Event::Scalar(_, _, id, _) => {
+                self.anchor(id, 1);
+                self.add(1);
+            }
+            Event::SequenceStart(id, _) | Event::MappingStart(id, _) => self.open.push((id, 1)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((id, n)) = self.open.pop() {
+                    self.anchor(id, n);
+                    self.add(n);
+                }
+            }
+            Event::Alias(id) => {
+                let n = self.anchors.get(id).copied().unwrap_or(1);
+                self.add(n);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn expanded_size(text: &str) -> Result<u64, yaml_rust2::ScanError> {
+    let mut counter = SizeCounter::default();
+    Parser::new_from_str(text).load(&mut counter, true)?;
+    Ok(counter.total)
 }
 
 /// Where a wasm filter sits.

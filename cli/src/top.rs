@@ -9,13 +9,15 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
 /// The largest usage document read (the API's own is a few hundred KB at most).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole answer must come within this, however slowly a server drips it.
+const DEADLINE: Duration = Duration::from_secs(15);
 /// Rows of the recent-requests table shown.
 const RECENT_ROWS: usize = 15;
 
@@ -147,8 +149,31 @@ pub fn fetch(t: &Target, key: Option<&str>) -> Result<Value, String> {
     }
 }
 
+/// A reader that fails once its deadline has passed.
+struct Deadline<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() > self.until {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no whole answer within {} s", DEADLINE.as_secs()),
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// The status and body of an HTTP/1.1 response (content-length, chunked or to the close).
-fn read_response(s: TcpStream) -> io::Result<(u16, Vec<u8>)> {
+fn read_response(s: impl Read) -> io::Result<(u16, Vec<u8>)> {
+    read_response_until(s, Instant::now() + DEADLINE)
+}
+
+fn read_response_until(s: impl Read, until: Instant) -> io::Result<(u16, Vec<u8>)> {
+    let s = Deadline { inner: s, until };
     let mut r = BufReader::new(s.take(MAX_BODY as u64 + 64 * 1024));
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut line = String::new();

@@ -160,3 +160,24 @@ fn a_tollgate_configuration_stays_one_even_when_broken_or_empty() {
     let e = classify("a: [\n").unwrap_err();
     assert!(e.contains("not JSON and not valid YAML"), "{e}");
 }
+
+#[test]
+fn a_few_lines_of_anchors_standing_for_billions_of_nodes_are_refused_before_they_are_built() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    text.push_str("static_resources: *a9\n");
+    let e = classify(&text).unwrap_err();
+    assert_eq!(
+        e,
+        "its aliases expand to more than 1000000 YAML nodes: not an Envoy configuration"
+    );
+    // A few aliases, as people write them, are fine and resolved.
+    let small = "x: &f {name: tollgate}\nstatic_resources: {clusters: [*f, *f]}\n";
+    let Document::Envoy(docs) = classify(small).unwrap() else {
+        panic!()
+    };
+    assert_eq!(static_clusters(&docs).unwrap(), ["tollgate", "tollgate"]);
+}

@@ -255,3 +255,26 @@ fn utc_dates_and_durations_read_as_people_write_them() {
         ["0", "999", "1,000", "1,234,567"]
     );
 }
+
+#[test]
+fn a_server_that_drips_its_answer_is_cut_off_at_the_deadline() {
+    /// One byte per read, forever.
+    struct Drip(usize);
+    impl Read for Drip {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n";
+            self.0 += 1;
+            buf[0] = *head.get(self.0 - 1).unwrap_or(&b' ');
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(1)
+        }
+    }
+    let start = Instant::now();
+    let e = read_response_until(Drip(0), Instant::now() + Duration::from_millis(200)).unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(e.to_string().starts_with("no whole answer within"), "{e}");
+    // A body past the cap is refused, not read.
+    let big = b"HTTP/1.1 200 OK\r\ncontent-length: 99999999\r\n\r\n";
+    let e = read_response(&big[..]).unwrap_err();
+    assert_eq!(e.to_string(), "the response is too large");
+}
