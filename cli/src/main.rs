@@ -354,6 +354,16 @@ fn top_command(a: &TopArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
         .clone()
         .or_else(|| env("TOLLGATE_ADMIN_KEY").filter(|k| !k.is_empty()))
         .or_else(|| target.url_key.clone());
+    // The key goes in a header line of its own: nothing that could end or extend it.
+    if key
+        .as_deref()
+        .is_some_and(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return command_usage(
+            "top",
+            "the admin key must be printable ASCII without spaces",
+        );
+    }
     let shown = target.display();
     if a.once {
         return match top::fetch(&target, key.as_deref()) {

@@ -557,3 +557,34 @@ fn check_reports_every_missing_variable_at_once_then_the_first_other_error() {
     );
     assert_eq!(lines[1], filter.unwrap_err().to_string());
 }
+
+#[test]
+fn top_refuses_an_admin_key_that_would_break_its_header_line_and_never_echoes_it() {
+    for key in ["adm\r\nx-injected: 1", "two words", ""] {
+        for (args, env) in [
+            (
+                vec!["top", "http://127.0.0.1:9/tollgate", "--once", "--key", key],
+                vec![],
+            ),
+            (
+                vec!["top", "http://127.0.0.1:9/tollgate", "--once"],
+                vec![("TOLLGATE_ADMIN_KEY", key)],
+            ),
+        ] {
+            let out = run_with(&args, "", &env);
+            if key.is_empty() && !env.is_empty() {
+                // An empty variable is no key: the request goes without one (and fails here).
+                assert_eq!(out.code, 1, "{out:?}");
+                continue;
+            }
+            assert_eq!(out.code, 2, "{key:?} {out:?}");
+            assert!(
+                out.stderr
+                    .starts_with("tollgate top: the admin key must be printable ASCII"),
+                "{}",
+                out.stderr
+            );
+            assert!(key.is_empty() || !out.stderr.contains(key));
+        }
+    }
+}
