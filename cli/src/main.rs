@@ -1,25 +1,128 @@
-//! `tollgate`: the operator's command line, built from the filter's own core (see `core.rs`), so
-//! that what it says about a configuration, a request body or a key is what the filter does.
-//! Arguments are parsed by hand: three subcommands and one option do not need a parser crate.
+//! `tollgate`: the operator's command line, built from the filter's own core (`tollgate-core`),
+//! so that what it says about a configuration, a request body or a key is what the filter does.
+//! Arguments are parsed by hand: a few subcommands with a few options each need no parser crate.
+
+mod check;
+mod envoy;
+mod ratelimit_config;
+mod top;
 
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
 use tollgate_core::api::{self, Api, Metered, Route};
-use tollgate_core::config::{self, Config, KeyMatcher};
-use tollgate_core::pricing::NO_PRICE;
+use tollgate_core::config::KeyMatcher;
 use tollgate_core::request::RequestScanner;
 
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 const USAGE: &str = "\
-usage: tollgate check CONFIG.json        validate a filter configuration (`-` reads stdin)
-       tollgate estimate [--endpoint E]  estimate a request body read from stdin
-       tollgate hash-key [KEY|-]         print sha256:<hex> of KEY (or stdin) for consumers[].keys
+usage: tollgate <command> [options]
+
+commands:
+  check FILE              validate a tollgate configuration, or every tollgate filter of an
+                          Envoy YAML or Istio EnvoyFilter (`-` reads stdin)
+  ratelimit-config FILE   print envoyproxy/ratelimit's config for the `global` limits
+  top URL                 live view of the usage API (accounts, consumers, recent requests)
+  estimate [--endpoint E] estimate a request body read from stdin
+  hash-key [KEY|-]        print sha256:<hex> of KEY (or stdin) for consumers[].keys
+  version                 print the version (also --version)
+  help [COMMAND]          this text, or a command's (also COMMAND --help)
+
+exit status: 0 ok; 1 invalid configuration, key or unreachable API; 2 usage error or a body
+the filter refuses (400)
+";
+
+const CHECK_HELP: &str = "\
+usage: tollgate check [--no-env] FILE
+
+Validates FILE as the filter's on_configure does (`-` reads stdin). FILE is one of:
+  - a tollgate configuration (JSON): prints `ok: …` or the filter's message, `<field path>:
+    <reason>`;
+  - an Envoy bootstrap (YAML or JSON): every tollgate wasm filter in it, in listeners' http
+    filters and clusters' upstream http filters, each on its own line, named by its name and
+    place (`filter \"tollgate\" (listener \"tollgate\", http_filters[0])`); also checks what the
+    Envoy config decides: allow_on_headers_stop_iteration, each key_env variable listed in
+    vm_config.environment_variables.host_env_keys (or key_values), the stage the filter's place
+    calls for, and that global.cluster is a cluster of the file;
+  - an Istio EnvoyFilter: the tollgate filters of its configPatches.
+
+key_env variables are read from this shell, as Envoy reads host_env_keys from its own
+environment. --no-env checks everything else without them (for CI without the secrets).
+Warnings (unpriced models under a cost limit) go to stderr and do not fail the check.
+
+exit status: 0 valid; 1 invalid (or no tollgate filter in an Envoy file); 2 usage error
+";
+
+const RATELIMIT_HELP: &str = "\
+usage: tollgate ratelimit-config FILE
+
+Prints envoyproxy/ratelimit's configuration (YAML) for the `global` limits of FILE: a tollgate
+configuration, an Envoy bootstrap or an Istio EnvoyFilter (`-` reads stdin). The descriptors
+are the ones tollgate sends: per consumer with limits of its own `consumer=<name>`, the default
+limits as `consumer` with no value (every other consumer, each its own counter), and
+`account=<name>` for accounts with limits; under each, `unit` tokens, requests and cost_micros.
+The service holds one limit per descriptor: the first limit of a unit is the global one, a
+second window of the same unit stays local (a note on stderr says which); input_tokens,
+output_tokens and concurrent limits are local only.
+
+  tollgate ratelimit-config envoy/envoy-global.yaml > ratelimit/config/config.yaml
+
+exit status: 0 ok; 1 invalid configuration, no `global` section, or a limit the service
+cannot hold (requests_per_unit is a uint32); 2 usage error
+";
+
+const TOP_HELP: &str = "\
+usage: tollgate top URL [--key KEY] [--once] [--interval SECONDS]
+
+A terminal view of the filter's usage API: totals, success rate and latency, rejections by
+reason, accounts (state, cooling, requests, tokens, learned headroom), consumers (windows used
+of each limit, in flight), and recent requests when the filter reports them. Redraws every
+--interval seconds (default 2); --once prints one frame without clearing the screen and exits.
+
+URL is the listener and admin path, e.g. http://127.0.0.1:10000/tollgate (the path defaults to
+/tollgate; /usage is added). The admin key comes from --key, else $TOLLGATE_ADMIN_KEY, else the
+URL's password (http://admin:KEY@host:port/tollgate); it is sent as x-api-key and never printed.
+Plain http only: read it on the loopback or through a port-forward.
+
+exit status: 0 ok; 1 the API could not be read (--once); 2 usage error
+";
+
+const ESTIMATE_HELP: &str = "\
+usage: tollgate estimate [--endpoint E] < BODY.json
+
+Reads a request body from stdin through the filter's request scanner and prints
+{\"input_estimate\", \"model\", \"max_tokens\", \"stream\", \"endpoint\", \"api\"}. The number is
+the raw estimate; the filter admits with it times the ratio it has learned for the model.
 
   E: messages (default) | chat | completions | embeddings | responses | gemini:MODEL
      or a request path, e.g. /v1beta/models/gemini-2.0-flash:streamGenerateContent
 
-exit status: 0 ok; 1 invalid configuration or key; 2 usage error or a body the filter refuses (400)
+exit status: 0 ok; 2 a body the filter refuses with 400 (its message on stderr), usage error
 ";
+
+const HASH_HELP: &str = "\
+usage: tollgate hash-key [KEY|-]
+
+Prints sha256:<hex> of KEY, or of stdin without its line end, for consumers[].keys and
+admin.keys: the configuration then holds no plain key.
+
+exit status: 0 ok; 1 a key the configuration would refuse; 2 usage error
+";
+
+/// A command's help text.
+fn help_for(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "check" => CHECK_HELP,
+        "ratelimit-config" => RATELIMIT_HELP,
+        "top" => TOP_HELP,
+        "estimate" => ESTIMATE_HELP,
+        "hash-key" => HASH_HELP,
+        "version" => "usage: tollgate version   (or tollgate --version)\n",
+        "help" => USAGE,
+        _ => return None,
+    })
+}
 
 /// The filter reads request bodies in windows of this size; so does `estimate`.
 const WINDOW: usize = 64 * 1024;
@@ -61,27 +164,84 @@ fn main() -> ExitCode {
     ExitCode::from(out.code)
 }
 
-/// Runs one command line. `env` is the environment `key_env` is read from.
+/// Runs one command line. `env` is the environment `key_env` (and `TOLLGATE_ADMIN_KEY`) is
+/// read from.
 fn run(args: &[String], stdin: &mut dyn Read, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
+    let Some(command) = args.first().map(String::as_str) else {
+        return usage("a command is required");
+    };
     let rest = args.get(1..).unwrap_or_default();
-    match args.first().map(String::as_str) {
-        Some("check") => match rest {
-            [file] => check(file, stdin, env),
-            _ => usage("check takes one configuration file"),
+    if matches!(command, "-V" | "--version" | "version") {
+        return match rest {
+            [] => Outcome::ok(format!("tollgate {VERSION}\n")),
+            _ => usage("version takes no arguments"),
+        };
+    }
+    if matches!(command, "-h" | "--help" | "help") {
+        return match rest {
+            [] => Outcome::ok(USAGE.to_string()),
+            [c] => match help_for(c) {
+                Some(text) => Outcome::ok(text.to_string()),
+                None => usage(&format!("no such command {c:?}")),
+            },
+            _ => usage("help takes at most one command"),
+        };
+    }
+    let Some(help) = help_for(command) else {
+        return usage(&format!("unknown command {command:?}"));
+    };
+    // `tollgate check --help`: a command's options come before `--`; after it, file names.
+    let options = rest.iter().take_while(|a| *a != "--");
+    if options.clone().any(|a| a == "--help" || a == "-h") {
+        return Outcome::ok(help.to_string());
+    }
+    match command {
+        "check" => {
+            let (flags, files) = split_args(rest);
+            let mut skip = false;
+            for f in &flags {
+                match f.as_str() {
+                    "--no-env" => skip = true,
+                    other => return command_usage(command, &format!("unknown option {other:?}")),
+                }
+            }
+            match files.as_slice() {
+                [file] => match read_input(file, stdin) {
+                    Ok(raw) => check::check(file, &raw, &check::Env { shell: env, skip }),
+                    Err(out) => out,
+                },
+                _ => command_usage(command, "check takes one configuration file"),
+            }
+        }
+        "ratelimit-config" => {
+            let (flags, files) = split_args(rest);
+            if let Some(f) = flags.first() {
+                return command_usage(command, &format!("unknown option {f:?}"));
+            }
+            match files.as_slice() {
+                [file] => match read_input(file, stdin) {
+                    Ok(raw) => ratelimit_config::ratelimit_config(file, &raw),
+                    Err(out) => out,
+                },
+                _ => command_usage(command, "ratelimit-config takes one configuration file"),
+            }
+        }
+        "top" => match top_args(rest) {
+            Ok(a) => top_command(&a, env),
+            Err(msg) => command_usage(command, &msg),
         },
-        Some("estimate") => match endpoint_arg(rest) {
+        "estimate" => match endpoint_arg(rest) {
             Ok(endpoint) => estimate(&endpoint, stdin),
-            Err(msg) => usage(&msg),
+            Err(msg) => command_usage(command, &msg),
         },
-        Some("hash-key") => match rest {
+        "hash-key" => match rest {
             [] => hash_key_stdin(stdin),
             [dash] if dash == "-" => hash_key_stdin(stdin),
             [key] if !key.starts_with('-') => hash_key(key),
-            _ => usage("hash-key takes at most one key"),
+            [flag] => command_usage(command, &format!("unknown option {flag:?}")),
+            _ => command_usage(command, "hash-key takes at most one key"),
         },
-        Some("-h" | "--help" | "help") => Outcome::ok(USAGE.to_string()),
-        Some(other) => usage(&format!("unknown command {other:?}")),
-        None => usage("a command is required"),
+        _ => Outcome::ok(help.to_string()),
     }
 }
 
@@ -89,99 +249,150 @@ fn usage(msg: &str) -> Outcome {
     Outcome::fail(2, format!("tollgate: {msg}\n{USAGE}"))
 }
 
-/// `tollgate check`: the filter's `on_configure` validation, with the process environment as
-/// the VM environment for `key_env`.
-fn check(file: &str, stdin: &mut dyn Read, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
+/// A usage error of one command: the message and that command's usage line.
+fn command_usage(command: &str, msg: &str) -> Outcome {
+    let line = help_for(command)
+        .and_then(|h| h.lines().next())
+        .unwrap_or("");
+    Outcome::fail(
+        2,
+        format!("tollgate {command}: {msg}\n{line}\n(tollgate help {command} for more)\n"),
+    )
+}
+
+/// Options (`-x`, `--xyz`, but not `-` alone) and the other arguments; after `--` everything
+/// is an argument.
+fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut flags = Vec::new();
+    let mut plain = Vec::new();
+    let mut rest = args.iter();
+    for a in rest.by_ref() {
+        if a == "--" {
+            break;
+        }
+        if a.starts_with('-') && a != "-" {
+            flags.push(a.clone());
+        } else {
+            plain.push(a.clone());
+        }
+    }
+    plain.extend(rest.cloned());
+    (flags, plain)
+}
+
+/// A file's bytes, or stdin's for `-`.
+fn read_input(file: &str, stdin: &mut dyn Read) -> Result<Vec<u8>, Outcome> {
     let raw = if file == "-" {
         read_all(stdin)
     } else {
         std::fs::read(file)
     };
-    let raw = match raw {
-        Ok(raw) => raw,
-        Err(e) => return Outcome::fail(1, format!("{file}: {e}\n")),
-    };
-    match config::parse_with_env(&raw, env) {
-        Ok(cfg) => {
-            let mut line = format!(
-                "ok: {} consumers, {} accounts, {} default limits, stage {}",
-                cfg.consumers.len(),
-                cfg.accounts.len(),
-                cfg.limits.len(),
-                cfg.stage.as_str()
-            );
-            if cfg.anonymous.is_some() {
-                line.push_str(", anonymous allowed");
-            }
-            if let Some(g) = &cfg.global {
-                line.push_str(&format!(", global via cluster {}", g.cluster));
-            }
-            if let Some(a) = &cfg.admin {
-                line.push_str(&format!(", admin at {}", a.path));
-            }
-            Outcome {
-                code: 0,
-                stdout: line + "\n",
-                stderr: price_warnings(&cfg),
-            }
-        }
-        // The same `<path>: <reason>` the filter logs after "tollgate: invalid configuration: ".
-        Err(e) => Outcome::fail(1, format!("{e}\n")),
-    }
+    raw.map_err(|e| Outcome::fail(1, format!("{file}: {e}\n")))
 }
 
-/// Warnings (one line each) about budgets that would not bind: a consumer under a `cost_usd`
-/// limit (its own or the default limits) may name a model with no price, which the filter
-/// refuses with 403 `model has no price`. An allow-list entry counts as priced when a pricing
-/// entry matches its name, or, for a glob, when one pricing glob is that glob or a literal and
-/// `*` covering its literal prefix (`Config::prices_every_match`); no allow-list (and
-/// `anonymous`) counts as priced only with a `"*"` price.
-fn price_warnings(cfg: &Config) -> String {
-    let refused = format!("requests for unpriced models get 403 \"{NO_PRICE}\"");
-    let mut out = String::new();
-    for (i, c) in cfg.consumers.iter().enumerate() {
-        if !Config::needs_price(&c.limits) {
-            continue;
-        }
-        let whose = if c.default_limits {
-            format!(
-                "consumer {} has a cost_usd limit (from the default limits)",
-                c.name
-            )
-        } else {
-            format!("consumer {} has a cost_usd limit", c.name)
+/// `tollgate top`'s arguments.
+#[derive(Debug, PartialEq)]
+struct TopArgs {
+    url: String,
+    key: Option<String>,
+    once: bool,
+    interval: f64,
+}
+
+fn top_args(args: &[String]) -> Result<TopArgs, String> {
+    let mut url = None;
+    let mut key = None;
+    let mut once = false;
+    let mut interval = 2.0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (a.as_str(), None),
         };
-        let Some(globs) = &c.models else {
-            if !cfg.has_default_price() {
-                out.push_str(&format!(
-                    "warning: consumers[{i}]: {whose}, no models allow-list and no \"*\" price: {refused}\n"
-                ));
+        let mut value = |what: &str| -> Result<String, String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => Err(format!("{what} needs a value")),
             }
-            continue;
         };
-        for (j, g) in globs.iter().enumerate() {
-            if cfg.prices_every_match(g) {
-                continue;
+        match name {
+            "--once" if inline.is_none() => once = true,
+            "--key" | "-k" => key = Some(value("--key")?),
+            "--interval" | "-n" => {
+                let v = value("--interval")?;
+                interval = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && (0.1..=3600.0).contains(s))
+                    .ok_or_else(|| {
+                        format!("--interval: expected seconds from 0.1 to 3600, got {v:?}")
+                    })?;
             }
-            let what = if g.as_str().contains(['*', '?']) {
-                "matches models that no pricing glob covers"
-            } else {
-                "has no price"
-            };
-            out.push_str(&format!(
-                "warning: consumers[{i}].models[{j}]: {:?} {what}, and {whose}: {refused}\n",
-                g.as_str()
-            ));
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
+            _ if url.is_none() => url = Some(a.clone()),
+            _ => return Err("top takes one URL".to_string()),
         }
     }
-    if let Some(a) = &cfg.anonymous {
-        if Config::needs_price(&a.limits) && !cfg.has_default_price() {
-            out.push_str(&format!(
-                "warning: anonymous: has a cost_usd limit and there is no \"*\" price: {refused}\n"
-            ));
-        }
+    let url =
+        url.ok_or_else(|| "a URL is required, e.g. http://127.0.0.1:10000/tollgate".to_string())?;
+    Ok(TopArgs {
+        url,
+        key,
+        once,
+        interval,
+    })
+}
+
+fn top_command(a: &TopArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
+    let target = match top::Target::parse(&a.url) {
+        Ok(t) => t,
+        Err(e) => return command_usage("top", &e),
+    };
+    let key = a
+        .key
+        .clone()
+        .or_else(|| env("TOLLGATE_ADMIN_KEY").filter(|k| !k.is_empty()))
+        .or_else(|| target.url_key.clone());
+    // The key goes in a header line of its own: nothing that could end or extend it.
+    if key
+        .as_deref()
+        .is_some_and(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return command_usage(
+            "top",
+            "the admin key must be printable ASCII without spaces",
+        );
     }
-    out
+    let shown = target.display();
+    if a.once {
+        return match top::fetch(&target, key.as_deref()) {
+            Ok(usage) => Outcome::ok(top::render(&usage, &shown)),
+            Err(e) => Outcome::fail(1, format!("tollgate top: {e}\n")),
+        };
+    }
+    // Live: redraw until interrupted; a failed read is shown in place of the frame.
+    let pause = std::time::Duration::from_secs_f64(a.interval);
+    loop {
+        let frame = match top::fetch(&target, key.as_deref()) {
+            Ok(usage) => top::render(&usage, &shown),
+            Err(e) => format!(
+                "tollgate top  {shown}\n\n{e}\n(retrying every {}s)\n",
+                a.interval
+            ),
+        };
+        let mut stdout = io::stdout().lock();
+        if stdout
+            .write_all(format!("\x1b[H\x1b[2J{frame}").as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The terminal or pipe is gone.
+            return Outcome::default();
+        }
+        drop(stdout);
+        std::thread::sleep(pause);
+    }
 }
 
 /// `--endpoint E` / `--endpoint=E`, default `messages`.
@@ -316,227 +527,4 @@ fn read_all(stdin: &mut dyn Read) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run_with(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Outcome {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        run(&args, &mut stdin.as_bytes(), &lookup)
-    }
-
-    const CONFIG: &str = r#"{
-        "consumers": [{"name": "team-a", "keys": ["k-a"]}, {"name": "team-b", "keys": ["k-b"]}],
-        "limits": [{"tokens": 1000, "per": "minute"}],
-        "accounts": [{"name": "a1", "provider": "anthropic", "key_env": "TEST_KEY_1"}],
-        "admin": {"keys": ["adm"]}
-    }"#;
-
-    #[test]
-    fn check_counts_consumers_and_accounts_of_a_valid_config() {
-        let out = run_with(&["check", "-"], CONFIG, &[("TEST_KEY_1", "sk-one")]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        assert_eq!(
-            out.stdout,
-            "ok: 2 consumers, 1 accounts, 1 default limits, stage downstream, admin at /tollgate\n"
-        );
-    }
-
-    #[test]
-    fn check_reports_a_missing_key_env_as_the_filter_does() {
-        let out = run_with(&["check", "-"], CONFIG, &[]);
-        assert_eq!(out.code, 1);
-        let filter = config::parse_with_env(CONFIG.as_bytes(), &|_| None)
-            .err()
-            .map(|e| format!("{e}\n"));
-        assert_eq!(Some(out.stderr.clone()), filter);
-        assert!(
-            out.stderr.starts_with("accounts[0].key_env: "),
-            "{}",
-            out.stderr
-        );
-    }
-
-    #[test]
-    fn check_names_the_field_of_a_bad_value() {
-        let bad = r#"{"limits": [{"tokens": 5, "per": "fortnight"}]}"#;
-        let out = run_with(&["check", "-"], bad, &[]);
-        assert_eq!(out.code, 1);
-        assert!(out.stderr.starts_with("limits[0].per: "), "{}", out.stderr);
-        assert!(out.stdout.is_empty());
-    }
-
-    /// `tollgate check` of `json`, which must be valid: (stdout, the warning lines).
-    fn check_warnings(json: &str) -> (String, Vec<String>) {
-        let out = run_with(&["check", "-"], json, &[]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        let lines = out.stderr.lines().map(str::to_string).collect();
-        (out.stdout, lines)
-    }
-
-    #[test]
-    fn check_warns_about_allowed_models_a_cost_limit_cannot_price() {
-        let json = r#"{"consumers": [
-            {"name": "team-a", "keys": ["k-a"], "limits": [{"cost_usd": 5, "per": "day"}],
-             "models": ["gemini-*", "gpt-4o-mini", "llama-3-70b", "gemini-2.5-*", "o3*", "my-*"]}],
-            "pricing": {"my-*": {"input": 1, "output": 1}}}"#;
-        let (stdout, warnings) = check_warnings(json);
-        assert_eq!(
-            stdout,
-            "ok: 1 consumers, 0 accounts, 0 default limits, stage downstream\n"
-        );
-        let refused = "requests for unpriced models get 403 \"model has no price\"";
-        assert_eq!(
-            warnings,
-            [
-                format!("warning: consumers[0].models[0]: \"gemini-*\" matches models that no pricing glob covers, and consumer team-a has a cost_usd limit: {refused}"),
-                format!("warning: consumers[0].models[2]: \"llama-3-70b\" has no price, and consumer team-a has a cost_usd limit: {refused}"),
-                format!("warning: consumers[0].models[3]: \"gemini-2.5-*\" matches models that no pricing glob covers, and consumer team-a has a cost_usd limit: {refused}"),
-            ]
-        );
-        // A pricing glob covering the allow-list glob, or a `*` default, silences them.
-        let covered = json
-            .replace(r#""my-*""#, r#""gemini-*""#)
-            .replace(r#""llama-3-70b""#, r#""gemini-2.5-flash""#);
-        assert_eq!(check_warnings(&covered).1, Vec::<String>::new());
-        let star = json.replace(r#"{"my-*":"#, r#"{"*":"#);
-        assert_eq!(check_warnings(&star).1, Vec::<String>::new());
-    }
-
-    #[test]
-    fn check_warns_about_cost_limits_without_an_allow_list_only_with_no_star_price() {
-        let json = r#"{"consumers": [
-            {"name": "team-a", "keys": ["k-a"]},
-            {"name": "team-b", "keys": ["k-b"], "limits": [{"tokens": 10, "per": "minute"}]},
-            {"name": "team-c", "keys": ["k-c"], "limits": [{"cost_usd": 1, "per": "month"}],
-             "models": ["gpt-4o-mini"]}],
-            "limits": [{"cost_usd": 5, "per": "day"}, {"requests": 5, "per": "minute"}],
-            "anonymous": {"limits": [{"cost_usd": 1, "per": "day"}]}}"#;
-        let (stdout, warnings) = check_warnings(json);
-        assert!(stdout.starts_with("ok: 3 consumers, "), "{stdout}");
-        let refused = "requests for unpriced models get 403 \"model has no price\"";
-        assert_eq!(
-            warnings,
-            [
-                format!("warning: consumers[0]: consumer team-a has a cost_usd limit (from the default limits), no models allow-list and no \"*\" price: {refused}"),
-                format!("warning: anonymous: has a cost_usd limit and there is no \"*\" price: {refused}"),
-            ]
-        );
-        let star = json.replace(
-            r#""anonymous""#,
-            r#""pricing": {"*": {"input": 2, "output": 2}}, "anonymous""#,
-        );
-        assert_eq!(check_warnings(&star).1, Vec::<String>::new());
-        // Without cost limits nothing needs a price.
-        let no_cost = json.replace("cost_usd", "tokens");
-        assert_eq!(check_warnings(&no_cost).1, Vec::<String>::new());
-    }
-
-    #[test]
-    fn check_of_a_missing_file_fails_with_its_name() {
-        let out = run_with(&["check", "/nonexistent/tollgate.json"], "", &[]);
-        assert_eq!(out.code, 1);
-        assert!(out.stderr.starts_with("/nonexistent/tollgate.json: "));
-    }
-
-    #[test]
-    fn estimate_reports_model_max_tokens_and_stream() {
-        let body = r#"{"model":"claude-haiku-4-5","max_tokens":64,"stream":true,
-            "messages":[{"role":"user","content":"Hello there, how are you today?"}]}"#;
-        let out = run_with(&["estimate"], body, &[]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["model"], "claude-haiku-4-5");
-        assert_eq!(v["max_tokens"], 64);
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["endpoint"], "messages");
-        assert!(v["input_estimate"].as_u64().unwrap() > 0);
-    }
-
-    #[test]
-    fn estimate_matches_the_request_scanner_fed_whole() {
-        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"count me"}]}"#;
-        let mut s = RequestScanner::new(&Metered::ChatCompletions);
-        s.feed(body.as_bytes()).unwrap();
-        let want = s.finish().unwrap().input_estimate;
-        let out = run_with(&["estimate", "--endpoint=chat"], body, &[]);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["input_estimate"].as_u64(), Some(want));
-        assert_eq!(v["api"], "openai");
-    }
-
-    #[test]
-    fn estimate_takes_the_gemini_model_from_the_endpoint() {
-        let body = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
-        for (arg, stream) in [
-            ("gemini:gemini-2.0-flash", false),
-            (
-                "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
-                true,
-            ),
-        ] {
-            let out = run_with(&["estimate", "--endpoint", arg], body, &[]);
-            assert_eq!(out.code, 0, "{arg}: {}", out.stderr);
-            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-            assert_eq!(v["model"], "gemini-2.0-flash", "{arg}");
-            assert_eq!(v["stream"], stream, "{arg}");
-        }
-    }
-
-    #[test]
-    fn estimate_refuses_bad_bodies_with_the_filters_400_message() {
-        let cases = [
-            ("{\"model\": ", "request body is not valid JSON: "),
-            ("[1]", "request body must be a JSON object"),
-            ("", "request body is required"),
-        ];
-        for (body, msg) in cases {
-            let out = run_with(&["estimate"], body, &[]);
-            assert_eq!(out.code, 2, "{body:?}");
-            assert!(out.stderr.starts_with(msg), "{body:?}: {}", out.stderr);
-        }
-    }
-
-    #[test]
-    fn hash_key_prints_the_digest_a_config_accepts() {
-        let out = run_with(&["hash-key", "tg-key"], "", &[]);
-        assert_eq!(out.code, 0);
-        for args in [&["hash-key"][..], &["hash-key", "-"][..]] {
-            assert_eq!(
-                run_with(args, "tg-key\r\n", &[]).stdout,
-                out.stdout,
-                "{args:?}"
-            );
-        }
-        let line = out.stdout.trim_end();
-        assert_eq!(line.len(), "sha256:".len() + 64);
-        let parsed = KeyMatcher::parse(line).unwrap();
-        assert!(parsed.matches(&KeyMatcher::digest("tg-key")));
-    }
-
-    #[test]
-    fn hash_key_refuses_keys_the_config_would_refuse() {
-        for key in ["", "has space", "sha256:abc"] {
-            let out = run_with(&["hash-key", key], "", &[]);
-            assert_eq!(out.code, 1, "{key:?}");
-            assert!(out.stdout.is_empty());
-        }
-    }
-
-    #[test]
-    fn usage_errors_exit_2() {
-        for args in [
-            &[][..],
-            &["frobnicate"][..],
-            &["check"][..],
-            &["estimate", "--endpoint", "fax"][..],
-            &["estimate", "--endpoint", "gemini:"][..],
-        ] {
-            assert_eq!(run_with(args, "", &[]).code, 2, "{args:?}");
-        }
-    }
-}
+mod tests;
