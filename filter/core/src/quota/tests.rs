@@ -1,4 +1,5 @@
 use super::*;
+use crate::civil::{civil_from_days, days_from_civil, DAY_MS};
 use crate::store::MemStore;
 use std::cell::RefCell;
 
