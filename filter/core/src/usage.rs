@@ -213,7 +213,7 @@ impl ResponseMeter {
         let decoder = Decoder::new(content_encoding);
         let parser = match body {
             Body::Sse => Parser::Sse(SseParser::default()),
-            Body::JsonArrayStream => Parser::Array(Elements::new(ELEMENT_CAP)),
+            Body::JsonArrayStream => Parser::Array(Box::new(Elements::new(ELEMENT_CAP))),
             Body::Json => Parser::Json(JsonBuffer::default()),
         };
         let strip = (strip_usage_chunk
@@ -386,7 +386,7 @@ impl Strip {
 
 enum Parser {
     Sse(SseParser),
-    Array(Elements),
+    Array(Box<Elements>),
     Json(JsonBuffer),
 }
 
@@ -405,7 +405,7 @@ impl Parser {
                 && j.buf.iter().all(u8::is_ascii_whitespace)
             {
                 if let Some(&b'[') = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-                    *self = Parser::Array(Elements::new(ELEMENT_CAP));
+                    *self = Parser::Array(Box::new(Elements::new(ELEMENT_CAP)));
                 }
             }
         }
