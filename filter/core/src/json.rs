@@ -358,7 +358,7 @@ impl Scanner {
         }
     }
 
-    fn run<S: Sink>(&mut self, w: &[u8], sink: &mut S) -> Result<(), JsonError> {
+    fn run(&mut self, w: &[u8], sink: &mut dyn Sink) -> Result<(), JsonError> {
         let mut i = 0;
         while let Some(&b) = w.get(i) {
             match self.state {
@@ -441,7 +441,7 @@ impl Scanner {
         };
     }
 
-    fn value<S: Sink>(&mut self, b: u8, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn value(&mut self, b: u8, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         match b {
             b'{' => self.open(Container::Object, at, sink)?,
             b'[' => self.open(Container::Array, at, sink)?,
@@ -486,7 +486,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn open<S: Sink>(&mut self, kind: Container, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn open(&mut self, kind: Container, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         let d = self.path.depth;
         if d >= MAX_DEPTH {
             return Err(JsonError {
@@ -522,7 +522,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn close<S: Sink>(&mut self, kind: Container, at: usize, sink: &mut S) {
+    fn close(&mut self, kind: Container, at: usize, sink: &mut dyn Sink) {
         if self.path.frames.len() == self.path.depth {
             self.path.frames.pop();
         }
@@ -531,7 +531,7 @@ impl Scanner {
         self.after_value();
     }
 
-    fn comma_or_close<S: Sink>(&mut self, b: u8, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn comma_or_close(&mut self, b: u8, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         let array = self.top_is_array();
         match (b, array) {
             (b',', true) => {
@@ -559,7 +559,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn begin_key<S: Sink>(&mut self, sink: &mut S) {
+    fn begin_key(&mut self, sink: &mut dyn Sink) {
         if let Some(f) = self.path.top_tracked() {
             f.key_len = 0;
             f.long = false;
@@ -570,11 +570,11 @@ impl Scanner {
         self.state = State::Str;
     }
 
-    fn number<S: Sink>(
+    fn number(
         &mut self,
         w: &[u8],
         mut i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<usize, JsonError> {
         while let Some(&b) = w.get(i) {
             self.num = match (self.num, b) {
@@ -611,7 +611,7 @@ impl Scanner {
         Ok(i)
     }
 
-    fn end_number<S: Sink>(&mut self, sink: &mut S) {
+    fn end_number(&mut self, sink: &mut dyn Sink) {
         let n = Number {
             negative: self.num_neg,
             integer: self.num_int,
@@ -621,11 +621,11 @@ impl Scanner {
         self.after_value();
     }
 
-    fn string<S: Sink>(
+    fn string(
         &mut self,
         w: &[u8],
         mut i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<usize, JsonError> {
         loop {
             if self.esc != Esc::None {
@@ -684,12 +684,12 @@ impl Scanner {
 
     /// A run of plain string bytes starting at window index `i`. A UTF-8 sequence cut by the
     /// window's end waits in `utf8` for the next window.
-    fn text<S: Sink>(
+    fn text(
         &mut self,
         run: &[u8],
         at_end: bool,
         i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<(), JsonError> {
         let mut run = run;
         if self.utf8_len > 0 {
@@ -739,7 +739,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn escape<S: Sink>(&mut self, b: u8, i: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn escape(&mut self, b: u8, i: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         match self.esc {
             Esc::None => {}
             Esc::Backslash => {
@@ -821,13 +821,13 @@ impl Scanner {
         Ok(())
     }
 
-    fn emit_char<S: Sink>(&mut self, c: char, sink: &mut S) {
+    fn emit_char(&mut self, c: char, sink: &mut dyn Sink) {
         let mut buf = [0u8; 4];
         let s: &str = c.encode_utf8(&mut buf);
         self.emit(s, sink);
     }
 
-    fn emit<S: Sink>(&mut self, s: &str, sink: &mut S) {
+    fn emit(&mut self, s: &str, sink: &mut dyn Sink) {
         sink.str_piece(s);
         self.str_len = self.str_len.saturating_add(s.len());
         if self.key {

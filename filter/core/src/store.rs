@@ -78,17 +78,42 @@ pub fn retry<'k, T>(
     tries: u32,
     mut round: impl FnMut(&mut Vec<u8>) -> Result<Round<'k, T>, StoreError>,
 ) -> Result<T, StoreError> {
+    let mut answer = None;
+    rounds(store, tries, &mut |out| {
+        let Round { key, cas, decision } = round(out)?;
+        Ok(match decision {
+            Decision::Keep(t) => {
+                answer = Some(t);
+                None
+            }
+            Decision::Write(t) => {
+                answer = Some(t);
+                Some((key, cas))
+            }
+        })
+    })?;
+    answer.ok_or(StoreError::Contended)
+}
+
+/// Where a round writes what it put in the buffer (key and cas read), or `None` to stop.
+type Target<'k> = Option<(&'k str, u32)>;
+
+/// The loop of [`retry`], compiled once rather than per caller (wasm size).
+fn rounds<'k>(
+    store: &dyn Store,
+    tries: u32,
+    round: &mut dyn FnMut(&mut Vec<u8>) -> Result<Target<'k>, StoreError>,
+) -> Result<(), StoreError> {
     let mut buf = Vec::with_capacity(64);
     for _ in 0..tries {
         buf.clear();
-        let Round { key, cas, decision } = round(&mut buf)?;
-        match decision {
-            Decision::Keep(t) => return Ok(t),
-            Decision::Write(t) => match store.set(key, &buf, write_cas(cas)) {
-                Ok(()) => return Ok(t),
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            },
+        let Some((key, cas)) = round(&mut buf)? else {
+            return Ok(());
+        };
+        match store.set(key, &buf, write_cas(cas)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
         }
     }
     Err(StoreError::Contended)

@@ -34,21 +34,24 @@ fn every_day_of_four_centuries_round_trips_in_order() {
     }
 }
 
+/// (year, month, days in it): the leap-year rules, every month length, the epoch's month.
+const MONTHS: [(i64, i64, u32); 10] = [
+    (2024, 2, 29),
+    (2023, 2, 28),
+    (2000, 2, 29),
+    (2100, 2, 28),
+    (1900, 2, 28),
+    (2023, 12, 31),
+    (2024, 4, 30),
+    (2024, 9, 30),
+    (1970, 1, 31),
+    (2026, 12, 31),
+];
+
 #[test]
 fn month_lengths_know_the_leap_year_rules() {
-    // (year, month, days)
-    for (y, m, len) in [
-        (2024, 2, 29),
-        (2023, 2, 28),
-        (2000, 2, 29),
-        (2100, 2, 28),
-        (1900, 2, 28),
-        (2023, 12, 31),
-        (2024, 4, 30),
-        (2024, 9, 30),
-        (1970, 1, 31),
-    ] {
-        assert_eq!(days_in_month(y, m), len, "{y}-{m}");
+    for (y, m, len) in MONTHS {
+        assert_eq!(days_in_month(y, m as u32), len, "{y}-{m}");
     }
 }
 
@@ -79,14 +82,8 @@ fn a_civil_time_is_epoch_ms_only_when_it_is_a_real_time() {
 
 #[test]
 fn calendar_months_start_on_the_first_and_last_their_length() {
-    // (year, month, days in it)
-    for (y, m, len) in [
-        (1970, 1, 31),
-        (2024, 2, 29),
-        (2023, 2, 28),
-        (2100, 2, 28),
-        (2026, 12, 31),
-    ] {
+    // Windows are counted from January 1970.
+    for (y, m, len) in MONTHS.into_iter().filter(|(y, _, _)| *y >= 1970) {
         let first = days_from_civil(y, m, 1) as u64 * DAY_MS;
         let mid = first + 14 * DAY_MS + 1;
         let idx = month_index(mid);
@@ -96,7 +93,11 @@ fn calendar_months_start_on_the_first_and_last_their_length() {
             assert_eq!(month_index(before), idx - 1, "{y}-{m} ms before");
         }
         assert_eq!(month_start_ms(idx), first, "{y}-{m}");
-        assert_eq!((month_start_ms(idx + 1) - first) / DAY_MS, len, "{y}-{m}");
+        assert_eq!(
+            (month_start_ms(idx + 1) - first) / DAY_MS,
+            u64::from(len),
+            "{y}-{m}"
+        );
     }
 }
 

@@ -127,6 +127,16 @@ struct Rival<'a> {
     fail: Option<StoreError>,
 }
 
+impl<'a> Rival<'a> {
+    fn new(inner: &'a MemStore, losses: u32, fail: Option<StoreError>) -> Rival<'a> {
+        Rival {
+            inner,
+            losses: std::cell::Cell::new(losses),
+            fail,
+        }
+    }
+}
+
 impl Store for Rival<'_> {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), StoreError> {
         self.inner.get(key)
@@ -168,11 +178,7 @@ fn update_retries_each_lost_race_on_the_newer_value_up_to_its_bound() {
         (3, 0, Err(StoreError::Contended), 0),
     ] {
         let mem = MemStore::new();
-        let rival = Rival {
-            inner: &mem,
-            losses: std::cell::Cell::new(losses),
-            fail: None,
-        };
+        let rival = Rival::new(&mem, losses, None);
         assert_eq!(
             append_x(&rival, tries),
             outcome,
@@ -203,11 +209,7 @@ fn update_that_keeps_the_value_writes_nothing() {
 fn update_creates_a_missing_key_so_that_a_second_creator_retries_on_top() {
     let mem = MemStore::new();
     // Both workers read "missing"; the rival creates the key between our read and write.
-    let rival = Rival {
-        inner: &mem,
-        losses: std::cell::Cell::new(1),
-        fail: None,
-    };
+    let rival = Rival::new(&mem, 1, None);
     assert_eq!(append_x(&rival, MAX_TRIES), Ok(2));
     let (value, _) = mem.get("tollgate:k").unwrap();
     assert_eq!(value.as_deref(), Some(&b"rx"[..]));
@@ -216,11 +218,7 @@ fn update_creates_a_missing_key_so_that_a_second_creator_retries_on_top() {
 #[test]
 fn update_passes_a_host_error_on_at_once() {
     let mem = MemStore::new();
-    let failing = Rival {
-        inner: &mem,
-        losses: std::cell::Cell::new(0),
-        fail: Some(StoreError::Host(7)),
-    };
+    let failing = Rival::new(&mem, 0, Some(StoreError::Host(7)));
     let mut rounds = 0;
     let r = update(&failing, "tollgate:k", MAX_TRIES, |_, out| {
         rounds += 1;
