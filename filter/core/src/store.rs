@@ -1,6 +1,7 @@
 //! Envoy shared data as a small trait: a process-wide key/value map with compare-and-swap,
 //! shared by every worker of one VM id. The host implements it over `proxy_wasm::hostcalls`;
-//! `MemStore` is an exact in-memory fake for tests. Also: safe key creation and slot tables.
+//! `MemStore` is an exact in-memory fake for tests. Also: the one compare-and-swap loop
+//! (`update`, `retry`), safe key creation and slot tables.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
