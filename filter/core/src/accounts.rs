@@ -5,10 +5,12 @@
 //! `record`) that the host calls. See SPEC "Accounts" and "Stages and shared state".
 
 use crate::api::Api;
+use crate::civil::epoch_ms;
+use crate::codec::{self, Reader};
 use crate::config::{Account, Affinity, Config, KeyMatcher, Strategy};
 pub use crate::key_evidence::{key_rejection, DisableReason};
 use crate::quota::{self, Admission, Amounts, OwnerKey, Ticket};
-use crate::store::{self, SlotTable, Store, StoreError, MAX_TRIES};
+use crate::store::{self, Decision, SlotTable, Store, StoreError, MAX_TRIES};
 
 /// The `anthropic-version` sent when the client sent none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -447,44 +449,46 @@ impl Health {
         if bytes.len() > MAX_HEALTH_BYTES {
             return None;
         }
-        let mut r = Reader(bytes);
-        if r.byte()? != HEALTH_VERSION {
+        let mut r = Reader::new(bytes);
+        if r.byte().ok()? != HEALTH_VERSION {
             return None;
         }
-        let flags = r.byte()?;
-        let key_tag = u32::try_from(r.var()?).ok()?;
+        let flags = r.byte().ok()?;
+        let key_tag = u32::try_from(r.varint().ok()?).ok()?;
         let state = match flags & 0b11 {
             0 => AccountState::Ok,
-            1 => AccountState::Cooling { until_ms: r.var()? },
+            1 => AccountState::Cooling {
+                until_ms: r.varint().ok()?,
+            },
             2 => AccountState::Disabled {
-                reason: DisableReason::from_code(r.var()?)?,
-                status: u16::try_from(r.var()?).ok()?,
-                since_ms: r.var()?,
-                probe_after_ms: r.var()?,
+                reason: DisableReason::from_code(r.varint().ok()?)?,
+                status: u16::try_from(r.varint().ok()?).ok()?,
+                since_ms: r.varint().ok()?,
+                probe_after_ms: r.varint().ok()?,
             },
             _ => return None,
         };
         let mut h = Health {
             state,
             key_tag,
-            requests: r.var()?,
-            tokens: r.var()?,
-            load_milli: r.var()?,
-            load_ms: r.var()?,
-            last_status: u16::try_from(r.var()?).ok()?,
+            requests: r.varint().ok()?,
+            tokens: r.varint().ok()?,
+            load_milli: r.varint().ok()?,
+            load_ms: r.varint().ok()?,
+            last_status: u16::try_from(r.varint().ok()?).ok()?,
             dims: [None; 4],
         };
         for (i, slot) in h.dims.iter_mut().enumerate() {
             if flags & (0b100 << i) != 0 {
                 *slot = Some(Dim {
-                    remaining: r.var()?,
-                    limit: r.opt()?,
-                    reset_ms: r.opt()?,
-                    seen_ms: r.var()?,
+                    remaining: r.varint().ok()?,
+                    limit: r.opt().ok()?,
+                    reset_ms: r.opt().ok()?,
+                    seen_ms: r.varint().ok()?,
                 });
             }
         }
-        if flags & 0b1100_0000 != 0 || !r.0.is_empty() {
+        if flags & 0b1100_0000 != 0 || !r.is_empty() {
             return None;
         }
         Some(h)
@@ -504,31 +508,31 @@ impl Health {
             }
         }
         out.push(flags);
-        put_var(out, u64::from(self.key_tag));
+        codec::put_varint(out, u64::from(self.key_tag));
         match self.state {
             AccountState::Ok => {}
-            AccountState::Cooling { until_ms } => put_var(out, until_ms),
+            AccountState::Cooling { until_ms } => codec::put_varint(out, until_ms),
             AccountState::Disabled {
                 reason,
                 status,
                 since_ms,
                 probe_after_ms,
             } => {
-                put_var(out, u64::from(reason.code()));
-                put_var(out, u64::from(status));
-                put_var(out, since_ms);
-                put_var(out, probe_after_ms);
+                codec::put_varint(out, u64::from(reason.code()));
+                codec::put_varint(out, u64::from(status));
+                codec::put_varint(out, since_ms);
+                codec::put_varint(out, probe_after_ms);
             }
         }
         for v in [self.requests, self.tokens, self.load_milli, self.load_ms] {
-            put_var(out, v);
+            codec::put_varint(out, v);
         }
-        put_var(out, u64::from(self.last_status));
+        codec::put_varint(out, u64::from(self.last_status));
         for d in self.dims.iter().flatten() {
-            put_var(out, d.remaining);
-            put_opt(out, d.limit);
-            put_opt(out, d.reset_ms);
-            put_var(out, d.seen_ms);
+            codec::put_varint(out, d.remaining);
+            codec::put_opt(out, d.limit);
+            codec::put_opt(out, d.reset_ms);
+            codec::put_varint(out, d.seen_ms);
         }
     }
 }
@@ -538,49 +542,6 @@ impl Health {
 pub fn key_tag(account: &Account) -> u32 {
     let d = KeyMatcher::digest(account.key.expose());
     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
-}
-
-fn put_var(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// `None` as 0, `Some(v)` as `v + 1` (saturating: `u64::MAX` reads back as `u64::MAX - 1`).
-fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
-    put_var(out, v.map_or(0, |v| v.saturating_add(1)));
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-
-    fn var(&mut self) -> Option<u64> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let b = self.byte()?;
-            let bits = u64::from(b & 0x7f);
-            if i == 9 && bits > 1 {
-                return None;
-            }
-            v |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    fn opt(&mut self) -> Option<Option<u64>> {
-        Some(self.var()?.checked_sub(1))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -863,49 +824,6 @@ pub fn parse_duration_ms(v: &str) -> Option<u64> {
         rest = after;
     }
     Some(u64::try_from(total_ns.div_ceil(1_000_000)).unwrap_or(u64::MAX))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Epoch ms of a UTC civil time, `None` if out of range or before 1970.
-fn epoch_ms(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<u64> {
-    if !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || d == 0
-        || d > days_in_month(y, mo)
-        || h > 23
-        || mi > 59
-        || s > 60
-    {
-        return None;
-    }
-    let secs = days_from_civil(y, mo, d) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(s);
-    u64::try_from(secs)
-        .ok()?
-        .checked_mul(1000)?
-        .checked_add(u64::from(ms))
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
@@ -1305,28 +1223,24 @@ fn account_tag(name: &str) -> u32 {
 /// `max_sessions` keys (65536 by default).
 pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
     let mut created = 0;
-    let mut buf = Vec::with_capacity(32);
+    let mut fresh = Vec::with_capacity(32);
     for a in &cfg.accounts {
         let key = health_key(&a.name);
         let tag = key_tag(a);
-        buf.clear();
-        Health::fresh(a).encode(&mut buf);
-        for _ in 0..MAX_TRIES {
-            let (value, cas) = store.get(&key)?;
-            if value
-                .as_deref()
-                .is_some_and(|v| Health::decode(v).key_tag == tag)
-            {
-                break;
+        fresh.clear();
+        Health::fresh(a).encode(&mut fresh);
+        // A key still lost to other workers after `MAX_TRIES` races is theirs: left as is.
+        let wrote = store::update(store, &key, MAX_TRIES, |old, out| {
+            if old.is_some_and(|v| Health::decode(v).key_tag == tag) {
+                return Decision::Keep(false);
             }
-            match store.set(&key, &buf, store::write_cas(cas)) {
-                Ok(()) => {
-                    created += 1;
-                    break;
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
+            out.extend_from_slice(&fresh);
+            Decision::Write(true)
+        });
+        match wrote {
+            Ok(true) => created += 1,
+            Ok(false) | Err(StoreError::Contended) => {}
+            Err(e) => return Err(e),
         }
     }
     if cfg.selection.strategy == Strategy::RoundRobin {
@@ -1724,23 +1638,13 @@ fn lookup_pin(
 fn next_counter(store: &dyn Store, api: Api) -> u64 {
     let key = rr_key(api);
     let mut last = 0;
-    for _ in 0..4 {
-        let Ok((value, cas)) = store.get(&key) else {
-            return last;
-        };
-        last = value
-            .as_deref()
+    let _ = store::update(store, &key, 4, |old, out| {
+        last = old
             .and_then(|v| <[u8; 8]>::try_from(v).ok())
             .map_or(0, u64::from_le_bytes);
-        match store.set(
-            &key,
-            &last.wrapping_add(1).to_le_bytes(),
-            store::write_cas(cas),
-        ) {
-            Err(StoreError::CasMismatch) => continue,
-            _ => return last,
-        }
-    }
+        out.extend_from_slice(&last.wrapping_add(1).to_le_bytes());
+        Decision::Write(())
+    });
     last
 }
 
@@ -1778,24 +1682,16 @@ fn update_stored_if(
     missing: Option<Health>,
     mut f: impl FnMut(&mut Health) -> bool,
 ) -> Result<Option<(Health, bool)>, StoreError> {
-    let mut buf = Vec::with_capacity(64);
-    for _ in 0..MAX_TRIES {
-        let (value, cas) = store.get(key)?;
-        let Some(mut h) = value.as_deref().map(Health::decode).or(missing) else {
-            return Ok(None);
+    store::update(store, key, MAX_TRIES, |old, out| {
+        let Some(mut h) = old.map(Health::decode).or(missing) else {
+            return Decision::Keep(None);
         };
         if !f(&mut h) {
-            return Ok(Some((h, false)));
+            return Decision::Keep(Some((h, false)));
         }
-        buf.clear();
-        h.encode(&mut buf);
-        match store.set(key, &buf, store::write_cas(cas)) {
-            Ok(()) => return Ok(Some((h, true))),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Contended)
+        h.encode(out);
+        Decision::Write(Some((h, true)))
+    })
 }
 
 /// Applies an observation (from `observe_response`, `observe_error_body` or

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::limits::Usage;
-use crate::store::{write_cas, Store, StoreError, MAX_TRIES};
+use crate::store::{self, Decision, Store, StoreError, MAX_TRIES};
 
 /// The one shared-data key holding the merged totals of every worker.
 pub const KEY: &str = "tollgate:analytics";
@@ -499,20 +499,15 @@ impl Accumulator {
         if self.delta.is_empty() {
             return Ok(());
         }
-        for _ in 0..MAX_TRIES {
-            let (value, cas) = store.get(KEY)?;
-            let mut totals = value.as_deref().map(Totals::decode).unwrap_or_default();
-            totals.merge(&self.delta);
-            match store.set(KEY, &totals.encode(), write_cas(cas)) {
-                Ok(()) => {
-                    self.delta = Totals::default();
-                    return Ok(());
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Contended)
+        let delta = &self.delta;
+        store::update(store, KEY, MAX_TRIES, |old, out| {
+            let mut totals = old.map(Totals::decode).unwrap_or_default();
+            totals.merge(delta);
+            out.extend_from_slice(&totals.encode());
+            Decision::Write(())
+        })?;
+        self.delta = Totals::default();
+        Ok(())
     }
 
     /// [`flush`](Self::flush) when [`FLUSH_EVERY_MS`] have passed since the last one: call it

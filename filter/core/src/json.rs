@@ -358,7 +358,7 @@ impl Scanner {
         }
     }
 
-    fn run<S: Sink>(&mut self, w: &[u8], sink: &mut S) -> Result<(), JsonError> {
+    fn run(&mut self, w: &[u8], sink: &mut dyn Sink) -> Result<(), JsonError> {
         let mut i = 0;
         while let Some(&b) = w.get(i) {
             match self.state {
@@ -441,7 +441,7 @@ impl Scanner {
         };
     }
 
-    fn value<S: Sink>(&mut self, b: u8, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn value(&mut self, b: u8, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         match b {
             b'{' => self.open(Container::Object, at, sink)?,
             b'[' => self.open(Container::Array, at, sink)?,
@@ -486,7 +486,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn open<S: Sink>(&mut self, kind: Container, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn open(&mut self, kind: Container, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         let d = self.path.depth;
         if d >= MAX_DEPTH {
             return Err(JsonError {
@@ -522,7 +522,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn close<S: Sink>(&mut self, kind: Container, at: usize, sink: &mut S) {
+    fn close(&mut self, kind: Container, at: usize, sink: &mut dyn Sink) {
         if self.path.frames.len() == self.path.depth {
             self.path.frames.pop();
         }
@@ -531,7 +531,7 @@ impl Scanner {
         self.after_value();
     }
 
-    fn comma_or_close<S: Sink>(&mut self, b: u8, at: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn comma_or_close(&mut self, b: u8, at: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         let array = self.top_is_array();
         match (b, array) {
             (b',', true) => {
@@ -559,7 +559,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn begin_key<S: Sink>(&mut self, sink: &mut S) {
+    fn begin_key(&mut self, sink: &mut dyn Sink) {
         if let Some(f) = self.path.top_tracked() {
             f.key_len = 0;
             f.long = false;
@@ -570,11 +570,11 @@ impl Scanner {
         self.state = State::Str;
     }
 
-    fn number<S: Sink>(
+    fn number(
         &mut self,
         w: &[u8],
         mut i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<usize, JsonError> {
         while let Some(&b) = w.get(i) {
             self.num = match (self.num, b) {
@@ -611,7 +611,7 @@ impl Scanner {
         Ok(i)
     }
 
-    fn end_number<S: Sink>(&mut self, sink: &mut S) {
+    fn end_number(&mut self, sink: &mut dyn Sink) {
         let n = Number {
             negative: self.num_neg,
             integer: self.num_int,
@@ -621,11 +621,11 @@ impl Scanner {
         self.after_value();
     }
 
-    fn string<S: Sink>(
+    fn string(
         &mut self,
         w: &[u8],
         mut i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<usize, JsonError> {
         loop {
             if self.esc != Esc::None {
@@ -684,12 +684,12 @@ impl Scanner {
 
     /// A run of plain string bytes starting at window index `i`. A UTF-8 sequence cut by the
     /// window's end waits in `utf8` for the next window.
-    fn text<S: Sink>(
+    fn text(
         &mut self,
         run: &[u8],
         at_end: bool,
         i: usize,
-        sink: &mut S,
+        sink: &mut dyn Sink,
     ) -> Result<(), JsonError> {
         let mut run = run;
         if self.utf8_len > 0 {
@@ -739,7 +739,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn escape<S: Sink>(&mut self, b: u8, i: usize, sink: &mut S) -> Result<(), JsonError> {
+    fn escape(&mut self, b: u8, i: usize, sink: &mut dyn Sink) -> Result<(), JsonError> {
         match self.esc {
             Esc::None => {}
             Esc::Backslash => {
@@ -821,13 +821,13 @@ impl Scanner {
         Ok(())
     }
 
-    fn emit_char<S: Sink>(&mut self, c: char, sink: &mut S) {
+    fn emit_char(&mut self, c: char, sink: &mut dyn Sink) {
         let mut buf = [0u8; 4];
         let s: &str = c.encode_utf8(&mut buf);
         self.emit(s, sink);
     }
 
-    fn emit<S: Sink>(&mut self, s: &str, sink: &mut S) {
+    fn emit(&mut self, s: &str, sink: &mut dyn Sink) {
         sink.str_piece(s);
         self.str_len = self.str_len.saturating_add(s.len());
         if self.key {
@@ -869,6 +869,141 @@ fn utf8_len_of(lead: u8) -> u8 {
         0xE0..=0xEF => 3,
         0xC0..=0xDF => 2,
         _ => 1,
+    }
+}
+
+// ---- streamed arrays ---------------------------------------------------------------------
+
+/// Splits a streamed JSON array into its elements as they complete (a lone object is its own
+/// one element), with the scanner above: bytes arrive in windows, and only an element that
+/// spans windows is buffered, up to `cap` bytes (a longer one is counted in
+/// [`Elements::oversized`] and skipped). Objects and arrays are elements; scalars and strings
+/// at that level are skipped. Invalid JSON ends the splitting where it starts.
+pub struct Elements {
+    scanner: Scanner,
+    spans: Spans,
+    buf: Vec<u8>,
+    too_big: bool,
+    cap: usize,
+    oversized: u64,
+}
+
+/// Where elements begin and end, in absolute offsets.
+#[derive(Default)]
+struct Spans {
+    root: Option<Container>,
+    /// The first byte of the element being read.
+    open: Option<usize>,
+    /// Elements completed in the current window: first and last byte.
+    done: Vec<(usize, usize)>,
+}
+
+impl Spans {
+    /// The depth of the container an element opens in.
+    fn level(&self) -> Option<usize> {
+        match self.root? {
+            Container::Array => Some(1),
+            Container::Object => Some(0),
+        }
+    }
+}
+
+impl Sink for Spans {
+    fn begin(&mut self, path: &Path, kind: Container, offset: usize) {
+        if path.depth() == 0 && self.root.is_none() {
+            self.root = Some(kind);
+        }
+        if Some(path.depth()) == self.level() {
+            self.open = Some(offset);
+        }
+    }
+
+    fn end(&mut self, path: &Path, _kind: Container, offset: usize) {
+        if Some(path.depth()) == self.level() {
+            if let Some(first) = self.open.take() {
+                self.done.push((first, offset));
+            }
+        }
+    }
+
+    fn skippable(&self) -> usize {
+        usize::MAX
+    }
+}
+
+impl Elements {
+    /// Elements that span windows are kept up to `cap` bytes.
+    pub fn new(cap: usize) -> Elements {
+        Elements {
+            scanner: Scanner::new(),
+            spans: Spans::default(),
+            buf: Vec::new(),
+            too_big: false,
+            cap,
+            oversized: 0,
+        }
+    }
+
+    /// Elements skipped for being longer than `cap` across windows.
+    pub fn oversized(&self) -> u64 {
+        self.oversized
+    }
+
+    /// Scans the next window and hands `on` every element it completes, in order.
+    pub fn feed(&mut self, window: &[u8], mut on: impl FnMut(&[u8])) {
+        let base = self.scanner.offset();
+        self.spans.done.clear();
+        // On an error, the elements before it were still recorded; nothing follows it.
+        let _ = self.scanner.feed(window, &mut self.spans);
+        let at = |offset: usize| offset.saturating_sub(base);
+        for &(first, last) in &self.spans.done {
+            let piece = window.get(at(first)..=at(last)).unwrap_or_default();
+            if self.too_big {
+                self.oversized = self.oversized.saturating_add(1);
+            } else if first >= base {
+                on(piece);
+            } else if self.buf.len().saturating_add(piece.len()) <= self.cap {
+                self.buf.extend_from_slice(piece);
+                on(&self.buf);
+            } else {
+                self.oversized = self.oversized.saturating_add(1);
+            }
+            self.buf.clear();
+            self.too_big = false;
+        }
+        if let Some(first) = self.spans.open {
+            let piece = window.get(at(first)..).unwrap_or_default();
+            if self.buf.len().saturating_add(piece.len()) > self.cap {
+                self.too_big = true;
+                self.buf.clear();
+            } else if !self.too_big {
+                self.buf.extend_from_slice(piece);
+            }
+        }
+    }
+}
+
+// ---- fragments ---------------------------------------------------------------------------
+
+/// The value after `key` (a quoted key, `"usage"`) if `hay` holds `key`, optional whitespace
+/// and `:` at `i`. For fragments the scanner cannot read from their start (a body's tail, a
+/// cut event): inside valid JSON a string followed by `:` is always a key.
+pub fn value_at<'a>(hay: &'a [u8], i: usize, key: &[u8]) -> Option<&'a [u8]> {
+    if hay.get(i..i.saturating_add(key.len()))? != key {
+        return None;
+    }
+    let rest = hay.get(i.saturating_add(key.len())..)?;
+    let rest = rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)?;
+    let rest = rest.strip_prefix(b":")?;
+    rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)
+}
+
+/// The value of the first (or with `from_end` the last) `key` in the fragment `hay`.
+pub fn find_value<'a>(hay: &'a [u8], key: &[u8], from_end: bool) -> Option<&'a [u8]> {
+    if from_end {
+        (0..hay.len()).rev().find_map(|i| value_at(hay, i, key))
+    } else {
+        (0..hay.len()).find_map(|i| value_at(hay, i, key))
     }
 }
 

@@ -2,7 +2,7 @@
 //! estimated input tokens, kept in a bounded shared-data slot table and applied to later
 //! estimates for that model.
 
-use crate::store::{owner_tag, write_cas, SlotTable, Store, StoreError, MAX_TRIES};
+use crate::store::{self, owner_tag, Decision, SlotTable, Store, StoreError, MAX_TRIES};
 
 /// Slots in the table (model names are client-chosen, so the table is bounded).
 pub const SLOTS: u32 = 1024;
@@ -114,22 +114,19 @@ pub fn observe_all(
 ) -> Result<(), StoreError> {
     let owner = owner_tag(model);
     let key = table.key(table.slots(model)[0]);
-    for _ in 0..MAX_TRIES {
-        let (value, cas) = store.get(&key)?;
-        let prev = value.as_deref().and_then(Ratio::decode);
+    store::update(store, &key, MAX_TRIES, |old, out| {
+        let prev = old.and_then(Ratio::decode);
         let next = observations.iter().fold(prev, |r, &(real, estimate)| {
             update(r, owner, real, estimate)
         });
-        let Some(next) = next.filter(|n| Some(*n) != prev) else {
-            return Ok(());
-        };
-        match store.set(&key, &next.encode(), write_cas(cas)) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
+        match next.filter(|n| Some(*n) != prev) {
+            Some(next) => {
+                out.extend_from_slice(&next.encode());
+                Decision::Write(())
+            }
+            None => Decision::Keep(()),
         }
-    }
-    Err(StoreError::Contended)
+    })
 }
 
 /// A worker's observations not yet written, by model: recorded on the request path without

@@ -12,6 +12,8 @@ pub mod accounts;
 pub mod admin;
 pub mod analytics;
 pub mod api;
+pub mod civil;
+pub mod codec;
 pub mod config;
 pub mod estimate;
 pub mod identity;

@@ -3,9 +3,11 @@
 //! (`decide`, `settle`), run through the store by a short compare-and-swap loop (`admit`,
 //! `reconcile`, `renew`, `release`). One admission is one `get` and one `set`.
 
+use crate::civil;
+use crate::codec::{self, Reader};
 use crate::config::Duration;
 use crate::limits::{Limit, LimitKind, Per, Price, Usage, WindowKind};
-use crate::store::{self, SlotTable, Store, StoreError, MAX_TRIES};
+use crate::store::{self, Round, SlotTable, Store, StoreError, MAX_TRIES};
 
 /// `renew` writes only when the lease was last renewed at least this long ago, or a third of
 /// `lease_ttl` when that is shorter (see `renew_after_ms`).
@@ -19,7 +21,6 @@ const VERSION: u8 = 1;
 const MAX_ENTRIES: usize = 255;
 const MAX_LEASES: usize = 10_000;
 const FP_CONCURRENT: u8 = 0x80;
-const DAY_MS: u64 = 86_400_000;
 
 /// What one request counts against each limit kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,22 +308,22 @@ impl State {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(VERSION);
         out.extend_from_slice(&self.owner.to_le_bytes());
-        put_varint(out, self.touched_ms);
-        put_varint(out, u64::from(self.next_lease));
+        codec::put_varint(out, self.touched_ms);
+        codec::put_varint(out, u64::from(self.next_lease));
         out.push(self.counters.len().min(MAX_ENTRIES) as u8);
         for c in self.counters.iter().take(MAX_ENTRIES) {
             out.push(c.fp);
             if c.fp != FP_CONCURRENT {
-                put_varint(out, c.idx);
-                put_varint(out, c.cur);
-                put_varint(out, c.prev);
+                codec::put_varint(out, c.idx);
+                codec::put_varint(out, c.cur);
+                codec::put_varint(out, c.prev);
             }
         }
         let leases = self.leases.len().min(MAX_LEASES);
-        put_varint(out, leases as u64);
+        codec::put_varint(out, leases as u64);
         for l in self.leases.iter().take(MAX_LEASES) {
-            put_varint(out, u64::from(l.id));
-            put_varint(out, l.expires_ms);
+            codec::put_varint(out, u64::from(l.id));
+            codec::put_varint(out, l.expires_ms);
         }
     }
 
@@ -366,20 +367,20 @@ impl State {
 }
 
 fn decode(bytes: &[u8]) -> Option<State> {
-    let mut r = Reader { bytes, pos: 0 };
-    if r.byte()? != VERSION {
+    let mut r = Reader::new(bytes);
+    if r.byte().ok()? != VERSION {
         return None;
     }
-    let owner = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let touched_ms = r.varint()?;
-    let next_lease = u32::try_from(r.varint()?).ok()?;
-    let n = usize::from(r.byte()?);
+    let owner = u64::from_le_bytes(r.array().ok()?);
+    let touched_ms = r.varint().ok()?;
+    let next_lease = u32::try_from(r.varint().ok()?).ok()?;
+    let n = usize::from(r.byte().ok()?);
     if n > MAX_ENTRIES {
         return None;
     }
     let mut counters = Vec::with_capacity(n);
     for _ in 0..n {
-        let fp = r.byte()?;
+        let fp = r.byte().ok()?;
         counters.push(if fp == FP_CONCURRENT {
             Counter {
                 fp,
@@ -388,24 +389,24 @@ fn decode(bytes: &[u8]) -> Option<State> {
         } else {
             Counter {
                 fp,
-                idx: r.varint()?,
-                cur: r.varint()?,
-                prev: r.varint()?,
+                idx: r.varint().ok()?,
+                cur: r.varint().ok()?,
+                prev: r.varint().ok()?,
             }
         });
     }
-    let n = usize::try_from(r.varint()?).ok()?;
+    let n = usize::try_from(r.varint().ok()?).ok()?;
     if n > MAX_LEASES {
         return None;
     }
     let mut leases = Vec::with_capacity(n);
     for _ in 0..n {
         leases.push(Lease {
-            id: u32::try_from(r.varint()?).ok()?,
-            expires_ms: r.varint()?,
+            id: u32::try_from(r.varint().ok()?).ok()?,
+            expires_ms: r.varint().ok()?,
         });
     }
-    if r.pos != bytes.len() {
+    if !r.is_empty() {
         return None;
     }
     Some(State {
@@ -415,45 +416,6 @@ fn decode(bytes: &[u8]) -> Option<State> {
         counters,
         leases,
     })
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.bytes.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
 }
 
 fn fingerprint(limit: &Limit) -> u8 {
@@ -491,10 +453,7 @@ fn fingerprint(limit: &Limit) -> u8 {
 /// 30 days), except fixed months, numbered as calendar months since January 1970 (UTC).
 fn window_index(per: Per, window: WindowKind, now_ms: u64) -> u64 {
     match (window, per) {
-        (WindowKind::Fixed, Per::Month) => {
-            let (y, m, _) = civil_from_days((now_ms / DAY_MS) as i64);
-            ((y - 1970) * 12 + (m - 1)).max(0) as u64
-        }
+        (WindowKind::Fixed, Per::Month) => civil::month_index(now_ms),
         _ => now_ms / per.millis(),
     }
 }
@@ -502,38 +461,9 @@ fn window_index(per: Per, window: WindowKind, now_ms: u64) -> u64 {
 /// Start of window `idx` in unix millis.
 fn window_start(per: Per, window: WindowKind, idx: u64) -> u64 {
     match (window, per) {
-        (WindowKind::Fixed, Per::Month) => {
-            // Bounded so the calendar arithmetic cannot overflow (a million years).
-            let idx = idx.min(12_000_000) as i64;
-            let days = days_from_civil(1970 + idx / 12, idx % 12 + 1, 1);
-            (days.max(0) as u64).saturating_mul(DAY_MS)
-        }
+        (WindowKind::Fixed, Per::Month) => civil::month_start_ms(idx),
         _ => idx.saturating_mul(per.millis()),
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `(year, month 1..=12, day 1..=31)` of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The counter moved to the window of `now_ms`. A clock behind the stored window (another
@@ -981,35 +911,29 @@ pub fn admit(
     now_ms: u64,
     lease_ttl: Duration,
 ) -> Result<Admission, StoreError> {
-    let mut buf = Vec::with_capacity(64);
-    for _ in 0..ADMIT_TRIES {
+    store::retry(store, ADMIT_TRIES, |out| {
         let mut loc = locate(store, key)?;
-        match decide(&mut loc.state, limits, amounts, now_ms, lease_ttl) {
-            Decision::Reject(rejection) => {
-                return Ok(Admission::Rejected {
-                    rejection,
-                    headers: headers(&loc.state, limits, now_ms),
-                })
-            }
+        let decision = match decide(&mut loc.state, limits, amounts, now_ms, lease_ttl) {
+            Decision::Reject(rejection) => store::Decision::Keep(Admission::Rejected {
+                rejection,
+                headers: headers(&loc.state, limits, now_ms),
+            }),
             Decision::Admit(mut ticket) => {
                 ticket.slot = loc.slot;
                 ticket.owner = key.owner();
-                buf.clear();
-                loc.state.encode(&mut buf);
-                match store.set(key.key(loc.slot), &buf, store::write_cas(loc.cas)) {
-                    Ok(()) => {
-                        return Ok(Admission::Admitted {
-                            ticket,
-                            headers: headers(&loc.state, limits, now_ms),
-                        })
-                    }
-                    Err(StoreError::CasMismatch) => continue,
-                    Err(e) => return Err(e),
-                }
+                loc.state.encode(out);
+                store::Decision::Write(Admission::Admitted {
+                    ticket,
+                    headers: headers(&loc.state, limits, now_ms),
+                })
             }
-        }
-    }
-    Err(StoreError::Contended)
+        };
+        Ok(Round {
+            key: key.key(loc.slot),
+            cas: loc.cas,
+            decision,
+        })
+    })
 }
 
 /// Runs `f` on the state a ticket was admitted against, with compare-and-swap.
@@ -1019,25 +943,21 @@ fn update(
     ticket: &Ticket,
     mut f: impl FnMut(&mut State) -> bool,
 ) -> Result<Settled, StoreError> {
-    let k = key.key(ticket.slot);
-    let mut buf = Vec::with_capacity(64);
-    for _ in 0..MAX_TRIES {
-        let (mut state, cas) = read(store, k)?;
+    let outcome = store::update(store, key.key(ticket.slot), MAX_TRIES, |old, out| {
+        let mut state = old.map_or_else(State::default, State::decode);
         if state.owner != ticket.owner {
-            return Ok(Settled::OwnerGone);
+            return store::Decision::Keep(Settled::OwnerGone);
         }
         if !f(&mut state) {
-            return Ok(Settled::Skipped);
+            return store::Decision::Keep(Settled::Skipped);
         }
-        buf.clear();
-        state.encode(&mut buf);
-        match store.set(k, &buf, store::write_cas(cas)) {
-            Ok(()) => return Ok(Settled::Applied),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
+        state.encode(out);
+        store::Decision::Write(Settled::Applied)
+    });
+    match outcome {
+        Err(StoreError::Contended) => Ok(Settled::Dropped),
+        other => other,
     }
-    Ok(Settled::Dropped)
 }
 
 /// Replaces the ticket's reservation by the real `actual` (see `settle`) and releases its

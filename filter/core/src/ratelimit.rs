@@ -2,7 +2,8 @@
 //! "Global limits"): which descriptors a request sends, the check-only admission request and
 //! its decision, the usage charge sent when a response ends, and a bounded queue for charges
 //! the root context sends. The protobuf wire format of the few messages involved is written
-//! by hand here (a varint writer and a bounds-checked reader), so no codegen enters the binary.
+//! by hand here (field keys over the crate's varint codec, `codec`), so no codegen enters the
+//! binary.
 //!
 //! Field numbers, from envoy `api/envoy/service/ratelimit/v3/rls.proto` and
 //! `api/envoy/extensions/common/ratelimit/v3/ratelimit.proto` (as generated into
@@ -26,6 +27,7 @@
 //! Duration            { int64 seconds = 1; int32 nanos = 2; }
 //! ```
 
+use crate::codec::CodecError;
 use crate::limits::{Limit, LimitKind, Per};
 use crate::quota::{self, Amounts, LimitStatus, RateHeaders};
 use std::collections::VecDeque;
@@ -769,30 +771,32 @@ impl fmt::Display for DecodeError {
     }
 }
 
-/// The protobuf wire format: just what the messages above need.
+impl From<CodecError> for DecodeError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Truncated => DecodeError::Truncated,
+            CodecError::VarintTooLong => DecodeError::VarintTooLong,
+        }
+    }
+}
+
+/// The protobuf wire format, just what the messages above need: field keys and values over
+/// the crate's varint codec.
 mod wire {
     use super::DecodeError;
+    use crate::codec;
 
     const VARINT: u64 = 0;
     const LEN: u64 = 2;
 
-    pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
     pub fn put_varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
-        put_varint(out, field << 3 | VARINT);
-        put_varint(out, v);
+        codec::put_varint(out, field << 3 | VARINT);
+        codec::put_varint(out, v);
     }
 
     pub fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
-        put_varint(out, field << 3 | LEN);
-        put_varint(out, b.len() as u64);
-        out.extend_from_slice(b);
+        codec::put_varint(out, field << 3 | LEN);
+        codec::put_bytes(out, b);
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -803,59 +807,33 @@ mod wire {
         Fixed32,
     }
 
-    pub struct Reader<'a> {
-        buf: &'a [u8],
-        pos: usize,
-    }
+    pub struct Reader<'a>(codec::Reader<'a>);
 
     impl<'a> Reader<'a> {
         pub fn new(buf: &'a [u8]) -> Reader<'a> {
-            Reader { buf, pos: 0 }
-        }
-
-        fn varint(&mut self) -> Result<u64, DecodeError> {
-            let mut v: u64 = 0;
-            for i in 0..10 {
-                let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated)?;
-                self.pos += 1;
-                v |= u64::from(b & 0x7f) << (7 * i);
-                if b < 0x80 {
-                    return Ok(v);
-                }
-            }
-            Err(DecodeError::VarintTooLong)
-        }
-
-        fn take(&mut self, n: u64) -> Result<&'a [u8], DecodeError> {
-            let n = usize::try_from(n).map_err(|_| DecodeError::Truncated)?;
-            let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-            let b = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
-            self.pos = end;
-            Ok(b)
+            Reader(codec::Reader::new(buf))
         }
 
         /// The next field, or `None` at the end of the input.
         pub fn next(&mut self) -> Result<Option<(u64, Value<'a>)>, DecodeError> {
-            if self.pos >= self.buf.len() {
+            let r = &mut self.0;
+            if r.is_empty() {
                 return Ok(None);
             }
-            let key = self.varint()?;
+            let key = r.varint()?;
             let field = key >> 3;
             if field == 0 || field > (1 << 29) - 1 {
                 return Err(DecodeError::BadField);
             }
             let value = match key & 7 {
-                0 => Value::Varint(self.varint()?),
+                0 => Value::Varint(r.varint()?),
                 1 => {
-                    self.take(8)?;
+                    r.take(8)?;
                     Value::Fixed64
                 }
-                2 => {
-                    let n = self.varint()?;
-                    Value::Bytes(self.take(n)?)
-                }
+                2 => Value::Bytes(r.bytes()?),
                 5 => {
-                    self.take(4)?;
+                    r.take(4)?;
                     Value::Fixed32
                 }
                 _ => return Err(DecodeError::WireType),

@@ -1,6 +1,7 @@
 //! Envoy shared data as a small trait: a process-wide key/value map with compare-and-swap,
 //! shared by every worker of one VM id. The host implements it over `proxy_wasm::hostcalls`;
-//! `MemStore` is an exact in-memory fake for tests. Also: safe key creation and slot tables.
+//! `MemStore` is an exact in-memory fake for tests. Also: the one compare-and-swap loop
+//! (`update`, `retry`), safe key creation and slot tables.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 pub enum StoreError {
     /// `set` with a `cas` that no longer matches the key's current one: someone wrote first.
     CasMismatch,
-    /// A compare-and-swap loop lost `MAX_TRIES` races in a row and gave up.
+    /// A compare-and-swap loop lost every race it was allowed (see [`retry`]) and gave up.
     Contended,
     /// Any other host status (the raw proxy-wasm status code).
     Host(u32),
@@ -26,7 +27,7 @@ pub trait Store {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
 }
 
-/// How many times a compare-and-swap loop retries before giving up with `Contended`.
+/// How many races most compare-and-swap loops may lose before giving up with `Contended`.
 /// Each lost race means another worker made progress, so 16 losses in a row only happen
 /// under extreme contention on one key; see `quota` for what each caller then does.
 pub const MAX_TRIES: u32 = 16;
@@ -47,6 +48,94 @@ pub fn write_cas(cas: u32) -> u32 {
     } else {
         cas
     }
+}
+
+/// What one round of a compare-and-swap loop decided, from the value it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<T> {
+    /// Write the bytes the round put in its buffer; once the write lands, the loop returns
+    /// `T`. A lost race runs the round again on the newer value.
+    Write(T),
+    /// Write nothing and return `T`.
+    Keep(T),
+}
+
+/// One round's answer for [`retry`]: the key it read (with that read's cas) and its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round<'k, T> {
+    pub key: &'k str,
+    pub cas: u32,
+    pub decision: Decision<T>,
+}
+
+/// The compare-and-swap loop behind every read-modify-write of shared data: runs `round`
+/// (which reads, decides and on `Write` fills the buffer it is given, emptied before each
+/// round) until its write lands or it keeps the value, at most `tries` times. A lost race
+/// (`CasMismatch`) runs it again; any other store error ends the loop with that error; after
+/// `tries` lost races, `Err(StoreError::Contended)`. A key read as missing is written with
+/// `CREATE_CAS` (see `write_cas`).
+pub fn retry<'k, T>(
+    store: &dyn Store,
+    tries: u32,
+    mut round: impl FnMut(&mut Vec<u8>) -> Result<Round<'k, T>, StoreError>,
+) -> Result<T, StoreError> {
+    let mut answer = None;
+    rounds(store, tries, &mut |out| {
+        let Round { key, cas, decision } = round(out)?;
+        Ok(match decision {
+            Decision::Keep(t) => {
+                answer = Some(t);
+                None
+            }
+            Decision::Write(t) => {
+                answer = Some(t);
+                Some((key, cas))
+            }
+        })
+    })?;
+    answer.ok_or(StoreError::Contended)
+}
+
+/// Where a round writes what it put in the buffer (key and cas read), or `None` to stop.
+type Target<'k> = Option<(&'k str, u32)>;
+
+/// The loop of [`retry`], compiled once rather than per caller (wasm size).
+fn rounds<'k>(
+    store: &dyn Store,
+    tries: u32,
+    round: &mut dyn FnMut(&mut Vec<u8>) -> Result<Target<'k>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut buf = Vec::with_capacity(64);
+    for _ in 0..tries {
+        buf.clear();
+        let Some((key, cas)) = round(&mut buf)? else {
+            return Ok(());
+        };
+        match store.set(key, &buf, write_cas(cas)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// [`retry`] on one key: each round reads `key` and hands `decide` its value (`None` when
+/// missing) and the buffer to fill on `Write`.
+pub fn update<T>(
+    store: &dyn Store,
+    key: &str,
+    tries: u32,
+    mut decide: impl FnMut(Option<&[u8]>, &mut Vec<u8>) -> Decision<T>,
+) -> Result<T, StoreError> {
+    retry(store, tries, |out| {
+        let (value, cas) = store.get(key)?;
+        Ok(Round {
+            key,
+            cas,
+            decision: decide(value.as_deref(), out),
+        })
+    })
 }
 
 /// Creates `key` with `initial` unless it exists. Returns whether this call created it.

@@ -10,6 +10,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 
 use crate::api::{Api, Metered};
+use crate::json::{self, Elements};
 use crate::estimate::Estimator;
 use crate::limits::Usage;
 use crate::sse::{Event, SseParser, DEFAULT_EVENT_CAP};
@@ -212,7 +213,7 @@ impl ResponseMeter {
         let decoder = Decoder::new(content_encoding);
         let parser = match body {
             Body::Sse => Parser::Sse(SseParser::default()),
-            Body::JsonArrayStream => Parser::Array(ArrayScanner::default()),
+            Body::JsonArrayStream => Parser::Array(Box::new(Elements::new(ELEMENT_CAP))),
             Body::Json => Parser::Json(JsonBuffer::default()),
         };
         let strip = (strip_usage_chunk
@@ -385,7 +386,7 @@ impl Strip {
 
 enum Parser {
     Sse(SseParser),
-    Array(ArrayScanner),
+    Array(Box<Elements>),
     Json(JsonBuffer),
 }
 
@@ -404,7 +405,7 @@ impl Parser {
                 && j.buf.iter().all(u8::is_ascii_whitespace)
             {
                 if let Some(&b'[') = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-                    *self = Parser::Array(ArrayScanner::default());
+                    *self = Parser::Array(Box::new(Elements::new(ELEMENT_CAP)));
                 }
             }
         }
@@ -441,82 +442,8 @@ impl Parser {
     fn oversized(&self) -> u64 {
         match self {
             Parser::Sse(p) => p.oversized(),
-            Parser::Array(a) => a.oversized,
+            Parser::Array(a) => a.oversized(),
             Parser::Json(j) => u64::from(j.truncated),
-        }
-    }
-}
-
-/// Splits a streamed JSON array into its elements as they complete.
-#[derive(Default)]
-struct ArrayScanner {
-    /// Nesting depth; elements live at `elem_depth`.
-    depth: u32,
-    /// 2 inside a top-level array; 1 when the body turned out to be a lone object.
-    elem_depth: u32,
-    in_str: bool,
-    esc: bool,
-    buf: Vec<u8>,
-    too_big: bool,
-    oversized: u64,
-}
-
-impl ArrayScanner {
-    fn feed<F: FnMut(&[u8])>(&mut self, chunk: &[u8], mut on: F) {
-        let mut start = (self.elem_depth > 0 && self.depth >= self.elem_depth).then_some(0);
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.in_str {
-                if self.esc {
-                    self.esc = false;
-                } else if b == b'\\' {
-                    self.esc = true;
-                } else if b == b'"' {
-                    self.in_str = false;
-                }
-                continue;
-            }
-            match b {
-                b'"' => self.in_str = true,
-                b'[' | b'{' => {
-                    if self.elem_depth == 0 {
-                        self.elem_depth = if b == b'[' { 2 } else { 1 };
-                    }
-                    self.depth = self.depth.saturating_add(1);
-                    if self.depth == self.elem_depth {
-                        start = Some(i);
-                    }
-                }
-                b']' | b'}' => {
-                    if self.depth == self.elem_depth {
-                        if let Some(s) = start.take() {
-                            let piece = chunk.get(s..=i).unwrap_or_default();
-                            if self.too_big {
-                                self.oversized = self.oversized.saturating_add(1);
-                            } else if self.buf.is_empty() {
-                                on(piece);
-                            } else if self.buf.len().saturating_add(piece.len()) <= ELEMENT_CAP {
-                                self.buf.extend_from_slice(piece);
-                                on(&self.buf);
-                            } else {
-                                self.oversized = self.oversized.saturating_add(1);
-                            }
-                            self.buf.clear();
-                            self.too_big = false;
-                        }
-                    }
-                    self.depth = self.depth.saturating_sub(1);
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            let piece = chunk.get(s..).unwrap_or_default();
-            if self.buf.len().saturating_add(piece.len()) > ELEMENT_CAP {
-                self.too_big = true;
-                self.buf.clear();
-            } else if !self.too_big {
-                self.buf.extend_from_slice(piece);
-            }
         }
     }
 }
@@ -1502,7 +1429,7 @@ impl Counter {
 
     /// The model under the first (or last) `key` in `bytes`.
     fn model_at(&mut self, bytes: &[u8], key: &[u8], from_end: bool) {
-        if let Some(v) = find_value(bytes, key, from_end) {
+        if let Some(v) = json::find_value(bytes, key, from_end) {
             if let Ok(t) = Text::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
                 self.set_model(&t);
             }
@@ -1655,7 +1582,7 @@ impl Counter {
         // insane.
         let found = (0..tail.len())
             .rev()
-            .find_map(|i| value_at(tail, i, key).filter(|v| v.first() == Some(&b'{')));
+            .find_map(|i| json::value_at(tail, i, key).filter(|v| v.first() == Some(&b'{')));
         if let Some(v) = found {
             match WireUsage::deserialize(&mut serde_json::Deserializer::from_slice(v)) {
                 Ok(u) => self.usage(&u, true),
@@ -1777,27 +1704,6 @@ impl Counter {
             invalid_usage: false,
             oversized_events: self.oversized,
         }
-    }
-}
-
-/// The value after `key` if `hay` holds `key`, optional whitespace and `:` at `i`. Inside
-/// valid JSON a string followed by `:` is always a key.
-fn value_at<'a>(hay: &'a [u8], i: usize, key: &[u8]) -> Option<&'a [u8]> {
-    if hay.get(i..i.saturating_add(key.len()))? != key {
-        return None;
-    }
-    let rest = hay.get(i.saturating_add(key.len())..)?;
-    let rest = rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)?;
-    let rest = rest.strip_prefix(b":")?;
-    rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)
-}
-
-/// The value of the first (or with `from_end` the last) `key` in `hay`.
-fn find_value<'a>(hay: &'a [u8], key: &[u8], from_end: bool) -> Option<&'a [u8]> {
-    if from_end {
-        (0..hay.len()).rev().find_map(|i| value_at(hay, i, key))
-    } else {
-        (0..hay.len()).find_map(|i| value_at(hay, i, key))
     }
 }
 

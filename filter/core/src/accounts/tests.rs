@@ -420,6 +420,64 @@ fn cooling_extends_never_shortens_and_disabled_stays() {
     assert_eq!(health.last_status, 429);
 }
 
+/// The stored byte format, pinned: a value written by an older VM must decode the same.
+#[test]
+fn health_encoding_matches_hand_computed_bytes() {
+    let mut cooling_health = Health {
+        state: AccountState::Cooling { until_ms: 1000 },
+        key_tag: 0xdead_beef,
+        requests: 1,
+        tokens: 200,
+        load_milli: 0,
+        load_ms: 5,
+        last_status: 429,
+        ..Health::default()
+    };
+    cooling_health.dims[1] = Some(Dim {
+        remaining: 3,
+        limit: None,
+        reset_ms: Some(u64::MAX),
+        seen_ms: 7,
+    });
+    let disabled_health = Health {
+        state: AccountState::Disabled {
+            reason: DisableReason::InvalidKey,
+            status: 401,
+            since_ms: 2,
+            probe_after_ms: 130,
+        },
+        ..Health::default()
+    };
+    #[rustfmt::skip]
+    let cases: [(&Health, Vec<u8>); 2] = [
+        (&cooling_health, [
+            &[HEALTH_VERSION, 0b1001][..], // cooling, dimension 1 present
+            &[0xef, 0xfd, 0xb6, 0xf5, 0x0d], // key tag 0xdeadbeef
+            &[0xe8, 0x07], // until 1000
+            &[0x01, 0xc8, 0x01, 0x00, 0x05], // requests, tokens 200, load_milli, load_ms
+            &[0xad, 0x03], // last status 429
+            &[0x03, 0x00], // remaining 3, no limit
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], // reset: u64::MAX saturates
+            &[0x07], // seen
+        ].concat()),
+        (&disabled_health, [
+            &[HEALTH_VERSION, 0b10, 0x00][..], // disabled, no dimension, key tag 0
+            &[DisableReason::InvalidKey.code(), 0x91, 0x03, 0x02, 0x82, 0x01], // reason, 401, since, probe 130
+            &[0, 0, 0, 0, 0], // requests, tokens, load_milli, load_ms, last status
+        ].concat()),
+    ];
+    let mut cooling_read = cooling_health;
+    if let Some(d) = cooling_read.dims[1].as_mut() {
+        d.reset_ms = Some(u64::MAX - 1);
+    }
+    for ((health, golden), read) in cases.iter().zip([cooling_read, disabled_health]) {
+        let mut bytes = Vec::new();
+        health.encode(&mut bytes);
+        assert_eq!(&bytes, golden, "{health:?}");
+        assert_eq!(Health::decode(golden), read);
+    }
+}
+
 #[test]
 fn health_round_trips_and_garbage_reads_fresh() {
     let mut health = Health {

@@ -453,3 +453,119 @@ fn bench_scanner_throughput() {
     let mbs = (body.len() * 500) as f64 / t.elapsed().as_secs_f64() / 1e6;
     println!("scanner alone, 256 KB chat: {mbs:.0} MB/s");
 }
+
+// ---- streamed arrays ----
+
+/// Splits `body` cut into windows at `cuts`, with elements kept up to `cap` bytes.
+fn elements(body: &[u8], cuts: &[usize], cap: usize) -> (Vec<String>, u64) {
+    let mut split = Elements::new(cap);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &cut in cuts.iter().chain([body.len()].iter()) {
+        split.feed(&body[start..cut], |e| {
+            out.push(String::from_utf8_lossy(e).into_owned())
+        });
+        start = cut;
+    }
+    (out, split.oversized())
+}
+
+#[test]
+fn array_elements_come_out_whole_at_every_split_point() {
+    // (body, the elements it holds)
+    for (body, expected) in [
+        (
+            "[{\"a\":1},\r\n{\"b\":[2,{\"c\":\"]}\\\"\"}]}\r\n]",
+            vec!["{\"a\":1}", "{\"b\":[2,{\"c\":\"]}\\\"\"}]}"],
+        ),
+        (
+            "  {\"lone\": {\"x\": \"日本\"}} ",
+            vec!["{\"lone\": {\"x\": \"日本\"}}"],
+        ),
+        ("[1, \"s\", [true], null, {}]", vec!["[true]", "{}"]),
+        ("[]", vec![]),
+        ("\"just a string\"", vec![]),
+    ] {
+        for cut in 0..=body.len() {
+            let (got, oversized) = elements(body.as_bytes(), &[cut], usize::MAX);
+            assert_eq!(got, expected, "{body} cut at {cut}");
+            assert_eq!(oversized, 0);
+        }
+    }
+}
+
+#[test]
+fn invalid_json_ends_the_elements_where_it_starts() {
+    // (body, the elements before the error)
+    for (body, expected) in [
+        ("[{\"a\":}]]]]{{{", vec![]),
+        ("[{\"a\":1}, {\"b\" 2}, {\"c\":3}]", vec!["{\"a\":1}"]),
+        ("[{\"a\":1}] [{\"b\":2}]", vec!["{\"a\":1}"]),
+        ("[{\"a\":1}, {\"b\":\"\u{1}\"}]", vec!["{\"a\":1}"]),
+        ("<html>[{\"a\":1}]", vec![]),
+    ] {
+        for cut in 0..=body.len() {
+            let (got, _) = elements(body.as_bytes(), &[cut], usize::MAX);
+            assert_eq!(got, expected, "{body} cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn an_element_longer_than_the_cap_across_windows_is_counted_and_skipped() {
+    let big = format!("{{\"t\":\"{}\"}}", "x".repeat(100));
+    let body = format!("[{big},{{\"after\":1}}]");
+    // (where the windows split, the cap, elements seen, oversized)
+    for (cuts, cap, seen, oversized) in [
+        // Within one window an element is never cut off, whatever its size.
+        (vec![], 10, vec![big.as_str(), "{\"after\":1}"], 0),
+        // Spanning windows, it is kept up to the cap...
+        (vec![50], 200, vec![big.as_str(), "{\"after\":1}"], 0),
+        (vec![50], big.len(), vec![big.as_str(), "{\"after\":1}"], 0),
+        // ...and skipped beyond it, however many windows it spans.
+        (vec![50], big.len() - 1, vec!["{\"after\":1}"], 1),
+        (vec![10, 20, 30, 40, 50, 60], 40, vec!["{\"after\":1}"], 1),
+    ] {
+        let (got, n) = elements(body.as_bytes(), &cuts, cap);
+        assert_eq!(got, seen, "{cuts:?} cap {cap}");
+        assert_eq!(n, oversized, "{cuts:?} cap {cap}");
+    }
+}
+
+// ---- fragments ----
+
+#[test]
+fn a_key_in_a_fragment_leads_to_its_value() {
+    // (fragment, key, from the end, the value's start)
+    for (hay, key, from_end, value) in [
+        (
+            &br#"ed":1},"usage" : {"a":1}}"#[..],
+            &br#""usage""#[..],
+            false,
+            Some(&br#"{"a":1}}"#[..]),
+        ),
+        (
+            br#"{"model":"a","x":{"model":"b"}}"#,
+            br#""model""#,
+            false,
+            Some(br#""a","x":{"model":"b"}}"#),
+        ),
+        (
+            br#"{"model":"a","x":{"model":"b"}}"#,
+            br#""model""#,
+            true,
+            Some(br#""b"}}"#),
+        ),
+        (br#"{"usage":"#, br#""usage""#, false, None),
+        (br#"{"usage" 5}"#, br#""usage""#, false, None),
+        (br#"["usage", 5]"#, br#""usage""#, false, None),
+        (br#"{"usage":5}"#, br#""model""#, true, None),
+    ] {
+        assert_eq!(
+            find_value(hay, key, from_end),
+            value,
+            "{}",
+            String::from_utf8_lossy(hay)
+        );
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::civil::{civil_from_days, days_from_civil, DAY_MS};
 use crate::store::MemStore;
 use std::cell::RefCell;
 
@@ -127,6 +128,49 @@ fn reservation_follows_the_spec() {
         (a.tokens, a.input_tokens, a.output_tokens, a.requests),
         (42, 35, 7, 1)
     );
+}
+
+/// The stored byte format, pinned: a value written by an older VM must decode the same.
+#[test]
+fn state_encoding_matches_hand_computed_bytes() {
+    let state = State {
+        owner: 0x0807_0605_0403_0201,
+        touched_ms: 300,
+        next_lease: 2,
+        counters: vec![
+            Counter {
+                fp: FP_CONCURRENT,
+                ..Counter::default()
+            },
+            Counter {
+                fp: 5,
+                idx: 1,
+                cur: 128,
+                prev: u64::MAX,
+            },
+        ],
+        leases: vec![Lease {
+            id: 1,
+            expires_ms: 16_384,
+        }],
+    };
+    #[rustfmt::skip]
+    let golden: &[u8] = &[
+        VERSION,
+        1, 2, 3, 4, 5, 6, 7, 8, // owner, little-endian
+        0xac, 0x02, // touched_ms 300
+        0x02, // next_lease
+        0x02, // two counters
+        FP_CONCURRENT, // a concurrency counter: its fingerprint only
+        0x05, 0x01, 0x80, 0x01, // fp 5, idx 1, cur 128
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, // prev u64::MAX
+        0x01, // one lease
+        0x01, 0x80, 0x80, 0x01, // id 1, expires 16384
+    ];
+    let mut bytes = Vec::new();
+    state.encode(&mut bytes);
+    assert_eq!(bytes, golden);
+    assert_eq!(State::decode(golden), state);
 }
 
 #[test]
