@@ -1041,7 +1041,7 @@ impl Req {
         }
         ffi::set_request_header(name, &value);
         for (k, v) in provider::of(account.provider).default_headers() {
-            if !self.headers.has(k) {
+            if self.headers.get(k).is_none() {
                 ffi::set_request_header(k, v);
             }
         }
