@@ -713,6 +713,8 @@ pub fn observe_error_body(api: Api, status: u32, body: &[u8]) -> Observation {
     }
 }
 
+/// Not inlined into `observe_response` (its one caller): the wasm is smaller so.
+#[inline(never)]
 fn learn(obs: &mut Observation, dim: &str, field: &str, value: &str, now_ms: u64) {
     let Some(d) = Dimension::from_name(dim) else {
         return;

@@ -356,7 +356,7 @@ impl Collector {
             return Field::None;
         };
         match (p.len(), self.endpoint, k0) {
-            (_, Endpoint::GenerateContent | Endpoint::StreamGenerateContent, _) if p.len() == 2 => {
+            (2, Endpoint::GenerateContent | Endpoint::StreamGenerateContent, _) => {
                 match (k0, p.key(1)) {
                     (
                         b"generationConfig" | b"generation_config",
@@ -405,8 +405,9 @@ impl Collector {
             {
                 Some((4, Dest::Message))
             }
-            (Endpoint::GenerateContent | Endpoint::StreamGenerateContent, b"contents")
-                if p.index(1).is_some()
+            (_, b"contents")
+                if self.api == Api::Gemini
+                    && p.index(1).is_some()
                     && p.is_key(2, b"parts")
                     && p.index(3).is_some()
                     && matches!(

@@ -1163,6 +1163,8 @@ struct WireError<'a> {
 }
 
 impl WireError<'_> {
+    /// Not inlined: six call sites share it.
+    #[inline(never)]
     fn classify(&self) -> StreamError {
         let (code, code_num) = match &self.code {
             Scalar::Str(s) => (Some(s.as_ref()), 0),

@@ -5,6 +5,9 @@
 //!
 //! A provider is a [`Provider`]; [`of`] gives the one of an API and [`ALL`] lists them, in
 //! the order their facts are tried. Adding one is a new file here plus its line in `ALL`.
+//! A provider whose clients speak another's API (Azure OpenAI, Bedrock, Anthropic OAuth
+//! accounts) says so in `api()` and reuses that API's endpoints and error bodies; what
+//! differs is how it is reached (credential, headers, path, rate-limit and error answers).
 
 mod anthropic;
 mod gemini;
