@@ -10,8 +10,9 @@ mod top;
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
-use tollgate_core::api::{self, Api, Metered, Route};
+use tollgate_core::api::{self, Api, Route};
 use tollgate_core::config::KeyMatcher;
+use tollgate_core::provider::Endpoint;
 use tollgate_core::request::RequestScanner;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -231,7 +232,7 @@ fn run(args: &[String], stdin: &mut dyn Read, env: &dyn Fn(&str) -> Option<Strin
             Err(msg) => command_usage(command, &msg),
         },
         "estimate" => match endpoint_arg(rest) {
-            Ok(endpoint) => estimate(&endpoint, stdin),
+            Ok((endpoint, model)) => estimate(endpoint, model, stdin),
             Err(msg) => command_usage(command, &msg),
         },
         "hash-key" => match rest {
@@ -395,10 +396,11 @@ fn top_command(a: &TopArgs, env: &dyn Fn(&str) -> Option<String>) -> Outcome {
     }
 }
 
-/// `--endpoint E` / `--endpoint=E`, default `messages`.
-fn endpoint_arg(args: &[String]) -> Result<Metered, String> {
+/// `--endpoint E` / `--endpoint=E`, default `messages`: the endpoint, and the model its path
+/// names (Gemini).
+fn endpoint_arg(args: &[String]) -> Result<(Endpoint, Option<String>), String> {
     let value = match args {
-        [] => return Ok(Metered::Messages),
+        [] => return Ok((Endpoint::Messages, None)),
         [flag, value] if flag == "--endpoint" || flag == "-e" => value.as_str(),
         [one] => match one.strip_prefix("--endpoint=") {
             Some(value) => value,
@@ -409,47 +411,48 @@ fn endpoint_arg(args: &[String]) -> Result<Metered, String> {
     endpoint(value).ok_or_else(|| format!("unknown endpoint {value:?}"))
 }
 
-fn endpoint(name: &str) -> Option<Metered> {
-    match name {
-        "messages" => Some(Metered::Messages),
-        "chat" => Some(Metered::ChatCompletions),
-        "completions" => Some(Metered::Completions),
-        "embeddings" => Some(Metered::Embeddings),
-        "responses" => Some(Metered::Responses),
-        path if path.starts_with('/') => {
-            match api::classify("POST", path, Api::OpenAi, None, &[]) {
-                Route::Metered(m) => Some(m),
-                _ => None,
-            }
-        }
-        other => {
-            let model = other.strip_prefix("gemini:")?;
-            // Exactly what the filter accepts in `/v1beta/models/{model}:generateContent`.
-            let path = format!("/v1beta/models/{model}:generateContent");
-            match api::classify("POST", &path, Api::Gemini, None, &[]) {
-                Route::Metered(m @ Metered::Gemini { .. }) => Some(m),
-                _ => None,
-            }
-        }
+fn endpoint(name: &str) -> Option<(Endpoint, Option<String>)> {
+    if name.starts_with('/') {
+        return match api::classify("POST", name, Api::OpenAi, None, &[]) {
+            Route::Metered { endpoint, model } => Some((endpoint, model)),
+            _ => None,
+        };
     }
+    if let Some(model) = name.strip_prefix("gemini:") {
+        // Exactly what the filter accepts in `/v1beta/models/{model}:generateContent`.
+        let path = format!("/v1beta/models/{model}:generateContent");
+        return match api::classify("POST", &path, Api::Gemini, None, &[]) {
+            Route::Metered {
+                endpoint: Endpoint::GenerateContent,
+                model,
+            } => Some((Endpoint::GenerateContent, model)),
+            _ => None,
+        };
+    }
+    // Gemini's endpoints need a model: `gemini:MODEL` or a path.
+    Endpoint::ALL
+        .into_iter()
+        .find(|&e| e.api() != Api::Gemini && endpoint_name(e) == name)
+        .map(|e| (e, None))
 }
 
-fn endpoint_name(m: &Metered) -> &'static str {
-    match m {
-        Metered::Messages => "messages",
-        Metered::ChatCompletions => "chat",
-        Metered::Completions => "completions",
-        Metered::Embeddings => "embeddings",
-        Metered::Responses => "responses",
-        Metered::Gemini { .. } => "gemini",
+/// The name `--endpoint` takes for an endpoint, and `estimate` reports.
+fn endpoint_name(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Messages => "messages",
+        Endpoint::ChatCompletions => "chat",
+        Endpoint::Completions => "completions",
+        Endpoint::Embeddings => "embeddings",
+        Endpoint::Responses => "responses",
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => "gemini",
     }
 }
 
 /// `tollgate estimate`: reads the body window by window through the filter's request scanner.
 /// The number is the raw estimate; the filter admits with it times the ratio it has learned
 /// for the model (1 until it has seen real usage).
-fn estimate(endpoint: &Metered, stdin: &mut dyn Read) -> Outcome {
-    let mut scanner = RequestScanner::new(endpoint);
+fn estimate(endpoint: Endpoint, model: Option<String>, stdin: &mut dyn Read) -> Outcome {
+    let mut scanner = RequestScanner::new(endpoint, model);
     let mut buf = vec![0u8; WINDOW];
     let mut total = 0usize;
     loop {

@@ -163,7 +163,7 @@ fn estimate_reports_model_max_tokens_and_stream() {
 #[test]
 fn estimate_matches_the_request_scanner_fed_whole() {
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"count me"}]}"#;
-    let mut s = RequestScanner::new(&Metered::ChatCompletions);
+    let mut s = RequestScanner::new(Endpoint::ChatCompletions, None);
     s.feed(body.as_bytes()).unwrap();
     let want = s.finish().unwrap().input_estimate;
     let out = run_with(&["estimate", "--endpoint=chat"], body, &[]);

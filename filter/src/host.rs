@@ -11,12 +11,13 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::Cell;
 use std::time::Duration;
 use tollgate_core::accounts;
-use tollgate_core::api::{self, Api, Metered, Reason, Route};
+use tollgate_core::api::{self, Api, Reason, Route};
 use tollgate_core::config::{self, Config};
 use tollgate_core::identity::{self, Caller};
 use tollgate_core::learn;
 use tollgate_core::limits::{Limit, Price, Usage};
 use tollgate_core::metrics;
+use tollgate_core::provider::{self, Endpoint};
 use tollgate_core::quota::{self, Admission, Amounts, OwnerKey, RateHeaders, Settled, Ticket};
 use tollgate_core::ratelimit::{self, ChargeQueue};
 use tollgate_core::request::{RequestInfo, RequestScanner};
@@ -450,7 +451,7 @@ struct Req {
     plugin: Rc<Plugin>,
     phase: Phase,
     api: Api,
-    endpoint: Option<Metered>,
+    endpoint: Option<Endpoint>,
     caller: Option<Caller>,
     scanner: Option<RequestScanner>,
     fed: usize,
@@ -1032,15 +1033,17 @@ impl Req {
         // cleared of it, and read for evidence about the key, only in plain bytes.
         ffi::set_request_header("accept-encoding", "identity");
         // Nothing the client sends may scope or re-target the pooled key.
-        let scoping = accounts::CREDENTIAL_SCOPING_HEADERS.iter().copied();
+        let scoping = provider::scoping_headers().map(|h| h as &str);
         for h in scoping.chain(cfg.strip_request_headers.iter().map(String::as_str)) {
             if self.headers.has(h) {
                 ffi::remove_request_header(h);
             }
         }
         ffi::set_request_header(name, &value);
-        if account.provider == Api::Anthropic && self.headers.get("anthropic-version").is_none() {
-            ffi::set_request_header("anthropic-version", accounts::ANTHROPIC_VERSION);
+        for (k, v) in provider::of(account.provider).default_headers() {
+            if self.headers.get(k).is_none() {
+                ffi::set_request_header(k, v);
+            }
         }
         for (k, v) in &account.headers {
             ffi::set_request_header(k, v);
@@ -1078,8 +1081,8 @@ impl Req {
     /// Removes the credentials the client sent (a caller's own or a tollgate key), but for
     /// `except`, which the caller replaces.
     fn remove_client_credentials(&self, except: &str) {
-        for h in accounts::CLIENT_CREDENTIAL_HEADERS {
-            if *h != except && self.headers.has(h) {
+        for h in provider::client_credential_headers() {
+            if h != except && self.headers.has(h) {
                 ffi::remove_request_header(h);
             }
         }
@@ -1155,8 +1158,8 @@ impl Req {
             None,
             &self.plugin.cfg.passthrough_paths,
         ) {
-            Route::Metered(m) => {
-                self.api = m.api();
+            Route::Metered { endpoint, .. } => {
+                self.api = endpoint.api();
                 true
             }
             Route::Identity(api) => {
@@ -1273,7 +1276,7 @@ impl HttpContext for Req {
                 return self.reject(Reason::NotFound, &msg, &[]);
             }
             Route::Identity(api) => self.api = api,
-            Route::Metered(ref m) => self.api = m.api(),
+            Route::Metered { endpoint, .. } => self.api = endpoint.api(),
         }
         // A name is trusted from a header only when a filter before this one set it, or from
         // the payload of a JWT that `jwt_authn` verified (dynamic metadata no client can set).
@@ -1332,7 +1335,7 @@ impl HttpContext for Req {
         }
         ffi::set_filter_state("tollgate.consumer", self.consumer_name());
         match route {
-            Route::Metered(m) => {
+            Route::Metered { endpoint, model } => {
                 if end_of_stream {
                     return self.reject(Reason::BadRequest, "request body is required", &[]);
                 }
@@ -1345,14 +1348,14 @@ impl HttpContext for Req {
                 }
                 // The fingerprint serves affinity here, or an upstream stage (which has the
                 // accounts when this stage has none).
-                let scanner = RequestScanner::new(&m);
+                let scanner = RequestScanner::new(endpoint, model);
                 let fingerprinted = cfg.selection.affinity.is_some() || cfg.accounts.is_empty();
                 self.scanner = Some(if fingerprinted {
                     scanner
                 } else {
                     scanner.without_fingerprint()
                 });
-                self.endpoint = Some(m);
+                self.endpoint = Some(endpoint);
                 self.phase = Phase::ReadingBody;
                 self.headers = headers;
                 // Hold the headers until the body is read: the credential and the quota
@@ -1473,7 +1476,7 @@ impl HttpContext for Req {
         if self.account.is_some() && !local_reply {
             let headers: Vec<(&str, String)> = all
                 .iter()
-                .filter(|(k, _)| *k == "retry-after" || accounts::is_provider_ratelimit_header(k))
+                .filter(|(k, _)| *k == "retry-after" || provider::is_rate_limit_header(k))
                 .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
                 .collect();
             self.observe_account(accounts::observe_response(status, &headers, ffi::now_ms()));
@@ -1498,7 +1501,7 @@ impl HttpContext for Req {
         }
         // The provider's rate-limit headers describe the pooled account, not the caller.
         for (name, _) in all.iter() {
-            if name.starts_with("anthropic-ratelimit-") || name.starts_with("x-ratelimit-") {
+            if provider::is_rate_limit_header(name) {
                 ffi::remove_response_header(name);
             }
         }
@@ -1506,7 +1509,7 @@ impl HttpContext for Req {
         if self.phase == Phase::Passthrough || local_reply {
             return Action::Continue;
         }
-        let Some(endpoint) = self.endpoint.as_ref() else {
+        let Some(endpoint) = self.endpoint else {
             return Action::Continue;
         };
         let content_type = all.get("content-type").unwrap_or_default();
@@ -1885,13 +1888,8 @@ impl Req {
         }
         // An error event inside a successful stream; an error status was observed already.
         let ok = (200..300).contains(&self.upstream_status);
-        if let Some(err) = m.stream_error.filter(|_| ok) {
-            let kind = match err {
-                tollgate_core::usage::StreamError::RateLimited => "rate_limit_error",
-                tollgate_core::usage::StreamError::Overloaded => "overloaded_error",
-                tollgate_core::usage::StreamError::Other => "api_error",
-            };
-            let obs = accounts::observe_stream_error(kind);
+        if let Some(class) = m.stream_error.filter(|_| ok) {
+            let obs = accounts::observe_stream_error(class);
             if self.account.is_some() {
                 self.observe_account(obs);
             } else if let Some(name) = ffi::get_filter_state("tollgate.account") {

@@ -4,14 +4,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_fuzz::request::{RequestError, RequestInfo, RequestScanner};
-use tollgate_fuzz::{endpoint, windows, Input};
+use tollgate_fuzz::{endpoint, path_model, windows, Input};
 
 fn scan(
-    ep: &tollgate_fuzz::api::Metered,
+    ep: tollgate_fuzz::provider::Endpoint,
     body: &[u8],
     cuts: &[usize],
 ) -> Result<RequestInfo, RequestError> {
-    let mut s = RequestScanner::new(ep);
+    let mut s = RequestScanner::new(ep, path_model(ep));
     for w in windows(body, cuts) {
         s.feed(w)?;
     }
@@ -29,8 +29,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     cuts.sort_unstable();
 
-    let whole = scan(&ep, body, &[]);
-    let split = scan(&ep, body, &cuts);
+    let whole = scan(ep, body, &[]);
+    let split = scan(ep, body, &cuts);
     // Bytes are consumed as they come: where the windows fall must not change the answer.
     // (Which of two faults a bad body is refused for may: `"a" x` is "not an object" when
     // the string ends a window, "data after the JSON value" otherwise; both are 400.)

@@ -18,7 +18,7 @@ const CONTENT_TYPES: [&str; 6] = [
 ];
 
 fn run(
-    ep: &tollgate_fuzz::api::Metered,
+    ep: tollgate_fuzz::provider::Endpoint,
     ct: &str,
     enc: &str,
     strip: bool,
@@ -72,8 +72,8 @@ fuzz_target!(|data: &[u8]| {
     let mut cuts: Vec<usize> = raw.iter().map(|&c| c as usize % (body.len() + 1)).collect();
     cuts.sort_unstable();
 
-    let (c1, m1, r1) = run(&ep, ct, enc, strip, &body, &[]);
-    let (c2, m2, r2) = run(&ep, ct, enc, strip, &body, &cuts);
+    let (c1, m1, r1) = run(ep, ct, enc, strip, &body, &[]);
+    let (c2, m2, r2) = run(ep, ct, enc, strip, &body, &cuts);
     if !strip {
         assert!(!r1 && !r2, "a meter without strip mode rewrote the body");
     }

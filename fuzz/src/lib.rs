@@ -3,11 +3,11 @@
 //! The modules come from `tollgate-core` (filter/core), the same crate the wasm filter links.
 
 pub use tollgate_core::{
-    accounts, api, config, estimate, json, limits, pricing, quota, ratelimit, request, simd, sse,
-    store, usage,
+    accounts, api, config, estimate, json, limits, pricing, provider, quota, ratelimit, request,
+    simd, sse, store, usage,
 };
 
-use api::Metered;
+use provider::Endpoint;
 
 /// Reads fuzzer bytes as structured choices; runs dry into zeros / empty.
 pub struct Input<'a> {
@@ -81,22 +81,14 @@ pub fn windows<'b>(body: &'b [u8], cuts: &[usize]) -> Vec<&'b [u8]> {
 }
 
 /// Every metered endpoint.
-pub fn endpoint(choice: u8) -> Metered {
-    match choice % 7 {
-        0 => Metered::Messages,
-        1 => Metered::ChatCompletions,
-        2 => Metered::Completions,
-        3 => Metered::Embeddings,
-        4 => Metered::Responses,
-        5 => Metered::Gemini {
-            model: "gemini-2.0-flash".into(),
-            stream: false,
-        },
-        _ => Metered::Gemini {
-            model: "gemini-2.0-flash".into(),
-            stream: true,
-        },
-    }
+pub fn endpoint(choice: u8) -> Endpoint {
+    let all = Endpoint::ALL;
+    all[usize::from(choice) % all.len()]
+}
+
+/// The model a request's path names: Gemini's endpoints have one.
+pub fn path_model(endpoint: Endpoint) -> Option<String> {
+    (endpoint.api() == api::Api::Gemini).then(|| "gemini-2.0-flash".to_string())
 }
 
 /// gzip framing around raw deflate (the decoder checks the header; a CRC for completeness).

@@ -9,25 +9,9 @@ use crate::civil::epoch_ms;
 use crate::codec::{self, Reader};
 use crate::config::{Account, Affinity, Config, KeyMatcher, Strategy};
 pub use crate::key_evidence::{key_rejection, DisableReason};
+use crate::provider::{self, RateHeader, StreamError};
 use crate::quota::{self, Admission, Amounts, OwnerKey, Ticket};
 use crate::store::{self, Decision, SlotTable, Store, StoreError, MAX_TRIES};
-
-/// The `anthropic-version` sent when the client sent none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-
-/// Headers a client may use to carry a credential; all are removed before the upstream
-/// when accounts are configured.
-pub const CLIENT_CREDENTIAL_HEADERS: &[&str] = &["x-api-key", "authorization", "x-goog-api-key"];
-
-/// Client headers that scope or re-target a credential (an organization, a project, a billed
-/// project): removed before the upstream whenever a pooled key is used, so one client cannot
-/// make the provider refuse, or bill elsewhere, the key every consumer shares. The config's
-/// `strip_request_headers` adds to them; an account's own `headers` are set after.
-pub const CREDENTIAL_SCOPING_HEADERS: &[&str] = &[
-    "openai-organization",
-    "openai-project",
-    "x-goog-user-project",
-];
 
 /// Cooling after a 429 (or a rate-limit stream error) that names no time.
 pub const RATE_LIMIT_COOLING_MS: u64 = 60_000;
@@ -68,20 +52,7 @@ pub fn first_usable_for(
 
 /// The credential header an account's provider expects, with its value.
 pub fn credential(account: &Account) -> (&'static str, String) {
-    let key = account.key.expose();
-    match account.provider {
-        Api::Anthropic => ("x-api-key", key.to_string()),
-        Api::OpenAi => ("authorization", format!("Bearer {key}")),
-        Api::Gemini => ("x-goog-api-key", key.to_string()),
-    }
-}
-
-/// Whether a response header is the provider's own rate-limit report, which describes the
-/// pooled account and not the caller: read for health, then removed (SPEC "HTTP behaviour").
-pub fn is_provider_ratelimit_header(name: &str) -> bool {
-    let n = name.as_bytes();
-    starts_with_ignore_case(n, b"anthropic-ratelimit-")
-        || starts_with_ignore_case(n, b"x-ratelimit-")
+    provider::of(account.provider).credential(account.key.expose())
 }
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
@@ -626,42 +597,41 @@ pub fn observe_response<K: AsRef<str>, V: AsRef<str>>(
         let name = name.to_ascii_lowercase();
         if name == "retry-after" {
             retry_after = parse_retry_after(value, now_ms);
-        } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-unified-") {
-            match rest {
+            continue;
+        }
+        match provider::rate_header(&name) {
+            Some(RateHeader::Unified {
+                window: None,
+                field,
+            }) => match field {
                 "status" => {
                     unified_rejected = value.eq_ignore_ascii_case("rejected");
                     unified_allowed = starts_with_ignore_case(value.as_bytes(), b"allowed");
                 }
                 "reset" => unified_reset = parse_reset(value, now_ms),
-                _ => {
-                    let (window, field) = match rest.rsplit_once('-') {
-                        Some(x) => x,
-                        None => continue,
-                    };
-                    let entry = match windows.iter().position(|w| w.0 == window) {
-                        Some(i) => windows.get_mut(i),
-                        None if windows.len() < 8 => {
-                            windows.push((window.to_owned(), false, None));
-                            windows.last_mut()
-                        }
-                        None => None,
-                    };
-                    let Some(entry) = entry else { continue };
-                    match field {
-                        "status" => entry.1 = value.eq_ignore_ascii_case("rejected"),
-                        "reset" => entry.2 = parse_reset(value, now_ms),
-                        _ => {}
+                _ => {}
+            },
+            Some(RateHeader::Unified {
+                window: Some(window),
+                field,
+            }) => {
+                let entry = match windows.iter().position(|w| w.0 == window) {
+                    Some(i) => windows.get_mut(i),
+                    None if windows.len() < 8 => {
+                        windows.push((window.to_owned(), false, None));
+                        windows.last_mut()
                     }
+                    None => None,
+                };
+                let Some(entry) = entry else { continue };
+                match field {
+                    "status" => entry.1 = value.eq_ignore_ascii_case("rejected"),
+                    "reset" => entry.2 = parse_reset(value, now_ms),
+                    _ => {}
                 }
             }
-        } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
-            if let Some((dim, field)) = rest.rsplit_once('-') {
-                learn(&mut obs, dim, field, value, now_ms);
-            }
-        } else if let Some(rest) = name.strip_prefix("x-ratelimit-") {
-            if let Some((field, dim)) = rest.split_once('-') {
-                learn(&mut obs, dim, field, value, now_ms);
-            }
+            Some(RateHeader::Dim { dim, field }) => learn(&mut obs, dim, field, value, now_ms),
+            None => {}
         }
     }
     let rejected_window_reset = windows
@@ -704,6 +674,8 @@ pub fn observe_error_body(api: Api, status: u32, body: &[u8]) -> Observation {
     }
 }
 
+/// Not inlined into `observe_response` (its one caller): the wasm is smaller so.
+#[inline(never)]
 fn learn(obs: &mut Observation, dim: &str, field: &str, value: &str, now_ms: u64) {
     let Some(d) = Dimension::from_name(dim) else {
         return;
@@ -720,17 +692,14 @@ fn learn(obs: &mut Observation, dim: &str, field: &str, value: &str, now_ms: u64
     }
 }
 
-/// Reads an SSE `event: error` by its error type (`rate_limit_error`, `overloaded_error`,
-/// OpenAI `rate_limit_exceeded`, Gemini `RESOURCE_EXHAUSTED` / `UNAVAILABLE`): a rate limit
-/// cools 60 s or until a known reset, an overload 10 s; anything else changes nothing.
-pub fn observe_stream_error(kind: &str) -> Observation {
-    let k = kind.trim().to_ascii_lowercase();
-    let cool = if k.contains("rate_limit") || k.contains("resource_exhausted") {
-        Some(Cool::RateLimited)
-    } else if k.contains("overloaded") || k == "unavailable" {
-        Some(Cool::Overloaded)
-    } else {
-        None
+/// What an error event inside a 200 stream says (its class: `provider::classify_stream_error`):
+/// a rate limit cools 60 s or until a known reset, an overload 10 s; anything else changes
+/// nothing.
+pub fn observe_stream_error(class: StreamError) -> Observation {
+    let cool = match class {
+        StreamError::RateLimited => Some(Cool::RateLimited),
+        StreamError::Overloaded => Some(Cool::Overloaded),
+        StreamError::Other => None,
     };
     Observation {
         cool,
@@ -1244,7 +1213,7 @@ pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
         }
     }
     if cfg.selection.strategy == Strategy::RoundRobin {
-        for api in [Api::Anthropic, Api::OpenAi, Api::Gemini] {
+        for api in Api::ALL {
             if first_for(&cfg.accounts, api).is_some()
                 && store::ensure(store, &rr_key(api), &0u64.to_le_bytes())?
             {
@@ -1833,12 +1802,7 @@ pub fn read_roster(store: &dyn Store) -> Vec<Listed> {
         .lines()
         .filter_map(|line| {
             let (name, provider) = line.split_once(' ')?;
-            let provider = match provider {
-                "anthropic" => Api::Anthropic,
-                "openai" => Api::OpenAi,
-                "gemini" => Api::Gemini,
-                _ => return None,
-            };
+            let provider = Api::from_name(provider)?;
             name_ok(name).then(|| Listed {
                 name: name.to_owned(),
                 provider,

@@ -1,7 +1,10 @@
-//! Which API a request speaks, which endpoint it hits, and how errors are written in that
-//! API's own format so that the official SDKs raise their usual exceptions.
+//! Which API a request speaks and what the filter does with it: the path is normalised here,
+//! then the providers (`provider`) say which endpoint it hits; tollgate's own answers are
+//! written in that API's error format so that the official SDKs raise their usual exceptions.
 
 use std::borrow::Cow;
+
+use crate::provider::{self, Endpoint, Method};
 
 /// The provider API family of a request (also the `provider` of an account).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,6 +15,13 @@ pub enum Api {
 }
 
 impl Api {
+    pub const ALL: [Api; 3] = [Api::Anthropic, Api::OpenAi, Api::Gemini];
+
+    /// The API of a name (`provider` of an account, `api` of a pass-through path).
+    pub fn from_name(name: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Api::Anthropic => "anthropic",
@@ -21,38 +31,14 @@ impl Api {
     }
 }
 
-/// A metered endpoint: its request and response formats differ.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Metered {
-    /// `POST /v1/messages`
-    Messages,
-    /// `POST /v1/chat/completions`
-    ChatCompletions,
-    /// `POST /v1/completions` (vLLM and other OpenAI-compatible servers)
-    Completions,
-    /// `POST /v1/embeddings`
-    Embeddings,
-    /// `POST /v1/responses`
-    Responses,
-    /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent` (or `/v1/...`)
-    Gemini { model: String, stream: bool },
-}
-
-impl Metered {
-    pub fn api(&self) -> Api {
-        match self {
-            Metered::Messages => Api::Anthropic,
-            Metered::Gemini { .. } => Api::Gemini,
-            _ => Api::OpenAi,
-        }
-    }
-}
-
 /// What the filter does with a request, decided from its method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Read the body, meter, enforce quotas.
-    Metered(Metered),
+    /// Read the body, meter, enforce quotas. `model`: the model the path names (Gemini).
+    Metered {
+        endpoint: Endpoint,
+        model: Option<String>,
+    },
     /// Identify the caller and pass through with the account credential (count_tokens,
     /// model lists, `passthrough_paths`), pinned to the first account of `api`.
     Identity(Api),
@@ -92,7 +78,7 @@ pub fn classify(
     let decoded = match normal_path(raw) {
         Ok(d) => d,
         Err(message) => {
-            let api = path_api(raw)
+            let api = provider::path_api(raw)
                 .or_else(|| passthrough_api(raw, passthrough))
                 .unwrap_or(hint);
             return Route::BadRequest { api, message };
@@ -106,71 +92,13 @@ pub fn classify(
             }
         }
     }
-    let post = method.eq_ignore_ascii_case("POST");
-    let get = method.eq_ignore_ascii_case("GET");
-    let metered = match bare {
-        "/v1/messages" if post => Some(Metered::Messages),
-        "/v1/chat/completions" if post => Some(Metered::ChatCompletions),
-        "/v1/completions" if post => Some(Metered::Completions),
-        "/v1/embeddings" if post => Some(Metered::Embeddings),
-        "/v1/responses" if post => Some(Metered::Responses),
-        _ => None,
-    };
-    if let Some(m) = metered {
-        return Route::Metered(m);
-    }
-    if post && bare == "/v1/messages/count_tokens" {
-        return Route::Identity(Api::Anthropic);
-    }
-    if get && (bare == "/v1/models" || bare.starts_with("/v1/models/")) {
-        return Route::Identity(hint);
-    }
-    // Google's own SDK (google-genai) speaks `/v1` unless told `v1beta`: Gemini serves both.
-    // (`GET /v1/models/...` is the model list of any API, answered above.)
-    let gemini = bare
-        .strip_prefix("/v1beta/models/")
-        .or_else(|| bare.strip_prefix("/v1/models/"));
-    if let Some(rest) = gemini {
-        if post {
-            if let Some(route) = rest
-                .rsplit_once(':')
-                .and_then(|(model, verb)| gemini_route(model, verb))
-            {
-                return route;
-            }
-        } else if get {
-            return Route::Identity(Api::Gemini);
-        }
-    }
-    if get && bare == "/v1beta/models" {
-        return Route::Identity(Api::Gemini);
+    if let Some(route) = provider::route(Method::of(method), bare, hint) {
+        return route;
     }
     if let Some(api) = passthrough_api(bare, passthrough) {
         return Route::Identity(api);
     }
-    Route::NotFound(path_api(bare).unwrap_or(hint))
-}
-
-/// The route of `POST /v1beta/models/{model}:{verb}` or `/v1/models/...` (decoded) for the verbs tollgate
-/// knows; other verbs (`embedContent`, ...) may be `passthrough_paths`.
-fn gemini_route(model: &str, verb: &str) -> Option<Route> {
-    let stream = match verb {
-        "generateContent" => Some(false),
-        "streamGenerateContent" => Some(true),
-        "countTokens" => None,
-        _ => return None,
-    };
-    Some(match (gemini_model(model), stream) {
-        (Err(message), _) => Route::BadRequest {
-            api: Api::Gemini,
-            message,
-        },
-        (Ok(model), Some(stream)) => Route::Metered(Metered::Gemini {
-            model: model.to_string(),
-            stream,
-        }),
-        (Ok(_), None) => Route::Identity(Api::Gemini),
-    })
+    Route::NotFound(provider::path_api(bare).unwrap_or(hint))
 }
 
 /// The API of the first `passthrough_paths` entry whose prefix starts `bare`.
@@ -256,38 +184,6 @@ fn hex_pair(h: &[u8]) -> Option<u8> {
 /// Longest model name accepted, in a Gemini path or a body's `model`.
 pub const MODEL_CAP: usize = 256;
 
-/// A decoded Gemini model name from the path, or why it names no model. A `:` would make
-/// the verb's colon the upstream's guess; `/` would address another resource; `%` is a
-/// second encoding; the others end or split a path.
-fn gemini_model(model: &str) -> Result<&str, &'static str> {
-    if model.is_empty() {
-        return Err("the model name in the path is empty");
-    }
-    if model.len() > MODEL_CAP {
-        return Err("the model name in the path is too long");
-    }
-    if model.contains('/') {
-        return Err("the model name in the path has a '/'");
-    }
-    if model.chars().any(|c| {
-        c.is_control() || c.is_whitespace() || matches!(c, '\\' | ':' | ';' | '?' | '#' | '%')
-    }) {
-        return Err("the model name in the path has a character that model names never have");
-    }
-    Ok(model)
-}
-
-/// The API a path clearly belongs to, if any.
-fn path_api(bare: &str) -> Option<Api> {
-    if bare.starts_with("/v1beta/") {
-        Some(Api::Gemini)
-    } else if bare.starts_with("/v1/messages") {
-        Some(Api::Anthropic)
-    } else {
-        None
-    }
-}
-
 /// The API the client's headers suggest: Anthropic SDKs send `anthropic-version` and
 /// `x-api-key`, Gemini clients `x-goog-api-key`, OpenAI SDKs a bearer token.
 pub fn api_hint(has_anthropic_version: bool, has_x_api_key: bool, has_goog_key: bool) -> Api {
@@ -353,78 +249,11 @@ impl Reason {
             _ => 429,
         }
     }
-
-    /// (Anthropic error type, OpenAI error type, OpenAI code, Gemini status)
-    fn names(self) -> (&'static str, &'static str, &'static str, &'static str) {
-        match self {
-            Reason::Auth => (
-                "authentication_error",
-                "invalid_request_error",
-                "invalid_api_key",
-                "UNAUTHENTICATED",
-            ),
-            Reason::Model => (
-                "permission_error",
-                "invalid_request_error",
-                "model_not_allowed",
-                "PERMISSION_DENIED",
-            ),
-            Reason::UnknownConsumer => (
-                "permission_error",
-                "invalid_request_error",
-                "permission_denied",
-                "PERMISSION_DENIED",
-            ),
-            Reason::NotFound => (
-                "not_found_error",
-                "invalid_request_error",
-                "not_found",
-                "NOT_FOUND",
-            ),
-            Reason::BadRequest => (
-                "invalid_request_error",
-                "invalid_request_error",
-                "invalid_request",
-                "INVALID_ARGUMENT",
-            ),
-            Reason::TooLarge => (
-                "request_too_large",
-                "invalid_request_error",
-                "request_too_large",
-                "INVALID_ARGUMENT",
-            ),
-            Reason::GlobalUnavailable | Reason::NoAccount => (
-                "api_error",
-                "server_error",
-                "service_unavailable",
-                "UNAVAILABLE",
-            ),
-            _ => (
-                "rate_limit_error",
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                "RESOURCE_EXHAUSTED",
-            ),
-        }
-    }
 }
 
 /// An error body in the format of `api`, so the provider SDKs raise their usual exceptions.
 pub fn error_body(api: Api, reason: Reason, message: &str) -> String {
-    let (anthropic, openai_type, openai_code, gemini) = reason.names();
-    let msg = json_string(message);
-    match api {
-        Api::Anthropic => {
-            format!(r#"{{"type":"error","error":{{"type":"{anthropic}","message":{msg}}}}}"#)
-        }
-        Api::OpenAi => format!(
-            r#"{{"error":{{"message":{msg},"type":"{openai_type}","param":null,"code":"{openai_code}"}}}}"#
-        ),
-        Api::Gemini => format!(
-            r#"{{"error":{{"code":{},"message":{msg},"status":"{gemini}"}}}}"#,
-            reason.status()
-        ),
-    }
+    provider::of(api).error_body(reason, &json_string(message))
 }
 
 /// A JSON string literal for `s`.

@@ -570,12 +570,7 @@ impl Scanner {
         self.state = State::Str;
     }
 
-    fn number(
-        &mut self,
-        w: &[u8],
-        mut i: usize,
-        sink: &mut dyn Sink,
-    ) -> Result<usize, JsonError> {
+    fn number(&mut self, w: &[u8], mut i: usize, sink: &mut dyn Sink) -> Result<usize, JsonError> {
         while let Some(&b) = w.get(i) {
             self.num = match (self.num, b) {
                 (Num::Sign, b'0') => Num::Zero,
@@ -621,12 +616,7 @@ impl Scanner {
         self.after_value();
     }
 
-    fn string(
-        &mut self,
-        w: &[u8],
-        mut i: usize,
-        sink: &mut dyn Sink,
-    ) -> Result<usize, JsonError> {
+    fn string(&mut self, w: &[u8], mut i: usize, sink: &mut dyn Sink) -> Result<usize, JsonError> {
         loop {
             if self.esc != Esc::None {
                 let Some(&b) = w.get(i) else { return Ok(i) };

@@ -7,13 +7,8 @@
 //! client sent (a model name, a header), a structured field cannot. A body that is truncated,
 //! not JSON, repeats a field, or has another shape is no evidence.
 
-use core::fmt;
-
-use serde::de::value::MapAccessDeserializer;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
 use crate::api::Api;
+use crate::provider;
 
 /// Why an account was disabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,128 +41,20 @@ impl DisableReason {
 }
 
 /// Reads an upstream error answer of an account of `api` (`body`: at most its first 64 KB,
-/// decoded) and says whether the provider refused the key itself:
+/// decoded) and says whether the provider refused the key itself; each provider's rule is in
+/// its file (`provider::Provider::key_invalid`):
 ///
 /// - Anthropic: 401 `{"type":"error","error":{"type":"authentication_error",…}}`.
-/// - OpenAI: 401 whose `error.code` is `invalid_api_key` (not `mismatched_organization`, an
-///   unknown project or a missing scope; no 403 is about the key).
-/// - Gemini: 400 `INVALID_ARGUMENT` (also 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED`) with
-///   a `google.rpc.ErrorInfo` detail whose `reason` is `API_KEY_INVALID` (the key is unknown
-///   or expired). "API key not valid" in the message without that reason is not enough. The
-///   body may be the object or, from `streamGenerateContent`, an array holding it first.
+/// - OpenAI: 401 whose `error.code` is `invalid_api_key`.
+/// - Gemini: 400 `INVALID_ARGUMENT` (also 401, 403) with a `google.rpc.ErrorInfo` detail
+///   whose `reason` is `API_KEY_INVALID`.
 ///
 /// One `serde_json` pass over the slice, which never builds a tree (other fields are skipped)
 /// and stops at 128 levels of nesting; anything malformed is `None`.
 pub fn key_rejection(api: Api, status: u32, body: &[u8]) -> Option<DisableReason> {
-    let invalid = match (api, status) {
-        (Api::Anthropic, 401) => anthropic(body),
-        (Api::OpenAi, 401) => openai(body),
-        (Api::Gemini, 400 | 401 | 403) => gemini(status, body),
-        _ => false,
-    };
-    invalid.then_some(DisableReason::InvalidKey)
-}
-
-#[derive(Deserialize)]
-struct AnthropicBody {
-    #[serde(rename = "type")]
-    kind: String,
-    error: AnthropicError,
-}
-
-#[derive(Deserialize)]
-struct AnthropicError {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-fn anthropic(body: &[u8]) -> bool {
-    serde_json::from_slice::<AnthropicBody>(body)
-        .is_ok_and(|b| b.kind == "error" && b.error.kind == "authentication_error")
-}
-
-#[derive(Deserialize)]
-struct OpenAiBody {
-    error: OpenAiError,
-}
-
-#[derive(Deserialize)]
-struct OpenAiError {
-    code: Option<String>,
-}
-
-fn openai(body: &[u8]) -> bool {
-    serde_json::from_slice::<OpenAiBody>(body)
-        .is_ok_and(|b| b.error.code.as_deref() == Some("invalid_api_key"))
-}
-
-/// `{"error": …}`, or from `streamGenerateContent` `[{"error": …}, …]` (the first element is
-/// read, the rest skipped), without buffering the body as an untagged enum would.
-struct GeminiBody(GeminiError);
-
-impl<'de> Deserialize<'de> for GeminiBody {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Either;
-        impl<'de> Visitor<'de> for Either {
-            type Value = GeminiBody;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a Gemini error object or an array starting with one")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<GeminiBody, A::Error> {
-                let w = GeminiWrap::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(GeminiBody(w.error))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<GeminiBody, A::Error> {
-                let first: GeminiWrap = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(GeminiBody(first.error))
-            }
-        }
-        d.deserialize_any(Either)
-    }
-}
-
-#[derive(Deserialize)]
-struct GeminiWrap {
-    error: GeminiError,
-}
-
-#[derive(Deserialize)]
-struct GeminiError {
-    status: String,
-    #[serde(default)]
-    details: Vec<GeminiDetail>,
-}
-
-#[derive(Deserialize)]
-struct GeminiDetail {
-    #[serde(rename = "@type")]
-    kind: Option<String>,
-    reason: Option<String>,
-}
-
-fn gemini(status: u32, body: &[u8]) -> bool {
-    // The canonical code that goes with each HTTP status (google.rpc.Code).
-    let canonical = match status {
-        400 => "INVALID_ARGUMENT",
-        401 => "UNAUTHENTICATED",
-        _ => "PERMISSION_DENIED",
-    };
-    let Ok(GeminiBody(error)) = serde_json::from_slice::<GeminiBody>(body) else {
-        return false;
-    };
-    error.status == canonical
-        && error.details.iter().any(|d| {
-            d.kind
-                .as_deref()
-                .is_some_and(|k| k == "type.googleapis.com/google.rpc.ErrorInfo")
-                && d.reason.as_deref() == Some("API_KEY_INVALID")
-        })
+    provider::of(api)
+        .key_invalid(status, body)
+        .then_some(DisableReason::InvalidKey)
 }
 
 /// Real answers of each provider, for tests here and in `accounts` and `admin`.

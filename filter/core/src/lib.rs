@@ -23,6 +23,7 @@ pub mod learn;
 pub mod limits;
 pub mod metrics;
 pub mod pricing;
+pub mod provider;
 pub mod quota;
 pub mod ratelimit;
 pub mod request;

@@ -8,9 +8,10 @@
 
 use core::fmt;
 
-use crate::api::{Api, Metered, MODEL_CAP};
+use crate::api::{Api, MODEL_CAP};
 use crate::estimate::Estimator;
 use crate::json::{Container, JsonError, Path, Scalar, Scanner, Sink};
+use crate::provider::Endpoint;
 
 /// Tokens added per message (role and separators), as the providers' chat templates do.
 const MESSAGE_OVERHEAD: u64 = 4;
@@ -113,16 +114,6 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Messages,
-    Chat,
-    Completions,
-    Embeddings,
-    Responses,
-    Gemini,
-}
-
 /// Where a text belongs, for the fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dest {
@@ -193,29 +184,19 @@ pub struct RequestScanner {
 }
 
 impl RequestScanner {
-    pub fn new(endpoint: &Metered) -> Self {
-        let (kind, gemini) = match endpoint {
-            Metered::Messages => (Kind::Messages, None),
-            Metered::ChatCompletions => (Kind::Chat, None),
-            Metered::Completions => (Kind::Completions, None),
-            Metered::Embeddings => (Kind::Embeddings, None),
-            Metered::Responses => (Kind::Responses, None),
-            Metered::Gemini { model, stream } => (Kind::Gemini, Some((model.clone(), *stream))),
-        };
+    /// `path_model`: the model the path names (Gemini), else `None`.
+    pub fn new(endpoint: Endpoint, path_model: Option<String>) -> Self {
         let api = endpoint.api();
-        let (model, stream) = match gemini {
-            Some((m, s)) => (Some(m), s),
-            None => (None, false),
-        };
+        let stream = endpoint == Endpoint::StreamGenerateContent;
         RequestScanner {
             json: Scanner::new(),
             c: Collector {
-                kind,
+                endpoint,
                 api,
                 est: Estimator::new(api),
                 err: None,
                 cur: Role::Ignore,
-                model,
+                model: path_model,
                 max_tokens: None,
                 max_completion: None,
                 stream,
@@ -310,7 +291,7 @@ impl Small {
 }
 
 struct Collector {
-    kind: Kind,
+    endpoint: Endpoint,
     api: Api,
     est: Estimator,
     err: Option<RequestError>,
@@ -358,11 +339,11 @@ impl Collector {
 
     /// The message array of this API (`messages`, `contents`, `input`).
     fn messages_key(&self) -> &'static [u8] {
-        match self.kind {
-            Kind::Messages | Kind::Chat => b"messages",
-            Kind::Gemini => b"contents",
-            Kind::Responses => b"input",
-            Kind::Completions | Kind::Embeddings => b"",
+        match self.endpoint {
+            Endpoint::Messages | Endpoint::ChatCompletions => b"messages",
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => b"contents",
+            Endpoint::Responses => b"input",
+            Endpoint::Completions | Endpoint::Embeddings => b"",
         }
     }
 
@@ -374,24 +355,32 @@ impl Collector {
         let Some(k0) = p.key(0) else {
             return Field::None;
         };
-        match (p.len(), self.kind, k0) {
-            (_, Kind::Gemini, _) if p.len() == 2 => match (k0, p.key(1)) {
-                (
-                    b"generationConfig" | b"generation_config",
-                    Some(b"maxOutputTokens" | b"max_output_tokens"),
-                ) => Field::MaxTokens("generationConfig.maxOutputTokens"),
-                _ => Field::None,
-            },
-            (_, Kind::Gemini, _) => Field::None,
-            (1, _, b"model") => Field::Model,
-            (1, Kind::Messages | Kind::Chat | Kind::Completions, b"max_tokens") => {
-                Field::MaxTokens("max_tokens")
+        match (p.len(), self.endpoint, k0) {
+            (2, Endpoint::GenerateContent | Endpoint::StreamGenerateContent, _) => {
+                match (k0, p.key(1)) {
+                    (
+                        b"generationConfig" | b"generation_config",
+                        Some(b"maxOutputTokens" | b"max_output_tokens"),
+                    ) => Field::MaxTokens("generationConfig.maxOutputTokens"),
+                    _ => Field::None,
+                }
             }
-            (1, Kind::Chat, b"max_completion_tokens") => Field::MaxTokens("max_completion_tokens"),
-            (1, Kind::Responses, b"max_output_tokens") => Field::MaxTokens("max_output_tokens"),
+            (_, Endpoint::GenerateContent | Endpoint::StreamGenerateContent, _) => Field::None,
+            (1, _, b"model") => Field::Model,
+            (
+                1,
+                Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Completions,
+                b"max_tokens",
+            ) => Field::MaxTokens("max_tokens"),
+            (1, Endpoint::ChatCompletions, b"max_completion_tokens") => {
+                Field::MaxTokens("max_completion_tokens")
+            }
+            (1, Endpoint::Responses, b"max_output_tokens") => Field::MaxTokens("max_output_tokens"),
             (1, _, b"stream") => Field::Stream,
-            (1, Kind::Chat | Kind::Completions, b"stream_options") => Field::StreamOptions,
-            (2, Kind::Chat | Kind::Completions, b"stream_options")
+            (1, Endpoint::ChatCompletions | Endpoint::Completions, b"stream_options") => {
+                Field::StreamOptions
+            }
+            (2, Endpoint::ChatCompletions | Endpoint::Completions, b"stream_options")
                 if p.is_key(1, b"include_usage") =>
             {
                 Field::IncludeUsage
@@ -404,11 +393,11 @@ impl Collector {
     /// inputs), with the destination of its text.
     fn raw_start(&self, p: &Path) -> Option<(usize, Dest)> {
         let k0 = p.key(0)?;
-        match (self.kind, k0) {
-            (Kind::Completions | Kind::Embeddings, _) => None,
+        match (self.endpoint, k0) {
+            (Endpoint::Completions | Endpoint::Embeddings, _) => None,
             (_, b"tools" | b"functions" | b"response_format") => Some((0, Dest::Other)),
-            (Kind::Responses, b"text") => Some((0, Dest::Other)),
-            (Kind::Messages, b"messages")
+            (Endpoint::Responses, b"text") => Some((0, Dest::Other)),
+            (Endpoint::Messages, b"messages")
                 if p.index(1).is_some()
                     && p.is_key(2, b"content")
                     && p.index(3).is_some()
@@ -416,8 +405,9 @@ impl Collector {
             {
                 Some((4, Dest::Message))
             }
-            (Kind::Gemini, b"contents")
-                if p.index(1).is_some()
+            (_, b"contents")
+                if self.api == Api::Gemini
+                    && p.index(1).is_some()
                     && p.is_key(2, b"parts")
                     && p.index(3).is_some()
                     && matches!(
@@ -445,8 +435,8 @@ impl Collector {
         if let Some((_, d)) = self.raw_start(p) {
             return Role::Text(d);
         }
-        match self.kind {
-            Kind::Messages => match k0 {
+        match self.endpoint {
+            Endpoint::Messages => match k0 {
                 b"model" if n == 1 => Role::Model,
                 b"system" if n == 1 || (n == 3 && p.index(1).is_some() && p.is_key(2, b"text")) => {
                     Role::Text(Dest::System)
@@ -454,12 +444,12 @@ impl Collector {
                 b"messages" => message(p, 2),
                 _ => Role::Ignore,
             },
-            Kind::Chat => match k0 {
+            Endpoint::ChatCompletions => match k0 {
                 b"model" if n == 1 => Role::Model,
                 b"messages" => message(p, 2),
                 _ => Role::Ignore,
             },
-            Kind::Completions => match k0 {
+            Endpoint::Completions => match k0 {
                 b"model" if n == 1 => Role::Model,
                 b"prompt" if n == 1 || (n == 2 && p.index(1).is_some()) => {
                     Role::Text(Dest::Message)
@@ -467,19 +457,19 @@ impl Collector {
                 b"suffix" if n == 1 => Role::Text(Dest::Other),
                 _ => Role::Ignore,
             },
-            Kind::Embeddings => match k0 {
+            Endpoint::Embeddings => match k0 {
                 b"model" if n == 1 => Role::Model,
                 b"input" if n == 1 || (n == 2 && p.index(1).is_some()) => Role::Text(Dest::Other),
                 _ => Role::Ignore,
             },
-            Kind::Responses => match k0 {
+            Endpoint::Responses => match k0 {
                 b"model" if n == 1 => Role::Model,
                 b"instructions" if n == 1 => Role::Text(Dest::System),
                 b"input" if n == 1 => Role::Text(Dest::Message),
                 b"input" => message(p, 2),
                 _ => Role::Ignore,
             },
-            Kind::Gemini => match k0 {
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => match k0 {
                 b"contents" => message(p, 2),
                 b"systemInstruction" | b"system_instruction"
                     if n == 1
@@ -538,12 +528,12 @@ impl Collector {
     fn note_key(&mut self, p: &Path) {
         let seen = match (p.len(), p.key(0)) {
             (1, _) => self.root_keys,
-            (2, Some(k)) if policy_key(self.kind, k).is_some_and(|(_, _, obj)| obj) => {
+            (2, Some(k)) if policy_key(self.api, k).is_some_and(|(_, _, obj)| obj) => {
                 self.policy_keys
             }
             _ => return,
         };
-        let Some((bit, name, _)) = p.key(p.len() - 1).and_then(|k| policy_key(self.kind, k)) else {
+        let Some((bit, name, _)) = p.key(p.len() - 1).and_then(|k| policy_key(self.api, k)) else {
             return;
         };
         if seen & bit != 0 {
@@ -571,12 +561,16 @@ impl Collector {
             return Err(e);
         }
         self.settle_media();
-        if self.model.is_none() && self.kind == Kind::Messages {
+        if self.model.is_none() && self.endpoint == Endpoint::Messages {
             return Err(RequestError::Missing("model"));
         }
         if matches!(
-            self.kind,
-            Kind::Messages | Kind::Chat | Kind::Responses | Kind::Gemini
+            self.endpoint,
+            Endpoint::Messages
+                | Endpoint::ChatCompletions
+                | Endpoint::Responses
+                | Endpoint::GenerateContent
+                | Endpoint::StreamGenerateContent
         ) {
             self.est.add_tokens(REQUEST_OVERHEAD);
         }
@@ -587,8 +581,10 @@ impl Collector {
             f.write_u64(h);
             f.finish()
         });
-        let usage_splice = if matches!(self.kind, Kind::Chat | Kind::Completions)
-            && self.stream
+        let usage_splice = if matches!(
+            self.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        ) && self.stream
             && !self.include_usage
         {
             self.splice()
@@ -649,7 +645,7 @@ impl Collector {
 /// name to report, and whether its value is an object holding more of them. Repeated in one
 /// object, tollgate (first-wins or last-wins) and the upstream (either) could read different
 /// values. Gemini's JSON mapping accepts both spellings of a field, so they share a bit.
-fn policy_key(kind: Kind, k: &[u8]) -> Option<(u16, &'static str, bool)> {
+fn policy_key(api: Api, k: &[u8]) -> Option<(u16, &'static str, bool)> {
     let (bit, name, obj) = match k {
         b"model" => (0, "model", false),
         b"stream" => (1, "stream", false),
@@ -659,7 +655,7 @@ fn policy_key(kind: Kind, k: &[u8]) -> Option<(u16, &'static str, bool)> {
         b"max_completion_tokens" => (5, "max_completion_tokens", false),
         b"max_output_tokens" => (6, "max_output_tokens", false),
         b"n" => (7, "n", false),
-        _ if kind != Kind::Gemini => return None,
+        _ if api != Api::Gemini => return None,
         b"maxOutputTokens" => (6, "maxOutputTokens", false),
         b"candidateCount" => (8, "candidateCount", false),
         b"candidate_count" => (8, "candidate_count", false),
@@ -819,12 +815,12 @@ impl Sink for Collector {
                 self.est.add_tokens(MESSAGE_OVERHEAD);
                 let user = match self.role.get() {
                     b"user" => true,
-                    b"" => self.kind == Kind::Gemini,
+                    b"" => self.api == Api::Gemini,
                     _ => false,
                 };
                 self.close_message(user);
             }
-        } else if n == 1 && self.kind == Kind::Completions && p.is_key(0, b"prompt") {
+        } else if n == 1 && self.endpoint == Endpoint::Completions && p.is_key(0, b"prompt") {
             self.role.clear();
             self.close_message(true);
         }
@@ -943,8 +939,9 @@ impl Sink for Collector {
                 if !key
                     && p.len() == 1
                     && matches!(
-                        (self.kind, p.key(0)),
-                        (Kind::Completions, Some(b"prompt")) | (Kind::Responses, Some(b"input"))
+                        (self.endpoint, p.key(0)),
+                        (Endpoint::Completions, Some(b"prompt"))
+                            | (Endpoint::Responses, Some(b"input"))
                     )
                 {
                     self.role.clear();
@@ -975,9 +972,9 @@ impl Sink for Collector {
         match (self.field(p), value) {
             (Field::None, Scalar::Number(_)) => {
                 // Token-id prompts: one token per id.
-                let ids = match self.kind {
-                    Kind::Completions => p.is_key(0, b"prompt"),
-                    Kind::Embeddings => p.is_key(0, b"input"),
+                let ids = match self.endpoint {
+                    Endpoint::Completions => p.is_key(0, b"prompt"),
+                    Endpoint::Embeddings => p.is_key(0, b"input"),
                     _ => false,
                 };
                 if let (true, Scalar::Number(num)) = (ids, value) {

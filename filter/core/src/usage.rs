@@ -9,10 +9,11 @@ use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::api::{Api, Metered};
-use crate::json::{self, Elements};
+use crate::api::Api;
 use crate::estimate::Estimator;
+use crate::json::{self, Elements};
 use crate::limits::Usage;
+use crate::provider::{self, Endpoint, ErrorNames, StreamError};
 use crate::sse::{Event, SseParser, DEFAULT_EVENT_CAP};
 
 /// Largest JSON body parsed whole; beyond it only a tail is kept and scanned for usage.
@@ -45,7 +46,7 @@ pub enum Body {
 }
 
 impl Body {
-    pub fn detect(endpoint: &Metered, content_type: &str) -> Body {
+    pub fn detect(endpoint: Endpoint, content_type: &str) -> Body {
         let ct = content_type.trim_start().as_bytes();
         let sse = b"text/event-stream";
         if ct.len() >= sse.len()
@@ -54,7 +55,7 @@ impl Body {
                 .is_some_and(|p| p.eq_ignore_ascii_case(sse))
         {
             Body::Sse
-        } else if matches!(endpoint, Metered::Gemini { stream: true, .. }) {
+        } else if endpoint == Endpoint::StreamGenerateContent {
             Body::JsonArrayStream
         } else {
             Body::Json
@@ -92,14 +93,6 @@ pub fn decodable_accept_encoding(client: Option<&str>) -> String {
     } else {
         kept.join(", ")
     }
-}
-
-/// An error reported inside a 200 stream; it affects account health like the HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamError {
-    RateLimited,
-    Overloaded,
-    Other,
 }
 
 /// What one response used, and how far to trust it.
@@ -164,29 +157,6 @@ impl Metering {
     }
 }
 
-/// Which response shape to expect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Anthropic,
-    /// Chat Completions and Completions.
-    Chat,
-    Embeddings,
-    Responses,
-    Gemini,
-}
-
-impl Kind {
-    fn of(endpoint: &Metered) -> Kind {
-        match endpoint {
-            Metered::Messages => Kind::Anthropic,
-            Metered::ChatCompletions | Metered::Completions => Kind::Chat,
-            Metered::Embeddings => Kind::Embeddings,
-            Metered::Responses => Kind::Responses,
-            Metered::Gemini { .. } => Kind::Gemini,
-        }
-    }
-}
-
 /// Meters one response. Create it when the response headers arrive, `feed` every body chunk,
 /// `finish` at the end (or on reset/abort).
 pub struct ResponseMeter {
@@ -203,12 +173,11 @@ impl ResponseMeter {
     /// uncompressed Chat Completions / Completions SSE body (a compressed one would need
     /// re-compressing: the client then just sees one extra chunk with `choices: []`).
     pub fn new(
-        endpoint: &Metered,
+        endpoint: Endpoint,
         content_type: &str,
         content_encoding: &str,
         strip_usage_chunk: bool,
     ) -> Self {
-        let kind = Kind::of(endpoint);
         let body = Body::detect(endpoint, content_type);
         let decoder = Decoder::new(content_encoding);
         let parser = match body {
@@ -218,13 +187,13 @@ impl ResponseMeter {
         };
         let strip = (strip_usage_chunk
             && body == Body::Sse
-            && kind == Kind::Chat
+            && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
             && matches!(decoder, Decoder::Identity))
         .then(Strip::default);
         ResponseMeter {
             decoder,
             parser,
-            counter: Counter::new(kind, endpoint.api()),
+            counter: Counter::new(endpoint),
             strip,
             done: None,
         }
@@ -400,7 +369,7 @@ impl Parser {
         if let Parser::Json(j) = self {
             // Gemini's streamed array can arrive without the streaming path in the URL
             // we were told about: recognise it by its first byte.
-            if counter.kind == Kind::Gemini
+            if counter.endpoint.api() == Api::Gemini
                 && !j.truncated
                 && j.buf.iter().all(u8::is_ascii_whitespace)
             {
@@ -980,30 +949,30 @@ impl WireUsage {
         })
     }
 
-    fn raw(&self, kind: Kind) -> Raw {
-        match kind {
-            Kind::Anthropic => Raw {
+    fn raw(&self, endpoint: Endpoint) -> Raw {
+        match endpoint {
+            Endpoint::Messages => Raw {
                 prompt: self.input_tokens.get(),
                 cached: self.cache_read_input_tokens.get(),
                 cache_write: self.cache_creation_input_tokens.get(),
                 output: self.output_tokens.get(),
                 thoughts: None,
             },
-            Kind::Chat | Kind::Embeddings => Raw {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => Raw {
                 prompt: self.prompt_tokens.get(),
                 cached: self.prompt_cached.get(),
                 cache_write: None,
                 output: self.completion_tokens.get(),
                 thoughts: None,
             },
-            Kind::Responses => Raw {
+            Endpoint::Responses => Raw {
                 prompt: self.input_tokens.get(),
                 cached: self.input_cached.get(),
                 cache_write: None,
                 output: self.output_tokens.get(),
                 thoughts: None,
             },
-            Kind::Gemini => Raw {
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => Raw {
                 prompt: self.prompt_token_count.get(),
                 cached: self.cached_content_token_count.get(),
                 cache_write: None,
@@ -1121,27 +1090,20 @@ struct WireError<'a> {
 }
 
 impl WireError<'_> {
+    /// Not inlined: six call sites share it.
+    #[inline(never)]
     fn classify(&self) -> StreamError {
-        let code_str = match &self.code {
-            Scalar::Str(s) => Some(s.as_ref()),
-            _ => None,
+        let (code, code_num) = match &self.code {
+            Scalar::Str(s) => (Some(s.as_ref()), 0),
+            Scalar::Num(n) => (None, *n),
+            Scalar::Null => (None, 0),
         };
-        let code_num = match self.code {
-            Scalar::Num(n) => n,
-            _ => 0,
-        };
-        let names = [self.kind.get(), code_str, self.status.get()];
-        let any = |f: &dyn Fn(&str) -> bool| names.iter().flatten().any(|s| f(s));
-        if code_num == 429 || any(&|s| s.contains("rate_limit") || s == "RESOURCE_EXHAUSTED") {
-            StreamError::RateLimited
-        } else if code_num == 529
-            || code_num == 503
-            || any(&|s| s.contains("overloaded") || s == "UNAVAILABLE")
-        {
-            StreamError::Overloaded
-        } else {
-            StreamError::Other
-        }
+        provider::classify_stream_error(&ErrorNames {
+            kind: self.kind.get(),
+            code,
+            code_num,
+            status: self.status.get(),
+        })
     }
 }
 
@@ -1337,7 +1299,7 @@ impl Raw {
 }
 
 struct Counter {
-    kind: Kind,
+    endpoint: Endpoint,
     raw: Raw,
     /// The final usage arrived: `output` is real.
     final_seen: bool,
@@ -1358,15 +1320,15 @@ fn parse_doc<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
 }
 
 impl Counter {
-    fn new(kind: Kind, api: Api) -> Self {
+    fn new(endpoint: Endpoint) -> Self {
         Counter {
-            kind,
+            endpoint,
             raw: Raw::default(),
             final_seen: false,
             insane: false,
             model: None,
             error: None,
-            est: Estimator::new(api),
+            est: Estimator::new(endpoint.api()),
             oversized: 0,
         }
     }
@@ -1387,20 +1349,24 @@ impl Counter {
     /// One JSON document: a whole body (`whole`), an SSE event's data or an array element;
     /// `may_be_cut` when the stream ended inside it. Returns true for a usage-only Chat chunk.
     fn doc(&mut self, bytes: &[u8], whole: bool, may_be_cut: bool) -> bool {
-        let parsed = match self.kind {
-            Kind::Anthropic => parse_doc::<AnthropicDoc>(bytes).map(|d| {
+        let parsed = match self.endpoint {
+            Endpoint::Messages => parse_doc::<AnthropicDoc>(bytes).map(|d| {
                 self.anthropic(d);
                 false
             }),
-            Kind::Chat | Kind::Embeddings => parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d)),
-            Kind::Responses => parse_doc::<ResponsesDoc>(bytes).map(|d| {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+                parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d))
+            }
+            Endpoint::Responses => parse_doc::<ResponsesDoc>(bytes).map(|d| {
                 self.responses(d);
                 false
             }),
-            Kind::Gemini => parse_doc::<GeminiDoc>(bytes).map(|d| {
-                self.gemini(d, whole);
-                false
-            }),
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+                parse_doc::<GeminiDoc>(bytes).map(|d| {
+                    self.gemini(d, whole);
+                    false
+                })
+            }
         };
         match parsed {
             Ok(usage_only) => usage_only,
@@ -1444,7 +1410,7 @@ impl Counter {
             self.final_seen = false;
             return;
         }
-        self.raw.merge(u.raw(self.kind));
+        self.raw.merge(u.raw(self.endpoint));
         self.final_seen |= last;
     }
 
@@ -1571,7 +1537,7 @@ impl Counter {
 
     /// The tail of a document too large to parse: look for its usage object.
     fn tail(&mut self, tail: &[u8]) {
-        let (key, model_key): (&[u8], &[u8]) = if self.kind == Kind::Gemini {
+        let (key, model_key): (&[u8], &[u8]) = if self.endpoint.api() == Api::Gemini {
             (b"\"usageMetadata\"", b"\"modelVersion\"")
         } else {
             (b"\"usage\"", b"\"model\"")
@@ -1622,7 +1588,7 @@ impl Counter {
 
     /// Raw bytes of an over-cap JSON body, the fallback estimate's only source.
     fn push_raw(&mut self, bytes: &[u8]) {
-        if self.kind == Kind::Embeddings || self.final_seen {
+        if self.endpoint == Endpoint::Embeddings || self.final_seen {
             return;
         }
         for c in bytes.utf8_chunks() {
@@ -1652,7 +1618,7 @@ impl Counter {
         if self.insane {
             // As if the usage never came: the input is the host's estimate, the output the
             // streamed text's.
-            let output = if self.kind == Kind::Embeddings {
+            let output = if self.endpoint == Endpoint::Embeddings {
                 0
             } else {
                 self.est.tokens()
@@ -1672,15 +1638,15 @@ impl Counter {
         }
         let r = self.raw;
         let cached = r.cached.unwrap_or(0);
-        let (input, cache_write) = match self.kind {
-            Kind::Anthropic => (r.prompt.unwrap_or(0), r.cache_write.unwrap_or(0)),
+        let (input, cache_write) = match self.endpoint {
+            Endpoint::Messages => (r.prompt.unwrap_or(0), r.cache_write.unwrap_or(0)),
             _ => (r.prompt.unwrap_or(0).saturating_sub(cached), 0),
         };
         let reported = r
             .output
             .unwrap_or(0)
             .saturating_add(r.thoughts.unwrap_or(0));
-        let (output, output_estimated) = if self.kind == Kind::Embeddings {
+        let (output, output_estimated) = if self.endpoint == Endpoint::Embeddings {
             (0, false)
         } else if self.final_seen {
             (reported, false)

@@ -1,5 +1,23 @@
 use super::*;
 
+fn metered(endpoint: Endpoint) -> Route {
+    Route::Metered {
+        endpoint,
+        model: None,
+    }
+}
+
+fn gemini(model: &str, stream: bool) -> Route {
+    Route::Metered {
+        endpoint: if stream {
+            Endpoint::StreamGenerateContent
+        } else {
+            Endpoint::GenerateContent
+        },
+        model: Some(model.into()),
+    }
+}
+
 fn route(method: &str, path: &str) -> Route {
     classify(
         method,
@@ -16,43 +34,29 @@ fn route(method: &str, path: &str) -> Route {
 #[test]
 fn classifies_every_served_endpoint() {
     let cases: &[(&str, &str, Route)] = &[
-        ("POST", "/v1/messages", Route::Metered(Metered::Messages)),
+        ("POST", "/v1/messages", metered(Endpoint::Messages)),
         (
             "POST",
             "/v1/messages?beta=true",
-            Route::Metered(Metered::Messages),
+            metered(Endpoint::Messages),
         ),
         (
             "POST",
             "/v1/chat/completions",
-            Route::Metered(Metered::ChatCompletions),
+            metered(Endpoint::ChatCompletions),
         ),
-        (
-            "POST",
-            "/v1/completions",
-            Route::Metered(Metered::Completions),
-        ),
-        (
-            "POST",
-            "/v1/embeddings",
-            Route::Metered(Metered::Embeddings),
-        ),
-        ("POST", "/v1/responses", Route::Metered(Metered::Responses)),
+        ("POST", "/v1/completions", metered(Endpoint::Completions)),
+        ("POST", "/v1/embeddings", metered(Endpoint::Embeddings)),
+        ("POST", "/v1/responses", metered(Endpoint::Responses)),
         (
             "POST",
             "/v1beta/models/gemini-2.0-flash:generateContent",
-            Route::Metered(Metered::Gemini {
-                model: "gemini-2.0-flash".into(),
-                stream: false,
-            }),
+            gemini("gemini-2.0-flash", false),
         ),
         (
             "POST",
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
-            Route::Metered(Metered::Gemini {
-                model: "gemini-2.0-flash".into(),
-                stream: true,
-            }),
+            gemini("gemini-2.0-flash", true),
         ),
         (
             "POST",
@@ -68,12 +72,12 @@ fn classifies_every_served_endpoint() {
         (
             "POST",
             "/v1/chat/completions?x=1",
-            Route::Metered(Metered::ChatCompletions),
+            metered(Endpoint::ChatCompletions),
         ),
         (
             "POST",
             "/v1/chat/completions?next=/a/../b//c;d%2e",
-            Route::Metered(Metered::ChatCompletions),
+            metered(Endpoint::ChatCompletions),
         ),
         (
             "GET",
@@ -113,12 +117,6 @@ fn classifies_every_served_endpoint() {
 #[test]
 fn gemini_generate_verbs_under_v1_are_metered_like_v1beta() {
     // google-genai, Google's own SDK, calls `/v1/models/...` unless told `v1beta`.
-    let gemini = |model: &str, stream| {
-        Route::Metered(Metered::Gemini {
-            model: model.into(),
-            stream,
-        })
-    };
     let cases: &[(&str, &str, Route)] = &[
         (
             "POST",
@@ -279,7 +277,7 @@ fn says_what_is_wrong_with_a_path_without_quoting_it() {
         assert_eq!(
             route("POST", p),
             Route::BadRequest {
-                api: path_api(p).unwrap_or(Api::OpenAi),
+                api: provider::path_api(p).unwrap_or(Api::OpenAi),
                 message: want
             },
             "{p}"
@@ -289,12 +287,7 @@ fn says_what_is_wrong_with_a_path_without_quoting_it() {
 
 #[test]
 fn decodes_the_gemini_model_in_the_path_before_anyone_matches_it() {
-    let metered = |model: &str, stream: bool| {
-        Route::Metered(Metered::Gemini {
-            model: model.into(),
-            stream,
-        })
-    };
+    let metered = gemini;
     let cases: &[(&str, Route)] = &[
         // Pricing and allow-lists see the name the upstream serves.
         (
@@ -398,11 +391,11 @@ fn decodes_the_gemini_model_in_the_path_before_anyone_matches_it() {
 fn classifies_decoded_paths_as_the_upstream_will_route_them() {
     // An encoded letter must not turn a metered endpoint into a passthrough or a 404.
     let cases: &[(&str, &str, Route)] = &[
-        ("POST", "/v1/m%65ssages", Route::Metered(Metered::Messages)),
+        ("POST", "/v1/m%65ssages", metered(Endpoint::Messages)),
         (
             "POST",
             "/v1/chat/c%6Fmpletions?x=%2e%2e",
-            Route::Metered(Metered::ChatCompletions),
+            metered(Endpoint::ChatCompletions),
         ),
         ("GET", "/v1/fil%65s/abc", Route::Identity(Api::OpenAi)),
         ("GET", "/tollg%61te/usage", Route::Admin("/usage".into())),
@@ -426,7 +419,7 @@ fn classifies_decoded_paths_as_the_upstream_will_route_them() {
     ));
     assert!(matches!(
         gemini("/v1beta/models/gemini-2.0-flash:generat%65Content"),
-        Route::Metered(_)
+        Route::Metered { .. }
     ));
 }
 

@@ -2,21 +2,28 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-fn gemini(stream: bool) -> Metered {
-    Metered::Gemini {
-        model: "gemini-2.0-flash".into(),
-        stream,
+fn gemini(stream: bool) -> Endpoint {
+    if stream {
+        Endpoint::StreamGenerateContent
+    } else {
+        Endpoint::GenerateContent
     }
 }
 
-fn scan(ep: &Metered, body: &[u8]) -> Result<RequestInfo, RequestError> {
-    let mut s = RequestScanner::new(ep);
+/// A scanner for `ep` as the filter makes one: a Gemini endpoint's path names the model.
+fn scanner(ep: &Endpoint) -> RequestScanner {
+    let path_model = (ep.api() == Api::Gemini).then(|| "gemini-2.0-flash".to_string());
+    RequestScanner::new(*ep, path_model)
+}
+
+fn scan(ep: &Endpoint, body: &[u8]) -> Result<RequestInfo, RequestError> {
+    let mut s = scanner(ep);
     s.feed(body)?;
     s.finish()
 }
 
-fn scan_split(ep: &Metered, windows: &[&[u8]]) -> Result<RequestInfo, RequestError> {
-    let mut s = RequestScanner::new(ep);
+fn scan_split(ep: &Endpoint, windows: &[&[u8]]) -> Result<RequestInfo, RequestError> {
+    let mut s = scanner(ep);
     for w in windows {
         s.feed(w)?;
     }
@@ -105,7 +112,7 @@ fn est(api: Api, texts: &[&str], extra: u64) -> u64 {
 
 /// Endpoint, body, (model, max_tokens, stream, has fingerprint), estimate.
 type Case = (
-    Metered,
+    Endpoint,
     Value,
     (Option<String>, Option<u64>, bool, bool),
     u64,
@@ -117,14 +124,14 @@ fn reads_every_api_request_shape() {
     // serde_json writes keys in sorted order: the text lists follow that order.
     let cases: Vec<Case> = vec![
         (
-            Metered::Messages,
+            Endpoint::Messages,
             json!({"model":"claude-3-5-haiku","max_tokens":1024,"system":"You are terse.",
                        "messages":[{"role":"user","content":"Hello there, how are you?"}]}),
             info("claude-3-5-haiku", Some(1024), false, true),
             est(A, &["Hello there, how are you?", "You are terse."], 4 + 3),
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             json!({"model":"claude","max_tokens":10,"stream":true,
                        "system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],
                        "tools":[{"name":"get","description":"Gets","input_schema":{"type":"object"}}],
@@ -158,7 +165,7 @@ fn reads_every_api_request_shape() {
             ),
         ),
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             json!({"model":"gpt-4o-mini","max_tokens":50,"max_completion_tokens":70,
                        "messages":[{"role":"system","content":"Be brief"},{"role":"user","content":[{"type":"text","text":"Hi there"}]},
                                    {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},
@@ -186,31 +193,31 @@ fn reads_every_api_request_shape() {
             ),
         ),
         (
-            Metered::Completions,
+            Endpoint::Completions,
             json!({"model":"llama","prompt":"Once upon a time","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}),
             (Some("llama".into()), Some(5), true, true),
             est(O, &["Once upon a time"], 0),
         ),
         (
-            Metered::Completions,
+            Endpoint::Completions,
             json!({"model":"llama","prompt":[1,2,3,4]}),
             (Some("llama".into()), None, false, true),
             est(O, &[], 4),
         ),
         (
-            Metered::Embeddings,
+            Endpoint::Embeddings,
             json!({"model":"text-embedding-3-small","input":["one","two words"]}),
             (Some("text-embedding-3-small".into()), None, false, false),
             est(O, &["one", "two words"], 0),
         ),
         (
-            Metered::Responses,
+            Endpoint::Responses,
             json!({"model":"gpt-4.1","instructions":"Be kind","input":"Hello","max_output_tokens":99,"stream":true}),
             info("gpt-4.1", Some(99), true, true),
             est(O, &["Hello", "Be kind"], 3),
         ),
         (
-            Metered::Responses,
+            Endpoint::Responses,
             json!({"model":"gpt-4.1","input":[{"role":"user","content":[{"type":"input_text","text":"Hello"}]},
                                                    {"type":"function_call","name":"f","arguments":"{}","call_id":"x"},
                                                    {"type":"function_call_output","call_id":"x","output":"done"}]}),
@@ -268,69 +275,65 @@ fn reads_every_api_request_shape() {
 
 #[test]
 fn refuses_bodies_tollgate_cannot_use() {
-    let chat = Metered::ChatCompletions;
-    let cases: Vec<(Metered, &str, &str)> = vec![
+    let chat = Endpoint::ChatCompletions;
+    let cases: Vec<(Endpoint, &str, &str)> = vec![
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m","messages":[]"#,
             "request body is not valid JSON: unexpected end of input at byte 26",
         ),
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m"} x"#,
             "request body is not valid JSON: unexpected data after the JSON value at byte 14",
         ),
         (
-            chat.clone(),
+            chat,
             "",
             "request body is not valid JSON: unexpected end of input at byte 0",
         ),
         (
-            chat.clone(),
+            chat,
             r#"[{"model":"m"}]"#,
             "request body must be a JSON object",
         ),
+        (chat, r#""hi""#, "request body must be a JSON object"),
+        (chat, r#"42"#, "request body must be a JSON object"),
+        (chat, r#"{"model":42}"#, "model must be a string"),
+        (chat, r#"{"model":null}"#, "model must be a string"),
+        (chat, r#"{"model":["a"]}"#, "model must be a string"),
         (
-            chat.clone(),
-            r#""hi""#,
-            "request body must be a JSON object",
-        ),
-        (chat.clone(), r#"42"#, "request body must be a JSON object"),
-        (chat.clone(), r#"{"model":42}"#, "model must be a string"),
-        (chat.clone(), r#"{"model":null}"#, "model must be a string"),
-        (chat.clone(), r#"{"model":["a"]}"#, "model must be a string"),
-        (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"max_tokens":5,"messages":[]}"#,
             "model is required",
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"m","max_tokens":-5}"#,
             "max_tokens must be a non-negative integer",
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"m","max_tokens":"5"}"#,
             "max_tokens must be a non-negative integer",
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"m","max_tokens":1.5}"#,
             "max_tokens must be a non-negative integer",
         ),
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m","max_completion_tokens":{}}"#,
             "max_completion_tokens must be a non-negative integer",
         ),
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m","stream":"yes"}"#,
             "stream must be a boolean",
         ),
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m","stream":1}"#,
             "stream must be a boolean",
         ),
@@ -340,12 +343,12 @@ fn refuses_bodies_tollgate_cannot_use() {
             "generationConfig.maxOutputTokens must be a non-negative integer",
         ),
         (
-            chat.clone(),
+            chat,
             "{\"model\":\"m\",\"messages\":[{\"content\":\"\u{7}\"}]}",
             "request body is not valid JSON: control character in string at byte 37",
         ),
         (
-            chat.clone(),
+            chat,
             r#"{"model":"m","messages":[{"content":"\ud83d"}]}"#,
             "request body is not valid JSON: unpaired surrogate in \\u escape at byte 43",
         ),
@@ -373,11 +376,11 @@ fn refuses_a_policy_key_repeated_in_one_object() {
     // First-wins here and last-wins upstream (or the reverse) would let a client pass an
     // allow-list with one model and be served another, or switch off the usage chunk.
     let (chat, msgs, gem) = (
-        &Metered::ChatCompletions,
-        &Metered::Messages,
+        &Endpoint::ChatCompletions,
+        &Endpoint::Messages,
         &gemini(false),
     );
-    let cases: &[(&Metered, &str, &str)] = &[
+    let cases: &[(&Endpoint, &str, &str)] = &[
         (
             chat,
             r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}"#,
@@ -421,7 +424,7 @@ fn refuses_a_policy_key_repeated_in_one_object() {
             "include_usage",
         ),
         (
-            &Metered::Completions,
+            &Endpoint::Completions,
             r#"{"prompt":"p","stream_options":{"include_usage":true,"include_\u0075sage":false}}"#,
             "include_usage",
         ),
@@ -441,12 +444,12 @@ fn refuses_a_policy_key_repeated_in_one_object() {
             "max_tokens",
         ),
         (
-            &Metered::Responses,
+            &Endpoint::Responses,
             r#"{"max_output_tokens":1,"max_output_tokens":100000}"#,
             "max_output_tokens",
         ),
         (
-            &Metered::Embeddings,
+            &Endpoint::Embeddings,
             r#"{"model":"a","input":"x","model":"b"}"#,
             "model",
         ),
@@ -500,9 +503,9 @@ fn refuses_a_policy_key_repeated_in_one_object() {
 fn accepts_policy_names_once_per_object_and_repeated_outside_policy_positions() {
     // A tool's JSON schema may name a property `model` or `n` in many objects; those
     // objects are the upstream's business, not tollgate's metering.
-    let cases: Vec<(Metered, &str)> = vec![
+    let cases: Vec<(Endpoint, &str)> = vec![
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             r#"{"model":"m","n":1,"stream":true,"stream_options":{"include_usage":true},
                 "max_tokens":5,"max_completion_tokens":5,
                 "messages":[{"role":"user","content":"hi","name":"model"}],
@@ -512,7 +515,7 @@ fn accepts_policy_names_once_per_object_and_repeated_outside_policy_positions() 
                 "metadata":{"model":"x","model":"y"}}"#,
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":[
                 {"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"x"}]}]}],
                 "tools":[{"name":"t","input_schema":{"properties":{"max_tokens":{},"model":{}}}}]}"#,
@@ -526,7 +529,7 @@ fn accepts_policy_names_once_per_object_and_repeated_outside_policy_positions() 
         ),
         // Outside Gemini, camelCase names are not policy keys.
         (
-            Metered::Responses,
+            Endpoint::Responses,
             r#"{"model":"m","max_output_tokens":5,"maxOutputTokens":7}"#,
         ),
     ];
@@ -539,7 +542,7 @@ fn accepts_policy_names_once_per_object_and_repeated_outside_policy_positions() 
 fn openai_endpoints_may_leave_the_model_to_the_server() {
     // vLLM serves one model and accepts requests without `model`.
     let got = scan(
-        &Metered::ChatCompletions,
+        &Endpoint::ChatCompletions,
         br#"{"messages":[{"role":"user","content":"hi"}]}"#,
     )
     .unwrap();
@@ -625,7 +628,7 @@ fn adds_include_usage_to_streaming_openai_requests() {
         ),
         (r#"{"model":"m","stream":true,"stream_options":[]}"#, None),
     ];
-    for ep in [Metered::ChatCompletions, Metered::Completions] {
+    for ep in [Endpoint::ChatCompletions, Endpoint::Completions] {
         for (body, want) in &cases {
             let got = scan(&ep, body.as_bytes()).unwrap();
             assert_eq!(got.usage_splice, *want, "{body}");
@@ -644,7 +647,11 @@ fn adds_include_usage_to_streaming_openai_requests() {
         }
     }
     // Other endpoints are never rewritten.
-    for ep in [Metered::Messages, Metered::Responses, Metered::Embeddings] {
+    for ep in [
+        Endpoint::Messages,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ] {
         let got = scan(&ep, br#"{"model":"m","stream":true}"#).unwrap();
         assert_eq!(got.usage_splice, None);
     }
@@ -663,22 +670,22 @@ fn long_texts_count_as_the_estimator_counts_them_at_any_split() {
                 "messages":[{"role":"user","content":content}]}))
         .unwrap()
     };
-    let extra = scan(&Metered::Messages, &body("")).unwrap().input_estimate;
+    let extra = scan(&Endpoint::Messages, &body("")).unwrap().input_estimate;
     let long = body(&text);
-    let whole = scan(&Metered::Messages, &long).unwrap();
+    let whole = scan(&Endpoint::Messages, &long).unwrap();
     assert_eq!(whole.input_estimate, est(Api::Anthropic, &[&text], extra));
     // Windows that end anywhere: inside a run, after a backslash, inside a `\u` escape.
     for step in [1000, 4093, 65536] {
         let windows: Vec<&[u8]> = long.chunks(step).collect();
         assert_eq!(
-            scan_split(&Metered::Messages, &windows),
+            scan_split(&Endpoint::Messages, &windows),
             Ok(whole.clone()),
             "{step}"
         );
     }
     let at = 70_000 + long[70_000..].iter().position(|&b| b == b'\\').unwrap() + 1;
     let (l, r) = long.split_at(at);
-    assert_eq!(scan_split(&Metered::Messages, &[l, r]), Ok(whole.clone()));
+    assert_eq!(scan_split(&Endpoint::Messages, &[l, r]), Ok(whole.clone()));
 }
 
 #[test]
@@ -687,8 +694,8 @@ fn without_fingerprint_reads_the_same_but_the_fingerprint() {
             "messages":[{"role":"user","content":[{"type":"text","text":"first"},
             {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}))
         .unwrap();
-    let with = scan(&Metered::Messages, &body).unwrap();
-    let mut s = RequestScanner::new(&Metered::Messages).without_fingerprint();
+    let with = scan(&Endpoint::Messages, &body).unwrap();
+    let mut s = scanner(&Endpoint::Messages).without_fingerprint();
     s.feed(&body).unwrap();
     let without = s.finish().unwrap();
     assert!(with.fingerprint.is_some());
@@ -703,12 +710,12 @@ fn without_fingerprint_reads_the_same_but_the_fingerprint() {
 
 #[test]
 fn fingerprint_follows_the_conversation_not_its_later_turns() {
-    let fp = |ep: &Metered, v: Value| {
+    let fp = |ep: &Endpoint, v: Value| {
         scan(ep, &serde_json::to_vec(&v).unwrap())
             .unwrap()
             .fingerprint
     };
-    let a = Metered::Messages;
+    let a = Endpoint::Messages;
     let base = fp(
         &a,
         json!({"model":"c","system":"S","messages":[{"role":"user","content":"first"}]}),
@@ -759,7 +766,7 @@ fn fingerprint_follows_the_conversation_not_its_later_turns() {
         None
     );
     // OpenAI: the system message is part of the prefix.
-    let o = Metered::ChatCompletions;
+    let o = Endpoint::ChatCompletions;
     let s1 = fp(
         &o,
         json!({"model":"g","messages":[{"role":"system","content":"S"},{"role":"user","content":"q"}]}),
@@ -785,10 +792,12 @@ fn fingerprint_follows_the_conversation_not_its_later_turns() {
 
 /// Estimate of a one-message body whose single part is `part`, minus the same with an
 /// empty part: the part's own tokens.
-fn part_tokens(ep: &Metered, part: Value) -> u64 {
+fn part_tokens(ep: &Endpoint, part: Value) -> u64 {
     let body = |p: Value| match ep {
-        Metered::Gemini { .. } => json!({"contents":[{"parts":[p]}]}),
-        Metered::Responses => json!({"model":"m","input":[{"role":"user","content":[p]}]}),
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
+            json!({"contents":[{"parts":[p]}]})
+        }
+        Endpoint::Responses => json!({"model":"m","input":[{"role":"user","content":[p]}]}),
         _ => json!({"model":"m","messages":[{"role":"user","content":[p]}]}),
     };
     let with = scan(ep, &serde_json::to_vec(&body(part)).unwrap())
@@ -806,73 +815,63 @@ fn prices_images_by_their_decoded_size() {
     let oai = |data: &[u8], detail: &str| json!({"type":"image_url","image_url":{"url":format!("data:image/jpeg;base64,{}", b64(data)),"detail":detail}});
     let oai_detail_first = |data: &[u8]| json!({"type":"image_url","image_url":{"detail":"low","url":format!("data:image/jpeg;base64,{}", b64(data))}});
     let gem = |data: &[u8]| json!({"inlineData":{"mimeType":"image/png","data":b64(data)}});
-    let m = Metered::Messages;
-    let c = Metered::ChatCompletions;
-    let cases: Vec<(&str, Metered, Value, u64)> = vec![
-        ("png 1000²", m.clone(), anth(&png(1000, 1000)), 1334),
-        ("png 200x100", m.clone(), anth(&png(200, 100)), 27),
+    let m = Endpoint::Messages;
+    let c = Endpoint::ChatCompletions;
+    let cases: Vec<(&str, Endpoint, Value, u64)> = vec![
+        ("png 1000²", m, anth(&png(1000, 1000)), 1334),
+        ("png 200x100", m, anth(&png(200, 100)), 27),
         (
             "png 4000x3000 resized then capped",
-            m.clone(),
+            m,
             anth(&png(4000, 3000)),
             1600,
         ),
-        (
-            "jpeg with a 128 KB APP1",
-            m.clone(),
-            anth(&jpeg(640, 480)),
-            410,
-        ),
-        ("gif", m.clone(), anth(&gif(300, 150)), 60),
-        ("webp", m.clone(), anth(&webp_vp8x(750, 100)), 100),
-        ("unknown bytes", m.clone(), anth(&[0u8; 1000]), 100),
-        ("truncated png", m.clone(), anth(&png(10, 10)[..10]), 1600),
+        ("jpeg with a 128 KB APP1", m, anth(&jpeg(640, 480)), 410),
+        ("gif", m, anth(&gif(300, 150)), 60),
+        ("webp", m, anth(&webp_vp8x(750, 100)), 100),
+        ("unknown bytes", m, anth(&[0u8; 1000]), 100),
+        ("truncated png", m, anth(&png(10, 10)[..10]), 1600),
         (
             "url",
-            m.clone(),
+            m,
             json!({"type":"image","source":{"type":"url","url":"https://x/y.png"}}),
             1600,
         ),
-        (
-            "openai high 1000²",
-            c.clone(),
-            oai(&jpeg(1000, 1000), "high"),
-            765,
-        ),
+        ("openai high 1000²", c, oai(&jpeg(1000, 1000), "high"), 765),
         (
             "openai auto 2048x4096",
-            c.clone(),
+            c,
             oai(&png(2048, 4096), "auto"),
             85 + 170 * 6,
         ),
-        ("openai low", c.clone(), oai(&png(4096, 4096), "low"), 85),
+        ("openai low", c, oai(&png(4096, 4096), "low"), 85),
         (
             "openai low before url",
-            c.clone(),
+            c,
             oai_detail_first(&png(4096, 4096)),
             85,
         ),
         (
             "anthropic file",
-            m.clone(),
+            m,
             json!({"type":"document","source":{"type":"file","file_id":"file_1"}}),
             1600,
         ),
         (
             "openai file",
-            c.clone(),
+            c,
             json!({"type":"file","file":{"file_id":"file-1"}}),
             1600,
         ),
         (
             "openai plain url",
-            c.clone(),
+            c,
             json!({"type":"image_url","image_url":{"url":"https://x/y.png"}}),
             1600,
         ),
         (
             "openai url string low",
-            Metered::Responses,
+            Endpoint::Responses,
             json!({"type":"input_image","image_url":"https://x","detail":"low"}),
             85,
         ),
@@ -891,7 +890,7 @@ fn prices_images_by_their_decoded_size() {
 
 #[test]
 fn prices_documents_and_other_payloads_by_size() {
-    let m = Metered::Messages;
+    let m = Endpoint::Messages;
     let doc = |data: &[u8]| json!({"type":"document","source":{"type":"base64","media_type":"application/pdf","data":b64(data)}});
     let mut pdf = b"%PDF-1.7\n".to_vec();
     pdf.resize(160_000, b'x');
@@ -903,7 +902,7 @@ fn prices_documents_and_other_payloads_by_size() {
     // the rest as text.
     let audio =
         json!({"type":"input_audio","input_audio":{"data":b64(&[0u8; 100_000]),"format":"wav"}});
-    assert_eq!(part_tokens(&Metered::ChatCompletions, audio), 200);
+    assert_eq!(part_tokens(&Endpoint::ChatCompletions, audio), 200);
     // Anthropic plain-text documents carry text, not base64, in `data`.
     let plain = json!({"type":"document","source":{"type":"text","media_type":"text/plain","data":"abcd abcd abcd"}});
     assert_eq!(
@@ -917,7 +916,7 @@ proptest! {
     fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..200), cut in any::<prop::sample::Index>()) {
         let c = cut.index(body.len() + 1);
         let (l, r) = body.split_at(c);
-        for ep in [Metered::Messages, Metered::ChatCompletions, Metered::Responses, gemini(true)] {
+        for ep in [Endpoint::Messages, Endpoint::ChatCompletions, Endpoint::Responses, gemini(true)] {
             let _ = scan_split(&ep, &[l, r]);
         }
     }
@@ -930,7 +929,7 @@ proptest! {
     ) {
         let msgs: Vec<Value> = texts.iter().enumerate().map(|(i, t)| json!({"role": if i % 2 == 0 {"user"} else {"assistant"}, "content": t})).collect();
         let body = serde_json::to_vec(&json!({"model":"gpt","stream":stream,"messages":msgs})).unwrap();
-        let whole = scan(&Metered::ChatCompletions, &body).unwrap();
+        let whole = scan(&Endpoint::ChatCompletions, &body).unwrap();
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
         points.sort_unstable();
         let mut windows = vec![];
@@ -940,7 +939,7 @@ proptest! {
             last = p;
         }
         windows.push(&body[last..]);
-        prop_assert_eq!(scan_split(&Metered::ChatCompletions, &windows), Ok(whole.clone()));
+        prop_assert_eq!(scan_split(&Endpoint::ChatCompletions, &windows), Ok(whole.clone()));
         if let Some(sp) = whole.usage_splice {
             let out = sp.apply(&body).unwrap();
             let v: Value = serde_json::from_slice(&out).unwrap();
@@ -973,7 +972,7 @@ fn bench_scanning_throughput() {
         let t = std::time::Instant::now();
         let mut tokens = 0;
         for _ in 0..reps {
-            let mut s = RequestScanner::new(&Metered::Messages);
+            let mut s = scanner(&Endpoint::Messages);
             for w in body.chunks(64 * 1024) {
                 s.feed(w).unwrap();
             }

@@ -26,23 +26,24 @@ use proptest::prelude::*;
 const SSE: &str = "text/event-stream; charset=utf-8";
 const JSON: &str = "application/json";
 
-fn gemini(stream: bool) -> Metered {
-    Metered::Gemini {
-        model: "gemini-2.0-flash".into(),
-        stream,
+fn gemini(stream: bool) -> Endpoint {
+    if stream {
+        Endpoint::StreamGenerateContent
+    } else {
+        Endpoint::GenerateContent
     }
 }
 
 /// Feeds `body` split at `splits`; returns what the client received and the metering.
 fn run(
-    endpoint: &Metered,
+    endpoint: &Endpoint,
     ct: &str,
     enc: &str,
     strip: bool,
     body: &[u8],
     splits: &[usize],
 ) -> (Vec<u8>, Metering) {
-    let mut m = ResponseMeter::new(endpoint, ct, enc, strip);
+    let mut m = ResponseMeter::new(*endpoint, ct, enc, strip);
     let mut client = Vec::new();
     let mut bounds = splits.to_vec();
     bounds.push(body.len());
@@ -104,31 +105,31 @@ fn normalises_json_bodies_of_every_api() {
     let cases = [
         (
             "anthropic",
-            Metered::Messages,
+            Endpoint::Messages,
             ANTHROPIC_JSON,
             real(usage(12, 40, 3, 6), "claude-sonnet-4-20250514"),
         ),
         (
             "chat",
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             CHAT_JSON,
             real(usage(86, 1920, 0, 300), "gpt-4o-2024-08-06"),
         ),
         (
             "completions",
-            Metered::Completions,
+            Endpoint::Completions,
             COMPLETIONS_JSON,
             real(usage(5, 0, 0, 7), "meta-llama/Llama-3.1-8B"),
         ),
         (
             "embeddings",
-            Metered::Embeddings,
+            Endpoint::Embeddings,
             EMBEDDINGS_JSON,
             real(usage(8, 0, 0, 0), "text-embedding-3-small"),
         ),
         (
             "responses",
-            Metered::Responses,
+            Endpoint::Responses,
             RESPONSES_JSON,
             real(usage(36, 0, 0, 87), "o4-mini-2025-04-16"),
         ),
@@ -166,23 +167,23 @@ fn normalises_json_bodies_of_every_api() {
     }
 }
 
-fn stream_cases() -> Vec<(&'static str, Metered, &'static str, Metering)> {
+fn stream_cases() -> Vec<(&'static str, Endpoint, &'static str, Metering)> {
     vec![
         (
             "anthropic",
-            Metered::Messages,
+            Endpoint::Messages,
             ANTHROPIC,
             real(usage(472, 2048, 100, 15), "claude-3-5-haiku-20241022"),
         ),
         (
             "chat with usage",
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             OPENAI_CHAT_USAGE,
             real(usage(176, 1024, 0, 9), "gpt-4o-mini-2024-07-18"),
         ),
         (
             "chat without usage",
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             OPENAI_CHAT_NO_USAGE,
             Metering {
                 usage: usage(
@@ -198,7 +199,7 @@ fn stream_cases() -> Vec<(&'static str, Metered, &'static str, Metering)> {
         ),
         (
             "responses",
-            Metered::Responses,
+            Endpoint::Responses,
             OPENAI_RESPONSES,
             real(usage(200, 128, 0, 52), "gpt-4.1-2025-04-14"),
         ),
@@ -267,12 +268,12 @@ fn strip_mode_drops_exactly_the_usage_chunk_at_every_split_point() {
     for (name, stream) in variants {
         let b = stream.as_bytes();
         let want = without_usage_chunk(&stream);
-        let (client, m) = run(&Metered::ChatCompletions, SSE, "", true, b, &[]);
+        let (client, m) = run(&Endpoint::ChatCompletions, SSE, "", true, b, &[]);
         assert_eq!(String::from_utf8(client).unwrap(), want, "{name}");
         assert_eq!(m, want_usage, "{name}");
         for i in 0..=b.len() {
             for j in (i..=b.len()).step_by(61) {
-                let (client, m) = run(&Metered::ChatCompletions, SSE, "", true, b, &[i, j]);
+                let (client, m) = run(&Endpoint::ChatCompletions, SSE, "", true, b, &[i, j]);
                 let client = String::from_utf8(client).unwrap();
                 assert_eq!(client, want, "{name} split at {i},{j}");
                 assert_eq!(m, want_usage, "{name} split at {i},{j}");
@@ -283,7 +284,7 @@ fn strip_mode_drops_exactly_the_usage_chunk_at_every_split_point() {
 
 #[test]
 fn strip_mode_passes_whole_events_unchanged_without_copying() {
-    let mut m = ResponseMeter::new(&Metered::ChatCompletions, SSE, "", true);
+    let mut m = ResponseMeter::new(Endpoint::ChatCompletions, SSE, "", true);
     let events: Vec<&str> = OPENAI_CHAT_USAGE.split_inclusive("\n\n").collect();
     for (i, e) in events.iter().enumerate() {
         let out = if i + 1 == events.len() {
@@ -305,7 +306,7 @@ fn strip_mode_drops_a_usage_chunk_without_choices_too() {
 data: {\"model\":\"m\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n\
 data: [DONE]\n\n";
     let (client, m) = run(
-        &Metered::ChatCompletions,
+        &Endpoint::ChatCompletions,
         SSE,
         "",
         true,
@@ -321,11 +322,14 @@ data: [DONE]\n\n";
 
 #[test]
 fn strip_mode_is_off_for_other_apis_and_for_compressed_bodies() {
-    for (endpoint, enc) in [(Metered::ChatCompletions, "gzip"), (Metered::Messages, "")] {
-        let m = ResponseMeter::new(&endpoint, SSE, enc, true);
+    for (endpoint, enc) in [
+        (Endpoint::ChatCompletions, "gzip"),
+        (Endpoint::Messages, ""),
+    ] {
+        let m = ResponseMeter::new(endpoint, SSE, enc, true);
         assert!(m.strip.is_none());
     }
-    assert!(ResponseMeter::new(&Metered::Completions, SSE, "", true)
+    assert!(ResponseMeter::new(Endpoint::Completions, SSE, "", true)
         .strip
         .is_some());
 }
@@ -335,7 +339,7 @@ fn strip_mode_lets_a_huge_event_through_as_it_comes() {
     let mut big = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
     big.extend(std::iter::repeat_n(b'a', HOLD_CAP + 10));
     big.extend_from_slice(b"\"}}]}\n\n");
-    let mut m = ResponseMeter::new(&Metered::ChatCompletions, SSE, "", true);
+    let mut m = ResponseMeter::new(Endpoint::ChatCompletions, SSE, "", true);
     let mut client = Vec::new();
     for c in big.chunks(64 * 1024) {
         let out = m.feed(c);
@@ -392,7 +396,7 @@ fn counts_a_concatenated_gzip_body() {
     packed.extend(gzip(second, true));
     let want = real(usage(176, 1024, 0, 9), "gpt-4o-mini-2024-07-18");
     assert_eq!(
-        run(&Metered::ChatCompletions, SSE, "gzip", false, &packed, &[]).1,
+        run(&Endpoint::ChatCompletions, SSE, "gzip", false, &packed, &[]).1,
         want
     );
 }
@@ -400,7 +404,7 @@ fn counts_a_concatenated_gzip_body() {
 #[test]
 fn unsupported_encoding_is_reported_as_uncounted() {
     let m = run(
-        &Metered::Messages,
+        &Endpoint::Messages,
         SSE,
         "br",
         false,
@@ -419,7 +423,7 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
             // Anthropic told the input at message_start: it stays real.
             (
                 "anthropic",
-                Metered::Messages,
+                Endpoint::Messages,
                 cut(ANTHROPIC, "event: content_block_stop"),
                 Metering {
                     usage: usage(472, 2048, 100, estimate(Api::Anthropic, &["Grüße aus Köln! ", "東京は晴れ 🌤️"]).max(2)),
@@ -431,7 +435,7 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
             ),
             (
                 "chat",
-                Metered::ChatCompletions,
+                Endpoint::ChatCompletions,
                 cut(OPENAI_CHAT_USAGE, "data: {\"id\":\"chatcmpl-AZ1\",\"object\":\"chat.completion.chunk\",\"created\":1732000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_0ba0d124f1\",\"choices\":[{\"index\":0,\"delta\":{},"),
                 Metering {
                     usage: usage(0, 0, 0, estimate(Api::OpenAi, &["Привет, ", "мир! 你好\n"])),
@@ -442,7 +446,7 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
             ),
             (
                 "responses",
-                Metered::Responses,
+                Endpoint::Responses,
                 cut(OPENAI_RESPONSES, "event: response.output_text.done"),
                 Metering {
                     usage: usage(0, 0, 0, estimate(Api::OpenAi, &["Hallo Wält, ", "こんにちは"])),
@@ -480,13 +484,13 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
 #[test]
 fn reports_error_events_inside_streams() {
     let cases = [
-            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", StreamError::Overloaded),
-            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\"}}\n\n", StreamError::RateLimited),
-            (Metered::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"boom\"}}\n\n", StreamError::Other),
-            (Metered::ChatCompletions, "data: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}\n\n", StreamError::RateLimited),
-            (Metered::ChatCompletions, "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n", StreamError::Other),
-            (Metered::Responses, "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"x\",\"param\":null}\n\n", StreamError::RateLimited),
-            (Metered::Responses, "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"usage\":null}}\n\n", StreamError::Other),
+            (Endpoint::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", StreamError::Overloaded),
+            (Endpoint::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\"}}\n\n", StreamError::RateLimited),
+            (Endpoint::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"boom\"}}\n\n", StreamError::Other),
+            (Endpoint::ChatCompletions, "data: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}\n\n", StreamError::RateLimited),
+            (Endpoint::ChatCompletions, "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n", StreamError::Other),
+            (Endpoint::Responses, "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"x\",\"param\":null}\n\n", StreamError::RateLimited),
+            (Endpoint::Responses, "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"usage\":null}}\n\n", StreamError::Other),
             (gemini(true), "data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\n\n", StreamError::Overloaded),
             (gemini(true), "data: {\"error\":{\"code\":429,\"message\":\"quota\",\"status\":\"RESOURCE_EXHAUSTED\"}}\n\n", StreamError::RateLimited),
         ];
@@ -501,7 +505,7 @@ fn later_usage_replaces_earlier_usage_field_by_field() {
     let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":20}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":11,\"output_tokens\":30}}\n\n";
-    let m = run(&Metered::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+    let m = run(&Endpoint::Messages, SSE, "", false, body.as_bytes(), &[]).1;
     assert_eq!(m, real(usage(11, 5, 0, 30), "m"));
 }
 
@@ -513,7 +517,7 @@ fn finds_usage_at_the_end_of_an_oversized_json_body() {
     }
     body.extend_from_slice(br#"0.1]}],"usage":{"prompt_tokens":8191,"total_tokens":8191}}"#);
     let m = run(
-        &Metered::Embeddings,
+        &Endpoint::Embeddings,
         JSON,
         "",
         false,
@@ -537,7 +541,7 @@ fn finds_usage_in_the_tail_of_an_oversized_event() {
             "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"model\":\"gpt-4.1\",\"output\":[{{\"content\":[{{\"text\":\"{text}\"}}]}}],\"usage\":{{\"input_tokens\":10,\"input_tokens_details\":{{\"cached_tokens\":4}},\"output_tokens\":300000}}}}}}\n\n"
         );
     let m = run(
-        &Metered::Responses,
+        &Endpoint::Responses,
         SSE,
         "",
         false,
@@ -553,14 +557,14 @@ fn finds_usage_in_the_tail_of_an_oversized_event() {
 #[test]
 fn garbage_gives_an_incomplete_metering() {
     for (endpoint, ct, body) in [
-        (Metered::Messages, SSE, "data: {not json\n\n"),
+        (Endpoint::Messages, SSE, "data: {not json\n\n"),
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             JSON,
             "<html>502 Bad Gateway</html>",
         ),
         (gemini(true), JSON, "[{\"a\":}]]]]{{{"),
-        (Metered::Responses, JSON, ""),
+        (Endpoint::Responses, JSON, ""),
     ] {
         let m = run(&endpoint, ct, "", false, body.as_bytes(), &[]).1;
         assert!(!m.complete, "{body}");
@@ -571,20 +575,20 @@ fn garbage_gives_an_incomplete_metering() {
 #[test]
 fn detects_the_body_framing() {
     assert_eq!(
-        Body::detect(&Metered::Messages, "Text/Event-Stream"),
+        Body::detect(Endpoint::Messages, "Text/Event-Stream"),
         Body::Sse
     );
     assert_eq!(
-        Body::detect(&gemini(true), "application/json"),
+        Body::detect(gemini(true), "application/json"),
         Body::JsonArrayStream
     );
-    assert_eq!(Body::detect(&gemini(true), "text/event-stream"), Body::Sse);
-    assert_eq!(Body::detect(&gemini(false), "application/json"), Body::Json);
+    assert_eq!(Body::detect(gemini(true), "text/event-stream"), Body::Sse);
+    assert_eq!(Body::detect(gemini(false), "application/json"), Body::Json);
 }
 
 #[test]
 fn finish_twice_gives_the_same_answer() {
-    let mut m = ResponseMeter::new(&Metered::Messages, JSON, "", false);
+    let mut m = ResponseMeter::new(Endpoint::Messages, JSON, "", false);
     assert_eq!(m.feed_last(ANTHROPIC_JSON.as_bytes()), None);
     let a = m.finish();
     assert_eq!(m.finish(), a);
@@ -613,7 +617,7 @@ const INSANE: [&str; 12] = [
 /// and the texts its output estimate reads.
 struct Sample {
     name: &'static str,
-    endpoint: Metered,
+    endpoint: Endpoint,
     ct: &'static str,
     body: String,
     counts: Vec<&'static str>,
@@ -622,7 +626,7 @@ struct Sample {
 
 fn sample(
     name: &'static str,
-    endpoint: Metered,
+    endpoint: Endpoint,
     ct: &'static str,
     body: &str,
     counts: &[&'static str],
@@ -645,7 +649,7 @@ fn samples() -> Vec<Sample> {
     vec![
             sample(
                 "anthropic json",
-                Metered::Messages,
+                Endpoint::Messages,
                 JSON,
                 r#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hallo Welt, wie geht es?"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"cache_creation_input_tokens":3,"cache_read_input_tokens":40,"cache_creation":{"ephemeral_5m_input_tokens":3,"ephemeral_1h_input_tokens":0},"output_tokens":6,"service_tier":"standard","server_tool_use":{"web_search_requests":0}}}"#,
                 &[
@@ -659,7 +663,7 @@ fn samples() -> Vec<Sample> {
             ),
             sample(
                 "anthropic sse",
-                Metered::Messages,
+                Endpoint::Messages,
                 SSE,
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-3-5-haiku-20241022\",\"content\":[],\"usage\":{\"input_tokens\":472,\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":2048,\"output_tokens\":2}}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Grüße aus Köln!\"}}\n\n\
@@ -675,7 +679,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
             ),
             sample(
                 "chat json",
-                Metered::ChatCompletions,
+                Endpoint::ChatCompletions,
                 JSON,
                 CHAT_JSON,
                 &[
@@ -689,7 +693,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
             ),
             sample(
                 "completions json",
-                Metered::Completions,
+                Endpoint::Completions,
                 JSON,
                 COMPLETIONS_JSON,
                 &["\"completion_tokens\":7", "\"prompt_tokens\":5"],
@@ -697,7 +701,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
             ),
             sample(
                 "chat sse",
-                Metered::ChatCompletions,
+                Endpoint::ChatCompletions,
                 SSE,
                 "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Привет, мир\"}}]}\n\n\
 data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":176,\"completion_tokens\":9,\"total_tokens\":185,\"prompt_tokens_details\":{\"cached_tokens\":64,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n\
@@ -712,7 +716,7 @@ data: [DONE]\n\n",
             ),
             sample(
                 "embeddings json",
-                Metered::Embeddings,
+                Endpoint::Embeddings,
                 JSON,
                 EMBEDDINGS_JSON,
                 &["\"prompt_tokens\":8", "\"total_tokens\":8"],
@@ -720,7 +724,7 @@ data: [DONE]\n\n",
             ),
             sample(
                 "responses json",
-                Metered::Responses,
+                Endpoint::Responses,
                 JSON,
                 RESPONSES_JSON,
                 &[
@@ -734,7 +738,7 @@ data: [DONE]\n\n",
             ),
             sample(
                 "responses sse",
-                Metered::Responses,
+                Endpoint::Responses,
                 SSE,
                 "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hallo Wält\"}\n\n\
 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-4.1\",\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hallo Wält\"}]}],\"usage\":{\"input_tokens\":328,\"input_tokens_details\":{\"cached_tokens\":128},\"output_tokens\":52,\"output_tokens_details\":{\"reasoning_tokens\":7},\"total_tokens\":380},\"metadata\":{}}}\n\n",
@@ -800,12 +804,12 @@ fn spoil(body: &str, count: &str, value: &str) -> String {
 }
 
 /// Asserts that `m` is what a response with invalid usage meters to.
-fn assert_invalid(m: &Metering, endpoint: &Metered, texts: &[&str], exact: bool, what: &str) {
+fn assert_invalid(m: &Metering, endpoint: &Endpoint, texts: &[&str], exact: bool, what: &str) {
     assert!(m.invalid_usage, "{what}: flagged");
     assert!(!m.complete, "{what}: the host uses its own input estimate");
     assert_eq!(m.usage.input_side(), 0, "{what}: no input reported");
     assert!(m.output_estimated, "{what}: output is an estimate");
-    let want = if *endpoint == Metered::Embeddings {
+    let want = if *endpoint == Endpoint::Embeddings {
         0
     } else {
         estimate(endpoint.api(), texts)
@@ -857,7 +861,7 @@ fn insane_usage_counts_make_the_usage_invalid_in_every_api() {
 fn a_usage_cut_short_hides_no_earlier_object_named_usage() {
     // An echoed tool schema with a property named `usage`, then the real usage, cut.
     let body = r#"{"model":"gpt-4.1","tools":[{"type":"function","parameters":{"properties":{"usage":{"type":"object"}}}}],"output":[{"content":[{"text":"Hallo Welt"}]}],"usage":{"input_tokens":5,"output_tok"#;
-    let m = run(&Metered::Responses, JSON, "", false, body.as_bytes(), &[]).1;
+    let m = run(&Endpoint::Responses, JSON, "", false, body.as_bytes(), &[]).1;
     assert!(
         !m.complete && m.output_estimated && !m.invalid_usage,
         "{m:?}"
@@ -871,7 +875,7 @@ fn usage_that_is_not_an_object_is_invalid() {
     for value in ["5", "\"x\"", "[1,2]", "true", "-3"] {
         for (endpoint, body, texts) in [
             (
-                Metered::ChatCompletions,
+                Endpoint::ChatCompletions,
                 CHAT_JSON.replacen(
                     &CHAT_JSON[CHAT_JSON.find("\"usage\":").unwrap()..CHAT_JSON.len() - 1],
                     &format!("\"usage\":{value}"),
@@ -900,17 +904,17 @@ fn usage_that_is_not_an_object_is_invalid() {
 fn null_or_missing_counts_are_absent_not_invalid() {
     let cases = [
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             r#"{"model":"m","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":null,"prompt_tokens_details":{"cached_tokens":null},"completion_tokens_details":null}}"#,
             usage(5, 0, 0, 2),
         ),
         (
-            Metered::Responses,
+            Endpoint::Responses,
             r#"{"model":"m","output":[],"usage":{"input_tokens":5,"input_tokens_details":null,"output_tokens":2}}"#,
             usage(5, 0, 0, 2),
         ),
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"m","content":[],"usage":{"input_tokens":5,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,"cache_creation":null,"output_tokens":2,"server_tool_use":null,"service_tier":null}}"#,
             usage(5, 0, 0, 2),
         ),
@@ -930,7 +934,7 @@ fn null_or_missing_counts_are_absent_not_invalid() {
 fn sane_counts_are_accepted_up_to_the_bound() {
     let cases = [
         (
-            Metered::Messages,
+            Endpoint::Messages,
             r#"{"model":"m","content":[],"usage":{"input_tokens":100000000,"cache_creation_input_tokens":100000000,"cache_read_input_tokens":100000000,"output_tokens":100000000,"service_tier":"priority"}}"#,
             usage(100_000_000, 100_000_000, 100_000_000, 100_000_000),
         ),
@@ -942,7 +946,7 @@ fn sane_counts_are_accepted_up_to_the_bound() {
         // A whole number written as a float is that number; an unknown non-count field
         // (OpenRouter's `cost`) is not a count.
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             r#"{"model":"m","choices":[],"usage":{"prompt_tokens":12.0,"completion_tokens":1e2,"total_tokens":112,"cost":0.0012,"prompt_tokens_details":{"cached_tokens":2}}}"#,
             usage(10, 2, 0, 100),
         ),
@@ -962,17 +966,17 @@ fn insane_usage_in_the_tail_of_an_oversized_body_is_invalid() {
     let filler = "Hallo Welt ".repeat(JSON_CAP / 11 + 100);
     let cases = [
         (
-            Metered::Messages,
+            Endpoint::Messages,
             ANTHROPIC_JSON.replace("Hi \\u00e9t\\u00e9!", &filler),
             "\"output_tokens\":6",
         ),
         (
-            Metered::ChatCompletions,
+            Endpoint::ChatCompletions,
             CHAT_JSON.replace("Bonjour à tous", &filler),
             "\"completion_tokens\":300",
         ),
         (
-            Metered::Responses,
+            Endpoint::Responses,
             RESPONSES_JSON.replace("\"42\"", &format!("\"{filler}\"")),
             "\"output_tokens\":87",
         ),
@@ -982,7 +986,7 @@ fn insane_usage_in_the_tail_of_an_oversized_body_is_invalid() {
             "\"candidatesTokenCount\":5",
         ),
         (
-            Metered::Embeddings,
+            Endpoint::Embeddings,
             EMBEDDINGS_JSON.replace("0.0023,", &"0.0023,".repeat(JSON_CAP / 7 + 10)),
             "\"prompt_tokens\":8",
         ),
@@ -1002,7 +1006,7 @@ fn insane_usage_in_the_tail_of_an_oversized_body_is_invalid() {
                 "{what}"
             );
             assert_eq!(m.usage.input_side(), 0, "{what}");
-            if endpoint == Metered::Embeddings {
+            if endpoint == Endpoint::Embeddings {
                 assert_eq!(m.usage.output, 0, "{what}");
             } else {
                 let est = m.usage.output;
@@ -1020,7 +1024,7 @@ fn insane_usage_in_the_tail_of_an_oversized_event_is_invalid() {
     let text = "Hallo Welt ".repeat(DEFAULT_EVENT_CAP / 11 + 100);
     let cases = [
             (
-                Metered::Responses,
+                Endpoint::Responses,
                 format!("event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"model\":\"gpt-4.1\",\"output\":[{{\"content\":[{{\"text\":\"{text}\"}}]}}],\"usage\":{{\"input_tokens\":10,\"input_tokens_details\":{{\"cached_tokens\":4}},\"output_tokens\":300000}}}}}}\n\n"),
                 "\"output_tokens\":300000",
             ),
@@ -1134,12 +1138,12 @@ fn stream_gzip(
 /// Meters a gzip body of `head`, `mib` MiB of `unit`s and `tail` (see `stream_gzip`),
 /// compressed far beyond the ratio at which decoding used to stop.
 fn meter_huge_gzip(
-    endpoint: &Metered,
+    endpoint: &Endpoint,
     ct: &str,
     (head, unit, tail): (&[u8], &[u8], &[u8]),
     mib: usize,
 ) -> Metering {
-    let mut m = ResponseMeter::new(endpoint, ct, "gzip", false);
+    let mut m = ResponseMeter::new(*endpoint, ct, "gzip", false);
     let sent = stream_gzip(&mut m, head, unit, mib, tail);
     assert!(
         sent * 200 < mib as u64 * 1_000_000,
@@ -1156,7 +1160,7 @@ fn finds_usage_at_the_end_of_a_24_mib_gzip_body() {
             br#" Ende."},"finish_reason":"stop"}],"usage":{"prompt_tokens":2006,"completion_tokens":777,"total_tokens":2783,"prompt_tokens_details":{"cached_tokens":1920}}}"#,
         );
     assert_eq!(
-        meter_huge_gzip(&Metered::ChatCompletions, JSON, body, 24),
+        meter_huge_gzip(&Endpoint::ChatCompletions, JSON, body, 24),
         Metering {
             oversized_events: 1,
             ..real(usage(86, 1920, 0, 777), "gpt-4o-2024-08-06")
@@ -1174,7 +1178,7 @@ fn finds_usage_at_the_end_of_a_64_mib_gzip_body() {
             br#"0.1]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":777,"total_tokens":777}}"#,
         );
     assert_eq!(
-        meter_huge_gzip(&Metered::Embeddings, JSON, body, 64),
+        meter_huge_gzip(&Endpoint::Embeddings, JSON, body, 64),
         Metering {
             oversized_events: 1,
             ..real(usage(777, 0, 0, 0), "text-embedding-3-large")
@@ -1190,7 +1194,7 @@ fn finds_usage_at_the_end_of_a_long_gzip_stream() {
             b"data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":777}}\n\ndata: [DONE]\n\n",
         );
     assert_eq!(
-        meter_huge_gzip(&Metered::ChatCompletions, SSE, body, 24),
+        meter_huge_gzip(&Endpoint::ChatCompletions, SSE, body, 24),
         real(usage(3, 0, 0, 777), "gpt-4o")
     );
 }
@@ -1220,7 +1224,7 @@ fn decides_each_content_encoding() {
         ("gzip;q=1", &gz, false),
     ];
     for (enc, body, decodable) in cases {
-        let m = run(&Metered::ChatCompletions, JSON, enc, false, body, &[]).1;
+        let m = run(&Endpoint::ChatCompletions, JSON, enc, false, body, &[]).1;
         if decodable {
             assert_eq!(m, want, "{enc:?}");
         } else {
@@ -1263,7 +1267,7 @@ fn a_corrupt_gzip_body_is_flagged_undecodable() {
         ("data", &bad_data, true),
         ("cut short", &cut, false),
     ] {
-        let m = run(&Metered::ChatCompletions, JSON, "gzip", false, body, &[]).1;
+        let m = run(&Endpoint::ChatCompletions, JSON, "gzip", false, body, &[]).1;
         assert_eq!(m.corrupt_encoding, corrupt, "{name}");
         assert!(
             !m.complete && m.output_estimated && !m.unsupported_encoding,
@@ -1274,7 +1278,7 @@ fn a_corrupt_gzip_body_is_flagged_undecodable() {
     let mut trailing = packed.clone();
     trailing.extend_from_slice(b"\0\0\0garbage");
     let m = run(
-        &Metered::ChatCompletions,
+        &Endpoint::ChatCompletions,
         JSON,
         "gzip",
         false,
@@ -1289,7 +1293,7 @@ fn a_corrupt_gzip_body_is_flagged_undecodable() {
 fn the_host_charges_its_estimates_for_what_the_upstream_did_not_report() {
     let chat = |body: &str, enc: &str| {
         run(
-            &Metered::ChatCompletions,
+            &Endpoint::ChatCompletions,
             SSE,
             enc,
             false,
@@ -1305,7 +1309,15 @@ fn the_host_charges_its_estimates_for_what_the_upstream_did_not_report() {
     let mut corrupt = gzip(OPENAI_CHAT_USAGE.as_bytes(), false);
     // A reserved block type (BTYPE = 11) in the first deflate block.
     corrupt[10] |= 0b110;
-    let corrupt = run(&Metered::ChatCompletions, SSE, "gzip", false, &corrupt, &[]).1;
+    let corrupt = run(
+        &Endpoint::ChatCompletions,
+        SSE,
+        "gzip",
+        false,
+        &corrupt,
+        &[],
+    )
+    .1;
     // The label the host writes to `tollgate.usage`, as the struct documents it.
     let label = |m: &Metering| {
         if m.undecodable() {
@@ -1366,13 +1378,13 @@ fn the_host_charges_its_estimates_for_what_the_upstream_did_not_report() {
     assert_eq!(m.charged(100, 4096), usage(100, 0, 0, 5000));
 }
 
-fn endpoints() -> Vec<Metered> {
+fn endpoints() -> Vec<Endpoint> {
     vec![
-        Metered::Messages,
-        Metered::ChatCompletions,
-        Metered::Completions,
-        Metered::Embeddings,
-        Metered::Responses,
+        Endpoint::Messages,
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
         gemini(false),
         gemini(true),
     ]
