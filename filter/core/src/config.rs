@@ -1,16 +1,24 @@
 //! The filter's configuration (SPEC "Configuration"), parsed and validated once in
 //! `on_configure` into plain structs; a bad one is reported as `<field path>: <reason>`.
 //! Durations, globs, keys and secrets get newtypes so no other module handles raw strings.
+//!
+//! Layout: this file holds the result (`Config` and its parts) and the entry points;
+//! `newtypes` the durations, globs, secrets and keys; `node` the document tree with typed,
+//! path-naming getters; `parse` the walk from the tree to a `Config` with every check.
+//!
+//! Adding a field `x` to a section takes three edits: its name in the section's `Obj::new` list
+//! (the list the "unknown field, expected one of …" reason prints), the struct field, and its
+//! initializer in the section's struct literal, which reads and checks it in one expression
+//! (`x: obj.field("x", DEFAULT, as_duration)?`). A top-level field also gets its default in
+//! `Config::default`.
 
 use crate::api::Api;
 use crate::limits::{Limit, Price};
-use serde::Deserialize;
 use std::fmt;
 
-mod de;
 mod newtypes;
-mod raw;
-mod validate;
+mod node;
+mod parse;
 
 pub use newtypes::{Duration, Glob, KeyMatcher, Secret};
 
@@ -137,8 +145,7 @@ impl Default for Config {
 }
 
 /// Where the filter instance sits (SPEC "Stages and shared state").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stage {
     /// In the HTTP connection manager's chain: identity, quotas, metering.
     #[default]
@@ -229,8 +236,7 @@ pub struct Selection {
     pub affinity: Option<Affinity>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
     /// The healthy account with the most headroom relative to its weight.
     #[default]
@@ -276,8 +282,7 @@ pub struct Global {
 }
 
 /// What to do when the rate-limit service errs or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailureMode {
     /// Admit, keeping the local limits.
     #[default]
@@ -286,9 +291,7 @@ pub enum FailureMode {
     Deny,
 }
 
-/// `estimate`: read as written (a field left out keeps its default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EstimateCfg {
     /// Output tokens reserved at admission when the request's `max_tokens` is above it or absent.
     pub output_reserve: u64,
@@ -345,9 +348,8 @@ fn err(path: &str, reason: impl Into<String>) -> ConfigError {
         reason: reason.into(),
     }
 }
-
 // ---------------------------------------------------------------------------------------------
-// Parsing: JSON text -> `de::Node` -> `raw` (serde derive) -> `validate` -> `Config`
+// Entry points
 // ---------------------------------------------------------------------------------------------
 
 /// Parses and validates a configuration, reading `key_env` from the process environment.
@@ -361,19 +363,19 @@ pub fn parse_with_env(
     json: &[u8],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let root: de::Node = if json.iter().all(u8::is_ascii_whitespace) {
-        de::Node::Object(Vec::new())
+    let root: node::Node = if json.iter().all(u8::is_ascii_whitespace) {
+        node::Node::Object(Vec::new())
     } else {
         serde_json::from_slice(json)
             .map_err(|e| err("", format!("configuration is not valid JSON: {e}")))?
     };
-    if !matches!(root, de::Node::Object(_)) {
+    if !matches!(root, node::Node::Object(_)) {
         return Err(err(
             "",
             format!("configuration must be a JSON object, got {}", root.kind()),
         ));
     }
-    validate::validate(de::from_node(&root)?, env)
+    parse::config(&root, env)
 }
 
 /// JSON spelling of a string, for quoting values in reasons (escapes control characters).

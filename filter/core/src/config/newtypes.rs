@@ -1,44 +1,9 @@
 //! The configuration's newtypes: durations, model globs, upstream secrets and client keys, each
-//! with its own parsing (and its own `Deserialize`), so no other module handles raw strings.
+//! with its own parsing, so no other module handles raw strings.
 
 use super::quote;
-use serde::de::{Deserialize, Deserializer, Error as _};
 use sha2::{Digest, Sha256};
 use std::fmt;
-
-/// Deserializes a string and parses it with `parse`; the reason of a refusal becomes the error
-/// (the path is added by the caller, see `de`).
-fn from_text<'de, D: Deserializer<'de>, T>(
-    d: D,
-    parse: impl FnOnce(String) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    parse(String::deserialize(d)?).map_err(D::Error::custom)
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_text(d, |s| Duration::parse(&s))
-    }
-}
-
-impl<'de> Deserialize<'de> for Glob {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_text(d, |s| Glob::new(&s))
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyMatcher {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_text(d, |s| KeyMatcher::parse(&s))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    /// An inline key: printable ASCII without spaces (the reason never repeats it).
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_text(d, |s| check_key_text(&s).map(|()| Secret(s)))
-    }
-}
 
 /// A configured duration, in milliseconds. Written `"250ms"`, `"30s"`, `"5m"`, `"5h"`, `"1d"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
