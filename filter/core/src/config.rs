@@ -8,9 +8,15 @@
 //!
 //! Adding a field `x` to a section takes three edits: its name in the section's `Obj::new` list
 //! (the list the "unknown field, expected one of …" reason prints), the struct field, and its
-//! initializer in the section's struct literal, which reads and checks it in one expression
-//! (`x: obj.field("x", DEFAULT, as_duration)?`). A top-level field also gets its default in
-//! `Config::default`.
+//! read-and-check expression in the section's struct literal
+//! (`x: match obj.get("x") { Some(n) => …, None => default }`). At the top level the read is
+//! `if let Some(n) = top.get("x") { cfg.x = …; }` over `Config::default()`, the one place a
+//! top-level default lives (a fourth edit, which a top-level field always needed).
+//!
+//! Why not serde derive: a derived version (document structs with `deny_unknown_fields`, a
+//! path-naming deserializer over the same tree, then a validation pass) said the same messages
+//! but made the wasm 41.5 KB larger (39 KB after wasm-opt) and reported a different fault first
+//! when a document has several.
 
 use crate::api::Api;
 use crate::limits::{Limit, Price};

@@ -249,7 +249,7 @@ impl fmt::Display for Secret {
 /// as the plain key (hashed at load). Matching hashes the presented key once
 /// ([`KeyMatcher::digest`]) and compares digests in constant time.
 #[derive(Clone)]
-pub struct KeyMatcher([u8; 32]);
+pub struct KeyMatcher(pub(super) [u8; 32]);
 
 impl KeyMatcher {
     /// The digest a presented key is compared by.

@@ -74,34 +74,6 @@ impl<'a> Obj<'a> {
         field_path(&self.path, name)
     }
 
-    /// The field read by `read` at its path; `None` when absent (or `null`).
-    pub(super) fn optional<T>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Node, &str) -> Result<T, ConfigError>,
-    ) -> Result<Option<T>, ConfigError> {
-        self.get(name).map(|n| read(n, &self.path(name))).transpose()
-    }
-
-    /// The field read by `read`, or `default` when absent.
-    pub(super) fn field<T>(
-        &self,
-        name: &str,
-        default: T,
-        read: impl FnOnce(&'a Node, &str) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        Ok(self.optional(name, read)?.unwrap_or(default))
-    }
-
-    /// A field that must be present (`missing required field`).
-    pub(super) fn required<T>(
-        &self,
-        name: &str,
-        read: impl FnOnce(&'a Node, &str) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        self.optional(name, read)?
-            .ok_or_else(|| err(&self.path(name), "missing required field"))
-    }
 }
 
 pub(super) fn as_str<'a>(node: &'a Node, path: &str) -> Result<&'a str, ConfigError> {
@@ -151,19 +123,6 @@ pub(super) fn as_uint(node: &Node, path: &str) -> Result<u64, ConfigError> {
             format!("expected a whole number, got {}", other.kind()),
         )),
     }
-}
-
-/// An array's items, each read by `read` at `path[i]`.
-pub(super) fn as_items<T>(
-    node: &Node,
-    path: &str,
-    mut read: impl FnMut(&Node, &str) -> Result<T, ConfigError>,
-) -> Result<Vec<T>, ConfigError> {
-    as_array(node, path)?
-        .iter()
-        .enumerate()
-        .map(|(i, item)| read(item, &index_path(path, i)))
-        .collect()
 }
 
 pub(super) fn as_number(node: &Node, path: &str) -> Result<f64, ConfigError> {

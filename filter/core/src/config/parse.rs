@@ -1,50 +1,15 @@
-//! The walk from the document tree to a [`Config`]: each section is read into its struct
-//! literal field by field, every value checked where it is read, so a refusal names the field
-//! path (`consumers[1].limits[0].per: expected one of …, got "fortnight"`).
-//!
-//! Fields are read in the order of the struct literals below; when a document has several
-//! faults, the first one read is the one reported.
+//! The walk from the document tree to a [`Config`]: each section is read field by field and
+//! every value checked where it is read, so a refusal names the field path
+//! (`consumers[1].limits[0].per: expected one of …, got "fortnight"`). When a document has
+//! several faults, the first one read is the one reported.
 
 use super::newtypes::check_key_text;
 use super::node::{
-    as_array, as_bool, as_duration, as_items, as_number, as_str, as_uint, index_path, key_path,
-    one_of, Node, Obj, MAX_WHOLE_F64,
+    as_array, as_bool, as_duration, as_number, as_str, as_uint, index_path, key_path, one_of, Node,
+    Obj, MAX_WHOLE_F64,
 };
 use super::*;
 use crate::limits::{LimitKind, Per, WindowKind};
-
-const STAGES: &[(&str, Stage)] = &[
-    ("downstream", Stage::Downstream),
-    ("upstream", Stage::Upstream),
-];
-
-const APIS: &[(&str, Api)] = &[
-    ("anthropic", Api::Anthropic),
-    ("openai", Api::OpenAi),
-    ("gemini", Api::Gemini),
-];
-
-const STRATEGIES: &[(&str, Strategy)] = &[
-    ("least_loaded", Strategy::LeastLoaded),
-    ("round_robin", Strategy::RoundRobin),
-    ("priority", Strategy::Priority),
-];
-
-const FAILURE_MODES: &[(&str, FailureMode)] =
-    &[("allow", FailureMode::Allow), ("deny", FailureMode::Deny)];
-
-const PERS: &[(&str, Per)] = &[
-    ("second", Per::Second),
-    ("minute", Per::Minute),
-    ("hour", Per::Hour),
-    ("day", Per::Day),
-    ("month", Per::Month),
-];
-
-const WINDOWS: &[(&str, WindowKind)] = &[
-    ("sliding", WindowKind::Sliding),
-    ("fixed", WindowKind::Fixed),
-];
 
 /// The whole configuration from the document's root object.
 pub(super) fn config(
@@ -73,111 +38,147 @@ pub(super) fn config(
             "lease_ttl",
         ],
     )?;
-    // Read first: the sections below depend on them.
-    let stage = top.field("stage", Stage::Downstream, |n, p| one_of(n, p, STAGES))?;
-    let limits = top.field("limits", Vec::new(), parse_limits)?;
-    let consumer_header = top.optional("consumer_header", as_header_name)?;
-    let anonymous = top.optional("anonymous", |n, p| parse_anonymous(n, p, &limits))?;
-    let names_without_keys = consumer_header.is_some() || top.get("consumer_claim").is_some();
-    Ok(Config {
-        consumers: top.field("consumers", Vec::new(), |n, p| {
-            parse_consumers(n, p, &limits, names_without_keys, anonymous.is_some())
-        })?,
-        accounts: top.field("accounts", Vec::new(), |n, p| {
-            parse_accounts(n, p, stage, env)
-        })?,
-        selection: top.field("selection", Selection::default(), parse_selection)?,
-        global: top.optional("global", parse_global)?,
-        estimate: top.field("estimate", EstimateCfg::default(), |n, p| {
-            let obj = Obj::new(n, p, &["output_reserve"])?;
-            Ok(EstimateCfg {
-                output_reserve: obj.field("output_reserve", DEFAULT_OUTPUT_RESERVE, as_uint)?,
-            })
-        })?,
-        pricing: crate::pricing::with_builtins(top.field("pricing", Vec::new(), parse_pricing)?),
-        admin: top.optional("admin", parse_admin)?,
-        passthrough_paths: top.field("passthrough_paths", Vec::new(), |n, p| {
-            as_items(n, p, parse_passthrough)
-        })?,
-        max_body_bytes: top.field("max_body_bytes", DEFAULT_MAX_BODY_BYTES, |n, p| {
-            let v = as_uint(n, p)?;
-            if !(1..=MAX_BODY_BYTES_LIMIT).contains(&v) {
-                return Err(err(
-                    p,
-                    format!("must be between 1 and {MAX_BODY_BYTES_LIMIT} (1 GiB), got {v}"),
-                ));
-            }
-            Ok(v)
-        })?,
-        strip_request_headers: top.field("strip_request_headers", Vec::new(), |n, p| {
-            let mut out: Vec<String> = Vec::new();
-            for h in as_items(n, p, |item, ipath| {
-                let h = as_header_name(item, ipath)?;
-                if h.starts_with(':') || RESERVED_ACCOUNT_HEADERS.contains(&h.as_str()) {
-                    return Err(err(ipath, "this header cannot be stripped"));
-                }
-                Ok(h)
-            })? {
-                if !out.contains(&h) {
-                    out.push(h);
-                }
-            }
-            Ok(out)
-        })?,
-        consumer_claim: top.optional("consumer_claim", |n, p| {
-            parse_consumer_claim(n, p, consumer_header.is_some())
-        })?,
-        lease_ttl: top.field(
-            "lease_ttl",
-            Duration::from_millis(DEFAULT_LEASE_TTL_MS),
-            |n, p| {
-                let d = as_duration(n, p)?;
-                // A lease renews at a third of its life: shorter would write on every chunk.
-                if d.millis() < 1_000 {
-                    return Err(err(p, "must be at least 1s"));
-                }
-                Ok(d)
-            },
+
+    let stage = match top.get("stage") {
+        Some(n) => one_of(
+            n,
+            &top.path("stage"),
+            &[
+                ("downstream", Stage::Downstream),
+                ("upstream", Stage::Upstream),
+            ],
         )?,
+        None => Stage::Downstream,
+    };
+    let limits = match top.get("limits") {
+        Some(n) => parse_limits(n, &top.path("limits"))?,
+        None => Vec::new(),
+    };
+    let consumer_header = match top.get("consumer_header") {
+        Some(n) => {
+            let path = top.path("consumer_header");
+            Some(header_name(as_str(n, &path)?).map_err(|r| err(&path, r))?)
+        }
+        None => None,
+    };
+    let anonymous = match top.get("anonymous") {
+        Some(n) => Some(parse_anonymous(n, &top.path("anonymous"), &limits)?),
+        None => None,
+    };
+    let mut cfg = Config {
         stage,
         consumer_header,
         anonymous,
         limits,
-    })
-}
-
-/// `consumer_claim`: `metadata` (required) and `claim` (default `sub`); not together with
-/// `consumer_header`.
-fn parse_consumer_claim(
-    node: &Node,
-    path: &str,
-    has_consumer_header: bool,
-) -> Result<ConsumerClaim, ConfigError> {
-    let obj = Obj::new(node, path, &["metadata", "claim"])?;
-    let text = |n: &Node, p: &str| -> Result<String, ConfigError> {
-        let v = as_str(n, p)?;
-        if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        ..Config::default()
+    };
+    if let Some(n) = top.get("consumers") {
+        cfg.consumers = parse_consumers(
+            n,
+            &top.path("consumers"),
+            &cfg.limits,
+            cfg.consumer_header.is_some() || top.get("consumer_claim").is_some(),
+            cfg.anonymous.is_some(),
+        )?;
+    }
+    if let Some(n) = top.get("accounts") {
+        cfg.accounts = parse_accounts(n, &top.path("accounts"), stage, env)?;
+    }
+    if let Some(n) = top.get("selection") {
+        cfg.selection = parse_selection(n, &top.path("selection"))?;
+    }
+    if let Some(n) = top.get("global") {
+        cfg.global = Some(parse_global(n, &top.path("global"))?);
+    }
+    if let Some(n) = top.get("estimate") {
+        let obj = Obj::new(n, &top.path("estimate"), &["output_reserve"])?;
+        if let Some(n) = obj.get("output_reserve") {
+            cfg.estimate.output_reserve = as_uint(n, &obj.path("output_reserve"))?;
+        }
+    }
+    if let Some(n) = top.get("pricing") {
+        cfg.pricing = crate::pricing::with_builtins(parse_pricing(n, &top.path("pricing"))?);
+    }
+    if let Some(n) = top.get("admin") {
+        cfg.admin = Some(parse_admin(n, &top.path("admin"))?);
+    }
+    if let Some(n) = top.get("passthrough_paths") {
+        let path = top.path("passthrough_paths");
+        let mut out = Vec::new();
+        for (i, item) in as_array(n, &path)?.iter().enumerate() {
+            out.push(parse_passthrough(item, &index_path(&path, i))?);
+        }
+        cfg.passthrough_paths = out;
+    }
+    if let Some(n) = top.get("max_body_bytes") {
+        let path = top.path("max_body_bytes");
+        let v = as_uint(n, &path)?;
+        if !(1..=MAX_BODY_BYTES_LIMIT).contains(&v) {
             return Err(err(
-                p,
-                format!(
-                    "expected 1 to 128 printable ASCII characters, got {}",
-                    quote(v)
-                ),
+                &path,
+                format!("must be between 1 and {MAX_BODY_BYTES_LIMIT} (1 GiB), got {v}"),
             ));
         }
-        Ok(v.to_string())
-    };
-    let claim = ConsumerClaim {
-        metadata: obj.required("metadata", text)?,
-        claim: obj.field("claim", "sub".to_string(), text)?,
-    };
-    if has_consumer_header {
-        return Err(err(
-            path,
-            "set only one of consumer_claim and consumer_header",
-        ));
+        cfg.max_body_bytes = v;
     }
-    Ok(claim)
+    if let Some(n) = top.get("strip_request_headers") {
+        let path = top.path("strip_request_headers");
+        let mut out: Vec<String> = Vec::new();
+        for (i, item) in as_array(n, &path)?.iter().enumerate() {
+            let ipath = index_path(&path, i);
+            let h = header_name(as_str(item, &ipath)?).map_err(|r| err(&ipath, r))?;
+            if h.starts_with(':') || RESERVED_ACCOUNT_HEADERS.contains(&h.as_str()) {
+                return Err(err(&ipath, "this header cannot be stripped"));
+            }
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+        cfg.strip_request_headers = out;
+    }
+    if let Some(n) = top.get("consumer_claim") {
+        let path = top.path("consumer_claim");
+        let obj = Obj::new(n, &path, &["metadata", "claim"])?;
+        let field = |name: &str, default: Option<&str>| -> Result<String, ConfigError> {
+            let fpath = obj.path(name);
+            let v = match (obj.get(name), default) {
+                (Some(n), _) => as_str(n, &fpath)?,
+                (None, Some(d)) => d,
+                (None, None) => return Err(err(&fpath, "missing required field")),
+            };
+            if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    &fpath,
+                    format!(
+                        "expected 1 to 128 printable ASCII characters, got {}",
+                        quote(v)
+                    ),
+                ));
+            }
+            Ok(v.to_string())
+        };
+        let claim = ConsumerClaim {
+            metadata: field("metadata", None)?,
+            claim: field("claim", Some("sub"))?,
+        };
+        if cfg.consumer_header.is_some() {
+            return Err(err(
+                &path,
+                "set only one of consumer_claim and consumer_header",
+            ));
+        }
+        cfg.consumer_claim = Some(claim);
+    }
+    if let Some(n) = top.get("lease_ttl") {
+        let path = top.path("lease_ttl");
+        let d = as_duration(n, &path)?;
+        // A lease renews at a third of its life: shorter would write on every chunk.
+        if d.millis() < 1_000 {
+            return Err(err(&path, "must be at least 1s"));
+        }
+        cfg.lease_ttl = d;
+    }
+    Ok(cfg)
 }
 
 /// A `passthrough_paths` entry: a prefix (its API inferred from it) or
@@ -186,9 +187,24 @@ fn parse_passthrough(item: &Node, path: &str) -> Result<Passthrough, ConfigError
     let (prefix, api) = match item {
         Node::Object(_) => {
             let obj = Obj::new(item, path, &["prefix", "api"])?;
-            let prefix = obj.required("prefix", as_str)?;
-            let api = obj.optional("api", |n, p| one_of(n, p, APIS))?;
-            check_path_prefix(prefix).map_err(|r| err(&obj.path("prefix"), r))?;
+            let ppath = obj.path("prefix");
+            let prefix = match obj.get("prefix") {
+                Some(n) => as_str(n, &ppath)?,
+                None => return Err(err(&ppath, "missing required field")),
+            };
+            let api = match obj.get("api") {
+                Some(n) => Some(one_of(
+                    n,
+                    &obj.path("api"),
+                    &[
+                        ("anthropic", Api::Anthropic),
+                        ("openai", Api::OpenAi),
+                        ("gemini", Api::Gemini),
+                    ],
+                )?),
+                None => None,
+            };
+            check_path_prefix(prefix).map_err(|r| err(&ppath, r))?;
             (prefix, api)
         }
         _ => {
@@ -220,7 +236,10 @@ fn passthrough_api(prefix: &str) -> Api {
 #[inline(never)]
 fn parse_anonymous(node: &Node, path: &str, defaults: &[Limit]) -> Result<Anonymous, ConfigError> {
     let obj = Obj::new(node, path, &["limits"])?;
-    let own = obj.field("limits", Vec::new(), parse_limits)?;
+    let own = match obj.get("limits") {
+        Some(n) => parse_limits(n, &obj.path("limits"))?,
+        None => Vec::new(),
+    };
     let default_limits = own.is_empty();
     Ok(Anonymous {
         limits: if default_limits {
@@ -242,13 +261,16 @@ fn parse_consumers(
 ) -> Result<Vec<Consumer>, ConfigError> {
     let mut consumers: Vec<Consumer> = Vec::new();
     // Every key seen so far with the consumer that owns it, to refuse a key used twice.
-    let mut seen: Vec<(KeyMatcher, usize)> = Vec::new();
+    let mut seen: Vec<([u8; 32], usize)> = Vec::new();
     for (i, item) in as_array(node, path)?.iter().enumerate() {
         let cpath = index_path(path, i);
         let obj = Obj::new(item, &cpath, &["name", "keys", "limits", "models"])?;
 
         let name_path = obj.path("name");
-        let name = obj.required("name", as_str)?;
+        let name = match obj.get("name") {
+            Some(n) => as_str(n, &name_path)?,
+            None => return Err(err(&name_path, "missing required field")),
+        };
         check_name(name).map_err(|r| err(&name_path, r))?;
         if consumers.iter().any(|c| c.name == name) {
             return Err(err(
@@ -263,29 +285,57 @@ fn parse_consumers(
             ));
         }
 
-        let keys = obj.field("keys", Vec::new(), |n, keys_path| {
-            as_items(n, keys_path, |key, kpath| {
-                let matcher = as_key_matcher(key, kpath)?;
-                if let Some(&(_, owner)) = seen.iter().find(|(m, _)| *m == matcher) {
+        let keys_path = obj.path("keys");
+        let mut keys = Vec::new();
+        if let Some(n) = obj.get("keys") {
+            for (k, key) in as_array(n, &keys_path)?.iter().enumerate() {
+                let kpath = index_path(&keys_path, k);
+                let matcher =
+                    KeyMatcher::parse(as_str(key, &kpath)?).map_err(|r| err(&kpath, r))?;
+                if let Some(&(_, owner)) = seen.iter().find(|(d, _)| *d == matcher.0) {
                     let owner = consumers.get(owner).map_or(name, |c| c.name.as_str());
                     return Err(err(
-                        kpath,
+                        &kpath,
                         format!("key is already used by consumer {}", quote(owner)),
                     ));
                 }
-                seen.push((matcher.clone(), i));
-                Ok(matcher)
-            })
-        })?;
+                seen.push((matcher.0, i));
+                keys.push(matcher);
+            }
+        }
         if keys.is_empty() && !has_consumer_header {
             return Err(err(
-                &obj.path("keys"),
+                &keys_path,
                 "a consumer needs at least one key unless consumer_header or consumer_claim is set",
             ));
         }
 
-        let own = obj.field("limits", Vec::new(), parse_limits)?;
+        let own = match obj.get("limits") {
+            Some(n) => parse_limits(n, &obj.path("limits"))?,
+            None => Vec::new(),
+        };
         let default_limits = own.is_empty();
+
+        let models = match obj.get("models") {
+            Some(n) => {
+                let mpath = obj.path("models");
+                let list = as_array(n, &mpath)?;
+                if list.is_empty() {
+                    return Err(err(
+                        &mpath,
+                        "must not be empty (leave it out to allow every model)",
+                    ));
+                }
+                let mut globs = Vec::with_capacity(list.len());
+                for (m, g) in list.iter().enumerate() {
+                    let gpath = index_path(&mpath, m);
+                    globs.push(Glob::new(as_str(g, &gpath)?).map_err(|r| err(&gpath, r))?);
+                }
+                Some(globs)
+            }
+            None => None,
+        };
+
         consumers.push(Consumer {
             name: name.to_string(),
             keys,
@@ -295,17 +345,7 @@ fn parse_consumers(
                 own
             },
             default_limits,
-            models: obj.optional("models", |n, mpath| {
-                if as_array(n, mpath)?.is_empty() {
-                    return Err(err(
-                        mpath,
-                        "must not be empty (leave it out to allow every model)",
-                    ));
-                }
-                as_items(n, mpath, |g, gpath| {
-                    Glob::new(as_str(g, gpath)?).map_err(|r| err(gpath, r))
-                })
-            })?,
+            models,
         });
     }
     Ok(consumers)
@@ -338,7 +378,10 @@ fn parse_accounts(
         )?;
 
         let name_path = obj.path("name");
-        let name = obj.required("name", as_str)?;
+        let name = match obj.get("name") {
+            Some(n) => as_str(n, &name_path)?,
+            None => return Err(err(&name_path, "missing required field")),
+        };
         check_name(name).map_err(|r| err(&name_path, r))?;
         if accounts.iter().any(|a| a.name == name) {
             return Err(err(
@@ -346,9 +389,25 @@ fn parse_accounts(
                 format!("duplicate account name {}", quote(name)),
             ));
         }
-        let provider = obj.required("provider", |n, p| one_of(n, p, APIS))?;
+
+        let provider_path = obj.path("provider");
+        let provider = match obj.get("provider") {
+            Some(n) => one_of(
+                n,
+                &provider_path,
+                &[
+                    ("anthropic", Api::Anthropic),
+                    ("openai", Api::OpenAi),
+                    ("gemini", Api::Gemini),
+                ],
+            )?,
+            None => return Err(err(&provider_path, "missing required field")),
+        };
+
         let key = match (obj.get("key"), obj.get("key_env")) {
-            (Some(_), Some(_)) => return Err(err(&apath, "set only one of key and key_env")),
+            (Some(_), Some(_)) => {
+                return Err(err(&apath, "set only one of key and key_env"));
+            }
             (None, None) => return Err(err(&apath, "needs key or key_env")),
             (Some(n), None) => {
                 let kpath = obj.path("key");
@@ -356,105 +415,103 @@ fn parse_accounts(
                 check_key_text(key).map_err(|r| err(&kpath, r))?;
                 Secret::new(key)
             }
-            (None, Some(n)) => key_from_env(n, &obj.path("key_env"), env)?,
+            (None, Some(n)) => {
+                let epath = obj.path("key_env");
+                let var = as_str(n, &epath)?;
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    return Err(err(&epath, "expected an environment variable name"));
+                }
+                // A key file often ends in a newline; nothing else around a key is meaningful.
+                let value = env(var).map(|v| v.trim().to_string()).unwrap_or_default();
+                if value.is_empty() {
+                    return Err(err(
+                        &epath,
+                        format!(
+                            "environment variable {var} is not set in the VM \
+                             (vm_config.environment_variables.host_env_keys)"
+                        ),
+                    ));
+                }
+                check_key_text(&value)
+                    .map_err(|r| err(&epath, format!("environment variable {var}: {r}")))?;
+                Secret::new(value)
+            }
         };
 
         accounts.push(Account {
             name: name.to_string(),
             provider,
             key,
-            headers: obj.field("headers", Vec::new(), |n, hpath| {
-                parse_account_headers(n, hpath, provider)
-            })?,
-            route: obj.optional("route", |n, rpath| {
-                let route = as_str(n, rpath)?;
-                if stage == Stage::Upstream {
-                    return Err(err(
-                        rpath,
-                        "not allowed with stage upstream (routing has already happened there)",
-                    ));
+            headers: {
+                let mut headers: Vec<(String, String)> = Vec::new();
+                if let Some(n) = obj.get("headers") {
+                    let hpath = obj.path("headers");
+                    let Node::Object(entries) = n else {
+                        return Err(err(&hpath, format!("expected an object, got {}", n.kind())));
+                    };
+                    for (raw_name, value) in entries {
+                        let vpath = key_path(&hpath, raw_name);
+                        let hname = header_name(raw_name).map_err(|r| err(&vpath, r))?;
+                        if RESERVED_ACCOUNT_HEADERS.contains(&hname.as_str())
+                            || hname == credential_header(provider)
+                        {
+                            return Err(err(&vpath, "this header is set by tollgate itself"));
+                        }
+                        if headers.iter().any(|(h, _)| *h == hname) {
+                            return Err(err(&vpath, "duplicate header"));
+                        }
+                        let value = as_str(value, &vpath)?;
+                        check_header_value(value).map_err(|r| err(&vpath, r))?;
+                        headers.push((hname, value.to_string()));
+                    }
                 }
-                if route.is_empty() {
-                    return Err(err(rpath, "must not be empty"));
+                headers
+            },
+            route: match obj.get("route") {
+                Some(n) => {
+                    let rpath = obj.path("route");
+                    let route = as_str(n, &rpath)?;
+                    if stage == Stage::Upstream {
+                        return Err(err(
+                            &rpath,
+                            "not allowed with stage upstream (routing has already happened there)",
+                        ));
+                    }
+                    if route.is_empty() {
+                        return Err(err(&rpath, "must not be empty"));
+                    }
+                    check_header_value(route).map_err(|r| err(&rpath, r))?;
+                    Some(route.to_string())
                 }
-                check_header_value(route).map_err(|r| err(rpath, r))?;
-                Ok(route.to_string())
-            })?,
-            weight: obj.field("weight", 1, |n, wpath| {
-                let w = as_uint(n, wpath)?;
-                match u32::try_from(w) {
-                    Ok(w) if (1..=1_000_000).contains(&w) => Ok(w),
-                    _ => Err(err(
-                        wpath,
-                        format!("must be between 1 and 1000000, got {w}"),
-                    )),
+                None => None,
+            },
+            weight: match obj.get("weight") {
+                Some(n) => {
+                    let wpath = obj.path("weight");
+                    let w = as_uint(n, &wpath)?;
+                    match u32::try_from(w) {
+                        Ok(w) if (1..=1_000_000).contains(&w) => w,
+                        _ => {
+                            return Err(err(
+                                &wpath,
+                                format!("must be between 1 and 1000000, got {w}"),
+                            ))
+                        }
+                    }
                 }
-            })?,
-            limits: obj.field("limits", Vec::new(), parse_limits)?,
-            disable_for: obj.field(
-                "disable_for",
-                Duration::from_millis(DEFAULT_DISABLE_FOR_MS),
-                as_duration,
-            )?,
+                None => 1,
+            },
+            limits: match obj.get("limits") {
+                Some(n) => parse_limits(n, &obj.path("limits"))?,
+                None => Vec::new(),
+            },
+            disable_for: match obj.get("disable_for") {
+                Some(n) => as_duration(n, &obj.path("disable_for"))?,
+                None => Duration::from_millis(DEFAULT_DISABLE_FOR_MS),
+            },
         });
     }
     Ok(accounts)
-}
-
-/// The key in the VM environment variable named by `key_env`.
-fn key_from_env(
-    node: &Node,
-    epath: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Secret, ConfigError> {
-    let var = as_str(node, epath)?;
-    if var.is_empty() || var.contains(['=', '\0']) {
-        return Err(err(epath, "expected an environment variable name"));
-    }
-    // A key file often ends in a newline; nothing else around a key is meaningful.
-    let value = env(var).map(|v| v.trim().to_string()).unwrap_or_default();
-    if value.is_empty() {
-        return Err(err(
-            epath,
-            format!(
-                "environment variable {var} is not set in the VM \
-                 (vm_config.environment_variables.host_env_keys)"
-            ),
-        ));
-    }
-    check_key_text(&value).map_err(|r| err(epath, format!("environment variable {var}: {r}")))?;
-    Ok(Secret::new(value))
-}
-
-/// An account's extra headers: lowercased names it may set, values without control characters.
-fn parse_account_headers(
-    node: &Node,
-    hpath: &str,
-    provider: Api,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    let Node::Object(entries) = node else {
-        return Err(err(
-            hpath,
-            format!("expected an object, got {}", node.kind()),
-        ));
-    };
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for (raw_name, value) in entries {
-        let vpath = key_path(hpath, raw_name);
-        let hname = header_name(raw_name).map_err(|r| err(&vpath, r))?;
-        if RESERVED_ACCOUNT_HEADERS.contains(&hname.as_str())
-            || hname == credential_header(provider)
-        {
-            return Err(err(&vpath, "this header is set by tollgate itself"));
-        }
-        if headers.iter().any(|(h, _)| *h == hname) {
-            return Err(err(&vpath, "duplicate header"));
-        }
-        let value = as_str(value, &vpath)?;
-        check_header_value(value).map_err(|r| err(&vpath, r))?;
-        headers.push((hname, value.to_string()));
-    }
-    Ok(headers)
 }
 
 /// Headers an account's `headers` may not set: framing and routing belong to Envoy and to
@@ -479,27 +536,63 @@ fn credential_header(provider: Api) -> &'static str {
 fn parse_selection(node: &Node, path: &str) -> Result<Selection, ConfigError> {
     let obj = Obj::new(node, path, &["strategy", "affinity"])?;
     Ok(Selection {
-        strategy: obj.field("strategy", Strategy::LeastLoaded, |n, p| {
-            one_of(n, p, STRATEGIES)
-        })?,
-        affinity: obj.optional("affinity", |n, p| {
-            let a = Obj::new(n, p, &["header", "conversation", "ttl", "max_sessions"])?;
-            Ok(Affinity {
-                header: a.optional("header", as_header_name)?,
-                conversation: a.field("conversation", false, as_bool)?,
-                ttl: a.field("ttl", Duration::from_millis(5 * 3_600_000), as_duration)?,
-                max_sessions: a.field("max_sessions", DEFAULT_MAX_SESSIONS, |n, mpath| {
-                    let v = as_uint(n, mpath)?;
-                    match u32::try_from(v) {
-                        Ok(v) if (1..=MAX_SESSIONS_LIMIT).contains(&v) => Ok(v),
-                        _ => Err(err(
-                            mpath,
-                            format!("must be between 1 and {MAX_SESSIONS_LIMIT}, got {v}"),
-                        )),
-                    }
-                })?,
-            })
-        })?,
+        strategy: match obj.get("strategy") {
+            Some(n) => one_of(
+                n,
+                &obj.path("strategy"),
+                &[
+                    ("least_loaded", Strategy::LeastLoaded),
+                    ("round_robin", Strategy::RoundRobin),
+                    ("priority", Strategy::Priority),
+                ],
+            )?,
+            None => Strategy::LeastLoaded,
+        },
+        affinity: match obj.get("affinity") {
+            Some(n) => {
+                let a = Obj::new(
+                    n,
+                    &obj.path("affinity"),
+                    &["header", "conversation", "ttl", "max_sessions"],
+                )?;
+                Some(Affinity {
+                    header: match a.get("header") {
+                        Some(n) => {
+                            let hpath = a.path("header");
+                            Some(header_name(as_str(n, &hpath)?).map_err(|r| err(&hpath, r))?)
+                        }
+                        None => None,
+                    },
+                    conversation: match a.get("conversation") {
+                        Some(n) => as_bool(n, &a.path("conversation"))?,
+                        None => false,
+                    },
+                    ttl: match a.get("ttl") {
+                        Some(n) => as_duration(n, &a.path("ttl"))?,
+                        None => Duration::from_millis(5 * 3_600_000),
+                    },
+                    max_sessions: match a.get("max_sessions") {
+                        Some(n) => {
+                            let mpath = a.path("max_sessions");
+                            let v = as_uint(n, &mpath)?;
+                            match u32::try_from(v) {
+                                Ok(v) if (1..=MAX_SESSIONS_LIMIT).contains(&v) => v,
+                                _ => {
+                                    return Err(err(
+                                        &mpath,
+                                        format!(
+                                            "must be between 1 and {MAX_SESSIONS_LIMIT}, got {v}"
+                                        ),
+                                    ))
+                                }
+                            }
+                        }
+                        None => DEFAULT_MAX_SESSIONS,
+                    },
+                })
+            }
+            None => None,
+        },
     })
 }
 
@@ -510,13 +603,35 @@ fn parse_global(node: &Node, path: &str) -> Result<Global, ConfigError> {
         path,
         &["cluster", "domain", "timeout", "failure_mode"],
     )?;
+    let cpath = obj.path("cluster");
+    let cluster = match obj.get("cluster") {
+        Some(n) => as_str(n, &cpath)?,
+        None => return Err(err(&cpath, "missing required field")),
+    };
+    check_identifier(cluster).map_err(|r| err(&cpath, r))?;
     Ok(Global {
-        cluster: obj.required("cluster", as_identifier)?,
-        domain: obj.field("domain", "tollgate".to_string(), as_identifier)?,
-        timeout: obj.field("timeout", Duration::from_millis(50), as_duration)?,
-        failure_mode: obj.field("failure_mode", FailureMode::Allow, |n, p| {
-            one_of(n, p, FAILURE_MODES)
-        })?,
+        cluster: cluster.to_string(),
+        domain: match obj.get("domain") {
+            Some(n) => {
+                let dpath = obj.path("domain");
+                let d = as_str(n, &dpath)?;
+                check_identifier(d).map_err(|r| err(&dpath, r))?;
+                d.to_string()
+            }
+            None => "tollgate".to_string(),
+        },
+        timeout: match obj.get("timeout") {
+            Some(n) => as_duration(n, &obj.path("timeout"))?,
+            None => Duration::from_millis(50),
+        },
+        failure_mode: match obj.get("failure_mode") {
+            Some(n) => one_of(
+                n,
+                &obj.path("failure_mode"),
+                &[("allow", FailureMode::Allow), ("deny", FailureMode::Deny)],
+            )?,
+            None => FailureMode::Allow,
+        },
     })
 }
 
@@ -540,21 +655,30 @@ fn parse_pricing(node: &Node, path: &str) -> Result<Vec<(Glob, Price)>, ConfigEr
             &ppath,
             &["input", "output", "cache_write", "cache_read"],
         )?;
-        let price = |n: &Node, fpath: &str| -> Result<f64, ConfigError> {
-            let v = as_number(n, fpath)?;
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(err(
-                    fpath,
-                    format!("expected a non-negative price, got {v}"),
-                ));
+        let price_of = |field: &str| -> Result<Option<f64>, ConfigError> {
+            let fpath = obj.path(field);
+            match obj.get(field) {
+                Some(n) => {
+                    let v = as_number(n, &fpath)?;
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(err(
+                            &fpath,
+                            format!("expected a non-negative price, got {v}"),
+                        ));
+                    }
+                    Ok(Some(v))
+                }
+                None => Ok(None),
             }
-            Ok(v)
         };
-        let input = obj.required("input", price)?;
-        let output = obj.required("output", price)?;
+        let required = |field: &str| -> Result<f64, ConfigError> {
+            price_of(field)?.ok_or_else(|| err(&obj.path(field), "missing required field"))
+        };
+        let input = required("input")?;
+        let output = required("output")?;
         // Unset cache prices fall back to the input price: a cached token rarely costs more.
-        let cache_write = obj.field("cache_write", input, price)?;
-        let cache_read = obj.field("cache_read", input, price)?;
+        let cache_write = price_of("cache_write")?.unwrap_or(input);
+        let cache_read = price_of("cache_read")?.unwrap_or(input);
         out.push((
             glob,
             Price {
@@ -571,13 +695,14 @@ fn parse_pricing(node: &Node, path: &str) -> Result<Vec<(Glob, Price)>, ConfigEr
 #[inline(never)]
 fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
     let obj = Obj::new(node, path, &["path", "keys"])?;
-    Ok(Admin {
-        path: obj.field("path", DEFAULT_ADMIN_PATH.to_string(), |n, ppath| {
-            let p = as_str(n, ppath)?;
-            check_path_prefix(p).map_err(|r| err(ppath, r))?;
+    let admin_path = match obj.get("path") {
+        Some(n) => {
+            let ppath = obj.path("path");
+            let p = as_str(n, &ppath)?;
+            check_path_prefix(p).map_err(|r| err(&ppath, r))?;
             if p.ends_with('/') {
                 return Err(err(
-                    ppath,
+                    &ppath,
                     format!("must not end with \"/\", got {}", quote(p)),
                 ));
             }
@@ -586,18 +711,30 @@ fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }) {
                 return Err(err(
-                    ppath,
+                    &ppath,
                     format!("{} would cover the provider API paths", quote(p)),
                 ));
             }
-            Ok(p.to_string())
-        })?,
-        keys: obj.required("keys", |n, kpath| {
-            if as_array(n, kpath)?.is_empty() {
-                return Err(err(kpath, "must list at least one key"));
-            }
-            as_items(n, kpath, as_key_matcher)
-        })?,
+            p.to_string()
+        }
+        None => DEFAULT_ADMIN_PATH.to_string(),
+    };
+    let kpath = obj.path("keys");
+    let list = match obj.get("keys") {
+        Some(n) => as_array(n, &kpath)?,
+        None => return Err(err(&kpath, "missing required field")),
+    };
+    if list.is_empty() {
+        return Err(err(&kpath, "must list at least one key"));
+    }
+    let mut keys = Vec::with_capacity(list.len());
+    for (i, key) in list.iter().enumerate() {
+        let path = index_path(&kpath, i);
+        keys.push(KeyMatcher::parse(as_str(key, &path)?).map_err(|r| err(&path, r))?);
+    }
+    Ok(Admin {
+        path: admin_path,
+        keys,
     })
 }
 
@@ -624,7 +761,11 @@ const LIMIT_FIELDS: &[(&str, Option<LimitKind>)] = &[
 
 #[inline(never)]
 fn parse_limits(node: &Node, path: &str) -> Result<Vec<Limit>, ConfigError> {
-    as_items(node, path, parse_limit)
+    as_array(node, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_limit(item, &index_path(path, i)))
+        .collect()
 }
 
 #[inline(never)]
@@ -679,8 +820,32 @@ fn parse_limit(node: &Node, path: &str) -> Result<Limit, ConfigError> {
         };
     };
 
-    let per = obj.required("per", |n, p| one_of(n, p, PERS))?;
-    let window = obj.field("window", WindowKind::Sliding, |n, p| one_of(n, p, WINDOWS))?;
+    let per_path = obj.path("per");
+    let per = match obj.get("per") {
+        Some(n) => one_of(
+            n,
+            &per_path,
+            &[
+                ("second", Per::Second),
+                ("minute", Per::Minute),
+                ("hour", Per::Hour),
+                ("day", Per::Day),
+                ("month", Per::Month),
+            ],
+        )?,
+        None => return Err(err(&per_path, "missing required field")),
+    };
+    let window = match obj.get("window") {
+        Some(n) => one_of(
+            n,
+            &obj.path("window"),
+            &[
+                ("sliding", WindowKind::Sliding),
+                ("fixed", WindowKind::Fixed),
+            ],
+        )?,
+        None => WindowKind::Sliding,
+    };
     let amount = if kind == LimitKind::CostUsd {
         let usd = as_number(amount, &amount_path)?;
         if !(usd.is_finite() && usd > 0.0) {
@@ -718,23 +883,6 @@ fn parse_limit(node: &Node, path: &str) -> Result<Limit, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // Field checks
 // ---------------------------------------------------------------------------------------------
-
-/// A client or admin key (`sha256:<hex>` or plain); the reason never repeats it.
-fn as_key_matcher(node: &Node, path: &str) -> Result<KeyMatcher, ConfigError> {
-    KeyMatcher::parse(as_str(node, path)?).map_err(|r| err(path, r))
-}
-
-/// A header name, lowercased.
-fn as_header_name(node: &Node, path: &str) -> Result<String, ConfigError> {
-    header_name(as_str(node, path)?).map_err(|r| err(path, r))
-}
-
-/// A cluster or domain name.
-fn as_identifier(node: &Node, path: &str) -> Result<String, ConfigError> {
-    let s = as_str(node, path)?;
-    check_identifier(s).map_err(|r| err(path, r))?;
-    Ok(s.to_string())
-}
 
 /// Consumer and account names go into shared-data keys and metric names.
 fn check_name(name: &str) -> Result<(), String> {
@@ -799,4 +947,9 @@ fn check_path_prefix(p: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// JSON spelling of a string, for quoting values in reasons (escapes control characters).
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
 }
