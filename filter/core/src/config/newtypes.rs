@@ -340,4 +340,3 @@ pub(super) fn check_key_text(key: &str) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -37,7 +37,11 @@ pub(super) struct Obj<'a> {
 
 impl<'a> Obj<'a> {
     /// Refuses a non-object, unknown fields and fields given twice.
-    pub(super) fn new(node: &'a Node, path: &str, allowed: &[&str]) -> Result<Obj<'a>, ConfigError> {
+    pub(super) fn new(
+        node: &'a Node,
+        path: &str,
+        allowed: &[&str],
+    ) -> Result<Obj<'a>, ConfigError> {
         let Node::Object(entries) = node else {
             return Err(err(
                 path,
@@ -73,7 +77,6 @@ impl<'a> Obj<'a> {
     pub(super) fn path(&self, name: &str) -> String {
         field_path(&self.path, name)
     }
-
 }
 
 pub(super) fn as_str<'a>(node: &'a Node, path: &str) -> Result<&'a str, ConfigError> {
@@ -142,7 +145,11 @@ pub(super) fn as_duration(node: &Node, path: &str) -> Result<Duration, ConfigErr
 }
 
 /// One of a fixed set of strings, e.g. `expected one of second, minute, …, got "fortnight"`.
-pub(super) fn one_of<T: Copy>(node: &Node, path: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
+pub(super) fn one_of<T: Copy>(
+    node: &Node,
+    path: &str,
+    options: &[(&str, T)],
+) -> Result<T, ConfigError> {
     if let Node::String(s) = node {
         if let Some(&(_, v)) = options.iter().find(|(name, _)| name == s) {
             return Ok(v);
@@ -158,7 +165,6 @@ pub(super) fn one_of<T: Copy>(node: &Node, path: &str, options: &[(&str, T)]) ->
         format!("expected one of {}, got {got}", names.join(", ")),
     ))
 }
-
 
 /// A JSON document tree that keeps object fields in order and keeps repeated fields, so the
 /// validation can report duplicates and `pricing` keeps its precedence order (serde_json's

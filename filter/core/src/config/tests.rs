@@ -1,5 +1,5 @@
-use super::*;
 use super::newtypes::ct_eq;
+use super::*;
 use crate::api::Api;
 use crate::limits::{LimitKind, Per, WindowKind};
 
