@@ -1,4 +1,7 @@
+use super::newtypes::ct_eq;
 use super::*;
+use crate::api::Api;
+use crate::limits::{LimitKind, Per, WindowKind};
 
 #[test]
 fn redaction_keeps_the_length_and_hides_every_occurrence() {
