@@ -10,6 +10,7 @@ use super::node::{
 };
 use super::*;
 use crate::limits::{LimitKind, Per, WindowKind};
+use crate::provider;
 
 /// The whole configuration from the document's root object.
 pub(super) fn config(
@@ -215,22 +216,8 @@ fn parse_passthrough(item: &Node, path: &str) -> Result<Passthrough, ConfigError
     };
     Ok(Passthrough {
         prefix: prefix.to_string(),
-        api: api.unwrap_or_else(|| passthrough_api(prefix)),
+        api: api.unwrap_or_else(|| provider::default_passthrough_api(prefix)),
     })
-}
-
-/// The API a pass-through prefix belongs to when the entry does not say: `/v1beta/` is
-/// Gemini, `/v1/messages`… and `/v1/complete` are Anthropic, any other path OpenAI.
-fn passthrough_api(prefix: &str) -> Api {
-    if prefix.starts_with("/v1beta/") || prefix == "/v1beta" {
-        Api::Gemini
-    } else if prefix.starts_with("/v1/messages")
-        || prefix.starts_with("/v1/complete") && !prefix.starts_with("/v1/completions")
-    {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    }
 }
 
 #[inline(never)]
@@ -453,7 +440,7 @@ fn parse_accounts(
                         let vpath = key_path(&hpath, raw_name);
                         let hname = header_name(raw_name).map_err(|r| err(&vpath, r))?;
                         if RESERVED_ACCOUNT_HEADERS.contains(&hname.as_str())
-                            || hname == credential_header(provider)
+                            || hname == provider::of(provider).credential_header()
                         {
                             return Err(err(&vpath, "this header is set by tollgate itself"));
                         }
@@ -523,14 +510,6 @@ const RESERVED_ACCOUNT_HEADERS: &[&str] = &[
     "connection",
     "x-tollgate-route",
 ];
-
-fn credential_header(provider: Api) -> &'static str {
-    match provider {
-        Api::Anthropic => "x-api-key",
-        Api::OpenAi => "authorization",
-        Api::Gemini => "x-goog-api-key",
-    }
-}
 
 #[inline(never)]
 fn parse_selection(node: &Node, path: &str) -> Result<Selection, ConfigError> {
@@ -706,10 +685,7 @@ fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
                     format!("must not end with \"/\", got {}", quote(p)),
                 ));
             }
-            if API_PATHS.iter().any(|api| {
-                api.strip_prefix(p)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }) {
+            if provider::covers_api_path(p) {
                 return Err(err(
                     &ppath,
                     format!("{} would cover the provider API paths", quote(p)),
@@ -737,18 +713,6 @@ fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
         keys,
     })
 }
-
-/// The endpoints tollgate serves for the providers (SPEC "Endpoints"); `admin.path` must not
-/// swallow them.
-const API_PATHS: &[&str] = &[
-    "/v1/messages/count_tokens",
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/models",
-    "/v1beta/models",
-];
 
 const LIMIT_FIELDS: &[(&str, Option<LimitKind>)] = &[
     ("tokens", Some(LimitKind::Tokens)),
