@@ -20,6 +20,10 @@ pub const MAX_SESSIONS_LIMIT: u32 = 1_048_576;
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 /// `lease_ttl` by default: a concurrency lease not renewed for 90 s frees itself.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 90_000;
+/// `metrics.max_models` by default: distinct model label values per process before `other`.
+pub const DEFAULT_MAX_MODELS: u32 = 50;
+/// The largest `metrics.max_models` accepted (each value mints a few stats per consumer).
+pub const MAX_MODELS_LIMIT: u64 = 1000;
 /// `accounts[].disable_for` by default: a disabled account rests 10 minutes before a probe.
 pub const DEFAULT_DISABLE_FOR_MS: u64 = 600_000;
 /// `admin.path` by default.
@@ -64,6 +68,8 @@ pub struct Config {
     pub consumer_claim: Option<ConsumerClaim>,
     /// How long a concurrency lease lives without renewal (default 90s).
     pub lease_ttl: Duration,
+    /// `metrics.max_models`: distinct model label values per process before `other`.
+    pub max_models: u32,
 }
 
 /// A `passthrough_paths` entry: a path prefix and the API it belongs to.
@@ -126,6 +132,7 @@ impl Default for Config {
             strip_request_headers: Vec::new(),
             consumer_claim: None,
             lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+            max_models: DEFAULT_MAX_MODELS,
         }
     }
 }
@@ -722,6 +729,7 @@ pub fn parse_with_env(
             "strip_request_headers",
             "consumer_claim",
             "lease_ttl",
+            "metrics",
         ],
     )?;
 
@@ -883,6 +891,26 @@ pub fn parse_with_env(
         }
         None => Duration::from_millis(DEFAULT_LEASE_TTL_MS),
     };
+    let max_models = match top.get("metrics") {
+        Some(n) => {
+            let obj = Obj::new(n, &top.path("metrics"), &["max_models"])?;
+            match obj.get("max_models") {
+                Some(n) => {
+                    let path = obj.path("max_models");
+                    let v = as_uint(n, &path)?;
+                    if v > MAX_MODELS_LIMIT {
+                        return Err(err(
+                            &path,
+                            format!("must be at most {MAX_MODELS_LIMIT}, got {v}"),
+                        ));
+                    }
+                    v as u32
+                }
+                None => DEFAULT_MAX_MODELS,
+            }
+        }
+        None => DEFAULT_MAX_MODELS,
+    };
 
     Ok(Config {
         stage,
@@ -901,6 +929,7 @@ pub fn parse_with_env(
         strip_request_headers,
         consumer_claim,
         lease_ttl,
+        max_models,
     })
 }
 

@@ -123,6 +123,7 @@ fn usage_json_shows_windows_totals_accounts_and_analytics() {
             AccountView::from_health("org-3", "gemini", &disabled, NOW),
         ],
         totals: &totals,
+        recent: &[],
     };
     let v = parse(&usage_json(&report));
 
@@ -220,6 +221,7 @@ fn usage_json_before_any_traffic_has_zeros_and_no_start_time() {
         consumers: Vec::new(),
         accounts: Vec::new(),
         totals: &totals,
+        recent: &[],
     }));
     assert_eq!(v["total_requests"], 0);
     assert_eq!(v["average_response_time_ms"], 0.0);
@@ -276,6 +278,7 @@ fn usage_json_never_contains_a_configured_key() {
         consumers,
         accounts,
         totals: &totals,
+        recent: &[],
     });
     for s in secrets {
         assert!(!json.contains(s), "{s} leaked");
