@@ -748,6 +748,8 @@ section h2 small { color: var(--muted); font-weight: normal; margin-left: 6px; }
   border-bottom: 1px solid var(--line); }
 .bars div { flex: 1; background: var(--accent); border-radius: 2px 2px 0 0; min-height: 1px; opacity: .85; }
 .bars div.zero { background: var(--track); }
+.bars.dense { gap: 0; }
+.bars.dense div { border-radius: 0; }
 .axis { display: flex; justify-content: space-between; color: var(--muted); font-size: 11px; }
 table { width: 100%; border-collapse: collapse; }
 th { text-align: left; color: var(--muted); font-weight: 500; font-size: 12px;
@@ -811,9 +813,9 @@ footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
   <section>
     <h2>Last 24 hours <small>per 5 minutes</small></h2>
     <div class="charts">
-      <div class="chart"><div class="head"><span>Requests</span><b id="day_requests">–</b></div><div class="bars" id="bars_day_requests"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Rejected</span><b id="day_rejected">–</b></div><div class="bars" id="bars_day_rejected"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Tokens</span><b id="day_tokens">–</b></div><div class="bars" id="bars_day_tokens"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
+      <div class="chart"><div class="head"><span>Requests</span><b id="day_requests">–</b></div><div class="bars dense" id="bars_day_requests"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
+      <div class="chart"><div class="head"><span>Rejected</span><b id="day_rejected">–</b></div><div class="bars dense" id="bars_day_rejected"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
+      <div class="chart"><div class="head"><span>Tokens</span><b id="day_tokens">–</b></div><div class="bars dense" id="bars_day_tokens"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
     </div>
   </section>
   <div class="grid2">
