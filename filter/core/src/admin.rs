@@ -396,7 +396,7 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
     let hour = t.last_hour(now);
     let hour_sum = t.last_hour_sum(now);
     let empty = ConsumerTotals::default();
-    let rejected_by = |name: &str| t.consumer_rejections.get(name).copied().unwrap_or(0);
+    let rejected_by = |name: &str| crate::analytics::count_of(&t.consumer_rejections, name);
 
     let mut consumers: Vec<ConsumerOut<'_>> = report
         .consumers
@@ -414,7 +414,10 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
         .collect();
     // Consumers that were counted but are not configured (names from `consumer_header`,
     // `unknown` callers, `other`): their totals, without windows.
-    let counted = t.consumers.keys().chain(t.consumer_rejections.keys());
+    let counted = t
+        .consumers
+        .keys()
+        .chain(t.consumer_rejections.iter().map(|(k, _)| k));
     for name in counted {
         if !consumers.iter().any(|c| c.name == name.as_str()) {
             consumers.push(ConsumerOut {
@@ -458,7 +461,21 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
             requests: *n,
         })
         .collect();
-    rejections.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.reason.cmp(b.reason)));
+    // Most first, then by name: an insertion sort of a handful of reasons.
+    for i in 1..rejections.len() {
+        let mut j = i;
+        while j > 0 {
+            let (Some(a), Some(b)) = (rejections.get(j - 1), rejections.get(j)) else {
+                break;
+            };
+            if (b.requests, a.reason) > (a.requests, b.reason) {
+                rejections.swap(j - 1, j);
+                j -= 1;
+            } else {
+                break;
+            }
+        }
+    }
     let day = t.last_day(now);
     let day_sum = day.iter().fold(Bucket::default(), |mut s, b| {
         s.add(b);

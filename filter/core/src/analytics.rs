@@ -5,7 +5,7 @@
 //! and about once a second merges them into two shared-data keys with a compare-and-swap; the
 //! admin API reads them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::limits::Usage;
 use crate::store::{write_cas, Store, StoreError, MAX_TRIES};
@@ -211,10 +211,12 @@ pub struct Totals {
     pub models: BTreeMap<String, Counts>,
     /// The minutes with traffic among the newest `MINUTES`, oldest first.
     pub minutes: Vec<Bucket>,
-    /// Refused requests by reason (all of them, exact).
-    pub rejections: BTreeMap<String, u64>,
-    /// Refused requests by consumer.
-    pub consumer_rejections: BTreeMap<String, u64>,
+    /// Refused requests by reason (all of them, exact), in first-seen order (a short list:
+    /// see [`count_of`]).
+    pub rejections: Vec<(String, u64)>,
+    /// Refused requests by consumer, in first-seen order (at most `MAP_CAP` names, then
+    /// `other`).
+    pub consumer_rejections: Vec<(String, u64)>,
     /// Response times of the requests that went upstream, by [`latency_bucket`]; empty before
     /// the first, else [`LATENCY_BUCKETS`] long.
     pub latency: Vec<u64>,
@@ -233,8 +235,8 @@ impl Totals {
     /// Requests refused by tollgate itself.
     pub fn rejected(&self) -> u64 {
         self.rejections
-            .values()
-            .fold(0u64, |s, n| s.saturating_add(*n))
+            .iter()
+            .fold(0u64, |s, (_, n)| s.saturating_add(*n))
     }
 
     /// The response time (ms) below which a fraction `q` (0..=1) of the requests that went
@@ -366,10 +368,8 @@ impl Totals {
     }
 
     fn reject(&mut self, r: &Rejection<'_>) {
-        let n = entry(&mut self.rejections, r.reason);
-        *n = n.saturating_add(1);
-        let n = entry(&mut self.consumer_rejections, r.consumer);
-        *n = n.saturating_add(1);
+        bump(&mut self.rejections, r.reason, 1);
+        bump(&mut self.consumer_rejections, r.consumer, 1);
         if self.since_ms == 0 || r.now_ms < self.since_ms {
             self.since_ms = r.now_ms;
         }
@@ -418,12 +418,10 @@ impl Totals {
             self.add_bucket(b);
         }
         for (k, v) in &delta.rejections {
-            let n = entry(&mut self.rejections, k);
-            *n = n.saturating_add(*v);
+            bump(&mut self.rejections, k, *v);
         }
         for (k, v) in &delta.consumer_rejections {
-            let n = entry(&mut self.consumer_rejections, k);
-            *n = n.saturating_add(*v);
+            bump(&mut self.consumer_rejections, k, *v);
         }
         if !delta.latency.is_empty() {
             if self.latency.len() != LATENCY_BUCKETS {
@@ -514,10 +512,14 @@ fn add_to_ring(ring: &mut Vec<Bucket>, b: &Bucket, keep: usize) -> Vec<Bucket> {
         None => ring.push(*b),
     }
     let newest = newest.max(b.minute);
-    let (kept, old): (Vec<Bucket>, Vec<Bucket>) = ring
-        .drain(..)
-        .partition(|x| x.minute.saturating_add(keep) > newest);
-    *ring = kept;
+    let mut old = Vec::new();
+    ring.retain(|x| {
+        let kept = x.minute.saturating_add(keep) > newest;
+        if !kept {
+            old.push(*x);
+        }
+        kept
+    });
     ring.sort_unstable_by_key(|x| x.minute);
     old
 }
@@ -685,10 +687,10 @@ fn decode_totals(r: &mut Reader<'_>) -> Option<Totals> {
         t.models.insert(k, r.counts()?);
     }
     t.minutes = r.buckets(MINUTES)?;
-    for map in [&mut t.rejections, &mut t.consumer_rejections] {
+    for list in [&mut t.rejections, &mut t.consumer_rejections] {
         for _ in 0..r.len(MAP_CAP + 1)? {
             let k = r.name()?;
-            map.insert(k, r.num()?);
+            list.push((k, r.num()?));
         }
     }
     let used = r.len(LATENCY_BUCKETS)?;
@@ -701,6 +703,28 @@ fn decode_totals(r: &mut Reader<'_>) -> Option<Totals> {
     }
     t.spans = r.buckets(SPANS)?;
     Some(t)
+}
+
+/// The count of `name` in a list of [`Totals::rejections`] or
+/// [`Totals::consumer_rejections`] (0 when absent).
+pub fn count_of(list: &[(String, u64)], name: &str) -> u64 {
+    list.iter().find(|(k, _)| k == name).map_or(0, |(_, n)| *n)
+}
+
+/// Adds `n` to `name`'s count in `list` (the name cut to `NAME_CAP` bytes; `other` once the
+/// list holds `MAP_CAP` names). A list, not a map: it is short, and one more map type costs
+/// wasm size.
+fn bump(list: &mut Vec<(String, u64)>, name: &str, n: u64) {
+    let name = cut(name);
+    let key = if list.len() < MAP_CAP || list.iter().any(|(k, _)| k == name) {
+        name
+    } else {
+        OTHER
+    };
+    match list.iter_mut().find(|(k, _)| k == key) {
+        Some((_, v)) => *v = v.saturating_add(n),
+        None => list.push((key.to_owned(), n)),
+    }
 }
 
 /// The entry for `name` (cut to `NAME_CAP` bytes), or `other` once the map is full.
@@ -729,8 +753,8 @@ fn cut(name: &str) -> &str {
 #[derive(Debug, Clone, Default)]
 pub struct Accumulator {
     delta: Totals,
-    /// The newest requests since the last flush, newest first (at most [`RECENT`]).
-    recent: VecDeque<Recent>,
+    /// The newest requests since the last flush, oldest first (at most [`RECENT`]).
+    recent: Vec<Recent>,
     last_flush_ms: u64,
 }
 
@@ -778,8 +802,10 @@ impl Accumulator {
     }
 
     fn remember(&mut self, entry: Recent) {
-        self.recent.push_front(entry);
-        self.recent.truncate(RECENT);
+        if self.recent.len() >= RECENT {
+            self.recent.remove(0);
+        }
+        self.recent.push(entry);
     }
 
     /// Nothing recorded since the last flush.
@@ -809,10 +835,7 @@ impl Accumulator {
         for _ in 0..MAX_TRIES {
             let (value, cas) = store.get(RECENT_KEY)?;
             let stored = value.as_deref().map(decode_recent).unwrap_or_default();
-            let mut all: Vec<&Recent> = self.recent.iter().chain(stored.iter()).collect();
-            // Newest first; a tie keeps this worker's entries (the newer facts) first.
-            all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
-            all.truncate(RECENT);
+            let all = newest(self.recent.iter().rev(), stored.iter());
             match store.set(RECENT_KEY, &encode_recent(&all), write_cas(cas)) {
                 Ok(()) => {
                     self.recent.clear();
@@ -879,6 +902,27 @@ pub fn prepare(store: &dyn Store, cfg: &crate::config::Config) -> Result<(), Sto
     crate::store::ensure(store, KEY, b"-")?;
     crate::store::ensure(store, RECENT_KEY, b"-")?;
     crate::metrics::prepare_models(store, cfg)
+}
+
+/// The newest [`RECENT`] of two newest-first lists, newest first; a tie takes `mine` first
+/// (a merge, not a sort: both lists are in order already).
+fn newest<'r>(
+    mine: impl Iterator<Item = &'r Recent>,
+    stored: impl Iterator<Item = &'r Recent>,
+) -> Vec<&'r Recent> {
+    let (mut a, mut b) = (mine.peekable(), stored.peekable());
+    let mut out = Vec::with_capacity(RECENT);
+    while out.len() < RECENT {
+        let take_mine = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.at_ms >= y.at_ms,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_mine { a.next() } else { b.next() };
+        out.extend(next);
+    }
+    out
 }
 
 fn encode_recent(entries: &[&Recent]) -> Vec<u8> {

@@ -6,7 +6,7 @@
 
 use crate::api::Reason;
 use crate::config::{self, Config, Glob};
-use crate::store::{self, FnvMap, Store, StoreError, MAX_TRIES};
+use crate::store::{self, Store, StoreError, MAX_TRIES};
 
 /// Appends `.label.value` to `name`, mapping every byte outside `[A-Za-z0-9_-]` to `_`.
 fn push_label(name: &mut String, label: &str, value: &str) {
@@ -100,7 +100,8 @@ fn listable(model: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct ModelLabels {
     max: usize,
-    known: FnvMap<String, ()>,
+    /// Sorted (binary search: a request asks once, and the list is short).
+    known: Vec<String>,
     full: bool,
 }
 
@@ -123,7 +124,7 @@ impl ModelLabels {
         model: &str,
         eligible: impl FnOnce() -> bool,
     ) -> bool {
-        if self.known.contains_key(model) {
+        if self.knows(model) {
             return true;
         }
         if self.full || !listable(model) || !eligible() {
@@ -131,20 +132,34 @@ impl ModelLabels {
         }
         match register(store, model, self.max) {
             Ok(Listing::Listed) => {
-                self.known.insert(model.to_owned(), ());
+                self.learn(model.to_owned());
                 true
             }
             Ok(Listing::Full(names)) => {
                 // Every name another worker listed is a label here too, from now on without
                 // a look at shared data.
                 for n in names {
-                    self.known.insert(n, ());
+                    self.learn(n);
                 }
                 self.full = true;
-                self.known.contains_key(model)
+                self.knows(model)
             }
             // Shared data failed us: `other` this once, asked again next time.
             Err(_) => false,
+        }
+    }
+}
+
+impl ModelLabels {
+    fn knows(&self, model: &str) -> bool {
+        self.known
+            .binary_search_by(|k| k.as_str().cmp(model))
+            .is_ok()
+    }
+
+    fn learn(&mut self, model: String) {
+        if let Err(at) = self.known.binary_search(&model) {
+            self.known.insert(at, model);
         }
     }
 }

@@ -401,10 +401,11 @@ fn rejections_count_by_reason_and_consumer_beside_what_went_upstream() {
         "refusals are not requests that went upstream"
     );
     assert_eq!(t.rejected(), 5);
-    assert_eq!(t.rejections.get("tokens"), Some(&4));
-    assert_eq!(t.rejections.get("auth"), Some(&1));
-    assert_eq!(t.consumer_rejections.get("team-a"), Some(&3));
-    assert_eq!(t.consumer_rejections.get("unknown"), Some(&1));
+    assert_eq!(count_of(&t.rejections, "tokens"), 4);
+    assert_eq!(count_of(&t.rejections, "auth"), 1);
+    assert_eq!(count_of(&t.consumer_rejections, "team-a"), 3);
+    assert_eq!(count_of(&t.consumer_rejections, "unknown"), 1);
+    assert_eq!(count_of(&t.consumer_rejections, "nobody"), 0);
     assert_eq!(
         t.response_count, 1,
         "a refusal has no response time of the upstream"
