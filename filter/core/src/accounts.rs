@@ -1887,16 +1887,9 @@ pub fn set_paused(
     paused: bool,
     now_ms: u64,
 ) -> Result<Transition, StoreError> {
-    let mut before = StateKind::Ok;
-    let h = update_health(store, account, |h| {
-        before = h.kind_at(now_ms);
-        h.paused = paused;
-    })?;
-    Ok(Transition {
-        before,
-        after: h.kind_at(now_ms),
-        state: h.state,
-    })
+    let key = health_key(&account.name);
+    pause_key(store, &key, Some(Health::fresh(account)), paused, now_ms)?
+        .ok_or(StoreError::Contended)
 }
 
 /// `set_paused` for an account known by name only (from the roster): `Ok(None)` when its
@@ -1907,8 +1900,18 @@ pub fn set_paused_named(
     paused: bool,
     now_ms: u64,
 ) -> Result<Option<Transition>, StoreError> {
+    pause_key(store, &health_key(name), None, paused, now_ms)
+}
+
+fn pause_key(
+    store: &dyn Store,
+    key: &str,
+    missing: Option<Health>,
+    paused: bool,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
     let mut before = StateKind::Ok;
-    let written = update_stored_if(store, &health_key(name), None, |h| {
+    let written = update_stored_if(store, key, missing, |h| {
         before = h.kind_at(now_ms);
         h.paused = paused;
         true

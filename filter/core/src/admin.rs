@@ -373,12 +373,24 @@ struct UsageOut<'a> {
     requests_last_hour: u64,
     top_models: Vec<ModelOut<'a>>,
     totals: TotalsOut,
-    last_hour: LastHourOut,
-    last_day: LastDayOut,
+    last_hour: Apart<LastHourOut>,
+    last_day: Apart<LastDayOut>,
     /// The newest requests, newest first.
-    recent: Vec<RecentOut<'a>>,
-    consumers: Vec<ConsumerOut<'a>>,
-    accounts: Vec<AccountOut<'a>>,
+    recent: Apart<Vec<RecentOut<'a>>>,
+    consumers: Apart<Vec<ConsumerOut<'a>>>,
+    accounts: Apart<Vec<AccountOut<'a>>>,
+}
+
+/// A part of the answer serialized by a function of its own: inlined whole, the usage
+/// answer's serializer would be one function far past the size V8 compiles cheaply (see
+/// `lib.rs`).
+struct Apart<T>(T);
+
+impl<T: Serialize> Serialize for Apart<T> {
+    #[inline(never)]
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// `part / whole`, rounded to 4 decimals; 0 when `whole` is 0.
@@ -517,14 +529,14 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
             })
             .collect(),
         totals: TotalsOut::from(&t.all),
-        last_hour: LastHourOut {
+        last_hour: Apart(LastHourOut {
             requests: hour_sum.requests,
             tokens: hour_sum.tokens,
             cost_usd: usd(hour_sum.cost_micros),
             rejected: hour_sum.rejected,
             minutes: hour.iter().map(|b| MinuteOut::new(b, 60)).collect(),
-        },
-        last_day: LastDayOut {
+        }),
+        last_day: Apart(LastDayOut {
             span_s: crate::analytics::SPAN_MS / 1000,
             requests: day_sum.requests,
             tokens: day_sum.tokens,
@@ -534,23 +546,25 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
                 .iter()
                 .map(|b| MinuteOut::new(b, crate::analytics::SPAN_MS / 1000))
                 .collect(),
-        },
-        recent: report
-            .recent
-            .iter()
-            .map(|r| RecentOut {
-                at_ms: r.at_ms,
-                consumer: &r.consumer,
-                model: &r.model,
-                account: (!r.account.is_empty()).then_some(r.account.as_str()),
-                status: r.status,
-                tokens: r.tokens,
-                latency_ms: r.latency_ms,
-                decision: &r.decision,
-            })
-            .collect(),
-        consumers,
-        accounts,
+        }),
+        recent: Apart(
+            report
+                .recent
+                .iter()
+                .map(|r| RecentOut {
+                    at_ms: r.at_ms,
+                    consumer: &r.consumer,
+                    model: &r.model,
+                    account: (!r.account.is_empty()).then_some(r.account.as_str()),
+                    status: r.status,
+                    tokens: r.tokens,
+                    latency_ms: r.latency_ms,
+                    decision: &r.decision,
+                })
+                .collect(),
+        ),
+        consumers: Apart(consumers),
+        accounts: Apart(accounts),
     };
     serde_json::to_string(&out).unwrap_or_else(|_| String::from("{}"))
 }

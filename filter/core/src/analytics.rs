@@ -828,6 +828,7 @@ impl Accumulator {
         self.flush_totals(store)
     }
 
+    #[inline(never)]
     fn flush_recent(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         if self.recent.is_empty() {
             return Ok(());
@@ -848,6 +849,7 @@ impl Accumulator {
         Err(StoreError::Contended)
     }
 
+    #[inline(never)]
     fn flush_totals(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         if self.delta.is_empty() {
             return Ok(());
