@@ -360,6 +360,7 @@ class KeyProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def forward(self):
+                outer.asked.append(self.path)
                 if not self.path.startswith(PATH):
                     # The browser's own asks (favicon.ico) would be traffic tollgate counts.
                     self.send_error(404)
@@ -385,7 +386,8 @@ class KeyProxy:
             def log_message(self, *args):
                 pass
 
-        self.paths: list[str] = []
+        self.paths: list[str] = []  # forwarded
+        self.asked: list[str] = []  # everything the browser asked for
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -421,6 +423,7 @@ def test_headless_chromium_shows_rejections_and_recent_requests(console, traffic
         assert ADMIN_KEY not in dom
         assert all(ADMIN_KEY not in p for p in proxy.paths)
         assert f"{PATH}/usage" in proxy.paths, proxy.paths
+        assert proxy.asked == proxy.paths, "the page asks for nothing but the admin API (no favicon.ico)"
 
         shot = tmp_path / "console.png"
         r = run_chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1400,2200",

@@ -878,6 +878,11 @@ footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
 const USAGE_URL = "__USAGE_URL__";
 const ADMIN_BASE = USAGE_URL.slice(0, -"/usage".length);
 const $ = (id) => document.getElementById(id);
+// An empty icon of its own: the browser's favicon.ico request would be traffic tollgate counts.
+const icon = document.createElement("link");
+icon.rel = "icon";
+icon.href = "data:,";
+document.head.appendChild(icon);
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
