@@ -157,14 +157,14 @@ def test_traffic_shows_as_labelled_series_with_exact_token_counts(metered, mock)
     for family in ("tollgate_requests_total", "tollgate_tokens_total", "tollgate_upstream_responses_total"):
         assert types.get(family) == "counter", (family, types.get(family))
 
-    assert delta("tollgate_requests_total", consumer="team-a", model="claude-haiku-4_", outcome="admitted") == 2
-    assert delta("tollgate_requests_total", consumer="team-a", model="gpt-4o-mini_", outcome="admitted") == 1
-    haiku = dict(consumer="team-a", model="claude-haiku-4_", account="anthropic-1")
+    assert delta("tollgate_requests_total", consumer="team-a", model="claude-haiku-4-5", outcome="admitted") == 2
+    assert delta("tollgate_requests_total", consumer="team-a", model="gpt-4o-mini", outcome="admitted") == 1
+    haiku = dict(consumer="team-a", model="claude-haiku-4-5", account="anthropic-1")
     assert delta("tollgate_tokens_total", **haiku, type="input") == first.input_tokens + second.input_tokens
     assert delta("tollgate_tokens_total", **haiku, type="output") == first.output_tokens + second.output_tokens
     assert delta("tollgate_tokens_total", **haiku, type="cache_read") == 50
     assert delta("tollgate_tokens_total", **haiku, type="cache_write") == 7
-    mini = dict(consumer="team-a", model="gpt-4o-mini_", account="openai-1")
+    mini = dict(consumer="team-a", model="gpt-4o-mini", account="openai-1")
     assert delta("tollgate_tokens_total", **mini, type="input") == third.prompt_tokens - cached
     assert delta("tollgate_tokens_total", **mini, type="cache_read") == cached
     assert delta("tollgate_tokens_total", **mini, type="output") == third.completion_tokens
@@ -193,16 +193,16 @@ def test_each_rejection_is_counted_by_consumer_and_reason(metered, mock):
     def delta(name, **labels):
         return val(after, name, **labels) - val(before, name, **labels)
 
-    # An unserved path is answered before identity is looked at: its consumer is `unknown`.
-    expected = {("unknown", "auth"): 1, ("team-b", "model"): 1, ("unknown", "not_found"): 1,
+    # An unserved path sent with a valid key counts under that key's consumer (#21).
+    expected = {("unknown", "auth"): 1, ("team-b", "model"): 1, ("team-a", "not_found"): 1,
                 ("team-a", "bad_request"): 1, ("team-c", "requests"): 1}
     rejections = {(dict(k[1])["consumer"], dict(k[1])["reason"]): v - before.get(k, 0.0)
                   for k, v in after.items() if k[0] == "tollgate_rejections_total" and v != before.get(k, 0.0)}
     assert rejections == expected
-    # A refused model is still labelled by its pricing glob, a bounded set.
-    assert delta("tollgate_requests_total", consumer="team-b", model="claude-opus-4_", outcome="model") == 1
-    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4_", outcome="requests") == 1
-    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4_", outcome="admitted") == 1
+    # A refused model is labelled by its name when a pricing glob matches it (bounded set).
+    assert delta("tollgate_requests_total", consumer="team-b", model="claude-opus-4-1", outcome="model") == 1
+    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4-5", outcome="requests") == 1
+    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4-5", outcome="admitted") == 1
     assert len(mock.requests()) == 1, "only the admitted request reaches the upstream"
 
 
@@ -288,8 +288,9 @@ def test_label_values_stay_bounded_whatever_clients_send(metered, mock):
     assert seen["consumer"] <= {"team-a", "team-b", "team-c", "unknown"}, seen["consumer"]
     assert seen["account"] <= {"anthropic-1", "openai-1", "gemini-1", "none"}
     assert seen["type"] <= {"input", "output", "cache_read", "cache_write"}
-    assert seen["reason"] <= REASONS
-    assert seen["outcome"] <= REASONS | {"admitted"}
+    assert seen["reason"] <= REASONS | {"unsupported_encoding", "corrupt_encoding", "invalid_usage"}
+    # `outcome` also names global charges (sent, dropped) and affinity (hit, miss, broken).
+    assert seen["outcome"] <= REASONS | {"admitted", "sent", "dropped", "hit", "miss", "broken"}
     assert all(re.fullmatch(r"[1-5]\d\d", c) for c in seen["code"]), seen["code"]
     for m in odd_models + BOGUS_KEYS:
         assert m not in text and m.replace(".", "_") not in text
@@ -343,7 +344,7 @@ def test_global_degraded_counter_is_a_plain_prometheus_counter(make_envoy, mock)
     samples, types, _ = scrape(e)
     assert types.get("tollgate_global_degraded_total") == "counter"
     assert val(samples, "tollgate_global_degraded_total") >= 3
-    assert val(samples, "tollgate_requests_total", consumer="team-a", model="claude-haiku-4_",
+    assert val(samples, "tollgate_requests_total", consumer="team-a", model="claude-haiku-4-5",
                outcome="admitted") == 3
 
 
@@ -354,7 +355,7 @@ def test_cost_is_counted_in_micro_dollars(metered, mock):
     mock.script("*", usage={"input": 1000, "output": 200, "cache_read": 100, "cache_write": 40}, times=1)
     ask(metered)
     after, types, _ = scrape(metered)
-    labels = dict(consumer="team-a", model="claude-haiku-4_")
+    labels = dict(consumer="team-a", model="claude-haiku-4-5")
     assert types.get("tollgate_cost_usd_micros_total") == "counter"
     assert val(after, "tollgate_cost_usd_micros_total", **labels) \
         - val(before, "tollgate_cost_usd_micros_total", **labels) == 1000 + 1000 + 10 + 50
