@@ -833,20 +833,12 @@ impl Accumulator {
         if self.recent.is_empty() {
             return Ok(());
         }
-        for _ in 0..MAX_TRIES {
-            let (value, cas) = store.get(RECENT_KEY)?;
-            let stored = value.as_deref().map(decode_recent).unwrap_or_default();
-            let all = newest(self.recent.iter().rev(), stored.iter());
-            match store.set(RECENT_KEY, &encode_recent(&all), write_cas(cas)) {
-                Ok(()) => {
-                    self.recent.clear();
-                    return Ok(());
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Contended)
+        rewrite(store, RECENT_KEY, |value| {
+            let stored = value.map(decode_recent).unwrap_or_default();
+            encode_recent(&newest(self.recent.iter().rev(), stored.iter()))
+        })?;
+        self.recent.clear();
+        Ok(())
     }
 
     #[inline(never)]
@@ -854,20 +846,13 @@ impl Accumulator {
         if self.delta.is_empty() {
             return Ok(());
         }
-        for _ in 0..MAX_TRIES {
-            let (value, cas) = store.get(KEY)?;
-            let mut totals = value.as_deref().map(Totals::decode).unwrap_or_default();
+        rewrite(store, KEY, |value| {
+            let mut totals = value.map(Totals::decode).unwrap_or_default();
             totals.merge(&self.delta);
-            match store.set(KEY, &totals.encode(), write_cas(cas)) {
-                Ok(()) => {
-                    self.delta = Totals::default();
-                    return Ok(());
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Contended)
+            totals.encode()
+        })?;
+        self.delta = Totals::default();
+        Ok(())
     }
 
     /// [`flush`](Self::flush) when [`FLUSH_EVERY_MS`] have passed since the last one: call it
@@ -878,6 +863,24 @@ impl Accumulator {
         }
         self.flush(store, now_ms)
     }
+}
+
+/// Writes `next(stored value)` to `key` with a compare-and-swap loop (`next` runs again on
+/// the newer value after a lost race).
+fn rewrite(
+    store: &dyn Store,
+    key: &str,
+    mut next: impl FnMut(Option<&[u8]>) -> Vec<u8>,
+) -> Result<(), StoreError> {
+    for _ in 0..MAX_TRIES {
+        let (value, cas) = store.get(key)?;
+        match store.set(key, &next(value.as_deref()), write_cas(cas)) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended)
 }
 
 /// The merged totals of every worker (flushed ones; each worker flushes within about a second).

@@ -228,6 +228,18 @@ fn usage_json_before_any_traffic_has_zeros_and_no_start_time() {
     assert_eq!(v["since_s"], Value::Null);
     assert_eq!(v["top_models"], parse("[]"));
     assert_eq!(v["last_hour"]["minutes"].as_array().map(Vec::len), Some(60));
+    // Rates are 0, percentiles null, and nothing is recent or refused.
+    assert_eq!(
+        (v["success_rate"].clone(), v["rejection_rate"].clone()),
+        (0.0.into(), 0.0.into())
+    );
+    assert_eq!(
+        v["latency_ms"],
+        parse(r#"{"p50":null,"p95":null,"p99":null}"#)
+    );
+    assert_eq!(v["recent"], parse("[]"));
+    assert_eq!(v["rejections"], parse("[]"));
+    assert_eq!(v["last_day"]["spans"].as_array().map(Vec::len), Some(288));
 }
 
 /// The report is built from a real configuration with inline keys of every kind: none of
@@ -335,17 +347,27 @@ fn dashboard_path_cannot_break_out_of_the_script() {
 
 #[test]
 fn reset_paths_name_one_account() {
+    use AccountAction::{Pause, Reset, Resume};
     for (rest, want) in [
-        ("/accounts/org-1/reset", Some("org-1")),
-        ("/accounts/a.b_c/reset", Some("a.b_c")),
+        ("/accounts/org-1/reset", Some(("org-1", Reset))),
+        ("/accounts/a.b_c/reset", Some(("a.b_c", Reset))),
         ("/accounts//reset", None),
         ("/accounts/a/b/reset", None),
         ("/accounts/org-1", None),
         ("/accounts/org-1/reset/", None),
         ("/usage", None),
         ("", None),
+        // Pause and resume name an account the same way.
+        ("/accounts/org-1/pause", Some(("org-1", Pause))),
+        ("/accounts/org-1/resume", Some(("org-1", Resume))),
+        ("/accounts/org-1/Pause", None),
+        ("/accounts/org-1/pause/", None),
+        ("/accounts/a/b/pause", None),
+        ("/accounts//pause", None),
     ] {
-        assert_eq!(reset_target(rest), want, "{rest}");
+        assert_eq!(account_target(rest), want, "{rest}");
+        let reset = want.filter(|(_, a)| *a == Reset).map(|(name, _)| name);
+        assert_eq!(reset_target(rest), reset, "{rest}");
     }
 }
 
@@ -510,54 +532,6 @@ fn usage_json_counts_refusals_with_rates_latency_the_day_and_recent_requests() {
     assert_eq!(v["accounts"][0]["state"], "paused");
     assert_eq!(v["paused_accounts"], 1);
     assert_eq!(v["top_models"][0]["model"], "claude-haiku-4-5");
-}
-
-#[test]
-fn before_any_traffic_rates_are_zero_and_percentiles_null() {
-    let totals = Totals::default();
-    let v = parse(&usage_json(&UsageReport {
-        now_ms: NOW,
-        consumers: Vec::new(),
-        accounts: Vec::new(),
-        totals: &totals,
-        recent: &[],
-    }));
-    assert_eq!(
-        (v["success_rate"].clone(), v["rejection_rate"].clone()),
-        (0.0.into(), 0.0.into())
-    );
-    assert_eq!(
-        v["latency_ms"],
-        parse(r#"{"p50":null,"p95":null,"p99":null}"#)
-    );
-    assert_eq!(v["recent"], parse("[]"));
-    assert_eq!(v["rejections"], parse("[]"));
-}
-
-#[test]
-fn account_paths_name_one_account_and_one_action() {
-    for (rest, want) in [
-        (
-            "/accounts/org-1/pause",
-            Some(("org-1", AccountAction::Pause)),
-        ),
-        (
-            "/accounts/org-1/resume",
-            Some(("org-1", AccountAction::Resume)),
-        ),
-        (
-            "/accounts/org-1/reset",
-            Some(("org-1", AccountAction::Reset)),
-        ),
-        ("/accounts/org-1/Pause", None),
-        ("/accounts/org-1/pause/", None),
-        ("/accounts/a/b/pause", None),
-        ("/accounts//pause", None),
-        ("/accounts/org-1", None),
-        ("/usage", None),
-    ] {
-        assert_eq!(account_target(rest), want, "{rest}");
-    }
 }
 
 #[test]
