@@ -2091,8 +2091,19 @@ impl Req {
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
         let now = ffi::now_ms();
+        // A browser adds Basic credentials to any site's request by itself: an action riding
+        // on them alone must come from the same site.
+        let cross_site = !key.is_some_and(|k| identity::is_admin_key(keys, k)) && {
+            let h = ffi::request_headers();
+            tollgate_core::admin::cross_site(
+                true,
+                h.get("origin"),
+                h.get(":authority"),
+                h.get("sec-fetch-site"),
+            )
+        };
         if let Some(answer) =
-            tollgate_core::admin::account_action(&plugin.store, cfg, method, sub, now)
+            tollgate_core::admin::account_action(&plugin.store, cfg, method, sub, cross_site, now)
         {
             self.account_answer(&answer);
             return Action::Pause;

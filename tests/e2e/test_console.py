@@ -429,3 +429,21 @@ def test_headless_chromium_shows_rejections_and_recent_requests(console, traffic
         (artifacts / "console.png").write_bytes(shot.read_bytes())
     finally:
         proxy.close()
+
+
+def test_a_forged_cross_site_post_riding_on_basic_auth_pauses_nothing(console):
+    """A browser that signed in to the dashboard sends its Basic credentials with any site's
+    form POST: an account action that carries only those must come from the same site."""
+    sub = PATH + "/accounts/anthropic-2/pause"
+    forged = {"origin": "https://evil.example", "sec-fetch-site": "cross-site",
+              "content-type": "application/x-www-form-urlencoded"}
+    r = requests.post(console.url() + sub, auth=("x", ADMIN_KEY), headers=forged, data="a=1", timeout=10)
+    assert r.status_code == 403, r.text
+    assert {a["name"]: a["state"] for a in usage(console)["accounts"]}["anthropic-2"] == "ok"
+    # The dashboard's own request (same origin), and a client that sends the key itself.
+    same = {"origin": console.url(), "sec-fetch-site": "same-origin"}
+    r = requests.post(console.url() + sub, auth=("x", ADMIN_KEY), headers=same, timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "paused", r.text
+    r = requests.post(console.url() + PATH + "/accounts/anthropic-2/resume",
+                      headers={**forged, "x-api-key": ADMIN_KEY}, timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "ok", r.text

@@ -639,15 +639,41 @@ pub struct ActionDone<'a> {
     pub transition: Transition,
 }
 
+/// Whether a state-changing admin request is refused as cross-site (a forged form POST): its
+/// admin key came only from HTTP Basic auth, which a browser adds by itself to any page's
+/// request, and the browser says another site sent it (`sec-fetch-site`), or its `origin`
+/// names another host than `authority`. A client that sends the key itself (`x-api-key`,
+/// `Bearer`) is never refused, nor one that sends neither header (not a browser).
+pub fn cross_site(
+    basic_only: bool,
+    origin: Option<&str>,
+    authority: Option<&str>,
+    fetch_site: Option<&str>,
+) -> bool {
+    if !basic_only {
+        return false;
+    }
+    if let Some(site) = fetch_site {
+        return !matches!(site.trim(), "same-origin" | "none");
+    }
+    let Some(origin) = origin.map(str::trim) else {
+        return false;
+    };
+    let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    !authority.is_some_and(|a| a.trim().eq_ignore_ascii_case(host))
+}
+
 /// `POST {admin.path}/accounts/{name}/{reset|pause|resume}` (the admin key was checked):
-/// `None` when `rest` names no account action. 405 for another method, 404 for a name that is
-/// neither configured nor (without accounts of its own) in the roster, 503 when shared state
-/// stays busy, else 200 with `{"account","state","was"}`.
+/// `None` when `rest` names no account action. 405 for another method, 403 for a cross-site
+/// request (see [`cross_site`]), 404 for a name that is neither configured nor (without
+/// accounts of its own) in the roster, 503 when shared state stays busy, else 200 with
+/// `{"account","state","was"}`.
 pub fn account_action<'a>(
     store: &dyn Store,
     cfg: &'a Config,
     method: &str,
     rest: &'a str,
+    cross_site: bool,
     now_ms: u64,
 ) -> Option<ActionAnswer<'a>> {
     let (name, action) = account_target(rest)?;
@@ -662,6 +688,9 @@ pub fn account_action<'a>(
             allow: Some("POST"),
             ..answer(405, r#"{"error":"use POST"}"#)
         });
+    }
+    if cross_site {
+        return Some(answer(403, r#"{"error":"cross-site request refused"}"#));
     }
     let found = cfg.accounts.iter().position(|a| a.name == name);
     let listed =

@@ -544,7 +544,7 @@ fn account_actions_pause_resume_and_reset_with_405_and_404() {
     .unwrap();
     crate::accounts::prepare(&store, &cfg).unwrap();
     let act = |method: &str, rest: &'static str| {
-        account_action(&store, &cfg, method, rest, NOW).expect("an account action")
+        account_action(&store, &cfg, method, rest, false, NOW).expect("an account action")
     };
     let a = act("POST", "/accounts/org-1/pause");
     assert_eq!(a.status, 200);
@@ -586,14 +586,14 @@ fn account_actions_pause_resume_and_reset_with_405_and_404() {
     assert_eq!((unknown.status, unknown.done), (404, None));
     assert_eq!(unknown.body, unknown_account_json());
     assert!(!unknown.body.contains("nobody"));
-    assert!(account_action(&store, &cfg, "POST", "/usage", NOW).is_none());
+    assert!(account_action(&store, &cfg, "POST", "/usage", false, NOW).is_none());
     let body = a_body(&store, &cfg);
     assert_eq!(parse(&body)["state"], "paused");
     assert!(!body.contains("FFFF") && !body.contains("GGGG"));
 }
 
 fn a_body(store: &MemStore, cfg: &Config) -> String {
-    account_action(store, cfg, "POST", "/accounts/org-2/pause", NOW)
+    account_action(store, cfg, "POST", "/accounts/org-2/pause", false, NOW)
         .map(|a| a.body)
         .unwrap_or_default()
 }
@@ -607,12 +607,12 @@ fn an_instance_without_accounts_acts_on_the_roster_only() {
     .unwrap();
     crate::accounts::prepare(&store, &pool).unwrap();
     let bare = crate::config::parse(b"{}").unwrap();
-    let a = account_action(&store, &bare, "POST", "/accounts/org-1/pause", NOW).unwrap();
+    let a = account_action(&store, &bare, "POST", "/accounts/org-1/pause", false, NOW).unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.done.map(|d| d.index), Some(None));
     let h = crate::accounts::read_health(&store, &pool.accounts[0]).unwrap();
     assert!(h.paused);
-    let a = account_action(&store, &bare, "POST", "/accounts/org-9/resume", NOW).unwrap();
+    let a = account_action(&store, &bare, "POST", "/accounts/org-9/resume", false, NOW).unwrap();
     assert_eq!(a.status, 404);
 }
 
@@ -647,4 +647,49 @@ fn dashboard_shows_refusals_rates_latency_the_day_recent_requests_and_account_ac
     assert!(!html.contains("innerHTML"));
     // Its own empty icon: no favicon.ico request (it would count as refused traffic).
     assert!(html.contains(r#"icon.href = "data:,";"#));
+}
+
+#[test]
+fn a_forged_cross_site_post_riding_on_basic_auth_changes_no_account() {
+    let host = Some("tollgate.example:10000");
+    for (basic_only, origin, site, refused) in [
+        // The browser's Basic credentials, sent by another site's form or script.
+        (true, Some("https://evil.example"), Some("cross-site"), true),
+        (true, None, Some("same-site"), true),
+        (true, Some("https://evil.example"), None, true),
+        (true, Some("null"), None, true),
+        // The dashboard itself, a typed URL, a client that is no browser.
+        (
+            true,
+            Some("http://tollgate.example:10000"),
+            Some("same-origin"),
+            false,
+        ),
+        (true, Some("http://TOLLGATE.example:10000"), None, false),
+        (true, None, Some("none"), false),
+        (true, None, None, false),
+        // A key the client sends itself is no ambient credential.
+        (
+            false,
+            Some("https://evil.example"),
+            Some("cross-site"),
+            false,
+        ),
+    ] {
+        assert_eq!(
+            cross_site(basic_only, origin, host, site),
+            refused,
+            "{basic_only} {origin:?} {site:?}"
+        );
+    }
+    let store = MemStore::new();
+    let cfg = crate::config::parse(
+        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-FAKE-HHHH"}]}"#,
+    )
+    .unwrap();
+    crate::accounts::prepare(&store, &cfg).unwrap();
+    let a = account_action(&store, &cfg, "POST", "/accounts/org-1/pause", true, NOW).unwrap();
+    assert_eq!((a.status, a.done), (403, None));
+    let h = crate::accounts::read_health(&store, &cfg.accounts[0]).unwrap();
+    assert!(!h.paused);
 }
