@@ -170,7 +170,7 @@ fn stat_names_keep_the_model_name_mapping_only_foreign_characters() {
 }
 
 #[test]
-fn a_full_list_is_never_overfilled_by_racing_workers() {
+fn workers_taking_turns_never_overfill_the_list() {
     let c = cfg(r#"{"pricing":{"*":{"input":1,"output":1}},"metrics":{"max_models":5}}"#);
     let store = MemStore::new();
     let mut workers: Vec<ModelLabels> = (0..4).map(|_| ModelLabels::new(5)).collect();
