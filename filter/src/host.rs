@@ -72,6 +72,8 @@ struct Plugin {
     degraded: Cell<bool>,
     /// This worker's analytics facts, merged into shared data from the root tick.
     analytics: RefCell<tollgate_core::analytics::Accumulator>,
+    /// The model names that are label values of their own (bounded per process).
+    models: RefCell<metrics::ModelLabels>,
     /// Per account (by index), picks `select` left uncounted and real tokens served; and
     /// learning observations: not yet written to shared data. The request path only queues
     /// them, the root tick writes them.
@@ -88,7 +90,6 @@ const KNOWN_KEYS: usize = 1024;
 impl Plugin {
     fn new(cfg: Config) -> Plugin {
         Plugin {
-            cfg,
             stats: RefCell::default(),
             store: HostStore::default(),
             learned: learn::table(),
@@ -96,9 +97,11 @@ impl Plugin {
             charges: RefCell::new(ChargeQueue::new(4096, 16)),
             degraded: Cell::new(false),
             analytics: RefCell::default(),
+            models: RefCell::new(metrics::ModelLabels::new(cfg.max_models)),
             served: RefCell::default(),
             observed: RefCell::default(),
             known_keys: RefCell::default(),
+            cfg,
         }
     }
 
@@ -181,7 +184,7 @@ impl Plugin {
             tollgate_core::store::ensure(&self.store, &key, b"-")?;
         }
         // Made now like every other key, so the key set is complete once the config loads.
-        tollgate_core::store::ensure(&self.store, tollgate_core::analytics::KEY, b"-")?;
+        tollgate_core::analytics::prepare(&self.store, cfg)?;
         Ok(n)
     }
 }
@@ -368,6 +371,16 @@ impl RootContext for Root {
                         &format!("tollgate: preparing quota keys: {e:?}"),
                     );
                 }
+                // Every series exists at 0 before its first event.
+                for s in metrics::series(&plugin.cfg) {
+                    use proxy_wasm::types::MetricType as T;
+                    let kind = match s.kind {
+                        metrics::Kind::Counter => T::Counter,
+                        metrics::Kind::Gauge => T::Gauge,
+                        metrics::Kind::Histogram => T::Histogram,
+                    };
+                    ffi::define_metric(kind, &s.name);
+                }
                 self.plugin = Some(Rc::new(plugin));
                 true
             }
@@ -486,6 +499,8 @@ struct Req {
     price_cache: Cell<Option<Option<usize>>>,
     /// An upstream error answer served by an account: its head is held until read.
     error_head: ErrorHead,
+    /// Whether the request's model is a label value of its own, once asked.
+    model_own: Cell<Option<bool>>,
     /// The chosen account was disabled and this request probes it: its answer is recorded
     /// even when it carries nothing else to learn.
     probe: bool,
@@ -609,6 +624,7 @@ impl Req {
             price_cache: Cell::new(None),
             error_head: ErrorHead::None,
             probe: false,
+            model_own: Cell::new(None),
         }
     }
 
@@ -650,22 +666,38 @@ impl Req {
         self.pricing().map(|(_, p)| *p)
     }
 
-    /// The `model` label: the matched pricing or allow-list glob, else `other`, so a client
-    /// cannot mint stats without bound.
+    /// The `model` label: the model name itself when it matches an allow-list or pricing
+    /// glob and is among the first `metrics.max_models` names of the process, else `other`,
+    /// so a client cannot mint stats without bound.
     fn model_label(&self) -> &str {
         let Some(model) = self.info.as_ref().and_then(|i| i.model.as_deref()) else {
-            return "other";
+            return metrics::OTHER_MODEL;
         };
-        if let Some(Caller::Consumer(i)) = &self.caller {
-            if let Some(globs) = self.cfg().consumers.get(*i).and_then(|c| c.models.as_ref()) {
-                if let Some(g) = globs.iter().find(|g| g.matches(model)) {
-                    return g.as_str();
-                }
+        let own = match self.model_own.get() {
+            Some(own) => own,
+            None => {
+                let cfg = self.cfg();
+                let allow = match &self.caller {
+                    Some(Caller::Consumer(i)) => {
+                        cfg.consumers.get(*i).and_then(|c| c.models.as_deref())
+                    }
+                    _ => None,
+                };
+                let own = self
+                    .plugin
+                    .models
+                    .borrow_mut()
+                    .admits(&self.plugin.store, model, || {
+                        metrics::eligible(cfg, allow, model)
+                    });
+                self.model_own.set(Some(own));
+                own
             }
-        }
-        match self.pricing() {
-            Some((g, _)) => g.as_str(),
-            None => "other",
+        };
+        if own {
+            model
+        } else {
+            metrics::OTHER_MODEL
         }
     }
 
@@ -914,6 +946,18 @@ impl Req {
         self.phase = Phase::Answered;
         self.decision = Some(reason);
         let (consumer, model) = (self.consumer_label(), self.model_label());
+        if self.plugin.cfg.stage == config::Stage::Downstream {
+            let now = ffi::now_ms();
+            let r = tollgate_core::analytics::Rejection {
+                consumer,
+                model_label: model,
+                reason: reason.as_str(),
+                status: reason.status() as u16,
+                response_ms: now.saturating_sub(self.started_ms),
+                now_ms: now,
+            };
+            self.plugin.analytics.borrow_mut().rejected(&r);
+        }
         let mut stats = self.plugin.stats.borrow_mut();
         stats.count(
             "tollgate_rejections_total",
@@ -1271,6 +1315,10 @@ impl HttpContext for Req {
             }
             Route::NotFound(api) => {
                 self.api = api;
+                // Counted under the caller's consumer when its key is valid.
+                if let identity::Identity::Known(c, _) = identity::identify(cfg, key, None) {
+                    self.caller = Some(c);
+                }
                 // Never the query or `;` parameters: a client may have put a secret there.
                 let msg = format!("{method} {} is not served here", api::display_path(&path));
                 return self.reject(Reason::NotFound, &msg, &[]);
@@ -1667,65 +1715,38 @@ impl Req {
         }
     }
 
-    /// `POST {admin.path}/accounts/{name}/reset`: the account is `ok` again at once.
-    fn reset_account(&mut self, method: &str, name: &str) {
-        let json = [("content-type", "application/json")];
-        if !method.eq_ignore_ascii_case("POST") {
-            let allow = [("content-type", "application/json"), ("allow", "POST")];
-            ffi::send_http_response(405, &allow, br#"{"error":"use POST"}"#);
-            return;
-        }
-        let plugin = self.plugin.clone();
-        let now = ffi::now_ms();
-        let found = plugin
-            .cfg
-            .accounts
-            .iter()
-            .enumerate()
-            .find(|(_, a)| a.name == name);
-        // Without accounts of its own (failover downstream stage): those of the roster.
-        let listed = || {
-            accounts::read_roster(&plugin.store)
-                .iter()
-                .any(|l| l.name == name)
-        };
-        let reset = match found {
-            Some((_, account)) => accounts::reset(&plugin.store, account, now).map(Some),
-            None if plugin.cfg.accounts.is_empty() && listed() => {
-                accounts::reset_named(&plugin.store, name, now)
+    /// Sends the answer of an account action (reset, pause, resume), and shows a change on
+    /// the account's `tollgate_account_state` gauge and in the log.
+    fn account_answer(&mut self, answer: &tollgate_core::admin::ActionAnswer<'_>) {
+        if let Some(done) = &answer.done {
+            let mut stats = self.plugin.stats.borrow_mut();
+            let gauge = match done.index {
+                Some(i) => stats.account_gauge(i, done.name),
+                None => stats.account_gauge_named(done.name),
+            };
+            drop(stats);
+            if let Some(gauge) = gauge {
+                ffi::record_metric(gauge, done.transition.after.gauge().max(0) as u64);
             }
-            None => Ok(None),
-        };
-        match reset {
-            Ok(None) => {
-                let body = tollgate_core::admin::unknown_account_json();
-                ffi::send_http_response(404, &json, body.as_bytes());
-            }
-            Ok(Some(t)) => {
-                let gauge = match found {
-                    Some((i, _)) => plugin.stats.borrow_mut().account_gauge(i, name),
-                    None => plugin.stats.borrow_mut().account_gauge_named(name),
-                };
-                if let Some(gauge) = gauge {
-                    ffi::record_metric(gauge, 0);
-                }
-                if t.changed() {
-                    ffi::log(
-                        LogLevel::Warn,
-                        &format!(
-                            "tollgate: account {name} reset to ok by the admin API (was {})",
-                            t.before.as_str()
-                        ),
-                    );
-                }
-                let body = tollgate_core::admin::reset_json(name, &t);
-                ffi::send_http_response(200, &json, body.as_bytes());
-            }
-            Err(_) => {
-                let body = br#"{"error":"account state is busy; try again"}"#;
-                ffi::send_http_response(503, &json, body);
+            if done.transition.changed() {
+                let t = &done.transition;
+                ffi::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: account {} is now {} by the admin API ({}; was {})",
+                        done.name,
+                        t.after.as_str(),
+                        done.action.as_str(),
+                        t.before.as_str()
+                    ),
+                );
             }
         }
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(allow) = answer.allow {
+            headers.push(("allow", allow));
+        }
+        ffi::send_http_response(answer.status, &headers, answer.body.as_bytes());
     }
 
     fn too_large(&mut self) -> Action {
@@ -1965,10 +1986,8 @@ impl Req {
         let account = account.map(|a| a.name.as_str()).or(staged.as_deref());
         let now = ffi::now_ms();
         let cost_micros = self.price().map(|p| p.cost_micros(&usage));
-        self.plugin
-            .analytics
-            .borrow_mut()
-            .record(&tollgate_core::analytics::Fact {
+        self.plugin.analytics.borrow_mut().served(
+            &tollgate_core::analytics::Fact {
                 consumer: self.consumer_name(),
                 model_label: model,
                 account,
@@ -1977,7 +1996,9 @@ impl Req {
                 response_ms: now.saturating_sub(self.started_ms),
                 ok: (200..300).contains(&self.upstream_status),
                 now_ms: now,
-            });
+            },
+            u16::try_from(self.upstream_status).unwrap_or(0),
+        );
         let account = account.unwrap_or("none");
         let code = metrics::decimal(u64::from(self.upstream_status), &mut buf);
         let mut stats = self.plugin.stats.borrow_mut();
@@ -2067,8 +2088,22 @@ impl Req {
         }
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
-        if let Some(name) = tollgate_core::admin::reset_target(sub) {
-            self.reset_account(method, name);
+        let now = ffi::now_ms();
+        // A browser adds Basic credentials to any site's request by itself: an action riding
+        // on them alone must come from the same site.
+        let cross_site = !key.is_some_and(|k| identity::is_admin_key(keys, k)) && {
+            let h = ffi::request_headers();
+            tollgate_core::admin::cross_site(
+                true,
+                h.get("origin"),
+                h.get(":authority"),
+                h.get("sec-fetch-site"),
+            )
+        };
+        if let Some(answer) =
+            tollgate_core::admin::account_action(&plugin.store, cfg, method, sub, cross_site, now)
+        {
+            self.account_answer(&answer);
             return Action::Pause;
         }
         match sub {
@@ -2078,6 +2113,7 @@ impl Req {
                 let _ = plugin.analytics.borrow_mut().flush(&plugin.store, now);
                 plugin.flush_pending();
                 let totals = tollgate_core::analytics::load(&plugin.store);
+                let recent = tollgate_core::analytics::load_recent(&plugin.store);
                 let mut consumers: Vec<tollgate_core::admin::ConsumerView<'_>> = cfg
                     .consumers
                     .iter()
@@ -2136,6 +2172,7 @@ impl Req {
                     consumers,
                     accounts: views,
                     totals: &totals,
+                    recent: &recent,
                 });
                 ffi::send_http_response(
                     200,

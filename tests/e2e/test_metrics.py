@@ -20,10 +20,8 @@ from conftest import ACCOUNT_KEYS, ADMIN_KEY, KEY_A, KEY_B, EnvoyFactory, base_c
 KEY_C = "tg-test-key-team-c"
 BOGUS_KEYS = ["tg-bogus-presented-key-1", "tg-bogus-presented-key-2", "tg-bogus-presented-key-3"]
 REASONS = {"auth", "model", "not_found", "bad_request", "too_large", "tokens", "requests", "cost",
-           "concurrency", "accounts_cooling", "global", "global_unavailable"}
-# Model labels the configs below can produce: the matched pricing or allow-list glob
-# (`*` and `.` mapped to `_`), else `other`.
-MODEL_LABELS = {"claude-haiku-4_", "claude-haiku-_", "gpt-4o-mini_", "gpt-4o-mini", "other"}
+           "concurrency", "accounts_cooling", "global", "global_unavailable", "no_account",
+           "unknown_consumer"}
 
 # Every tollgate metric family (SPEC "Metrics" plus the global-limit and affinity counters).
 # A stat name that the stats_tags failed to take apart shows up as a family outside this set.
@@ -31,6 +29,7 @@ FAMILIES = {"tollgate_requests_total", "tollgate_tokens_total", "tollgate_cost_u
             "tollgate_rejections_total", "tollgate_account_state", "tollgate_upstream_responses_total",
             "tollgate_failovers_total", "tollgate_global_degraded_total", "tollgate_global_charges_total",
             "tollgate_reconcile_dropped_total", "tollgate_affinity_total",
+            "tollgate_usage_fallbacks_total",
             "tollgate_shared_data_keys_created_total",
             "tollgate_estimate_error_percent_bucket", "tollgate_estimate_error_percent_sum",
             "tollgate_estimate_error_percent_count"}
@@ -158,14 +157,14 @@ def test_traffic_shows_as_labelled_series_with_exact_token_counts(metered, mock)
     for family in ("tollgate_requests_total", "tollgate_tokens_total", "tollgate_upstream_responses_total"):
         assert types.get(family) == "counter", (family, types.get(family))
 
-    assert delta("tollgate_requests_total", consumer="team-a", model="claude-haiku-4_", outcome="admitted") == 2
-    assert delta("tollgate_requests_total", consumer="team-a", model="gpt-4o-mini_", outcome="admitted") == 1
-    haiku = dict(consumer="team-a", model="claude-haiku-4_", account="anthropic-1")
+    assert delta("tollgate_requests_total", consumer="team-a", model="claude-haiku-4-5", outcome="admitted") == 2
+    assert delta("tollgate_requests_total", consumer="team-a", model="gpt-4o-mini", outcome="admitted") == 1
+    haiku = dict(consumer="team-a", model="claude-haiku-4-5", account="anthropic-1")
     assert delta("tollgate_tokens_total", **haiku, type="input") == first.input_tokens + second.input_tokens
     assert delta("tollgate_tokens_total", **haiku, type="output") == first.output_tokens + second.output_tokens
     assert delta("tollgate_tokens_total", **haiku, type="cache_read") == 50
     assert delta("tollgate_tokens_total", **haiku, type="cache_write") == 7
-    mini = dict(consumer="team-a", model="gpt-4o-mini_", account="openai-1")
+    mini = dict(consumer="team-a", model="gpt-4o-mini", account="openai-1")
     assert delta("tollgate_tokens_total", **mini, type="input") == third.prompt_tokens - cached
     assert delta("tollgate_tokens_total", **mini, type="cache_read") == cached
     assert delta("tollgate_tokens_total", **mini, type="output") == third.completion_tokens
@@ -194,16 +193,16 @@ def test_each_rejection_is_counted_by_consumer_and_reason(metered, mock):
     def delta(name, **labels):
         return val(after, name, **labels) - val(before, name, **labels)
 
-    # An unserved path is answered before identity is looked at: its consumer is `unknown`.
-    expected = {("unknown", "auth"): 1, ("team-b", "model"): 1, ("unknown", "not_found"): 1,
+    # An unserved path sent with a valid key counts under that key's consumer (#21).
+    expected = {("unknown", "auth"): 1, ("team-b", "model"): 1, ("team-a", "not_found"): 1,
                 ("team-a", "bad_request"): 1, ("team-c", "requests"): 1}
     rejections = {(dict(k[1])["consumer"], dict(k[1])["reason"]): v - before.get(k, 0.0)
                   for k, v in after.items() if k[0] == "tollgate_rejections_total" and v != before.get(k, 0.0)}
     assert rejections == expected
-    # A refused model is still labelled by its pricing glob, a bounded set.
-    assert delta("tollgate_requests_total", consumer="team-b", model="claude-opus-4_", outcome="model") == 1
-    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4_", outcome="requests") == 1
-    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4_", outcome="admitted") == 1
+    # A refused model is labelled by its name when a pricing glob matches it (bounded set).
+    assert delta("tollgate_requests_total", consumer="team-b", model="claude-opus-4-1", outcome="model") == 1
+    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4-5", outcome="requests") == 1
+    assert delta("tollgate_requests_total", consumer="team-c", model="claude-haiku-4-5", outcome="admitted") == 1
     assert len(mock.requests()) == 1, "only the admitted request reaches the upstream"
 
 
@@ -281,16 +280,17 @@ def test_label_values_stay_bounded_whatever_clients_send(metered, mock):
     seen = label_values(samples)
     families = {name for name, _ in tollgate_series(samples)}
     assert families <= FAMILIES, families - FAMILIES
-    # Whatever model names and keys clients send, no new label value appears: unknown
-    # models are `other`, unknown keys `unknown`.
-    assert seen["model"] <= before["model"] | {"other"}, seen["model"] - before["model"]
+    # Whatever model names and keys clients send, only a name that a pricing or allow-list
+    # glob matches becomes a label of its own (SPEC "Metrics" v2, bounded by
+    # metrics.max_models): the others are `other`, unknown keys `unknown`.
+    assert seen["model"] - before["model"] <= {"other", "claude-haiku-4-5__evil"}, seen["model"] - before["model"]
     assert "other" in seen["model"]
-    assert seen["model"] <= MODEL_LABELS | {"claude-opus-4_"}, seen["model"]
     assert seen["consumer"] <= {"team-a", "team-b", "team-c", "unknown"}, seen["consumer"]
     assert seen["account"] <= {"anthropic-1", "openai-1", "gemini-1", "none"}
     assert seen["type"] <= {"input", "output", "cache_read", "cache_write"}
-    assert seen["reason"] <= REASONS
-    assert seen["outcome"] <= REASONS | {"admitted"}
+    assert seen["reason"] <= REASONS | {"unsupported_encoding", "corrupt_encoding", "invalid_usage"}
+    # `outcome` also names global charges (sent, dropped) and affinity (hit, miss, broken).
+    assert seen["outcome"] <= REASONS | {"admitted", "sent", "dropped", "hit", "miss", "broken"}
     assert all(re.fullmatch(r"[1-5]\d\d", c) for c in seen["code"]), seen["code"]
     for m in odd_models + BOGUS_KEYS:
         assert m not in text and m.replace(".", "_") not in text
@@ -306,7 +306,7 @@ def test_label_names_used_as_values_stay_in_their_place(make_envoy, mock):
     mock.script("*", usage={"input": 11, "output": 3}, times=1)
     ask(e)
     samples, _, _ = scrape(e)
-    labels = dict(consumer="model", model="claude-haiku-4_", account="consumer")
+    labels = dict(consumer="model", model="claude-haiku-4-5", account="consumer")
     assert val(samples, "tollgate_tokens_total", **labels, type="input") == 11
     assert val(samples, "tollgate_tokens_total", **labels, type="output") == 3
     assert val(samples, "tollgate_upstream_responses_total", account="consumer", code="200") == 1
@@ -344,7 +344,7 @@ def test_global_degraded_counter_is_a_plain_prometheus_counter(make_envoy, mock)
     samples, types, _ = scrape(e)
     assert types.get("tollgate_global_degraded_total") == "counter"
     assert val(samples, "tollgate_global_degraded_total") >= 3
-    assert val(samples, "tollgate_requests_total", consumer="team-a", model="claude-haiku-4_",
+    assert val(samples, "tollgate_requests_total", consumer="team-a", model="claude-haiku-4-5",
                outcome="admitted") == 3
 
 
@@ -355,7 +355,7 @@ def test_cost_is_counted_in_micro_dollars(metered, mock):
     mock.script("*", usage={"input": 1000, "output": 200, "cache_read": 100, "cache_write": 40}, times=1)
     ask(metered)
     after, types, _ = scrape(metered)
-    labels = dict(consumer="team-a", model="claude-haiku-4_")
+    labels = dict(consumer="team-a", model="claude-haiku-4-5")
     assert types.get("tollgate_cost_usd_micros_total") == "counter"
     assert val(after, "tollgate_cost_usd_micros_total", **labels) \
         - val(before, "tollgate_cost_usd_micros_total", **labels) == 1000 + 1000 + 10 + 50

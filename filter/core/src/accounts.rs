@@ -46,7 +46,9 @@ pub fn first_usable_for(
 ) -> Option<usize> {
     accounts.iter().position(|a| {
         a.provider == api
-            && read_health(store, a).map_or(true, |h| h.kind_at(now_ms) != StateKind::Disabled)
+            && read_health(store, a).map_or(true, |h| {
+                !matches!(h.kind_at(now_ms), StateKind::Disabled | StateKind::Paused)
+            })
     })
 }
 
@@ -93,6 +95,8 @@ pub enum StateKind {
     Ok,
     Cooling,
     Disabled,
+    /// Paused by the admin API: never picked until resumed, whatever else it learns.
+    Paused,
 }
 
 impl StateKind {
@@ -101,15 +105,17 @@ impl StateKind {
             StateKind::Ok => "ok",
             StateKind::Cooling => "cooling",
             StateKind::Disabled => "disabled",
+            StateKind::Paused => "paused",
         }
     }
 
-    /// The `tollgate_account_state` gauge value: 0 ok, 1 cooling, 2 disabled.
+    /// The `tollgate_account_state` gauge value: 0 ok, 1 cooling, 2 disabled, 3 paused.
     pub fn gauge(self) -> i64 {
         match self {
             StateKind::Ok => 0,
             StateKind::Cooling => 1,
             StateKind::Disabled => 2,
+            StateKind::Paused => 3,
         }
     }
 }
@@ -205,6 +211,9 @@ pub struct Health {
     pub key_tag: u32,
     /// The last upstream status seen (0: none).
     pub last_status: u16,
+    /// Paused by the admin API (`POST {admin.path}/accounts/{name}/pause`): the state above
+    /// goes on being learned, but the account is not picked until it is resumed.
+    pub paused: bool,
 }
 
 /// A state change caused by one observation, for the "logged once" rule and the gauge.
@@ -224,6 +233,8 @@ impl Transition {
 
 /// 2: `Disabled` carries its reason, since and probe time.
 const HEALTH_VERSION: u8 = 2;
+/// The flags bit of a paused account (a value without it reads as not paused).
+const PAUSED_FLAG: u8 = 0b0100_0000;
 /// Largest stored value accepted: anything longer is garbage.
 const MAX_HEALTH_BYTES: usize = 256;
 
@@ -238,6 +249,9 @@ impl Health {
 
     /// The state at `now_ms` (a cooling that has ended reads as ok).
     pub fn kind_at(&self, now_ms: u64) -> StateKind {
+        if self.paused {
+            return StateKind::Paused;
+        }
         match self.state {
             AccountState::Ok => StateKind::Ok,
             AccountState::Cooling { until_ms } if until_ms > now_ms => StateKind::Cooling,
@@ -253,7 +267,8 @@ impl Health {
 
     /// Disabled, and a probe may go at `now_ms`.
     pub fn probe_due(&self, now_ms: u64) -> bool {
-        matches!(self.state, AccountState::Disabled { probe_after_ms, .. } if probe_after_ms <= now_ms)
+        !self.paused
+            && matches!(self.state, AccountState::Disabled { probe_after_ms, .. } if probe_after_ms <= now_ms)
     }
 
     /// A candidate for `pick` at `now_ms`: usable, or disabled with a probe due (which
@@ -265,6 +280,8 @@ impl Health {
     /// The cooling end, while cooling.
     pub fn cooling_until(&self, now_ms: u64) -> Option<u64> {
         match self.state {
+            // A paused account is not waiting for a time: it waits for a resume.
+            _ if self.paused => None,
             AccountState::Cooling { until_ms } if until_ms > now_ms => Some(until_ms),
             _ => None,
         }
@@ -448,6 +465,7 @@ impl Health {
             load_ms: r.varint().ok()?,
             last_status: u16::try_from(r.varint().ok()?).ok()?,
             dims: [None; 4],
+            paused: flags & PAUSED_FLAG != 0,
         };
         for (i, slot) in h.dims.iter_mut().enumerate() {
             if flags & (0b100 << i) != 0 {
@@ -459,7 +477,7 @@ impl Health {
                 });
             }
         }
-        if flags & 0b1100_0000 != 0 || !r.is_empty() {
+        if flags & 0b1000_0000 != 0 || !r.is_empty() {
             return None;
         }
         Some(h)
@@ -477,6 +495,9 @@ impl Health {
             if d.is_some() {
                 flags |= 0b100 << i;
             }
+        }
+        if self.paused {
+            flags |= PAUSED_FLAG;
         }
         out.push(flags);
         codec::put_varint(out, u64::from(self.key_tag));
@@ -1709,15 +1730,62 @@ pub fn record_named(
 /// answer, the log line and the `tollgate_account_state` gauge, as with `record`.
 pub fn reset(store: &dyn Store, account: &Account, now_ms: u64) -> Result<Transition, StoreError> {
     let mut before = StateKind::Ok;
-    update_health(store, account, |h| {
+    let h = update_health(store, account, |h| {
         before = h.kind_at(now_ms);
         h.state = AccountState::Ok;
     })?;
+    // A paused account stays paused: only a resume ends that.
     Ok(Transition {
         before,
-        after: StateKind::Ok,
+        after: h.kind_at(now_ms),
         state: AccountState::Ok,
     })
+}
+
+/// Pauses (`paused`) or resumes an account (`POST {admin.path}/accounts/{name}/pause` and
+/// `/resume`): 1 `get` + 1 `set`. A paused account keeps learning its health but is never
+/// picked (nor probed); resumed, it is what that health says (ok, cooling or disabled). The
+/// transition is for the answer, the log line and the `tollgate_account_state` gauge.
+pub fn set_paused(
+    store: &dyn Store,
+    account: &Account,
+    paused: bool,
+    now_ms: u64,
+) -> Result<Transition, StoreError> {
+    let key = health_key(&account.name);
+    pause_key(store, &key, Some(Health::fresh(account)), paused, now_ms)?
+        .ok_or(StoreError::Contended)
+}
+
+/// `set_paused` for an account known by name only (from the roster): `Ok(None)` when its
+/// health key does not exist.
+pub fn set_paused_named(
+    store: &dyn Store,
+    name: &str,
+    paused: bool,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    pause_key(store, &health_key(name), None, paused, now_ms)
+}
+
+fn pause_key(
+    store: &dyn Store,
+    key: &str,
+    missing: Option<Health>,
+    paused: bool,
+    now_ms: u64,
+) -> Result<Option<Transition>, StoreError> {
+    let mut before = StateKind::Ok;
+    let written = update_stored_if(store, key, missing, |h| {
+        before = h.kind_at(now_ms);
+        h.paused = paused;
+        true
+    })?;
+    Ok(written.map(|(h, _)| Transition {
+        before,
+        after: h.kind_at(now_ms),
+        state: h.state,
+    }))
 }
 
 /// Adds picks that `select` did not count (`Picked::counted`) and real tokens served to the
@@ -1834,9 +1902,9 @@ pub fn reset_named(
         h.state = AccountState::Ok;
         true
     })?;
-    Ok(written.map(|_| Transition {
+    Ok(written.map(|(h, _)| Transition {
         before,
-        after: StateKind::Ok,
+        after: h.kind_at(now_ms),
         state: AccountState::Ok,
     }))
 }

@@ -44,6 +44,10 @@ pub const DEFAULT_LEASE_TTL_MS: u64 = 90_000;
 pub const DEFAULT_DISABLE_FOR_MS: u64 = 600_000;
 /// `admin.path` by default.
 pub const DEFAULT_ADMIN_PATH: &str = "/tollgate";
+/// `metrics.max_models` by default: distinct model label values per process before `other`.
+pub const DEFAULT_MAX_MODELS: u32 = 50;
+/// The largest `metrics.max_models` accepted (each value mints a few stats per consumer).
+pub const MAX_MODELS_LIMIT: u64 = 1000;
 /// The consumer name requests run under when `anonymous` is set (reserved then).
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -84,6 +88,8 @@ pub struct Config {
     pub consumer_claim: Option<ConsumerClaim>,
     /// How long a concurrency lease lives without renewal (default 90s).
     pub lease_ttl: Duration,
+    /// `metrics.max_models`: distinct model label values per process before `other`.
+    pub max_models: u32,
 }
 
 /// A `passthrough_paths` entry: a path prefix and the API it belongs to.
@@ -146,6 +152,7 @@ impl Default for Config {
             strip_request_headers: Vec::new(),
             consumer_claim: None,
             lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+            max_models: DEFAULT_MAX_MODELS,
         }
     }
 }

@@ -123,6 +123,7 @@ fn usage_json_shows_windows_totals_accounts_and_analytics() {
             AccountView::from_health("org-3", "gemini", &disabled, NOW),
         ],
         totals: &totals,
+        recent: &[],
     };
     let v = parse(&usage_json(&report));
 
@@ -220,12 +221,25 @@ fn usage_json_before_any_traffic_has_zeros_and_no_start_time() {
         consumers: Vec::new(),
         accounts: Vec::new(),
         totals: &totals,
+        recent: &[],
     }));
     assert_eq!(v["total_requests"], 0);
     assert_eq!(v["average_response_time_ms"], 0.0);
     assert_eq!(v["since_s"], Value::Null);
     assert_eq!(v["top_models"], parse("[]"));
     assert_eq!(v["last_hour"]["minutes"].as_array().map(Vec::len), Some(60));
+    // Rates are 0, percentiles null, and nothing is recent or refused.
+    assert_eq!(
+        (v["success_rate"].clone(), v["rejection_rate"].clone()),
+        (0.0.into(), 0.0.into())
+    );
+    assert_eq!(
+        v["latency_ms"],
+        parse(r#"{"p50":null,"p95":null,"p99":null}"#)
+    );
+    assert_eq!(v["recent"], parse("[]"));
+    assert_eq!(v["rejections"], parse("[]"));
+    assert_eq!(v["last_day"]["spans"].as_array().map(Vec::len), Some(288));
 }
 
 /// The report is built from a real configuration with inline keys of every kind: none of
@@ -276,6 +290,7 @@ fn usage_json_never_contains_a_configured_key() {
         consumers,
         accounts,
         totals: &totals,
+        recent: &[],
     });
     for s in secrets {
         assert!(!json.contains(s), "{s} leaked");
@@ -332,17 +347,27 @@ fn dashboard_path_cannot_break_out_of_the_script() {
 
 #[test]
 fn reset_paths_name_one_account() {
+    use AccountAction::{Pause, Reset, Resume};
     for (rest, want) in [
-        ("/accounts/org-1/reset", Some("org-1")),
-        ("/accounts/a.b_c/reset", Some("a.b_c")),
+        ("/accounts/org-1/reset", Some(("org-1", Reset))),
+        ("/accounts/a.b_c/reset", Some(("a.b_c", Reset))),
         ("/accounts//reset", None),
         ("/accounts/a/b/reset", None),
         ("/accounts/org-1", None),
         ("/accounts/org-1/reset/", None),
         ("/usage", None),
         ("", None),
+        // Pause and resume name an account the same way.
+        ("/accounts/org-1/pause", Some(("org-1", Pause))),
+        ("/accounts/org-1/resume", Some(("org-1", Resume))),
+        ("/accounts/org-1/Pause", None),
+        ("/accounts/org-1/pause/", None),
+        ("/accounts/a/b/pause", None),
+        ("/accounts//pause", None),
     ] {
-        assert_eq!(reset_target(rest), want, "{rest}");
+        assert_eq!(account_target(rest), want, "{rest}");
+        let reset = want.filter(|(_, a)| *a == Reset).map(|(name, _)| name);
+        assert_eq!(reset_target(rest), reset, "{rest}");
     }
 }
 
@@ -377,4 +402,294 @@ fn reset_answers_say_what_the_account_was_and_is() {
 #[test]
 fn health_is_ok_json() {
     assert_eq!(parse(health_json()), parse(r#"{"status":"ok"}"#));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator surface v2: rejections, rates, latency, the day, recent requests, account actions
+// ---------------------------------------------------------------------------------------------
+
+use crate::analytics::{Recent, Rejection};
+
+/// team-a: 3 requests upstream (one answered 500), 2 refused for tokens; an unknown caller
+/// refused once for auth.
+fn mixed() -> (Totals, Vec<Recent>) {
+    let store = MemStore::new();
+    let mut acc = Accumulator::new();
+    let usage = Usage {
+        input: 10,
+        output: 5,
+        ..Usage::default()
+    };
+    for (i, (ms, status)) in [(100u64, 200u16), (200, 200), (4000, 500)]
+        .into_iter()
+        .enumerate()
+    {
+        acc.served(
+            &Fact {
+                consumer: "team-a",
+                model_label: "claude-haiku-4-5",
+                account: Some("org-1"),
+                usage,
+                cost_micros: 10,
+                response_ms: ms,
+                ok: status == 200,
+                now_ms: NOW - 3_000 + i as u64,
+            },
+            status,
+        );
+    }
+    for (consumer, reason, status) in [
+        ("team-a", "tokens", 429),
+        ("team-a", "tokens", 429),
+        ("unknown", "auth", 401),
+    ] {
+        acc.rejected(&Rejection {
+            consumer,
+            model_label: "other",
+            reason,
+            status,
+            response_ms: 1,
+            now_ms: NOW - 1_000,
+        });
+    }
+    acc.flush(&store, NOW).unwrap();
+    (
+        crate::analytics::load(&store),
+        crate::analytics::load_recent(&store),
+    )
+}
+
+#[test]
+fn usage_json_counts_refusals_with_rates_latency_the_day_and_recent_requests() {
+    let (totals, recent) = mixed();
+    let paused = Health {
+        paused: true,
+        ..Health::default()
+    };
+    let v = parse(&usage_json(&UsageReport {
+        now_ms: NOW,
+        consumers: vec![ConsumerView {
+            name: "team-a",
+            usage: UsageSnapshot::default(),
+        }],
+        accounts: vec![AccountView::from_health("org-1", "anthropic", &paused, NOW)],
+        totals: &totals,
+        recent: &recent,
+    }));
+    assert_eq!(v["total_requests"], 6, "3 upstream + 3 refused");
+    assert_eq!(v["served_requests"], 3);
+    assert_eq!(v["rejected_requests"], 3);
+    assert_eq!(v["success_rate"], 0.3333);
+    assert_eq!(v["error_rate"], 0.1667);
+    assert_eq!(v["rejection_rate"], 0.5);
+    assert_eq!(
+        v["rejections"],
+        parse(r#"[{"reason":"tokens","requests":2},{"reason":"auth","requests":1}]"#)
+    );
+    let p50 = v["latency_ms"]["p50"].as_u64().unwrap_or(0);
+    assert!((176..=225).contains(&p50), "{p50}");
+    let p99 = v["latency_ms"]["p99"].as_u64().unwrap_or(0);
+    assert!((3500..=4500).contains(&p99), "{p99}");
+    assert_eq!(v["requests_last_hour"], 6);
+    assert_eq!(v["last_hour"]["requests"], 3);
+    assert_eq!(v["last_hour"]["rejected"], 3);
+    assert_eq!(v["last_hour"]["minutes"][59]["rejected"], 3);
+    let day = &v["last_day"];
+    assert_eq!(day["span_s"], 300);
+    assert_eq!(day["spans"].as_array().map(Vec::len), Some(288));
+    assert_eq!(
+        (day["requests"].clone(), day["rejected"].clone()),
+        (3.into(), 3.into())
+    );
+    assert_eq!(day["spans"][287]["start_s"], (NOW / 300_000) * 300);
+    // Newest first, with every field; a refusal has no account.
+    let r = v["recent"].as_array().cloned().unwrap_or_default();
+    assert_eq!(r.len(), 6);
+    assert_eq!(
+        r[0],
+        parse(&format!(
+            r#"{{"at_ms":{},"consumer":"unknown","model":"other","account":null,"status":401,
+                 "tokens":0,"latency_ms":1,"decision":"auth"}}"#,
+            NOW - 1_000
+        ))
+    );
+    assert_eq!(
+        r[3],
+        parse(&format!(
+            r#"{{"at_ms":{},"consumer":"team-a","model":"claude-haiku-4-5","account":"org-1",
+                 "status":500,"tokens":15,"latency_ms":4000,"decision":"admitted"}}"#,
+            NOW - 1_000 - 2_000 + 2
+        ))
+    );
+    // Refusals per consumer, and callers known only from refusals.
+    let consumers = v["consumers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(consumers[0]["rejected"], 2);
+    assert_eq!(consumers[0]["totals"]["requests"], 3);
+    assert_eq!(consumers[1]["name"], "unknown");
+    assert_eq!(consumers[1]["rejected"], 1);
+    assert_eq!(consumers[1]["totals"]["requests"], 0);
+    // A paused account says so.
+    assert_eq!(v["accounts"][0]["state"], "paused");
+    assert_eq!(v["paused_accounts"], 1);
+    assert_eq!(v["top_models"][0]["model"], "claude-haiku-4-5");
+}
+
+#[test]
+fn account_actions_pause_resume_and_reset_with_405_and_404() {
+    let store = MemStore::new();
+    let cfg = crate::config::parse(
+        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-action-key-FFFF"},
+                         {"name":"org-2","provider":"openai","key":"sk-proj-other-key-GGGG"}]}"#,
+    )
+    .unwrap();
+    crate::accounts::prepare(&store, &cfg).unwrap();
+    let act = |method: &str, rest: &'static str| {
+        account_action(&store, &cfg, method, rest, false, NOW).expect("an account action")
+    };
+    let a = act("POST", "/accounts/org-1/pause");
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        parse(&a.body),
+        parse(r#"{"account":"org-1","state":"paused","was":"ok"}"#)
+    );
+    let done = a.done.expect("done");
+    assert_eq!(
+        (done.name, done.index, done.action),
+        ("org-1", Some(0), AccountAction::Pause)
+    );
+    assert_eq!(done.transition.after.gauge(), 3);
+    let h = crate::accounts::read_health(&store, &cfg.accounts[0]).unwrap();
+    assert_eq!(h.kind_at(NOW), StateKind::Paused);
+    // Pausing twice changes nothing more; a reset keeps the pause; resume ends it.
+    assert_eq!(
+        parse(&act("post", "/accounts/org-1/pause").body)["was"],
+        "paused"
+    );
+    assert_eq!(
+        parse(&act("POST", "/accounts/org-1/reset").body)["state"],
+        "paused"
+    );
+    let r = act("POST", "/accounts/org-1/resume");
+    assert_eq!(
+        parse(&r.body),
+        parse(r#"{"account":"org-1","state":"ok","was":"paused"}"#)
+    );
+    for method in ["GET", "PUT", "DELETE"] {
+        let a = act(method, "/accounts/org-1/pause");
+        assert_eq!(
+            (a.status, a.allow, a.done),
+            (405, Some("POST"), None),
+            "{method}"
+        );
+    }
+    let unknown = act("POST", "/accounts/nobody/pause");
+    assert_eq!((unknown.status, unknown.done), (404, None));
+    assert_eq!(unknown.body, unknown_account_json());
+    assert!(!unknown.body.contains("nobody"));
+    assert!(account_action(&store, &cfg, "POST", "/usage", false, NOW).is_none());
+    let body = a_body(&store, &cfg);
+    assert_eq!(parse(&body)["state"], "paused");
+    assert!(!body.contains("FFFF") && !body.contains("GGGG"));
+}
+
+fn a_body(store: &MemStore, cfg: &Config) -> String {
+    account_action(store, cfg, "POST", "/accounts/org-2/pause", false, NOW)
+        .map(|a| a.body)
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_instance_without_accounts_acts_on_the_roster_only() {
+    let store = MemStore::new();
+    let pool = crate::config::parse(
+        br#"{"stage":"upstream","accounts":[{"name":"org-1","provider":"openai","key":"sk-FAKE-1"}]}"#,
+    )
+    .unwrap();
+    crate::accounts::prepare(&store, &pool).unwrap();
+    let bare = crate::config::parse(b"{}").unwrap();
+    let a = account_action(&store, &bare, "POST", "/accounts/org-1/pause", false, NOW).unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.done.map(|d| d.index), Some(None));
+    let h = crate::accounts::read_health(&store, &pool.accounts[0]).unwrap();
+    assert!(h.paused);
+    let a = account_action(&store, &bare, "POST", "/accounts/org-9/resume", false, NOW).unwrap();
+    assert_eq!(a.status, 404);
+}
+
+#[test]
+fn dashboard_shows_refusals_rates_latency_the_day_recent_requests_and_account_actions() {
+    let html = dashboard_html("/tollgate");
+    for id in [
+        "rejected_requests",
+        "success_rate",
+        "latency",
+        "rejections",
+        "recent",
+        "bars_rejected",
+        "bars_day_requests",
+        "bars_day_rejected",
+        "day_requests",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    for used in [
+        "d.rejections",
+        "d.recent",
+        "d.latency_ms",
+        "d.success_rate",
+        "d.last_day",
+        "d.paused_accounts",
+        "\"/accounts/\"",
+        "method: \"POST\"",
+    ] {
+        assert!(html.contains(used), "{used}");
+    }
+    assert!(!html.contains("innerHTML"));
+    // Its own empty icon: no favicon.ico request (it would count as refused traffic).
+    assert!(html.contains(r#"icon.href = "data:,";"#));
+}
+
+#[test]
+fn a_forged_cross_site_post_riding_on_basic_auth_changes_no_account() {
+    let host = Some("tollgate.example:10000");
+    for (basic_only, origin, site, refused) in [
+        // The browser's Basic credentials, sent by another site's form or script.
+        (true, Some("https://evil.example"), Some("cross-site"), true),
+        (true, None, Some("same-site"), true),
+        (true, Some("https://evil.example"), None, true),
+        (true, Some("null"), None, true),
+        // The dashboard itself, a typed URL, a client that is no browser.
+        (
+            true,
+            Some("http://tollgate.example:10000"),
+            Some("same-origin"),
+            false,
+        ),
+        (true, Some("http://TOLLGATE.example:10000"), None, false),
+        (true, None, Some("none"), false),
+        (true, None, None, false),
+        // A key the client sends itself is no ambient credential.
+        (
+            false,
+            Some("https://evil.example"),
+            Some("cross-site"),
+            false,
+        ),
+    ] {
+        assert_eq!(
+            cross_site(basic_only, origin, host, site),
+            refused,
+            "{basic_only} {origin:?} {site:?}"
+        );
+    }
+    let store = MemStore::new();
+    let cfg = crate::config::parse(
+        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-FAKE-HHHH"}]}"#,
+    )
+    .unwrap();
+    crate::accounts::prepare(&store, &cfg).unwrap();
+    let a = account_action(&store, &cfg, "POST", "/accounts/org-1/pause", true, NOW).unwrap();
+    assert_eq!((a.status, a.done), (403, None));
+    let h = crate::accounts::read_health(&store, &cfg.accounts[0]).unwrap();
+    assert!(!h.paused);
 }

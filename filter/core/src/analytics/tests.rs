@@ -223,12 +223,14 @@ fn a_stale_delta_minute_never_overwrites_a_newer_one() {
         requests: 5,
         tokens: 0,
         cost_micros: 0,
+        rejected: 0,
     });
     t.add_bucket(&Bucket {
         minute: 1000,
         requests: 7,
         tokens: 0,
         cost_micros: 0,
+        rejected: 0,
     });
     assert_eq!(t.last_hour_sum(1060 * MINUTE_MS).requests, 5);
 }
@@ -362,4 +364,269 @@ fn counts_accounts_active_in_a_span() {
     t.record(&fact("x", "m", None, NOW));
     assert_eq!(t.accounts_active_since(NOW - 3_600_000), 1);
     assert_eq!(t.accounts_active_since(0), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rejections, latency, the last day and the recent ring
+// ---------------------------------------------------------------------------------------------
+
+fn rejection<'a>(consumer: &'a str, reason: &'a str, now_ms: u64) -> Rejection<'a> {
+    Rejection {
+        consumer,
+        model_label: "other",
+        reason,
+        status: 429,
+        response_ms: 2,
+        now_ms,
+    }
+}
+
+#[test]
+fn rejections_count_by_reason_and_consumer_beside_what_went_upstream() {
+    let store = MemStore::new();
+    let (mut w1, mut w2) = (Accumulator::new(), Accumulator::new());
+    w1.served(&fact("team-a", "claude-haiku-4-5", Some("org-1"), NOW), 200);
+    for _ in 0..3 {
+        w1.rejected(&rejection("team-a", "tokens", NOW));
+    }
+    w2.rejected(&rejection("unknown", "auth", NOW + 1));
+    w2.rejected(&rejection("team-b", "tokens", NOW + 2));
+    // A worker that only refused still flushes.
+    assert!(!w2.is_empty());
+    w1.flush(&store, NOW + 3).unwrap();
+    w2.flush(&store, NOW + 3).unwrap();
+    let t = load(&store);
+    assert_eq!(
+        t.all.requests, 1,
+        "refusals are not requests that went upstream"
+    );
+    assert_eq!(t.rejected(), 5);
+    assert_eq!(count_of(&t.rejections, "tokens"), 4);
+    assert_eq!(count_of(&t.rejections, "auth"), 1);
+    assert_eq!(count_of(&t.consumer_rejections, "team-a"), 3);
+    assert_eq!(count_of(&t.consumer_rejections, "unknown"), 1);
+    assert_eq!(count_of(&t.consumer_rejections, "nobody"), 0);
+    assert_eq!(
+        t.response_count, 1,
+        "a refusal has no response time of the upstream"
+    );
+    let hour = t.last_hour_sum(NOW + 3);
+    assert_eq!((hour.requests, hour.rejected), (1, 5));
+    let day: Vec<Bucket> = t
+        .last_day(NOW + 3)
+        .into_iter()
+        .filter(|b| b.rejected > 0)
+        .collect();
+    assert_eq!(day.len(), 1);
+    assert_eq!((day[0].requests, day[0].rejected), (1, 5));
+    assert_eq!(t.since_ms, NOW);
+}
+
+#[test]
+fn latency_buckets_are_ordered_and_at_most_a_quarter_wide() {
+    let mut last = 0;
+    let mut ms = 0u64;
+    while ms < 4_000_000 {
+        let b = latency_bucket(ms);
+        assert!(b >= last, "{ms}");
+        assert!(b < LATENCY_BUCKETS);
+        assert!(latency_floor(b) <= ms, "{ms} below its bucket's floor");
+        if b + 1 < LATENCY_BUCKETS {
+            let next = latency_floor(b + 1);
+            assert!(ms < next, "{ms} not below the next floor {next}");
+            // Buckets of 4 ms and up are at most a quarter of their floor wide.
+            if ms >= 4 {
+                assert!((next - latency_floor(b)) * 4 <= latency_floor(b), "{ms}");
+            }
+        }
+        last = b;
+        ms = if ms < 5_000 { ms + 1 } else { ms + ms / 97 };
+    }
+    assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+}
+
+#[test]
+fn percentiles_come_from_the_histogram_within_an_eighth() {
+    let mut acc = Accumulator::new();
+    assert_eq!(acc.pending().latency_quantile(0.5), None);
+    for ms in 1..=1000u64 {
+        acc.record(&Fact {
+            response_ms: ms,
+            ..fact("team-a", "m", None, NOW)
+        });
+    }
+    let t = acc.pending();
+    for (q, truth) in [(0.5, 500.0), (0.95, 950.0), (0.99, 990.0)] {
+        let got = t.latency_quantile(q).unwrap_or(0) as f64;
+        assert!(
+            (got - truth).abs() <= truth / 8.0,
+            "p{q}: {got} for {truth}"
+        );
+    }
+    // One slow outlier among fast requests shows in p99 only.
+    let mut acc = Accumulator::new();
+    for i in 0..100u64 {
+        let ms = if i == 99 { 30_000 } else { 20 };
+        acc.record(&Fact {
+            response_ms: ms,
+            ..fact("team-a", "m", None, NOW)
+        });
+    }
+    let t = acc.pending();
+    assert!(t.latency_quantile(0.5).unwrap_or(0).abs_diff(20) <= 3);
+    assert!(t.latency_quantile(0.99).unwrap_or(0) <= 25);
+    assert!(t.latency_quantile(1.0).unwrap_or(0) >= 26_000);
+}
+
+#[test]
+fn the_day_keeps_288_five_minute_spans() {
+    let store = MemStore::new();
+    let mut acc = Accumulator::new();
+    let t0 = (NOW / SPAN_MS) * SPAN_MS;
+    // One request per five minutes for 25 hours, flushed every hour.
+    for k in 0..300u64 {
+        acc.record(&fact("team-a", "m", None, t0 + k * SPAN_MS + 7));
+        if k % 12 == 11 {
+            acc.flush(&store, t0 + k * SPAN_MS).unwrap();
+        }
+    }
+    acc.flush(&store, t0 + 299 * SPAN_MS).unwrap();
+    let t = load(&store);
+    assert!(t.spans.len() <= SPANS);
+    let now = t0 + 299 * SPAN_MS + 1;
+    let day = t.last_day(now);
+    assert_eq!(day.len(), SPANS);
+    assert_eq!(day.last().map(|b| b.minute), Some(now / SPAN_MS));
+    assert!(day.iter().all(|b| b.requests == 1));
+    // An hour later, the oldest twelve spans have left the day.
+    let later = t.last_day(now + 3_600_000);
+    assert_eq!(
+        later.iter().map(|b| b.requests).sum::<u64>(),
+        (SPANS - 12) as u64
+    );
+}
+
+#[test]
+fn the_recent_ring_holds_the_newest_requests_of_every_worker_newest_first() {
+    let store = MemStore::new();
+    let (mut w1, mut w2) = (Accumulator::new(), Accumulator::new());
+    for i in 0..40u64 {
+        w1.served(
+            &fact("team-a", "claude-haiku-4-5", Some("org-1"), NOW + 2 * i),
+            200,
+        );
+        w2.rejected(&rejection("team-b", "requests", NOW + 2 * i + 1));
+    }
+    w1.flush(&store, NOW + 100).unwrap();
+    w2.flush(&store, NOW + 100).unwrap();
+    let recent = load_recent(&store);
+    assert_eq!(recent.len(), RECENT);
+    let times: Vec<u64> = recent.iter().map(|r| r.at_ms).collect();
+    let want: Vec<u64> = (0..RECENT as u64).map(|k| NOW + 79 - k).collect();
+    assert_eq!(times, want);
+    assert_eq!(
+        recent[0],
+        Recent {
+            at_ms: NOW + 79,
+            consumer: "team-b".into(),
+            model: "other".into(),
+            account: String::new(),
+            status: 429,
+            tokens: 0,
+            latency_ms: 2,
+            decision: "requests".into(),
+        }
+    );
+    assert_eq!(
+        recent[1],
+        Recent {
+            at_ms: NOW + 78,
+            consumer: "team-a".into(),
+            model: "claude-haiku-4-5".into(),
+            account: "org-1".into(),
+            status: 200,
+            tokens: 135,
+            latency_ms: 40,
+            decision: "admitted".into(),
+        }
+    );
+    // A worker's own ring is bounded between flushes too.
+    let mut w = Accumulator::new();
+    for i in 0..1000 {
+        w.rejected(&rejection("x", "auth", NOW + i));
+    }
+    w.flush(&store, NOW + 2000).unwrap();
+    let recent = load_recent(&store);
+    assert_eq!(recent.len(), RECENT);
+    assert_eq!(recent[0].at_ms, NOW + 999);
+}
+
+#[test]
+fn the_recent_ring_reads_garbage_as_empty_and_cuts_long_names() {
+    let store = MemStore::new();
+    assert!(load_recent(&store).is_empty());
+    store.set(RECENT_KEY, b"-", 0).unwrap();
+    assert!(load_recent(&store).is_empty());
+    let mut w = Accumulator::new();
+    let long = "é".repeat(100);
+    w.served(&fact(&long, &long, Some(&long), NOW), 200);
+    w.flush(&store, NOW).unwrap();
+    let (good, _) = store.get(RECENT_KEY).unwrap();
+    let good = good.unwrap();
+    let r = load_recent(&store);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].consumer.len(), NAME_CAP);
+    for cut in 0..good.len() {
+        store.set(RECENT_KEY, &good[..cut], 0).unwrap();
+        assert!(load_recent(&store).is_empty(), "cut at {cut}");
+    }
+    let mut more = good.clone();
+    more.push(0);
+    store.set(RECENT_KEY, &more, 0).unwrap();
+    assert!(load_recent(&store).is_empty());
+}
+
+#[test]
+fn rejections_latency_and_spans_round_trip_in_the_encoding() {
+    let mut acc = Accumulator::new();
+    acc.served(&fact("team-a", "m", Some("org-1"), NOW), 200);
+    acc.rejected(&rejection("team-a", "tokens", NOW + SPAN_MS));
+    acc.rejected(&rejection("unknown", "auth", NOW + SPAN_MS));
+    let t = acc.pending().clone();
+    assert_eq!(Totals::decode(&t.encode()), t);
+    let day = t.last_day(NOW + SPAN_MS);
+    let used: Vec<(u64, u64)> = day
+        .iter()
+        .filter(|b| b.requests + b.rejected > 0)
+        .map(|b| (b.requests, b.rejected))
+        .collect();
+    assert_eq!(used, [(1, 0), (0, 2)]);
+    // Minutes that left the hour live on in the day's spans, and round-trip there too.
+    let mut old = acc.pending().clone();
+    old.add_bucket(&Bucket {
+        minute: (NOW + 2 * 3_600_000) / MINUTE_MS,
+        requests: 1,
+        ..Bucket::default()
+    });
+    assert_eq!(old.spans.len(), 2);
+    assert_eq!(Totals::decode(&old.encode()), old);
+    // A latency bucket index out of range is garbage.
+    let mut bytes = Totals::default().encode();
+    bytes.truncate(bytes.len() - 2); // the latency count and the spans count
+    bytes.extend_from_slice(&[1, LATENCY_BUCKETS as u8, 1, 0]);
+    assert_eq!(Totals::decode(&bytes), Totals::default());
+}
+
+#[test]
+fn preparing_creates_the_keys_at_load_and_a_reload_keeps_what_was_counted() {
+    let store = MemStore::new();
+    let cfg = crate::config::Config::default();
+    prepare(&store, &cfg).unwrap();
+    assert_eq!(store.len(), 3, "totals, recent ring, model labels");
+    let mut acc = Accumulator::new();
+    acc.rejected(&rejection("team-a", "auth", NOW));
+    acc.flush(&store, NOW).unwrap();
+    prepare(&store, &cfg).unwrap();
+    assert_eq!(load(&store).rejected(), 1);
+    assert_eq!(load_recent(&store).len(), 1);
 }

@@ -37,6 +37,7 @@ pub(super) fn config(
             "strip_request_headers",
             "consumer_claim",
             "lease_ttl",
+            "metrics",
         ],
     )?;
 
@@ -178,6 +179,20 @@ pub(super) fn config(
             return Err(err(&path, "must be at least 1s"));
         }
         cfg.lease_ttl = d;
+    }
+    if let Some(n) = top.get("metrics") {
+        let obj = Obj::new(n, &top.path("metrics"), &["max_models"])?;
+        if let Some(n) = obj.get("max_models") {
+            let path = obj.path("max_models");
+            let v = as_uint(n, &path)?;
+            if v > MAX_MODELS_LIMIT {
+                return Err(err(
+                    &path,
+                    format!("must be at most {MAX_MODELS_LIMIT}, got {v}"),
+                ));
+            }
+            cfg.max_models = v as u32;
+        }
     }
     Ok(cfg)
 }

@@ -339,7 +339,7 @@ fn accepts_each_good_configuration() {
 fn rejects_each_bad_configuration_naming_the_field() {
     let top_fields = "stage, consumers, consumer_header, anonymous, limits, accounts, \
                           selection, global, estimate, pricing, admin, passthrough_paths, \
-                          max_body_bytes, strip_request_headers, consumer_claim, lease_ttl";
+                          max_body_bytes, strip_request_headers, consumer_claim, lease_ttl, metrics";
     let acct = |extra: &str| {
         format!(r#"{{"accounts": [{{"name": "a", "provider": "openai", "key": "t"{extra}}}]}}"#)
     };
