@@ -14,6 +14,8 @@ pub mod analytics;
 pub mod api;
 pub mod config;
 pub mod estimate;
+pub mod facts;
+pub mod flow;
 pub mod identity;
 pub mod json;
 pub mod key_evidence;
