@@ -14,7 +14,6 @@ mod root;
 mod state;
 mod upstream;
 
-
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -305,3 +304,14 @@ impl Flow {
         self.plugin.stats.borrow_mut().count(h, metric, labels, by);
     }
 }
+
+#[cfg(test)]
+impl Flow {
+    /// The context id (for tests of log lines).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,69 @@
-//! Native flow tests.
+//! Native flow tests: every branch of a request's life over a recording fake host
+//! (`fake`), grouped by phase. Each asserts the figures a client or operator would see:
+//! statuses, header values, token counts, metric values, filter state.
+
+mod admin;
+mod admission;
+mod fake;
+mod global;
+mod identity;
+mod lifecycle;
+mod response;
+mod upstream;
+
+use crate::api::Metered;
+use crate::request::RequestScanner;
+
+pub use fake::{Fake, Req, Tg, T0};
+
+pub const MESSAGES: &str = "/v1/messages";
+pub const CHAT: &str = "/v1/chat/completions";
+pub const FLASH: &str = "/v1beta/models/gemini-2.0-flash:generateContent";
+pub const FLASH_SSE: &str = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
+
+/// An Anthropic Messages body.
+pub fn claude(max_tokens: u64) -> String {
+    format!(
+        r#"{{"model":"claude-3-5-haiku-20241022","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"Tell me about the weather in Cologne today, please."}}]}}"#
+    )
+}
+
+/// An OpenAI Chat Completions body.
+pub fn gpt(stream: bool) -> String {
+    format!(
+        r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"Say hello in three languages."}}]}}"#
+    )
+}
+
+/// A Gemini generateContent body.
+pub fn gemini() -> String {
+    r#"{"contents":[{"role":"user","parts":[{"text":"Why is the sky blue?"}]}]}"#.to_string()
+}
+
+/// Anthropic request headers with a key.
+pub fn anthropic(key: &str) -> [(&str, &str); 3] {
+    [
+        ("x-api-key", key),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+    ]
+}
+
+/// The raw input estimate the request scanner gives `body` on `endpoint`.
+pub fn raw_estimate(endpoint: &Metered, body: &str) -> u64 {
+    let mut s = RequestScanner::new(endpoint);
+    s.feed(body.as_bytes()).unwrap();
+    s.finish().unwrap().input_estimate
+}
+
+/// One consumer `team-a` (key `key-a`) with `limits` (a JSON array), nothing else.
+pub fn team_a(limits: &str) -> String {
+    format!(r#"{{"consumers":[{{"name":"team-a","keys":["key-a"],"limits":{limits}}}]}}"#)
+}
+
+/// The usage JSON of an Anthropic Messages answer.
+pub fn anthropic_answer(input: u64, output: u64) -> String {
+    format!(
+        r#"{{"id":"msg_1","type":"message","role":"assistant","content":[{{"type":"text","text":"Sunny."}}],"model":"claude-3-5-haiku-20241022","usage":{{"input_tokens":{input},"output_tokens":{output}}}}}"#
+    )
+}

@@ -1,0 +1,231 @@
+//! The account and its credential: the pick, the swap, the headers that must not travel
+//! with a pooled key, refusals when no account can serve, and the upstream stage's attempts.
+
+use super::*;
+use crate::facts;
+use crate::flow::Action;
+
+pub const ANT_1: &str = "sk-ant-FAKE-pooled-one-AAAAAAAAAAAA";
+pub const ANT_2: &str = "sk-ant-FAKE-pooled-two-BBBBBBBBBBBB";
+pub const OAI: &str = "sk-proj-FAKE-pooled-oai-CCCCCCCCCCCC";
+pub const GEM: &str = "AIzaFAKE-pooled-gemini-DDDDDDDDDDDD";
+
+/// Two Anthropic accounts, one OpenAI account with its own headers (and, downstream, its
+/// own route), one Gemini.
+pub fn pool(stage: &str) -> String {
+    let route = if stage == "downstream" {
+        r#","route":"openai-cluster""#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"stage":"{stage}",
+        "consumers":[{{"name":"team-a","keys":["key-a"],"models":["claude-*","gpt-*","gemini-*"]}}],
+        "accounts":[
+          {{"name":"anthropic-1","provider":"anthropic","key":"{ANT_1}"}},
+          {{"name":"anthropic-2","provider":"anthropic","key":"{ANT_2}"}},
+          {{"name":"openai-1","provider":"openai","key":"{OAI}","headers":{{"x-tenant":"blue"}}{route}}},
+          {{"name":"gemini-1","provider":"gemini","key":"{GEM}"}}],
+        "strip_request_headers":["x-internal-billing"]}}"#
+    )
+}
+
+/// One Anthropic account.
+pub fn one_account() -> String {
+    format!(
+        r#"{{"consumers":[{{"name":"team-a","keys":["key-a"],"models":["claude-*"]}}],
+        "accounts":[{{"name":"anthropic-1","provider":"anthropic","key":"{ANT_1}"}}]}}"#
+    )
+}
+
+#[test]
+fn a_pooled_key_replaces_the_clients_and_nothing_may_scope_it() {
+    let mut tg = Tg::new(&pool("downstream"));
+    let headers = [
+        ("authorization", "Bearer key-a"),
+        ("openai-organization", "org-FAKE-attacker"),
+        ("openai-project", "proj-FAKE"),
+        ("x-internal-billing", "team-z"),
+        ("accept-encoding", "br"),
+    ];
+    let req = tg.post(CHAT, &headers, &gpt(false));
+    assert_eq!(req.action, Action::Continue);
+    let h = &tg.host;
+    assert_eq!(
+        h.upstream_header("authorization"),
+        Some(format!("Bearer {OAI}").as_str())
+    );
+    assert_eq!(h.upstream_header("openai-organization"), None);
+    assert_eq!(h.upstream_header("openai-project"), None);
+    assert_eq!(h.upstream_header("x-internal-billing"), None);
+    assert_eq!(h.upstream_header("accept-encoding"), Some("identity"));
+    assert_eq!(h.upstream_header("x-tenant"), Some("blue"));
+    assert_eq!(
+        h.upstream_header("x-tollgate-route"),
+        Some("openai-cluster")
+    );
+    assert_eq!(h.route_cache_cleared, 1);
+    assert_eq!(h.fact(facts::ACCOUNT), Some("openai-1"));
+    // The credential is written in one host call, after the client's was removed.
+    let writes: Vec<&str> = h
+        .request_writes
+        .iter()
+        .filter(|w| w.1 == "authorization")
+        .map(|w| w.0)
+        .collect();
+    assert_eq!(writes, ["set"]);
+}
+
+#[test]
+fn an_anthropic_request_without_a_version_gets_the_accounts_default() {
+    let mut tg = Tg::new(&pool("downstream"));
+    let headers = [("x-api-key", "key-a")];
+    tg.post(MESSAGES, &headers, &claude(10));
+    let h = &tg.host;
+    let key = h.upstream_header("x-api-key").unwrap();
+    assert!(key == ANT_1 || key == ANT_2, "{key}");
+    assert_eq!(h.upstream_header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(h.upstream_header("authorization"), None);
+}
+
+#[test]
+fn a_gemini_key_in_the_query_never_travels_with_the_pooled_key() {
+    let mut tg = Tg::new(&pool("downstream"));
+    let path = format!("{FLASH}?key=key-a&alt=json");
+    tg.post(&path, &[], &gemini());
+    let h = &tg.host;
+    assert!(h.replies.is_empty(), "{:?}", h.replies);
+    assert_eq!(h.upstream_header("x-goog-api-key"), Some(GEM));
+    let upstream_path = h.upstream_header(":path").unwrap();
+    assert!(!upstream_path.contains("key-a"), "{upstream_path}");
+    assert!(upstream_path.starts_with(FLASH), "{upstream_path}");
+}
+
+#[test]
+fn the_least_loaded_pick_spreads_requests_over_both_accounts() {
+    let mut tg = Tg::new(&pool("downstream"));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+        seen.push(tg.host.fact(facts::ACCOUNT).unwrap().to_string());
+    }
+    assert!(seen.contains(&"anthropic-1".to_string()), "{seen:?}");
+    assert!(seen.contains(&"anthropic-2".to_string()), "{seen:?}");
+}
+
+#[test]
+fn with_no_account_for_the_api_the_answer_is_503_no_account() {
+    let mut tg = Tg::new(&one_account());
+    let body = r#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#;
+    tg.post(CHAT, &[("authorization", "Bearer key-a")], body);
+    let reply = tg.host.reply();
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.json()["error"]["message"],
+        "no usable openai account is configured"
+    );
+    assert_eq!(reply.json()["error"]["code"], "service_unavailable");
+}
+
+#[test]
+fn when_every_account_is_cooling_the_answer_is_429_with_its_end() {
+    let mut tg = Tg::new(&one_account());
+    let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    let body = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+    tg.respond(
+        &mut req,
+        429,
+        &[("retry-after", "20"), ("content-type", "application/json")],
+        &[body],
+    );
+    assert_eq!(
+        tg.host
+            .logged("account anthropic-1 is now cooling (was ok)")
+            .len(),
+        1
+    );
+    let gauge = tg
+        .host
+        .metric_value("tollgate_account_state", &[("account", "anthropic-1")]);
+    assert_eq!(gauge, crate::accounts::StateKind::Cooling.gauge() as u64);
+    tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    let reply = tg.host.reply();
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("20"));
+    assert_eq!(
+        reply.json()["error"]["message"],
+        "every anthropic account is cooling down; retry in 20s"
+    );
+    // The reservation of the refused request went back: nothing is left in flight.
+    let labels = [("consumer", "team-a"), ("reason", "accounts_cooling")];
+    assert_eq!(
+        tg.host.metric_value("tollgate_rejections_total", &labels),
+        1
+    );
+}
+
+#[test]
+fn a_passthrough_request_takes_the_first_account_of_its_api() {
+    let mut tg = Tg::new(&pool("downstream"));
+    let req = tg.send(
+        "GET",
+        "/v1/models",
+        &[("x-api-key", "key-a"), ("anthropic-version", "2023-06-01")],
+        "",
+    );
+    assert_eq!(req.action, Action::Continue);
+    assert_eq!(tg.host.upstream_header("x-api-key"), Some(ANT_1));
+    assert_eq!(tg.host.fact(facts::ACCOUNT), Some("anthropic-1"));
+    assert_eq!(tg.host.fact(facts::ESTIMATE), None);
+}
+
+#[test]
+fn an_upstream_stage_refuses_a_request_the_downstream_stage_did_not_admit() {
+    let mut tg = Tg::new(&pool("upstream"));
+    tg.post(
+        MESSAGES,
+        &[("x-api-key", "sk-ant-FAKE-callers-own")],
+        &claude(10),
+    );
+    let reply = tg.host.reply();
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.json()["error"]["message"],
+        "this request was not admitted by tollgate's downstream stage"
+    );
+    assert_eq!(
+        tg.host.upstream_header("x-api-key"),
+        Some("sk-ant-FAKE-callers-own")
+    );
+}
+
+#[test]
+fn each_upstream_attempt_takes_an_account_no_earlier_attempt_used() {
+    let mut tg = Tg::new(&pool("upstream"));
+    tg.host.set_property_for_test(facts::CONSUMER, "team-a");
+    tg.host.set_property_for_test(facts::ESTIMATE, "40");
+    let mut first = tg.send("POST", MESSAGES, &[("anthropic-version", "2023-06-01")], "");
+    assert_eq!(first.action, Action::Continue);
+    let picked = tg.host.fact(facts::ACCOUNT).unwrap().to_string();
+    let tried = tg.host.fact(facts::TRIED).unwrap().to_string();
+    assert!(tried == "0" || tried == "1", "{tried}");
+    // The first attempt got a 503 from its account; Envoy retries.
+    tg.respond_open(&mut first, 503, &[], &[b"overloaded"], true);
+    first.flow.on_done(&mut tg.host);
+    let second = tg.send("POST", MESSAGES, &[("anthropic-version", "2023-06-01")], "");
+    assert_eq!(second.action, Action::Continue);
+    let other = tg.host.fact(facts::ACCOUNT).unwrap().to_string();
+    assert_ne!(other, picked);
+    assert_eq!(
+        tg.host.fact(facts::TRIED),
+        Some(if tried == "0" { "0,1" } else { "1,0" })
+    );
+    let labels = [("account", other.as_str())];
+    assert_eq!(tg.host.metric_value("tollgate_failovers_total", &labels), 1);
+    let code = [("account", picked.as_str()), ("code", "503")];
+    assert_eq!(
+        tg.host
+            .metric_value("tollgate_upstream_responses_total", &code),
+        1
+    );
+}
