@@ -396,13 +396,13 @@ impl Flow {
     }
 }
 
-/// A gRPC dispatch failure as the SDK named it (`ParseFailure`, `InternalFailure`, ...).
-fn dispatch_error(status: u32) -> String {
+/// A gRPC dispatch failure by its proxy-wasm status name.
+fn dispatch_error(status: u32) -> &'static str {
     match status {
-        1 => "NotFound".to_string(),
-        2 => "BadArgument".to_string(),
-        4 => "ParseFailure".to_string(),
-        10 => "InternalFailure".to_string(),
-        s => format!("status {s}"),
+        1 => "NotFound",
+        2 => "BadArgument",
+        4 => "ParseFailure",
+        10 => "InternalFailure",
+        _ => "unexpected status",
     }
 }

@@ -15,6 +15,7 @@ use crate::ratelimit::ChargeQueue;
 use crate::store::{self, FnvMap, SlotTable, Store, StoreError};
 
 /// A log line: the context id first (Envoy's prefix already names the plugin and root id).
+#[inline(never)]
 pub(crate) fn log(h: &impl Host, level: Level, id: u32, args: fmt::Arguments<'_>) {
     h.log(level, &format!("[{id}] {args}"));
 }

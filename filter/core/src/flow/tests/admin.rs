@@ -57,12 +57,7 @@ fn the_admin_key_is_never_taken_from_the_query() {
 fn usage_with_the_admin_key_lists_consumers_and_accounts() {
     let mut tg = Tg::new(&config());
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
-    tg.respond(
-        &mut req,
-        200,
-        &[("content-type", "application/json")],
-        &[anthropic_answer(31, 77).as_bytes()],
-    );
+    tg.answer(&mut req, 31, 77);
     get(
         &mut tg,
         "/tollgate/usage",
@@ -150,9 +145,8 @@ fn a_reset_returns_a_disabled_account_to_service_at_once() {
         &[("content-type", "application/json")],
         &[body.as_bytes()],
     );
-    let gauge = [("account", "anthropic-1")];
     assert_eq!(
-        tg.host.metric_value("tollgate_account_state", &gauge),
+        tg.host.account_state("anthropic-1"),
         crate::accounts::StateKind::Disabled.gauge() as u64
     );
     tg.send(
@@ -164,11 +158,10 @@ fn a_reset_returns_a_disabled_account_to_service_at_once() {
     let reply = tg.host.reply();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["account"], "anthropic-1");
-    assert_eq!(tg.host.metric_value("tollgate_account_state", &gauge), 0);
+    assert_eq!(tg.host.account_state("anthropic-1"), 0);
     assert_eq!(
         tg.host
-            .logged("account anthropic-1 reset to ok by the admin API (was disabled)")
-            .len(),
+            .logged_count("account anthropic-1 reset to ok by the admin API (was disabled)"),
         1
     );
     let again = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));

@@ -133,6 +133,20 @@ impl Fake {
             .map_or(0, |(_, _, v)| *v)
     }
 
+    /// The `tollgate_account_state` gauge of `account`.
+    pub fn account_state(&self, account: &str) -> u64 {
+        self.metric_value("tollgate_account_state", &[("account", account)])
+    }
+
+    /// How many log lines contain `text`.
+    pub fn logged_count(&self, text: &str) -> usize {
+        self.logs
+            .borrow()
+            .iter()
+            .filter(|(_, l)| l.contains(text))
+            .count()
+    }
+
     /// The last local reply.
     pub fn reply(&self) -> &Reply {
         self.replies.last().expect("a local reply")
@@ -405,6 +419,19 @@ impl Tg {
         let delivered = self.respond_open(req, status, headers, chunks, true);
         req.flow.on_log(&mut self.host);
         delivered
+    }
+
+    /// One more response body chunk (nothing held back); `end` ends the stream.
+    pub fn more(&mut self, req: &mut Req, chunk: &[u8], end: bool) -> Action {
+        self.host.response_body = chunk.to_vec();
+        req.flow.on_response_body(&mut self.host, chunk.len(), end)
+    }
+
+    /// A 200 JSON answer (Anthropic's format) reporting `input` and `output` tokens.
+    pub fn answer(&mut self, req: &mut Req, input: u64, output: u64) -> Vec<u8> {
+        let body = super::anthropic_answer(input, output);
+        let json = [("content-type", "application/json")];
+        self.respond(req, 200, &json, &[body.as_bytes()])
     }
 
     /// `respond` without the access log; `end` says whether the last chunk ends the stream.

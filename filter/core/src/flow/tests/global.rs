@@ -74,6 +74,21 @@ fn waiting(tg: &mut Tg) -> Req {
     req
 }
 
+/// Team-a's request, admitted by the service (1000 per minute, 900 left) and answered
+/// with 20 + 4 tokens.
+fn served(tg: &mut Tg) {
+    let mut req = waiting(tg);
+    let n = descriptors(tg);
+    answer(
+        tg,
+        &mut req,
+        0,
+        rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
+    );
+    let json = [("content-type", "application/json")];
+    tg.respond(&mut req, 200, &json, &[anthropic_answer(20, 4).as_bytes()]);
+}
+
 fn answer(tg: &mut Tg, req: &mut Req, status: u32, reply: Vec<u8>) {
     let token = tg.host.grpc.last().unwrap().token;
     tg.host.grpc_reply = reply;
@@ -107,12 +122,7 @@ fn an_ok_answer_resumes_the_request_with_the_tighter_headroom_in_its_headers() {
     );
     assert_eq!(tg.host.resumed, 1);
     assert!(tg.host.replies.is_empty());
-    tg.respond(
-        &mut req,
-        200,
-        &[("content-type", "application/json")],
-        &[anthropic_answer(20, 4).as_bytes()],
-    );
+    tg.answer(&mut req, 20, 4);
     assert_eq!(
         tg.host.client_header("x-ratelimit-limit-tokens"),
         Some("800")
@@ -183,8 +193,7 @@ fn a_failing_service_under_allow_lets_the_request_through_and_logs_the_transitio
     );
     assert_eq!(
         tg.host
-            .logged("global rate-limit service answering again")
-            .len(),
+            .logged_count("global rate-limit service answering again"),
         1
     );
 }
@@ -212,7 +221,7 @@ fn an_undecodable_answer_counts_as_a_failure() {
     answer(&mut tg, &mut req, 0, vec![0xff, 0xff, 0xff]);
     assert_eq!(tg.host.reply().status, 503);
     assert_eq!(
-        tg.host.logged("global rate-limit service failing (").len(),
+        tg.host.logged_count("global rate-limit service failing ("),
         1
     );
 }
@@ -226,8 +235,7 @@ fn a_failed_dispatch_under_allow_goes_on_at_once() {
     assert_eq!(tg.host.resumed, 0);
     assert_eq!(
         tg.host
-            .logged("failing (dispatch failed: InternalFailure)")
-            .len(),
+            .logged_count("failing (dispatch failed: InternalFailure)"),
         1
     );
 }
@@ -254,20 +262,7 @@ fn an_answer_to_another_token_is_ignored() {
 #[test]
 fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     let mut tg = Tg::new(&config("allow"));
-    let mut req = waiting(&mut tg);
-    let n = descriptors(&tg);
-    answer(
-        &mut tg,
-        &mut req,
-        0,
-        rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
-    );
-    tg.respond(
-        &mut req,
-        200,
-        &[("content-type", "application/json")],
-        &[anthropic_answer(20, 4).as_bytes()],
-    );
+    served(&mut tg);
     assert_eq!(tg.host.grpc.len(), 1);
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -288,20 +283,7 @@ fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
 #[test]
 fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
     let mut tg = Tg::new(&config("allow"));
-    let mut req = waiting(&mut tg);
-    let n = descriptors(&tg);
-    answer(
-        &mut tg,
-        &mut req,
-        0,
-        rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
-    );
-    tg.respond(
-        &mut req,
-        200,
-        &[("content-type", "application/json")],
-        &[anthropic_answer(20, 4).as_bytes()],
-    );
+    served(&mut tg);
     tg.host.grpc_refuses = Some(10);
     tg.root.on_tick(&mut tg.host);
     let dropped = [("outcome", "dropped")];

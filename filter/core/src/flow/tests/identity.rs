@@ -39,12 +39,7 @@ fn a_consumer_key_names_the_consumer_and_never_goes_upstream() {
         tg.host.upstream_header("anthropic-version"),
         Some("2023-06-01")
     );
-    tg.respond(
-        &mut req,
-        200,
-        &[("content-type", "application/json")],
-        &[anthropic_answer(12, 3).as_bytes()],
-    );
+    tg.answer(&mut req, 12, 3);
     assert_eq!(tg.host.fact(facts::DECISION), Some("admitted"));
 }
 

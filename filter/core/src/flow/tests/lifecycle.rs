@@ -7,8 +7,10 @@ use crate::api::Metered;
 use crate::facts;
 use crate::flow::{Action, Root};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
 const SSE: (&str, &str) = ("content-type", "text/event-stream");
+
+/// One request at a time; a lease not renewed for 3 s frees itself.
+const LEASED: &str = r#"{"consumers":[{"name":"team-a","keys":["key-a"],"limits":[{"concurrent":1}]}],"lease_ttl":"3s"}"#;
 
 fn usage(tg: &Tg) -> (Option<&str>, Option<&str>, Option<&str>) {
     let h = &tg.host;
@@ -43,19 +45,14 @@ fn a_client_that_leaves_before_any_answer_is_charged_its_prompt() {
     assert_eq!(tg.host.fact(facts::DECISION), Some("admitted"));
     // The reservation (prompt + 500 output) was replaced by the prompt alone.
     let mut next = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    tg.respond(
-        &mut next,
-        200,
-        &[JSON],
-        &[anthropic_answer(0, 0).as_bytes()],
-    );
+    tg.answer(&mut next, 0, 0);
     assert_eq!(remaining_tokens(&tg), 100_000 - estimate - (estimate + 500));
 }
 
 #[test]
 fn a_stream_cut_after_its_first_event_is_charged_what_it_reported_and_estimated() {
     let mut tg = Tg::new(&team_a(r#"[{"tokens":100000,"per":"minute"}]"#));
-    let body = claude(500).replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"");
+    let body = claude_stream(500);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     let partial = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n\
                    event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"The weather in Cologne is\"}}\n\n";
@@ -83,12 +80,7 @@ fn an_upstream_that_never_answers_charges_nothing() {
         &[b"upstream request timeout"],
     );
     assert_eq!(usage(&tg), (Some("0"), Some("0"), Some("none")));
-    let code = [("account", "none"), ("code", "504")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_upstream_responses_total", &code),
-        1
-    );
+    assert_eq!(upstream_responses(&tg, "none", "504"), 1);
 }
 
 #[test]
@@ -97,27 +89,16 @@ fn the_reservation_is_replaced_by_the_reported_usage() {
     let body = claude(1000);
     let reserved = raw_estimate(&Metered::Messages, &body) + 1000;
     let mut first = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    tg.respond(
-        &mut first,
-        200,
-        &[JSON],
-        &[anthropic_answer(20, 4).as_bytes()],
-    );
+    tg.answer(&mut first, 20, 4);
     assert_eq!(remaining_tokens(&tg), 100_000 - reserved);
     let mut second = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    tg.respond(
-        &mut second,
-        200,
-        &[JSON],
-        &[anthropic_answer(20, 4).as_bytes()],
-    );
+    tg.answer(&mut second, 20, 4);
     assert_eq!(remaining_tokens(&tg), 100_000 - 24 - reserved);
 }
 
 #[test]
 fn a_flowing_response_renews_its_lease_and_keeps_its_slot() {
-    let config = r#"{"consumers":[{"name":"team-a","keys":["key-a"],"limits":[{"concurrent":1}]}],"lease_ttl":"3s"}"#;
-    let mut tg = Tg::new(config);
+    let mut tg = Tg::new(LEASED);
     let mut first = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
     tg.respond_open(
         &mut first,
@@ -127,13 +108,8 @@ fn a_flowing_response_renews_its_lease_and_keeps_its_slot() {
         false,
     );
     tg.host.now = T0 + 2_000;
-    tg.respond_open(
-        &mut first,
-        200,
-        &[SSE],
-        &[b"event: ping\ndata: {}\n\n"],
-        false,
-    );
+    let ping = b"event: ping\ndata: {}\n\n";
+    assert_eq!(tg.more(&mut first, ping, false), Action::Continue);
     // Without the renewal the lease would have ended at T0 + 3 s.
     tg.host.now = T0 + 4_000;
     tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
@@ -147,8 +123,7 @@ fn a_flowing_response_renews_its_lease_and_keeps_its_slot() {
 
 #[test]
 fn a_lease_nobody_renews_frees_itself_after_lease_ttl() {
-    let config = r#"{"consumers":[{"name":"team-a","keys":["key-a"],"limits":[{"concurrent":1}]}],"lease_ttl":"3s"}"#;
-    let mut tg = Tg::new(config);
+    let mut tg = Tg::new(LEASED);
     let first = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
     assert_eq!(first.action, Action::Continue);
     tg.host.now = T0 + 2_999;
@@ -170,12 +145,7 @@ fn the_real_input_count_teaches_the_next_estimate() {
         tg.host.fact(facts::ESTIMATE),
         Some(raw.to_string().as_str())
     );
-    tg.respond(
-        &mut req,
-        200,
-        &[JSON],
-        &[anthropic_answer(2 * raw, 3).as_bytes()],
-    );
+    tg.answer(&mut req, 2 * raw, 3);
     // The estimate was half the real count: 50 % off.
     assert_eq!(
         tg.host.metric_value("tollgate_estimate_error_percent", &[]),

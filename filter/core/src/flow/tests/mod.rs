@@ -28,6 +28,11 @@ pub fn claude(max_tokens: u64) -> String {
     )
 }
 
+/// A streamed Anthropic Messages body.
+pub fn claude_stream(max_tokens: u64) -> String {
+    claude(max_tokens).replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"")
+}
+
 /// An OpenAI Chat Completions body.
 pub fn gpt(stream: bool) -> String {
     format!(
@@ -66,4 +71,21 @@ pub fn anthropic_answer(input: u64, output: u64) -> String {
     format!(
         r#"{{"id":"msg_1","type":"message","role":"assistant","content":[{{"type":"text","text":"Sunny."}}],"model":"claude-3-5-haiku-20241022","usage":{{"input_tokens":{input},"output_tokens":{output}}}}}"#
     )
+}
+
+/// `tollgate_requests_total` of admitted requests by `consumer` and `model` label.
+pub fn admitted(tg: &Tg, consumer: &str, model: &str) -> u64 {
+    let labels = [
+        ("consumer", consumer),
+        ("model", model),
+        ("outcome", "admitted"),
+    ];
+    tg.host.metric_value("tollgate_requests_total", &labels)
+}
+
+/// `tollgate_upstream_responses_total` by account and status code.
+pub fn upstream_responses(tg: &Tg, account: &str, code: &str) -> u64 {
+    let labels = [("account", account), ("code", code)];
+    tg.host
+        .metric_value("tollgate_upstream_responses_total", &labels)
 }

@@ -94,7 +94,7 @@ fn an_error_ending_in_trailers_is_still_read_and_masked() {
     let held = String::from_utf8(tg.host.response_body.clone()).unwrap();
     assert!(!held.contains(ANT_1), "{held}");
     assert_eq!(
-        tg.host.logged("account anthropic-1 is now disabled").len(),
+        tg.host.logged_count("account anthropic-1 is now disabled"),
         1
     );
 }
@@ -107,13 +107,10 @@ fn the_providers_invalid_key_answer_disables_the_account_until_a_reset() {
     tg.respond(&mut req, status, &[JSON], &[body.as_bytes()]);
     assert_eq!(
         tg.host
-            .logged("account anthropic-1 is now disabled (was ok)")
-            .len(),
+            .logged_count("account anthropic-1 is now disabled (was ok)"),
         1
     );
-    let gauge = tg
-        .host
-        .metric_value("tollgate_account_state", &[("account", "anthropic-1")]);
+    let gauge = tg.host.account_state("anthropic-1");
     assert_eq!(gauge, crate::accounts::StateKind::Disabled.gauge() as u64);
     tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
     assert_eq!(tg.host.reply().status, 503);
@@ -133,21 +130,8 @@ fn anthropic_json_usage_is_reported_and_counted_by_model_label() {
     assert_eq!(usage(&tg), (Some("31"), Some("77"), Some("reported")));
     assert_eq!(tokens(&tg, "claude-*", "input"), 31);
     assert_eq!(tokens(&tg, "claude-*", "output"), 77);
-    let requests = [
-        ("consumer", "team-a"),
-        ("model", "claude-*"),
-        ("outcome", "admitted"),
-    ];
-    assert_eq!(
-        tg.host.metric_value("tollgate_requests_total", &requests),
-        1
-    );
-    let code = [("account", "none"), ("code", "200")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_upstream_responses_total", &code),
-        1
-    );
+    assert_eq!(admitted(&tg, "team-a", "claude-*"), 1);
+    assert_eq!(upstream_responses(&tg, "none", "200"), 1);
     let cost = [("consumer", "team-a"), ("model", "claude-*")];
     // Haiku 3.5: $0.80 in, $4 out per million tokens: 24.8 µ$ (rounded up) + 308 µ$.
     assert_eq!(
@@ -160,7 +144,7 @@ fn anthropic_json_usage_is_reported_and_counted_by_model_label() {
 #[test]
 fn anthropic_sse_usage_is_read_across_chunks() {
     let mut tg = Tg::new(LABELLED);
-    let body = claude(100).replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"");
+    let body = claude_stream(100);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     let chunks: Vec<&[u8]> = ANTHROPIC.as_bytes().chunks(97).collect();
     let delivered = tg.respond(&mut req, 200, &[SSE], &chunks);
@@ -289,21 +273,8 @@ fn a_refused_request_costs_no_tokens_but_counts_as_a_request() {
         &[br#"{"type":"error","error":{"type":"overloaded_error"}}"#],
     );
     assert_eq!(usage(&tg), (Some("0"), Some("0"), Some("refused")));
-    let requests = [
-        ("consumer", "team-a"),
-        ("model", "claude-*"),
-        ("outcome", "admitted"),
-    ];
-    assert_eq!(
-        tg.host.metric_value("tollgate_requests_total", &requests),
-        1
-    );
-    let code = [("account", "none"), ("code", "529")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_upstream_responses_total", &code),
-        1
-    );
+    assert_eq!(admitted(&tg, "team-a", "claude-*"), 1);
+    assert_eq!(upstream_responses(&tg, "none", "529"), 1);
     assert_eq!(tokens(&tg, "claude-*", "input"), 0);
 }
 
@@ -329,15 +300,14 @@ fn envoys_own_reply_is_neither_metered_nor_held_against_the_account() {
 #[test]
 fn an_overload_event_inside_a_successful_stream_cools_the_account() {
     let mut tg = Tg::new(&one_account());
-    let body = claude(100).replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"");
+    let body = claude_stream(100);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n\
                   event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
     tg.respond(&mut req, 200, &[SSE], &[stream.as_bytes()]);
     assert_eq!(
         tg.host
-            .logged("account anthropic-1 is now cooling (was ok)")
-            .len(),
+            .logged_count("account anthropic-1 is now cooling (was ok)"),
         1
     );
 }
@@ -351,25 +321,17 @@ fn a_staged_stream_error_cools_the_account_the_upstream_stage_named() {
     // Shared data as the upstream stage's configuration left it: the pool's health keys.
     crate::accounts::prepare(&tg.host, &upstream.root.plugin().unwrap().cfg).unwrap();
     tg.host.set_property_for_test(facts::ACCOUNT, "anthropic-1");
-    let body = claude(100).replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"");
+    let body = claude_stream(100);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     let stream = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow\"}}\n\n";
     tg.respond(&mut req, 200, &[SSE], &[stream.as_bytes()]);
     assert_eq!(
         tg.host
-            .logged("account anthropic-1 is now cooling (was ok)")
-            .len(),
+            .logged_count("account anthropic-1 is now cooling (was ok)"),
         1
     );
-    let gauge = tg
-        .host
-        .metric_value("tollgate_account_state", &[("account", "anthropic-1")]);
+    let gauge = tg.host.account_state("anthropic-1");
     assert_eq!(gauge, crate::accounts::StateKind::Cooling.gauge() as u64);
     // The upstream stage counted the answer; the downstream stage does not count it again.
-    let code = [("account", "anthropic-1"), ("code", "200")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_upstream_responses_total", &code),
-        0
-    );
+    assert_eq!(upstream_responses(&tg, "anthropic-1", "200"), 0);
 }

@@ -140,13 +140,10 @@ fn when_every_account_is_cooling_the_answer_is_429_with_its_end() {
     );
     assert_eq!(
         tg.host
-            .logged("account anthropic-1 is now cooling (was ok)")
-            .len(),
+            .logged_count("account anthropic-1 is now cooling (was ok)"),
         1
     );
-    let gauge = tg
-        .host
-        .metric_value("tollgate_account_state", &[("account", "anthropic-1")]);
+    let gauge = tg.host.account_state("anthropic-1");
     assert_eq!(gauge, crate::accounts::StateKind::Cooling.gauge() as u64);
     tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
     let reply = tg.host.reply();
@@ -222,10 +219,5 @@ fn each_upstream_attempt_takes_an_account_no_earlier_attempt_used() {
     );
     let labels = [("account", other.as_str())];
     assert_eq!(tg.host.metric_value("tollgate_failovers_total", &labels), 1);
-    let code = [("account", picked.as_str()), ("code", "503")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_upstream_responses_total", &code),
-        1
-    );
+    assert_eq!(upstream_responses(&tg, &picked, "503"), 1);
 }
