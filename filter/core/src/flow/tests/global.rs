@@ -293,3 +293,12 @@ fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
         1
     );
 }
+
+#[test]
+fn a_client_that_leaves_while_the_service_decides_is_charged_nothing() {
+    let mut tg = Tg::new(&config("allow"));
+    let mut req = waiting(&mut tg);
+    req.flow.on_log(&mut tg.host);
+    assert_eq!(tg.host.fact(facts::USAGE), Some("none"));
+    assert_eq!(tg.host.fact(facts::INPUT_TOKENS), Some("0"));
+}

@@ -319,3 +319,32 @@ fn a_known_key_is_matched_again_from_the_worker_cache() {
         Some(&1)
     );
 }
+
+#[test]
+fn a_body_in_several_chunks_is_read_once_whole() {
+    let mut tg = Tg::new(TWO_TEAMS);
+    tg.host.request = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), MESSAGES.into()),
+        ("x-api-key".into(), "key-a".into()),
+    ];
+    let mut flow = tg.flow();
+    assert_eq!(flow.on_request_headers(&mut tg.host, false), Action::Pause);
+    let body = claude(10);
+    // Envoy buffers the body while the filter pauses: each callback sees all of it so far.
+    for end in [7, 50, body.len()] {
+        tg.host.request_body = body.as_bytes()[..end].to_vec();
+        let last = end == body.len();
+        let action = flow.on_request_body(&mut tg.host, end, last);
+        assert_eq!(
+            action,
+            if last {
+                Action::Continue
+            } else {
+                Action::Pause
+            }
+        );
+    }
+    let estimate = raw_estimate(&Metered::Messages, &body).to_string();
+    assert_eq!(tg.host.fact(facts::ESTIMATE), Some(estimate.as_str()));
+}

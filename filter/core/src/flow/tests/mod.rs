@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod fake;
 mod global;
+mod headers;
 mod identity;
 mod lifecycle;
 mod response;

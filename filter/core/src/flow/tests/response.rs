@@ -335,3 +335,59 @@ fn a_staged_stream_error_cools_the_account_the_upstream_stage_named() {
     // The upstream stage counted the answer; the downstream stage does not count it again.
     assert_eq!(upstream_responses(&tg, "anthropic-1", "200"), 0);
 }
+
+#[test]
+fn a_passthrough_answer_loses_the_providers_rate_headers_and_is_not_metered() {
+    let mut tg = Tg::new(LABELLED);
+    let mut req = tg.send("GET", "/v1/models", &anthropic("key-a"), "");
+    assert_eq!(req.action, Action::Continue);
+    let headers = [JSON, ("anthropic-ratelimit-requests-remaining", "49")];
+    tg.respond(&mut req, 200, &headers, &[br#"{"data":[]}"#]);
+    assert_eq!(
+        tg.host
+            .client_header("anthropic-ratelimit-requests-remaining"),
+        None
+    );
+    assert_eq!(tg.host.fact(facts::USAGE), None);
+    assert_eq!(tg.host.fact(facts::DECISION), Some("admitted"));
+}
+
+#[test]
+fn a_large_answer_in_one_chunk_is_metered_in_windows() {
+    let mut tg = Tg::new(LABELLED);
+    let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
+    let text = "sunny ".repeat(40_000);
+    let answer = format!(
+        r#"{{"type":"message","content":[{{"type":"text","text":"{text}"}}],"usage":{{"input_tokens":12,"output_tokens":40000}}}}"#
+    );
+    assert!(answer.len() > 3 * 64 * 1024);
+    let delivered = tg.respond(&mut req, 200, &[JSON], &[answer.as_bytes()]);
+    assert_eq!(delivered.len(), answer.len());
+    assert_eq!(usage(&tg), (Some("12"), Some("40000"), Some("reported")));
+}
+
+#[test]
+fn a_model_no_glob_matches_is_labelled_other() {
+    let mut tg = Tg::new(r#"{"consumers":[{"name":"team-a","keys":["key-a"]}]}"#);
+    let body = r#"{"model":"my-own-model-7b","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut req = tg.post(CHAT, &[("authorization", "Bearer key-a")], body);
+    let answer = r#"{"usage":{"prompt_tokens":5,"completion_tokens":6}}"#;
+    tg.respond(&mut req, 200, &[JSON], &[answer.as_bytes()]);
+    assert_eq!(admitted(&tg, "team-a", "other"), 1);
+    assert_eq!(tokens(&tg, "other", "output"), 6);
+}
+
+#[test]
+fn a_cooling_that_ended_shows_ok_again_on_the_next_quiet_answer() {
+    let mut tg = Tg::new(&one_account());
+    let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    let limited = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+    tg.respond(&mut req, 429, &[("retry-after", "5"), JSON], &[limited]);
+    let cooling = crate::accounts::StateKind::Cooling.gauge() as u64;
+    assert_eq!(tg.host.account_state("anthropic-1"), cooling);
+    tg.host.now = T0 + 6_000;
+    let mut quiet = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    tg.answer(&mut quiet, 10, 2);
+    assert_eq!(tg.host.account_state("anthropic-1"), 0);
+    assert_eq!(tg.host.logged_count("is now"), 1);
+}

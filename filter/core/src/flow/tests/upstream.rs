@@ -221,3 +221,116 @@ fn each_upstream_attempt_takes_an_account_no_earlier_attempt_used() {
     assert_eq!(tg.host.metric_value("tollgate_failovers_total", &labels), 1);
     assert_eq!(upstream_responses(&tg, &picked, "503"), 1);
 }
+
+/// Two Anthropic accounts; a session named by `x-session-id` stays on one.
+fn sticky() -> String {
+    pool("downstream").replacen(
+        '{',
+        r#"{"selection":{"strategy":"least_loaded","affinity":{"header":"x-session-id","conversation":false,"ttl":"5m"}},"#,
+        1,
+    )
+}
+
+#[test]
+fn a_session_header_keeps_a_conversation_on_its_account() {
+    let mut tg = Tg::new(&sticky());
+    let mut headers = anthropic("key-a").to_vec();
+    headers.push(("x-session-id", "chat-42"));
+    tg.post(MESSAGES, &headers, &claude(10));
+    let first = tg.host.fact(facts::ACCOUNT).unwrap().to_string();
+    let session = format!("h{:016x}", crate::store::owner_tag("chat-42"));
+    assert_eq!(tg.host.fact(facts::SESSION), Some(session.as_str()));
+    for _ in 0..3 {
+        tg.post(MESSAGES, &headers, &claude(10));
+        assert_eq!(tg.host.fact(facts::ACCOUNT), Some(first.as_str()));
+    }
+    let outcome = |o: &str| {
+        tg.host
+            .metric_value("tollgate_affinity_total", &[("outcome", o)])
+    };
+    assert_eq!((outcome("miss"), outcome("hit")), (1, 3));
+}
+
+#[test]
+fn without_accounts_the_fingerprint_is_left_for_an_upstream_stage() {
+    let mut tg = Tg::new(LABELLED_NO_ACCOUNTS);
+    let req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    assert_eq!(req.action, Action::Continue);
+    let fp = tg.host.fact(facts::FINGERPRINT).unwrap();
+    assert_eq!(fp.len(), 16);
+    assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()), "{fp}");
+    assert_eq!(tg.host.fact(facts::ACCOUNT), None);
+}
+
+const LABELLED_NO_ACCOUNTS: &str = r#"{"consumers":[{"name":"team-a","keys":["key-a"]}]}"#;
+
+#[test]
+fn without_accounts_only_codings_the_meter_reads_may_come_back() {
+    let mut tg = Tg::new(LABELLED_NO_ACCOUNTS);
+    let mut headers = anthropic("key-a").to_vec();
+    headers.push(("accept-encoding", "br, gzip;q=0.5, zstd"));
+    tg.post(MESSAGES, &headers, &claude(10));
+    assert_eq!(tg.host.upstream_header("accept-encoding"), Some("gzip"));
+    // Already decodable: not written again.
+    let mut plain = anthropic("key-a").to_vec();
+    plain.push(("accept-encoding", "gzip, deflate"));
+    tg.post(MESSAGES, &plain, &claude(10));
+    let writes = tg
+        .host
+        .request_writes
+        .iter()
+        .filter(|w| w.1 == "accept-encoding")
+        .count();
+    assert_eq!(writes, 0);
+}
+
+#[test]
+fn a_callers_own_key_goes_upstream_but_a_tollgate_key_beside_it_never() {
+    let config =
+        r#"{"consumers":[{"name":"team-a","keys":["key-a"]}],"consumer_header":"x-consumer"}"#;
+    let mut tg = Tg::new(config);
+    let path = format!("{FLASH}?key=key-a");
+    let headers = [
+        ("x-consumer", "team-a"),
+        ("x-goog-api-key", "AIzaFAKE-callers-own"),
+    ];
+    let req = tg.post(&path, &headers, &gemini());
+    assert_eq!(req.action, Action::Continue);
+    assert_eq!(
+        tg.host.upstream_header("x-goog-api-key"),
+        Some("AIzaFAKE-callers-own")
+    );
+    assert_eq!(tg.host.upstream_header(":path"), Some(FLASH));
+}
+
+#[test]
+fn an_upstream_stage_refuses_a_bad_path_itself() {
+    let mut tg = Tg::new(&pool("upstream"));
+    tg.host.set_property_for_test(facts::ESTIMATE, "40");
+    tg.send(
+        "POST",
+        "/v1/./messages",
+        &[("anthropic-version", "2023-06-01")],
+        "",
+    );
+    assert_eq!(tg.host.reply().status, 400);
+    assert_eq!(tg.host.fact(facts::ACCOUNT), None);
+}
+
+#[test]
+fn an_upstream_stage_lets_an_identified_model_list_through_with_a_pooled_key() {
+    let mut tg = Tg::new(&pool("upstream"));
+    tg.host.set_property_for_test(facts::CONSUMER, "team-a");
+    let req = tg.send(
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer sk-FAKE-left-over")],
+        "",
+    );
+    assert_eq!(req.action, Action::Continue);
+    assert_eq!(
+        tg.host.upstream_header("authorization"),
+        Some(format!("Bearer {OAI}").as_str())
+    );
+    assert_eq!(tg.host.fact(facts::TRIED), Some("2"));
+}
