@@ -4,7 +4,7 @@
 //! configured root and its requests through the callbacks in Envoy's order.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::flow::{Action, Buffer, Flow, GrpcCall, Headers, Host, Level, MetricKind, Root};
 use crate::metrics;
@@ -59,6 +59,8 @@ pub struct Fake {
     pub config: Vec<u8>,
     /// By path, segments joined with NUL (as Envoy takes them).
     pub properties: BTreeMap<String, String>,
+    /// Every property name the flow wrote.
+    pub written: BTreeSet<String>,
     pub replies: Vec<Reply>,
     pub resumed: u32,
     pub route_cache_cleared: u32,
@@ -92,6 +94,7 @@ impl Fake {
             grpc_reply: Vec::new(),
             config: Vec::new(),
             properties: BTreeMap::new(),
+            written: BTreeSet::new(),
             replies: Vec::new(),
             resumed: 0,
             route_cache_cleared: 0,
@@ -258,6 +261,7 @@ impl Host for Fake {
     }
 
     fn set_property(&mut self, name: &str, value: &str) {
+        self.written.insert(name.to_string());
         self.properties.insert(name.to_string(), value.to_string());
     }
 

@@ -217,3 +217,30 @@ fn a_blank_configuration_loads_the_defaults_and_ticks_every_second() {
     // Every key exists once the configuration loads: the analytics key among them.
     assert!(host.shared(crate::analytics::KEY).is_some());
 }
+
+#[test]
+fn every_filter_state_key_the_flow_writes_is_one_named_in_facts() {
+    // A failover setup: the downstream stage (no accounts, conversations kept together)
+    // and the upstream stage that picks the account; an answered request touches every key.
+    let down = r#"{"consumers":[{"name":"team-a","keys":["key-a"]}],
+        "selection":{"affinity":{"conversation":true}}}"#;
+    let mut downstream = Tg::new(down);
+    let mut req = downstream.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    downstream.answer(&mut req, 10, 2);
+    let mut upstream = Tg::new(&super::upstream::pool("upstream"));
+    upstream.host.properties = downstream.host.properties.clone();
+    let attempt = upstream.send("POST", MESSAGES, &[("anthropic-version", "2023-06-01")], "");
+    assert_eq!(attempt.action, Action::Continue);
+    let written: std::collections::BTreeSet<&str> = downstream
+        .host
+        .written
+        .iter()
+        .chain(&upstream.host.written)
+        .map(String::as_str)
+        .collect();
+    let named: std::collections::BTreeSet<&str> = facts::ALL.into_iter().collect();
+    assert_eq!(written, named);
+    for key in facts::ALL {
+        assert!(key.starts_with("tollgate.") && !key.contains('\0'), "{key}");
+    }
+}

@@ -334,3 +334,30 @@ fn an_upstream_stage_lets_an_identified_model_list_through_with_a_pooled_key() {
     );
     assert_eq!(tg.host.fact(facts::TRIED), Some("2"));
 }
+
+#[test]
+fn a_request_refused_for_want_of_an_account_gets_its_reservation_back() {
+    let config = one_account().replace(
+        r#""models":["claude-*"]"#,
+        r#""models":["claude-*"],"limits":[{"tokens":100000,"per":"minute"}]"#,
+    );
+    let mut tg = Tg::new(&config);
+    let body = claude(10);
+    let reserved = raw_estimate(&crate::api::Metered::Messages, &body) + 10;
+    let mut first = tg.post(MESSAGES, &anthropic("key-a"), &body);
+    let limited = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#;
+    let headers = [("retry-after", "20"), ("content-type", "application/json")];
+    tg.respond(&mut first, 429, &headers, &[limited]);
+    tg.post(MESSAGES, &anthropic("key-a"), &body);
+    assert_eq!(tg.host.reply().status, 429);
+    tg.host.now = T0 + 21_000;
+    let mut third = tg.post(MESSAGES, &anthropic("key-a"), &body);
+    assert_eq!(third.action, Action::Continue);
+    tg.answer(&mut third, 5, 1);
+    // Neither the refused upstream answer nor the refusal here kept any tokens.
+    let remaining = (100_000 - reserved).to_string();
+    assert_eq!(
+        tg.host.client_header("x-ratelimit-remaining-tokens"),
+        Some(remaining.as_str())
+    );
+}
