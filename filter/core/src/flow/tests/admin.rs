@@ -171,3 +171,39 @@ fn a_reset_returns_a_disabled_account_to_service_at_once() {
         Some(super::upstream::ANT_1)
     );
 }
+
+#[test]
+fn the_usage_report_counts_each_accounts_attempts_and_tokens() {
+    let mut tg = Tg::new(&config());
+    for (input, output) in [(10, 2), (20, 4)] {
+        let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+        tg.answer(&mut req, input, output);
+    }
+    get(
+        &mut tg,
+        "/tollgate/usage",
+        &[("x-api-key", "FAKE-admin-key")],
+    );
+    let json = tg.host.reply().json();
+    assert_eq!(json["accounts"][0]["requests"], 2);
+    assert_eq!(json["accounts"][0]["tokens"], 36);
+}
+
+#[test]
+fn a_downstream_stage_without_accounts_reports_and_resets_the_published_pool() {
+    let down = r#"{"consumers":[{"name":"team-a","keys":["key-a"]}],
+        "admin":{"path":"/tollgate","keys":["FAKE-admin-key"]}}"#;
+    let mut tg = Tg::new(down);
+    // Shared data as the upstream stage of the same VM left it.
+    let upstream = Tg::new(&one_account());
+    crate::accounts::prepare(&tg.host, &upstream.root.plugin().unwrap().cfg).unwrap();
+    let admin = [("x-api-key", "FAKE-admin-key")];
+    get(&mut tg, "/tollgate/usage", &admin);
+    let json = tg.host.reply().json();
+    assert_eq!(json["accounts"][0]["name"], "anthropic-1");
+    assert_eq!(json["accounts"][0]["provider"], "anthropic");
+    tg.send("POST", "/tollgate/accounts/anthropic-1/reset", &admin, "");
+    assert_eq!(tg.host.reply().status, 200);
+    tg.send("POST", "/tollgate/accounts/anthropic-9/reset", &admin, "");
+    assert_eq!(tg.host.reply().status, 404);
+}

@@ -391,3 +391,24 @@ fn a_cooling_that_ended_shows_ok_again_on_the_next_quiet_answer() {
     assert_eq!(tg.host.account_state("anthropic-1"), 0);
     assert_eq!(tg.host.logged_count("is now"), 1);
 }
+
+#[test]
+fn a_disabled_account_is_probed_once_its_time_is_up_and_a_good_answer_restores_it() {
+    let mut tg = Tg::new(&one_account());
+    let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    let (status, body) = samples::invalid_key(crate::api::Api::Anthropic);
+    tg.respond(&mut req, status, &[JSON], &[body.as_bytes()]);
+    assert_eq!(tg.host.logged_count("is now disabled"), 1);
+    // disable_for is 10 minutes by default.
+    tg.host.now = T0 + 600_001;
+    let mut probe = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    assert_eq!(probe.action, Action::Continue);
+    assert_eq!(tg.host.upstream_header("x-api-key"), Some(ANT_1));
+    tg.answer(&mut probe, 10, 2);
+    assert_eq!(
+        tg.host
+            .logged_count("account anthropic-1 is now ok (was disabled)"),
+        1
+    );
+    assert_eq!(tg.host.account_state("anthropic-1"), 0);
+}
