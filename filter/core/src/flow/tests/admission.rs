@@ -2,7 +2,6 @@
 //! caller's `x-ratelimit-*` headers; those headers on an admitted answer.
 
 use super::*;
-use crate::api::Metered;
 use crate::flow::Action;
 
 fn rejections(tg: &Tg, reason: &str) -> u64 {
@@ -120,7 +119,7 @@ fn an_admitted_answer_carries_the_callers_rate_limit_headers_not_the_providers()
     ));
     let body = claude(100);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    let reserved = raw_estimate(&Metered::Messages, &body) + 100;
+    let reserved = raw_estimate(&body) + 100;
     let headers = [
         ("content-type", "application/json"),
         ("anthropic-ratelimit-tokens-remaining", "7"),

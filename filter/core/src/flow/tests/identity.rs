@@ -2,7 +2,6 @@
 //! refusal that comes before admission.
 
 use super::*;
-use crate::api::Metered;
 use crate::facts;
 use crate::flow::Action;
 
@@ -27,7 +26,7 @@ fn a_consumer_key_names_the_consumer_and_never_goes_upstream() {
         tg.host.fact(facts::MODEL),
         Some("claude-3-5-haiku-20241022")
     );
-    let estimate = raw_estimate(&Metered::Messages, &body);
+    let estimate = raw_estimate(&body);
     assert!(estimate > 10, "{estimate}");
     assert_eq!(
         tg.host.fact(facts::ESTIMATE),
@@ -345,6 +344,6 @@ fn a_body_in_several_chunks_is_read_once_whole() {
             }
         );
     }
-    let estimate = raw_estimate(&Metered::Messages, &body).to_string();
+    let estimate = raw_estimate(&body).to_string();
     assert_eq!(tg.host.fact(facts::ESTIMATE), Some(estimate.as_str()));
 }

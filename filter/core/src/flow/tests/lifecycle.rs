@@ -3,7 +3,6 @@
 //! configuration and tick.
 
 use super::*;
-use crate::api::Metered;
 use crate::facts;
 use crate::flow::{Action, Root};
 
@@ -36,7 +35,7 @@ fn a_client_that_leaves_before_any_answer_is_charged_its_prompt() {
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     assert_eq!(req.action, Action::Continue);
     req.flow.on_log(&mut tg.host);
-    let estimate = raw_estimate(&Metered::Messages, &body);
+    let estimate = raw_estimate(&body);
     let input = estimate.to_string();
     assert_eq!(
         usage(&tg),
@@ -87,7 +86,7 @@ fn an_upstream_that_never_answers_charges_nothing() {
 fn the_reservation_is_replaced_by_the_reported_usage() {
     let mut tg = Tg::new(&team_a(r#"[{"tokens":100000,"per":"minute"}]"#));
     let body = claude(1000);
-    let reserved = raw_estimate(&Metered::Messages, &body) + 1000;
+    let reserved = raw_estimate(&body) + 1000;
     let mut first = tg.post(MESSAGES, &anthropic("key-a"), &body);
     tg.answer(&mut first, 20, 4);
     assert_eq!(remaining_tokens(&tg), 100_000 - reserved);
@@ -139,7 +138,7 @@ fn a_lease_nobody_renews_frees_itself_after_lease_ttl() {
 fn the_real_input_count_teaches_the_next_estimate() {
     let mut tg = Tg::new(&team_a("[]"));
     let body = claude(10);
-    let raw = raw_estimate(&Metered::Messages, &body);
+    let raw = raw_estimate(&body);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
     assert_eq!(
         tg.host.fact(facts::ESTIMATE),

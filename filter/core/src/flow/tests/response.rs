@@ -223,7 +223,7 @@ fn an_undecodable_answer_is_charged_its_estimate_and_reserved_output() {
     let mut tg = Tg::new(LABELLED);
     let body = claude(300);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    let estimate = raw_estimate(&crate::api::Metered::Messages, &body);
+    let estimate = raw_estimate(&body);
     tg.respond(
         &mut req,
         200,
@@ -247,7 +247,7 @@ fn absurd_reported_usage_is_replaced_by_the_estimate_and_flagged_invalid() {
     let mut tg = Tg::new(LABELLED);
     let body = claude(100);
     let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body);
-    let estimate = raw_estimate(&crate::api::Metered::Messages, &body);
+    let estimate = raw_estimate(&body);
     let answer = r#"{"type":"message","usage":{"input_tokens":-5,"output_tokens":1e30}}"#;
     tg.respond(&mut req, 200, &[JSON], &[answer.as_bytes()]);
     let (input, output, source) = usage(&tg);

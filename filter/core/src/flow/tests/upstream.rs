@@ -343,7 +343,7 @@ fn a_request_refused_for_want_of_an_account_gets_its_reservation_back() {
     );
     let mut tg = Tg::new(&config);
     let body = claude(10);
-    let reserved = raw_estimate(&crate::api::Metered::Messages, &body) + 10;
+    let reserved = raw_estimate(&body) + 10;
     let mut first = tg.post(MESSAGES, &anthropic("key-a"), &body);
     let limited = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#;
     let headers = [("retry-after", "20"), ("content-type", "application/json")];
