@@ -208,7 +208,7 @@ def main() -> int:
         pid = envoy.proc.pid
         usage = MockUsage(mock)
         tokens0 = token_total(envoy)
-        # Every shared-data key tollgate creates is counted (host.rs HostStore); after the
+        # Every shared-data key tollgate creates is counted (filter/src/ffi.rs, Store for Envoy); after the
         # configuration loads and the first flush, the count must not move.
         time.sleep(1.5)
         keys0 = key_count(envoy)

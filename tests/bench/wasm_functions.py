@@ -1,6 +1,6 @@
 """The largest functions of a wasm module, by the size of their code. Envoy's V8 compiles
 every function with TurboFan when the filter loads, and the compile memory of the largest ones
-stays in Envoy's allocator (see filter/src/lib.rs): keep tollgate's functions under about
+stays in Envoy's allocator (see filter/core/src/lib.rs): keep tollgate's functions under about
 16 KB. Names need a build that keeps them:
 
     CARGO_PROFILE_RELEASE_STRIP=false cargo build --release --target wasm32-wasip1 \\

@@ -112,7 +112,7 @@ def test_check_reports_exactly_what_envoy_logs(cli, make_envoy, bad):
     assert code == 1
     e = make_envoy(bad, expect_fail=True)
     e.wait_exit(30)
-    logged = re.search(r"tollgate: invalid configuration: (.*)", e.log_text())
+    logged = re.search(r"\] invalid configuration: (.*)", e.log_text())
     assert logged, e.log_text()[-3000:]
     if "key_env" not in err:
         assert err.strip() == logged.group(1).strip()

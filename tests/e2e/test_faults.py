@@ -569,7 +569,7 @@ def test_config_update_under_load_keeps_serving_and_keeps_the_counts(make_envoy,
     stats = e.stats()
     assert stats.get("listener_manager.lds.update_success", 0) >= 2, \
         {k: v for k, v in stats.items() if k.startswith("listener_manager.")}
-    assert e.log_text().count("tollgate: configured") >= 2
+    assert e.log_text().count("] configured (") >= 2
 
 
 @pytest.mark.parametrize("mode,status", [("allow", 200), ("deny", 503)])

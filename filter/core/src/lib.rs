@@ -1,6 +1,7 @@
 //! tollgate's core: everything the Envoy proxy-wasm filter decides, as plain Rust with no
-//! knowledge of Envoy. The cdylib `tollgate` (filter/src) reads inputs from Envoy, calls this
-//! crate, and applies its decisions; the CLI and the fuzz targets use it natively.
+//! knowledge of Envoy. `flow` is a request's life over the `flow::Host` trait; the cdylib
+//! `tollgate` (filter/src) forwards each proxy-wasm callback to it and implements `Host` over
+//! the raw ABI. The CLI and the fuzz targets use the crate natively.
 //!
 //! Function size is a memory cost here: Envoy's V8 compiles every function of the module
 //! with TurboFan when the filter loads, and the compile memory of the largest functions stays
@@ -16,6 +17,8 @@ pub mod civil;
 pub mod codec;
 pub mod config;
 pub mod estimate;
+pub mod facts;
+pub mod flow;
 pub mod identity;
 pub mod json;
 pub mod key_evidence;

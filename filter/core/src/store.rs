@@ -1,6 +1,6 @@
 //! Envoy shared data as a small trait: a process-wide key/value map with compare-and-swap,
-//! shared by every worker of one VM id. The host implements it over `proxy_wasm::hostcalls`;
-//! `MemStore` is an exact in-memory fake for tests. Also: the one compare-and-swap loop
+//! shared by every worker of one VM id. Every `flow::Host` is one (the cdylib's over the raw
+//! ABI); `MemStore` is an exact in-memory fake for tests. Also: the one compare-and-swap loop
 //! (`update`, `retry`), safe key creation and slot tables.
 
 use std::cell::RefCell;
@@ -29,7 +29,8 @@ pub trait Store {
 
 /// How many races most compare-and-swap loops may lose before giving up with `Contended`.
 /// Each lost race means another worker made progress, so 16 losses in a row only happen
-/// under extreme contention on one key; see `quota` for what each caller then does.
+/// under extreme contention on one key; see `quota` for what each caller then does
+/// (admission itself retries far longer: `quota::ADMIT_TRIES`).
 pub const MAX_TRIES: u32 = 16;
 
 /// The cas used to write a key that a `get` reported missing.

@@ -1,0 +1,145 @@
+//! The root context's side of the flow: the configuration, the tick (analytics, queued
+//! account totals and learning, global charges) and the replies to the charges it sent.
+
+use std::rc::Rc;
+
+use super::host::{Buffer, GrpcCall, Host, Level, MetricKind};
+use super::state::{log, Plugin};
+use super::Flow;
+use crate::config;
+use crate::metrics;
+use crate::ratelimit;
+
+/// One worker's root: the plugin for the current configuration.
+pub struct Root {
+    id: u32,
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Root {
+    pub fn new(id: u32) -> Root {
+        Root { id, plugin: None }
+    }
+
+    /// The plugin of the current configuration, once one loaded.
+    pub fn plugin(&self) -> Option<&Rc<Plugin>> {
+        self.plugin.as_ref()
+    }
+
+    /// Loads the configuration (`size` bytes of the plugin configuration buffer); `false`
+    /// refuses it, and Envoy then refuses the filter.
+    pub fn configure<H: Host>(&mut self, h: &mut H, size: usize) -> bool {
+        let raw = h
+            .read(Buffer::PluginConfig, 0, size.max(1 << 20))
+            .unwrap_or_default();
+        let raw = if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            b"{}".to_vec()
+        } else {
+            raw
+        };
+        let cfg = match config::parse(&raw) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log(
+                    h,
+                    Level::Error,
+                    self.id,
+                    format_args!("invalid configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let (consumers, accounts, stage) = (cfg.consumers.len(), cfg.accounts.len(), cfg.stage);
+        log(
+            h,
+            Level::Info,
+            self.id,
+            format_args!(
+                "configured ({consumers} consumers, {accounts} accounts, stage {stage:?})"
+            ),
+        );
+        let plugin = Plugin::new(cfg);
+        // Charges after a response are sent from the tick, never from the request;
+        // analytics are flushed from it about once a second.
+        let tick = if plugin.cfg.global.is_some() {
+            100
+        } else {
+            1000
+        };
+        h.set_tick_period_ms(tick);
+        if let Err(e) = plugin.prepare_store(h) {
+            log(
+                h,
+                Level::Warn,
+                self.id,
+                format_args!("preparing quota keys: {e:?}"),
+            );
+        }
+        // Every series exists at 0 before its first event.
+        for s in metrics::series(&plugin.cfg) {
+            let kind = match s.kind {
+                metrics::Kind::Counter => MetricKind::Counter,
+                metrics::Kind::Gauge => MetricKind::Gauge,
+                metrics::Kind::Histogram => MetricKind::Histogram,
+            };
+            h.define_metric(kind, &s.name);
+        }
+        self.plugin = Some(Rc::new(plugin));
+        true
+    }
+
+    pub fn on_tick<H: Host>(&mut self, h: &mut H) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        let _ = plugin.analytics.borrow_mut().flush_if_due(h, h.now_ms());
+        plugin.flush_pending(h);
+        let Some(global) = &plugin.cfg.global else {
+            return;
+        };
+        loop {
+            let Some(body) = plugin.charges.borrow_mut().next_to_send() else {
+                break;
+            };
+            let call = GrpcCall {
+                cluster: &global.cluster,
+                service: ratelimit::SERVICE,
+                method: ratelimit::METHOD,
+                message: &body,
+                timeout_ms: global.timeout.millis().max(1000),
+            };
+            if h.dispatch_grpc(&call).is_err() {
+                plugin.charges.borrow_mut().dispatch_failed();
+                let mut stats = plugin.stats.borrow_mut();
+                stats.count(
+                    h,
+                    "tollgate_global_charges_total",
+                    &[("outcome", "dropped")],
+                    1,
+                );
+            }
+        }
+    }
+
+    /// The reply to a charge sent from `on_tick`.
+    pub fn on_grpc_response<H: Host>(&mut self, h: &mut H, _token: u32, status: u32) {
+        let Some(plugin) = &self.plugin else {
+            return;
+        };
+        plugin.charges.borrow_mut().finished(status == 0);
+        let outcome = if status == 0 { "sent" } else { "dropped" };
+        let mut stats = plugin.stats.borrow_mut();
+        stats.count(
+            h,
+            "tollgate_global_charges_total",
+            &[("outcome", outcome)],
+            1,
+        );
+    }
+
+    /// A new request's flow (none before a configuration loaded).
+    pub fn new_request<H: Host>(&self, h: &H, id: u32) -> Option<Flow> {
+        let plugin = self.plugin.clone()?;
+        Some(Flow::new(id, plugin, h.now_ms()))
+    }
+}
