@@ -1,4 +1,7 @@
 use super::*;
+use crate::api::Api;
+use crate::estimate::Estimator;
+use miniz_oxide::{MZFlush, MZStatus};
 
 #[test]
 fn accept_encoding_keeps_only_codings_the_meter_decodes() {
