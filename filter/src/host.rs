@@ -2185,14 +2185,17 @@ impl Req {
             }
             "" | "/" => {
                 let path = cfg.admin.as_ref().map_or("", |a| a.path.as_str());
-                ffi::send_http_response(
-                    200,
-                    &[
-                        ("content-type", "text/html; charset=utf-8"),
-                        ("cache-control", "no-store"),
-                    ],
-                    tollgate_core::admin::dashboard_html(path).as_bytes(),
-                );
+                let accept = ffi::request_headers();
+                let page = tollgate_core::admin::dashboard(path, accept.get("accept-encoding"));
+                let mut headers = vec![
+                    ("content-type", "text/html; charset=utf-8"),
+                    ("cache-control", "no-store"),
+                    ("vary", "accept-encoding"),
+                ];
+                if page.gzip {
+                    headers.push(("content-encoding", "gzip"));
+                }
+                ffi::send_http_response(200, &headers, &page.body);
             }
             _ => ffi::send_http_response(
                 404,
