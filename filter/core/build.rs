@@ -41,8 +41,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (head, tail) = page.split_once(MARKER).ok_or("no marker")?;
     let out = env::var("OUT_DIR")?;
     let out = Path::new(&out);
-    fs::write(out.join("dashboard_head.deflate"), deflate_piece(head.as_bytes(), false))?;
-    fs::write(out.join("dashboard_tail.deflate"), deflate_piece(tail.as_bytes(), true))?;
-    fs::write(out.join("dashboard_len.txt"), (head.len() + tail.len()).to_string())?;
+    fs::write(
+        out.join("dashboard_head.deflate"),
+        deflate_piece(head.as_bytes(), false),
+    )?;
+    fs::write(
+        out.join("dashboard_tail.deflate"),
+        deflate_piece(tail.as_bytes(), true),
+    )?;
+    fs::write(
+        out.join("dashboard_len.txt"),
+        (head.len() + tail.len()).to_string(),
+    )?;
     Ok(())
 }

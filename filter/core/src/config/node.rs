@@ -182,10 +182,7 @@ fn is_midpoint_above(v: f64, digits: &str, point: i64) -> bool {
     }
     // |v| = odd · 2^e2; the midpoint = n · 10^j with n odd (it ends in 5), so they are equal
     // only if j == e2 and odd == n · 5^j (or odd · 5^-j == n).
-    let (odd, e2) = (
-        m >> m.trailing_zeros(),
-        e + i64::from(m.trailing_zeros()),
-    );
+    let (odd, e2) = (m >> m.trailing_zeros(), e + i64::from(m.trailing_zeros()));
     let Some(n) = digits
         .parse::<u64>()
         .ok()
