@@ -767,6 +767,8 @@ pub struct Dashboard {
     pub body: Vec<u8>,
 }
 
+/// The dashboard for a request with this `accept-encoding` header (gzip when it lists gzip or
+/// x-gzip without `q=0`: the codings `usage::decodable_accept_encoding` keeps).
 pub fn dashboard(path: &str, accept_encoding: Option<&str>) -> Dashboard {
     let gzip = crate::usage::decodable_accept_encoding(accept_encoding)
         .split(", ")
