@@ -5,6 +5,7 @@ show, and the dashboard rendered by headless Chromium from the live API."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import shutil
@@ -270,6 +271,29 @@ def test_dashboard_is_one_self_contained_html_page(admin_envoy):
         assert '"/tollgate/usage"' in html
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "external asset"
 
+
+
+@pytest.mark.parametrize("accept, gzipped", [
+    ("gzip, deflate, br, zstd", True),
+    ("identity", False),
+    ("gzip;q=0, br", False),
+    (None, False),
+])
+def test_dashboard_is_gzip_only_for_a_client_that_takes_gzip(admin_envoy, accept, gzipped):
+    """The page is stored deflated: a gzip client gets it as is, any other the same page
+    inflated; the bytes of the page are the same either way."""
+    headers = {"accept-encoding": accept}  # None: requests sends no accept-encoding at all
+    r = requests.get(url(admin_envoy, "/"), auth=("tollgate", ADMIN_KEY), headers=headers,
+                     timeout=10, stream=True)
+    assert r.status_code == 200
+    raw = r.raw.read(decode_content=False)
+    assert r.headers.get("content-encoding") == ("gzip" if gzipped else None)
+    assert "accept-encoding" in r.headers.get("vary", "").lower()
+    page = gzip.decompress(raw) if gzipped else raw  # checks the CRC-32 and size
+    plain = requests.get(url(admin_envoy, "/"), auth=("tollgate", ADMIN_KEY),
+                         headers={"accept-encoding": "identity"}, timeout=10)
+    assert page == plain.content
+    assert page.startswith(b"<!doctype html>") and b'"/tollgate/usage"' in page
 
 def chromium() -> str:
     """The Chromium binary, installed with apt-get when missing; skips when impossible."""

@@ -755,8 +755,45 @@ pub fn unknown_account_json() -> &'static str {
 /// The body of `GET {path}/`: one self-contained page (inline CSS and JS, no external asset)
 /// that reads `{path}/usage` every 5 s with the Basic credentials the browser already holds.
 pub fn dashboard_html(path: &str) -> String {
-    let url = format!("{}/usage", path.trim_end_matches('/'));
-    DASHBOARD.replace("\"__USAGE_URL__\"", &js_string(&url))
+    let url = dashboard_url(path);
+    String::from_utf8(inflate_page(&dashboard_deflate(url.as_bytes()), url.len()))
+        .unwrap_or_default()
+}
+
+/// The dashboard response for a client's `accept-encoding`: the page gzip-encoded when the
+/// client takes gzip (send `content-encoding: gzip` with it), else `dashboard_html`.
+pub struct Dashboard {
+    pub gzip: bool,
+    pub body: Vec<u8>,
+}
+
+/// The dashboard for a request with this `accept-encoding` header (gzip when it lists gzip or
+/// x-gzip without `q=0`: the codings `usage::decodable_accept_encoding` keeps).
+pub fn dashboard(path: &str, accept_encoding: Option<&str>) -> Dashboard {
+    let gzip = crate::usage::decodable_accept_encoding(accept_encoding)
+        .split(", ")
+        .any(|c| c == "gzip" || c == "x-gzip");
+    if !gzip {
+        return Dashboard {
+            gzip,
+            body: dashboard_html(path).into_bytes(),
+        };
+    }
+    let url = dashboard_url(path);
+    let deflated = dashboard_deflate(url.as_bytes());
+    // The trailer's CRC-32 and size are of the page itself.
+    let page = inflate_page(&deflated, url.len());
+    // Magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+    let mut body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    body.extend_from_slice(&deflated);
+    body.extend_from_slice(&crc32(&page).to_le_bytes());
+    body.extend_from_slice(&u32::try_from(page.len()).unwrap_or(u32::MAX).to_le_bytes());
+    Dashboard { gzip, body }
+}
+
+/// `{path}/usage` as the JavaScript string literal that replaces `"__USAGE_URL__"`.
+fn dashboard_url(path: &str) -> String {
+    js_string(&format!("{}/usage", path.trim_end_matches('/')))
 }
 
 /// `s` as a JavaScript string literal that is also safe inside an HTML `<script>` element.
@@ -767,404 +804,49 @@ fn js_string(s: &str) -> String {
         .replace('&', "\\u0026")
 }
 
-const DASHBOARD: &str = r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>tollgate · usage</title>
-<style>
-:root {
-  --bg: #f6f7f9; --card: #fff; --ink: #1c2430; --muted: #6a7381; --line: #e3e6eb;
-  --ok: #1f9d55; --warn: #d98a00; --bad: #d64545; --accent: #3b6fd8; --track: #edf0f4;
-}
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--ink);
-  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header { display: flex; align-items: baseline; gap: 12px; padding: 18px 28px 8px; }
-header h1 { margin: 0; font-size: 20px; letter-spacing: .2px; }
-header .sub { color: var(--muted); }
-#status { margin-left: auto; font-size: 12px; padding: 3px 10px; border-radius: 999px;
-  background: var(--track); color: var(--muted); }
-#status.err { background: #fde8e8; color: var(--bad); }
-main { padding: 8px 28px 28px; display: grid; gap: 18px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }
-.card, section { background: var(--card); border: 1px solid var(--line); border-radius: 10px; }
-.card { padding: 12px 14px; }
-.card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .4px; }
-.card .v { font-size: 24px; font-weight: 600; margin-top: 2px; font-variant-numeric: tabular-nums; }
-.card .n { color: var(--muted); font-size: 12px; }
-section { padding: 14px 16px; overflow-x: auto; }
-section h2 { margin: 0 0 10px; font-size: 15px; }
-section h2 small { color: var(--muted); font-weight: normal; margin-left: 6px; }
-.grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
-@media (max-width: 900px) { .grid2 { grid-template-columns: 1fr; } }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 18px; }
-@media (max-width: 900px) { .charts { grid-template-columns: 1fr; } }
-.chart .head { display: flex; justify-content: space-between; color: var(--muted); font-size: 12px; }
-.chart .head b { color: var(--ink); font-size: 16px; font-variant-numeric: tabular-nums; }
-.bars { display: flex; align-items: flex-end; gap: 2px; height: 90px; margin-top: 6px;
-  border-bottom: 1px solid var(--line); }
-.bars div { flex: 1; background: var(--accent); border-radius: 2px 2px 0 0; min-height: 1px; opacity: .85; }
-.bars div.zero { background: var(--track); }
-.bars.dense { gap: 0; }
-.bars.dense div { border-radius: 0; }
-.axis { display: flex; justify-content: space-between; color: var(--muted); font-size: 11px; }
-table { width: 100%; border-collapse: collapse; }
-th { text-align: left; color: var(--muted); font-weight: 500; font-size: 12px;
-  border-bottom: 1px solid var(--line); padding: 6px 8px; white-space: nowrap; }
-td { border-bottom: 1px solid var(--line); padding: 8px; vertical-align: top; }
-tr:last-child td { border-bottom: 0; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px; font-weight: 600; }
-.badge.ok { background: #e3f6eb; color: var(--ok); }
-.badge.cooling { background: #fff3dc; color: var(--warn); }
-.badge.disabled { background: #fde8e8; color: var(--bad); }
-.badge.paused { background: #eceef2; color: var(--muted); }
-.bars div.bad { background: var(--bad); }
-.recent td { padding: 5px 8px; font-size: 13px; white-space: nowrap; }
-.recent .ok { color: var(--ok); }
-.recent .bad { color: var(--bad); }
-button.act { font: inherit; font-size: 12px; padding: 1px 8px; margin-right: 4px; border: 1px solid var(--line);
-  border-radius: 6px; background: var(--card); color: var(--ink); cursor: pointer; }
-button.act:hover { border-color: var(--accent); }
-.muted { color: var(--muted); }
-.limit { display: grid; grid-template-columns: 140px minmax(120px, 1fr) 210px; gap: 10px;
-  align-items: center; font-size: 12px; margin: 2px 0 6px; min-width: 440px; }
-.meter { height: 8px; background: var(--track); border-radius: 4px; overflow: hidden; }
-.meter > div { height: 100%; background: var(--ok); }
-.meter > div.warn { background: var(--warn); }
-.meter > div.bad { background: var(--bad); }
-.meter > div.plain { background: var(--accent); }
-.limit .t { font-variant-numeric: tabular-nums; white-space: nowrap; text-align: right; }
-.mbar { min-width: 160px; padding-top: 6px; }
-.empty { color: var(--muted); padding: 8px 0; }
-footer { color: var(--muted); font-size: 12px; padding: 0 28px 24px; }
-</style>
-</head>
-<body>
-<header>
-  <h1>tollgate</h1><span class="sub">usage and accounts · refreshed every 5 s</span>
-  <span id="status">loading…</span>
-</header>
-<main>
-  <div class="cards">
-    <div class="card"><div class="k">Requests</div><div class="v" id="total_requests">–</div><div class="n" id="errors_note">&nbsp;</div></div>
-    <div class="card"><div class="k">Rejected</div><div class="v" id="rejected_requests">–</div><div class="n" id="rejected_note">refused by tollgate</div></div>
-    <div class="card"><div class="k">Success rate</div><div class="v" id="success_rate">–</div><div class="n" id="rates_note">upstream 2xx</div></div>
-    <div class="card"><div class="k">Latency p50 / p95 / p99</div><div class="v" id="latency">–</div><div class="n">ms, to the end of the response</div></div>
-    <div class="card"><div class="k">Tokens</div><div class="v" id="total_tokens">–</div><div class="n">input + cache + output</div></div>
-    <div class="card"><div class="k">Cost estimate</div><div class="v" id="cost_estimate_usd">–</div><div class="n">USD, from pricing</div></div>
-    <div class="card"><div class="k">Avg response</div><div class="v" id="average_response_time_ms">–</div><div class="n">to the end of the response</div></div>
-    <div class="card"><div class="k">Last hour</div><div class="v" id="requests_last_hour">–</div><div class="n">requests</div></div>
-    <div class="card"><div class="k">Active accounts</div><div class="v" id="active_accounts">–</div><div class="n">served in the last hour</div></div>
-    <div class="card"><div class="k">Rate-limited</div><div class="v" id="rate_limited_accounts">–</div><div class="n" id="disabled_note">accounts cooling down</div></div>
-  </div>
-  <section>
-    <h2>Last hour <small>per minute</small></h2>
-    <div class="charts">
-      <div class="chart"><div class="head"><span>Requests</span><b id="hour_requests">–</b></div><div class="bars" id="bars_requests"></div><div class="axis"><span>−60 min</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Rejected</span><b id="hour_rejected">–</b></div><div class="bars" id="bars_rejected"></div><div class="axis"><span>−60 min</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Tokens</span><b id="hour_tokens">–</b></div><div class="bars" id="bars_tokens"></div><div class="axis"><span>−60 min</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Cost</span><b id="hour_cost">–</b></div><div class="bars" id="bars_cost"></div><div class="axis"><span>−60 min</span><span>now</span></div></div>
-    </div>
-  </section>
-  <section>
-    <h2>Last 24 hours <small>per 5 minutes</small></h2>
-    <div class="charts">
-      <div class="chart"><div class="head"><span>Requests</span><b id="day_requests">–</b></div><div class="bars dense" id="bars_day_requests"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Rejected</span><b id="day_rejected">–</b></div><div class="bars dense" id="bars_day_rejected"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
-      <div class="chart"><div class="head"><span>Tokens</span><b id="day_tokens">–</b></div><div class="bars dense" id="bars_day_tokens"></div><div class="axis"><span>−24 h</span><span>now</span></div></div>
-    </div>
-  </section>
-  <div class="grid2">
-    <section>
-      <h2>Rejections <small>by reason</small></h2>
-      <div id="rejections"></div>
-    </section>
-    <section>
-      <h2>Top models <small>by requests</small></h2>
-      <div id="models"></div>
-    </section>
-  </div>
-  <section>
-    <h2>Recent requests <small>newest first</small></h2>
-    <div id="recent" class="recent"></div>
-  </section>
-  <section>
-    <h2>Accounts</h2>
-    <div id="accounts"></div>
-  </section>
-  <section>
-    <h2>Consumers <small>how full each limit window is</small></h2>
-    <div id="consumers"></div>
-  </section>
-</main>
-<footer id="since"></footer>
-<script>
-"use strict";
-const USAGE_URL = "__USAGE_URL__";
-const ADMIN_BASE = USAGE_URL.slice(0, -"/usage".length);
-const $ = (id) => document.getElementById(id);
-// An empty icon of its own: the browser's favicon.ico request would be traffic tollgate counts.
-const icon = document.createElement("link");
-icon.rel = "icon";
-icon.href = "data:,";
-document.head.appendChild(icon);
+// The page (admin/dashboard.html) is kept deflated: build.rs cuts it at its one
+// `"__USAGE_URL__"` into two raw deflate pieces, the head ending with a sync flush (so more
+// blocks can follow) and the tail holding the final block. 20 KB of page is ~6 KB of wasm.
+const DASHBOARD_HEAD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dashboard_head.deflate"));
+const DASHBOARD_TAIL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dashboard_tail.deflate"));
+/// Bytes of the page without the marker.
+const DASHBOARD_LEN: usize = include!(concat!(env!("OUT_DIR"), "/dashboard_len.txt"));
 
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined && text !== null) e.textContent = String(text);
-  return e;
-}
-function int(n) { return Number(n || 0).toLocaleString("en-US"); }
-function short(n) {
-  n = Number(n || 0);
-  if (n >= 1e9) return (n / 1e9).toFixed(1) + "B";
-  if (n >= 1e6) return (n / 1e6).toFixed(1) + "M";
-  if (n >= 1e4) return (n / 1e3).toFixed(1) + "k";
-  return int(n);
-}
-function usd(x) {
-  x = Number(x || 0);
-  if (x === 0) return "$0.00";
-  if (x >= 1) return "$" + x.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
-  if (x >= 0.01) return "$" + x.toFixed(4);
-  return "$" + parseFloat(x.toPrecision(3));
-}
-function dur(s) {
-  s = Math.max(0, Math.round(s));
-  if (s < 90) return s + "s";
-  if (s < 5400) return Math.round(s / 60) + "m";
-  if (s < 172800) return Math.round(s / 3600) + "h";
-  return Math.round(s / 86400) + "d";
-}
-function clock(unix) { return new Date(unix * 1000).toLocaleTimeString([], {hour12: false}); }
-function amount(kind, v) { return kind === "cost_usd" ? usd(v) : short(v); }
-
-function table(headers, rows) {
-  if (!rows.length) return el("div", "empty", "nothing yet");
-  const t = el("table"), head = el("tr");
-  for (const [h, num] of headers) head.appendChild(el("th", num ? "num" : "", h));
-  t.appendChild(el("thead")).appendChild(head);
-  const body = t.appendChild(el("tbody"));
-  for (const r of rows) body.appendChild(r);
-  return t;
-}
-function cell(tr, content, cls) {
-  const td = el("td", cls || "");
-  if (content instanceof Node) td.appendChild(content); else td.textContent = content;
-  tr.appendChild(td);
-  return td;
-}
-function meter(frac, plain) {
-  const m = el("div", "meter");
-  const f = el("div", plain ? "plain" : frac >= 0.9 ? "bad" : frac >= 0.7 ? "warn" : "");
-  f.style.width = Math.min(100, Math.max(0, frac * 100)).toFixed(1) + "%";
-  m.appendChild(f);
-  return m;
-}
-function bars(id, minutes, pick, label, cls) {
-  const box = $(id), max = Math.max(...minutes.map(pick), 0);
-  box.replaceChildren();
-  for (const m of minutes) {
-    const v = pick(m), b = el("div", v ? (cls || "") : "zero");
-    b.style.height = max ? Math.max(2, (v / max) * 100) + "%" : "1px";
-    b.title = clock(m.start_s) + " · " + label(v);
-    box.appendChild(b);
-  }
-}
-
-function pct(x) { return (Math.round(Number(x || 0) * 1000) / 10) + "%"; }
-async function act(name, action) {
-  const st = $("status");
-  try {
-    const r = await fetch(location.origin + ADMIN_BASE + "/accounts/" + encodeURIComponent(name) + "/" + action,
-      {method: "POST", credentials: "same-origin", cache: "no-store"});
-    if (!r.ok) throw new Error(action + " " + name + ": " + r.status);
-    await load();
-  } catch (e) {
-    st.className = "err";
-    st.textContent = String(e.message || e);
-  }
-}
-
-function render(d) {
-  $("total_requests").textContent = int(d.total_requests);
-  $("errors_note").textContent = int(d.served_requests) + " served · " + int(d.rejected_requests) + " rejected";
-  $("rejected_requests").textContent = int(d.rejected_requests);
-  $("rejected_note").textContent = d.rejections.length
-    ? "most: " + d.rejections[0].reason + " (" + int(d.rejections[0].requests) + ")" : "refused by tollgate";
-  $("success_rate").textContent = d.total_requests ? pct(d.success_rate) : "–";
-  $("rates_note").textContent = pct(d.error_rate) + " upstream errors · " + pct(d.rejection_rate) + " rejected";
-  const lat = d.latency_ms;
-  $("latency").textContent = lat.p50 === null ? "–" : int(lat.p50) + " / " + int(lat.p95) + " / " + int(lat.p99);
-  $("total_tokens").textContent = int(d.total_tokens);
-  $("cost_estimate_usd").textContent = usd(d.cost_estimate_usd);
-  $("average_response_time_ms").textContent = int(Math.round(d.average_response_time_ms)) + " ms";
-  $("requests_last_hour").textContent = int(d.requests_last_hour);
-  $("active_accounts").textContent = int(d.active_accounts) + " / " + int(d.accounts.length);
-  $("rate_limited_accounts").textContent = int(d.rate_limited_accounts);
-  const off = [];
-  if (d.disabled_accounts) off.push(int(d.disabled_accounts) + " disabled");
-  if (d.paused_accounts) off.push(int(d.paused_accounts) + " paused");
-  $("disabled_note").textContent = off.length ? off.join(" · ") : "accounts cooling down";
-
-  const h = d.last_hour;
-  $("hour_requests").textContent = int(h.requests + h.rejected);
-  $("hour_tokens").textContent = int(h.tokens);
-  $("hour_cost").textContent = usd(h.cost_usd);
-  bars("bars_requests", h.minutes, (m) => m.requests + m.rejected, (v) => int(v) + " requests");
-  $("hour_rejected").textContent = int(h.rejected);
-  bars("bars_rejected", h.minutes, (m) => m.rejected, (v) => int(v) + " rejected", "bad");
-  const day = d.last_day;
-  $("day_requests").textContent = int(day.requests + day.rejected);
-  $("day_rejected").textContent = int(day.rejected);
-  $("day_tokens").textContent = int(day.tokens);
-  bars("bars_day_requests", day.spans, (m) => m.requests + m.rejected, (v) => int(v) + " requests");
-  bars("bars_day_rejected", day.spans, (m) => m.rejected, (v) => int(v) + " rejected", "bad");
-  bars("bars_day_tokens", day.spans, (m) => m.tokens, (v) => int(v) + " tokens");
-
-  const topRej = d.rejections.length ? d.rejections[0].requests : 0;
-  const rej = d.rejections.map((x) => {
-    const tr = el("tr");
-    tr.dataset.reason = x.reason;
-    cell(tr, x.reason.replace(/_/g, " "));
-    cell(tr, int(x.requests), "num");
-    const b = el("div", "mbar");
-    b.appendChild(meter(topRej ? x.requests / topRej : 0, true));
-    cell(tr, b);
-    return tr;
-  });
-  $("rejections").replaceChildren(table([["Reason"], ["Requests", 1], [""]], rej));
-
-  const recent = d.recent.map((r) => {
-    const tr = el("tr");
-    tr.dataset.decision = r.decision;
-    cell(tr, clock(r.at_ms / 1000), "muted");
-    cell(tr, r.consumer);
-    cell(tr, r.model);
-    cell(tr, r.account === null ? "–" : r.account, r.account === null ? "muted" : "");
-    cell(tr, String(r.status || "–"), "num " + (r.status >= 200 && r.status < 300 ? "ok" : "bad"));
-    cell(tr, int(r.tokens), "num");
-    cell(tr, int(r.latency_ms) + " ms", "num");
-    cell(tr, r.decision, r.decision === "admitted" ? "ok" : "bad");
-    return tr;
-  });
-  $("recent").replaceChildren(table([["Time"], ["Consumer"], ["Model"], ["Account"], ["Status", 1],
-    ["Tokens", 1], ["Latency", 1], ["Decision"]], recent));
-  bars("bars_tokens", h.minutes, (m) => m.tokens, (v) => int(v) + " tokens");
-  bars("bars_cost", h.minutes, (m) => m.cost_usd, usd);
-
-  const acc = d.accounts.map((a) => {
-    const tr = el("tr");
-    tr.dataset.account = a.name;
-    cell(tr, a.name);
-    cell(tr, a.provider, "muted");
-    cell(tr, el("span", "badge " + a.state, a.state));
-    cell(tr, a.disabled_reason ? a.disabled_reason.replace("_", " ") + " (" + a.disabled_status + ") since " +
-        clock(a.disabled_since) + (a.probe_after > d.now_s ? " · probe in " + dur(a.probe_after - d.now_s) : " · probe due")
-      : a.cooling_until ? "until " + clock(a.cooling_until) + " (" + dur(a.cooling_until - d.now_s) + ")" : "–", "muted");
-    const hr = a.headroom, parts = [];
-    if (hr.requests !== null) parts.push(int(hr.requests) + " req");
-    if (hr.tokens !== null) parts.push(short(hr.tokens) + " tok");
-    if (hr.input_tokens !== null) parts.push(short(hr.input_tokens) + " in");
-    if (hr.output_tokens !== null) parts.push(short(hr.output_tokens) + " out");
-    cell(tr, parts.length ? parts.join(" · ") : "unknown", parts.length ? "" : "muted");
-    cell(tr, int(a.requests), "num");
-    cell(tr, int(a.tokens), "num");
-    const acts = el("span");
-    for (const action of [a.state === "paused" ? "resume" : "pause", "reset"]) {
-      const b = el("button", "act", action);
-      b.type = "button";
-      b.addEventListener("click", () => act(a.name, action));
-      acts.appendChild(b);
+/// The page with `url` in place of the marker, as one raw deflate stream: `url` goes between
+/// the two pieces as stored blocks, so the page is never compressed at run time.
+fn dashboard_deflate(url: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DASHBOARD_HEAD.len() + url.len() + DASHBOARD_TAIL.len() + 8);
+    out.extend_from_slice(DASHBOARD_HEAD);
+    for chunk in url.chunks(usize::from(u16::MAX)) {
+        // A stored block: BFINAL 0 and BTYPE 00 (the head ends byte-aligned), then LEN and
+        // its one's complement, little-endian.
+        let len = u16::try_from(chunk.len()).unwrap_or(u16::MAX);
+        out.push(0);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
     }
-    cell(tr, acts);
-    return tr;
-  });
-  $("accounts").replaceChildren(table(
-    [["Account"], ["Provider"], ["State"], ["Why / until"], ["Headroom left"], ["Requests", 1], ["Tokens", 1], [""]], acc));
-
-  const cons = d.consumers.map((c) => {
-    const tr = el("tr"), t = c.totals;
-    tr.dataset.consumer = c.name;
-    cell(tr, c.name);
-    const req = el("div");
-    req.appendChild(el("div", "", int(t.requests)));
-    if (c.rejected) req.appendChild(el("div", "muted", int(c.rejected) + " rejected"));
-    cell(tr, req, "num");
-    const tok = el("div");
-    tok.appendChild(el("div", "", int(t.tokens)));
-    tok.appendChild(el("div", "muted", short(t.input_tokens) + " in · " +
-      short(t.cache_read_tokens + t.cache_write_tokens) + " cache · " + short(t.output_tokens) + " out"));
-    cell(tr, tok, "num");
-    cell(tr, usd(t.cost_usd), "num");
-    const lim = el("div");
-    for (const w of c.windows) {
-      const row = el("div", "limit");
-      row.appendChild(el("span", "", w.kind.replace("_", " ") + " / " + w.per + (w.window === "fixed" ? " (fixed)" : "")));
-      row.appendChild(meter(w.limit ? w.used / w.limit : 1));
-      row.appendChild(el("span", "t", amount(w.kind, w.used) + " of " + amount(w.kind, w.limit) +
-        (w.used ? " · resets in " + dur(w.reset_s) : "")));
-      lim.appendChild(row);
-    }
-    if (c.concurrency.limit !== null) {
-      const row = el("div", "limit");
-      row.appendChild(el("span", "", "in flight"));
-      row.appendChild(meter(c.concurrency.in_use / c.concurrency.limit));
-      row.appendChild(el("span", "t", int(c.concurrency.in_use) + " of " + int(c.concurrency.limit)));
-      lim.appendChild(row);
-    }
-    if (!lim.childNodes.length) lim.appendChild(el("span", "muted", "no limits"));
-    cell(tr, lim);
-    return tr;
-  });
-  $("consumers").replaceChildren(table(
-    [["Consumer"], ["Requests", 1], ["Tokens", 1], ["Cost", 1], ["Limits"]], cons));
-
-  const top = d.top_models.length ? d.top_models[0].requests : 0;
-  const models = d.top_models.map((m) => {
-    const tr = el("tr");
-    cell(tr, m.model);
-    cell(tr, int(m.requests), "num");
-    const b = el("div", "mbar");
-    b.appendChild(meter(top ? m.requests / top : 0, true));
-    cell(tr, b);
-    cell(tr, int(m.tokens), "num");
-    return tr;
-  });
-  $("models").replaceChildren(table([["Model"], ["Requests", 1], [""], ["Tokens", 1]], models));
-
-  $("since").textContent = d.since_s
-    ? "Counting since " + new Date(d.since_s * 1000).toLocaleString() + " (this Envoy's start of traffic)."
-    : "No request counted yet.";
+    out.extend_from_slice(DASHBOARD_TAIL);
+    out
 }
 
-async function load() {
-  const st = $("status");
-  try {
-    // From the origin, not the page URL: a page opened with credentials in its URL
-    // (user:key@host) would otherwise resolve to a URL with them, which fetch refuses.
-    const r = await fetch(location.origin + USAGE_URL, {credentials: "same-origin", cache: "no-store"});
-    if (r.status === 401) throw new Error("admin key required: reload to sign in");
-    if (!r.ok) throw new Error("usage API answered " + r.status);
-    render(await r.json());
-    st.className = "";
-    st.textContent = "updated " + new Date().toLocaleTimeString([], {hour12: false});
-  } catch (e) {
-    st.className = "err";
-    st.textContent = String(e.message || e);
-  }
+/// The page inflated from `dashboard_deflate` (`url_len`: bytes of the URL in it).
+fn inflate_page(deflated: &[u8], url_len: usize) -> Vec<u8> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, DASHBOARD_LEN + url_len)
+        .unwrap_or_default()
 }
-load();
-setInterval(load, 5000);
-</script>
-</body>
-</html>
-"##;
+
+/// The CRC-32 of gzip's trailer (bitwise: it runs once per dashboard load).
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
 
 #[cfg(test)]
 mod tests;

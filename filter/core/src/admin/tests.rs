@@ -339,6 +339,61 @@ fn dashboard_is_self_contained_and_reads_the_usage_api() {
 }
 
 #[test]
+fn dashboard_is_the_page_source_with_the_usage_url_in_place() {
+    let source = include_str!("dashboard.html");
+    assert_eq!(
+        dashboard_html("/tollgate"),
+        source.replace("\"__USAGE_URL__\"", "\"/tollgate/usage\"")
+    );
+    // A URL longer than one stored block (65,535 bytes) is split over several.
+    let long = format!("/{}", "a".repeat(70_000));
+    assert_eq!(
+        dashboard_html(&long),
+        source.replace("\"__USAGE_URL__\"", &format!("\"{long}/usage\""))
+    );
+}
+
+#[test]
+fn dashboard_is_gzip_only_for_clients_that_accept_gzip() {
+    use std::io::Read;
+    let cases: &[(Option<&str>, bool)] = &[
+        (None, false),
+        (Some(""), false),
+        (Some("identity"), false),
+        (Some("br, zstd"), false),
+        (Some("gzip;q=0"), false),
+        (Some("deflate"), false),
+        (Some("gzip"), true),
+        (Some("GZIP"), true),
+        (Some("x-gzip"), true),
+        (Some("gzip, deflate, br, zstd"), true),
+        (Some("br;q=1.0, gzip;q=0.5"), true),
+    ];
+    for &(accept, gzip) in cases {
+        let d = dashboard("/admin", accept);
+        assert_eq!(d.gzip, gzip, "{accept:?}");
+        let html = if gzip {
+            // flate2 checks the trailer's CRC-32 and size.
+            let mut page = String::new();
+            flate2::read::GzDecoder::new(d.body.as_slice())
+                .read_to_string(&mut page)
+                .unwrap();
+            page
+        } else {
+            String::from_utf8(d.body).unwrap()
+        };
+        assert_eq!(html, dashboard_html("/admin"), "{accept:?}");
+        assert!(html.contains(r#"const USAGE_URL = "/admin/usage";"#));
+    }
+}
+
+#[test]
+fn computes_the_crc32_of_gzip() {
+    assert_eq!(crc32(b""), 0);
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
 fn dashboard_path_cannot_break_out_of_the_script() {
     let html = dashboard_html("/x</script><script>alert(1)//\"");
     assert!(!html.contains("</script><script>alert"));

@@ -109,6 +109,100 @@ pub(super) fn as_array<'a>(node: &'a Node, path: &str) -> Result<&'a [Node], Con
     }
 }
 
+/// `v` as `format!("{v}")` writes it (plain decimal, the shortest digits that read back as
+/// `v`, no exponent) without linking core's float formatting (~18 KB of wasm, for error
+/// messages only): the digits come from serde_json's float writer, which the filter links.
+pub(super) fn display_f64(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v < 0.0 { "-inf" } else { "inf" }.into();
+    }
+    // serde_json writes `-1.5e-7`, `1e21`, `100.0`: digits, a point, an exponent.
+    let json = serde_json::to_string(&v).unwrap_or_default();
+    let unsigned = json.trim_start_matches('-');
+    let (mantissa, exp) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i64>().unwrap_or(0)),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{int}{frac}");
+    let digits = all.trim_start_matches('0');
+    // Where the point goes in `digits`.
+    let point = int.len() as i64 - (all.len() - digits.len()) as i64 + exp;
+    let mut point = point;
+    let mut digits = digits.trim_end_matches('0').to_string();
+    // When `v` lies exactly halfway between two shortest candidates, serde_json picks the even
+    // one and Display the one further from zero.
+    if is_midpoint_above(v, &digits, point) {
+        let up = digits
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_add(1)
+            .to_string();
+        if up.len() > digits.len() {
+            point += 1;
+        }
+        digits = up.trim_end_matches('0').to_string();
+    }
+    let digits = digits.as_str();
+    let mut out = String::with_capacity(digits.len() + 8);
+    if v.is_sign_negative() {
+        out.push('-');
+    }
+    let len = digits.len() as i64;
+    if digits.is_empty() {
+        out.push('0');
+    } else if point <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-point) as usize));
+        out.push_str(digits);
+    } else if point >= len {
+        out.push_str(digits);
+        out.extend(std::iter::repeat_n('0', (point - len) as usize));
+    } else {
+        let (a, b) = digits.split_at(point as usize);
+        out.push_str(a);
+        out.push('.');
+        out.push_str(b);
+    }
+    out
+}
+
+/// `|v|` is exactly `0.{digits}5 × 10^point` (the halfway point above `0.{digits} × 10^point`).
+fn is_midpoint_above(v: f64, digits: &str, point: i64) -> bool {
+    let bits = v.to_bits();
+    let (m, e) = match (bits >> 52) & 0x7ff {
+        0 => (bits & ((1 << 52) - 1), -1074),
+        exp => ((bits & ((1 << 52) - 1)) | (1 << 52), exp as i64 - 1075),
+    };
+    if m == 0 {
+        return false;
+    }
+    // |v| = odd · 2^e2; the midpoint = n · 10^j with n odd (it ends in 5), so they are equal
+    // only if j == e2 and odd == n · 5^j (or odd · 5^-j == n).
+    let (odd, e2) = (m >> m.trailing_zeros(), e + i64::from(m.trailing_zeros()));
+    let Some(n) = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|d| d.checked_mul(10)?.checked_add(5))
+    else {
+        return false;
+    };
+    let j = point - digits.len() as i64 - 1;
+    let Ok(pow) = u32::try_from(j.unsigned_abs()) else {
+        return false;
+    };
+    let five = 5u64.checked_pow(pow);
+    j == e2
+        && if j >= 0 {
+            five.and_then(|f| n.checked_mul(f)) == Some(odd)
+        } else {
+            five.and_then(|f| odd.checked_mul(f)) == Some(n)
+        }
+}
+
 pub(super) fn as_uint(node: &Node, path: &str) -> Result<u64, ConfigError> {
     match node {
         Node::Uint(v) => Ok(*v),
@@ -119,7 +213,10 @@ pub(super) fn as_uint(node: &Node, path: &str) -> Result<u64, ConfigError> {
         Node::Float(v) if v.fract() == 0.0 && (0.0..=MAX_WHOLE_F64).contains(v) => Ok(*v as u64),
         Node::Float(v) => Err(err(
             path,
-            format!("expected a non-negative whole number, got {v}"),
+            format!(
+                "expected a non-negative whole number, got {}",
+                display_f64(*v)
+            ),
         )),
         other => Err(err(
             path,

@@ -5,8 +5,8 @@
 
 use super::newtypes::check_key_text;
 use super::node::{
-    as_array, as_bool, as_duration, as_number, as_str, as_uint, index_path, key_path, one_of, Node,
-    Obj, MAX_WHOLE_F64,
+    as_array, as_bool, as_duration, as_number, as_str, as_uint, display_f64, index_path, key_path,
+    one_of, Node, Obj, MAX_WHOLE_F64,
 };
 use super::*;
 use crate::limits::{LimitKind, Per, WindowKind};
@@ -657,7 +657,7 @@ fn parse_pricing(node: &Node, path: &str) -> Result<Vec<(Glob, Price)>, ConfigEr
                     if !(v.is_finite() && v >= 0.0) {
                         return Err(err(
                             &fpath,
-                            format!("expected a non-negative price, got {v}"),
+                            format!("expected a non-negative price, got {}", display_f64(v)),
                         ));
                     }
                     Ok(Some(v))
@@ -830,7 +830,7 @@ fn parse_limit(node: &Node, path: &str) -> Result<Limit, ConfigError> {
         if !(usd.is_finite() && usd > 0.0) {
             return Err(err(
                 &amount_path,
-                format!("must be a positive amount of USD, got {usd}"),
+                format!("must be a positive amount of USD, got {}", display_f64(usd)),
             ));
         }
         let micros = (usd * 1e6).round();
@@ -841,7 +841,10 @@ fn parse_limit(node: &Node, path: &str) -> Result<Limit, ConfigError> {
             ));
         }
         if micros >= MAX_WHOLE_F64 {
-            return Err(err(&amount_path, format!("is too large, got {usd}")));
+            return Err(err(
+                &amount_path,
+                format!("is too large, got {}", display_f64(usd)),
+            ));
         }
         micros as u64
     } else {

@@ -703,3 +703,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn writes_floats_in_error_messages_as_display_does() {
+    use super::node::display_f64;
+    for v in [
+        0.0,
+        -0.0,
+        1.0,
+        -3.0,
+        1.5,
+        -1.5,
+        0.1,
+        0.000001,
+        1.5e-7,
+        123456.789,
+        1e15,
+        1e21,
+        1e300,
+        -2.5e-300,
+        f64::MIN_POSITIVE,
+        5e-324,
+        f64::MAX,
+        f64::MIN,
+        9_007_199_254_740_992.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        // Halfway between two shortest candidates: Display rounds away from zero.
+        f64::from_bits(14_055_597_007_310_985_298), // -1108721192801034.25
+        0.5,
+        2.5e-5,
+    ] {
+        assert_eq!(display_f64(v), format!("{v}"), "{v:e}");
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+    #[test]
+    fn writes_every_float_as_display_does(bits in proptest::prelude::any::<u64>()) {
+        let v = f64::from_bits(bits);
+        prop_assert_eq!(super::node::display_f64(v), format!("{v}"));
+    }
+
+    /// Exponents near 0, where the halfway cases are.
+    #[test]
+    fn writes_floats_of_everyday_size_as_display_does(
+        mantissa in 0u64..1 << 52,
+        exponent in 960u64..1100,
+        negative in proptest::prelude::any::<bool>(),
+    ) {
+        let v = f64::from_bits(u64::from(negative) << 63 | exponent << 52 | mantissa);
+        prop_assert_eq!(super::node::display_f64(v), format!("{v}"));
+    }
+}

@@ -71,12 +71,17 @@ impl Flow {
             }
             "" | "/" => {
                 let path = self.cfg().admin.as_ref().map_or("", |a| a.path.as_str());
-                let page = admin::dashboard_html(path);
-                h.send_response(
-                    200,
-                    &[("content-type", "text/html; charset=utf-8"), NO_STORE],
-                    page.as_bytes(),
-                );
+                let request = h.request_headers();
+                let page = admin::dashboard(path, request.get("accept-encoding"));
+                let mut headers = vec![
+                    ("content-type", "text/html; charset=utf-8"),
+                    NO_STORE,
+                    ("vary", "accept-encoding"),
+                ];
+                if page.gzip {
+                    headers.push(("content-encoding", "gzip"));
+                }
+                h.send_response(200, &headers, &page.body);
             }
             _ => h.send_response(404, &[JSON], br#"{"error":"not found"}"#),
         }
