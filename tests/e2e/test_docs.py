@@ -14,15 +14,19 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 import envoyctl
+from conftest import KEY_A, KEY_B, base_config, sha
 
 ROOT = envoyctl.ROOT
 DOC = ROOT / "docs" / "configuration.md"
@@ -269,3 +273,30 @@ def test_the_readme_and_docs_link_only_inside_the_repository():
         # The changelog is the lead's record of contract changes; the rest is for users.
         text = text.split("\n## Changelog", 1)[0]
         assert "SPEC" not in text, f"{page.name} refers to SPEC, which a clone does not have"
+
+
+def test_the_readme_meaning_of_x_ratelimit_reset_holds(make_envoy):
+    """README "Rate-limit headers": a sliding per-minute window reports the end of the *next*
+    minute (60–120 s, e.g. 117 s at 3 s into a minute), a fixed one the end of this minute."""
+    cfg = base_config(consumers=[
+        {"name": "team-a", "keys": [KEY_A], "limits": [{"tokens": 1_000_000, "per": "minute"}]},
+        {"name": "team-b", "keys": [sha(KEY_B)],
+         "limits": [{"tokens": 1_000_000, "per": "minute", "window": "fixed"}]},
+    ])
+    e = make_envoy(cfg)
+    body = {"model": "claude-haiku-4-5", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Hello"}]}
+    for key, window_ends in [(KEY_A, 2), (KEY_B, 1)]:
+        for _ in range(3):  # a request that straddles a minute boundary is asked again
+            t0 = time.time()
+            r = requests.post(e.url() + "/v1/messages", json=body, timeout=30,
+                              headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+            t1 = time.time()
+            if int(t0 // 60) == int(t1 // 60):
+                break
+        assert r.status_code == 200, r.text
+        reset = int(r.headers["x-ratelimit-reset-tokens"])
+        end = (int(t0 // 60) + window_ends) * 60
+        assert math.ceil(end - t1) <= reset <= math.ceil(end - t0), (key, reset, t0 % 60)
+        assert int(r.headers["x-ratelimit-limit-tokens"]) == 1_000_000
+        assert 0 < 1_000_000 - int(r.headers["x-ratelimit-remaining-tokens"]) < 1_000
