@@ -258,18 +258,26 @@ def test_the_readme_names_every_environment_variable():
     assert not missing, f"README.md does not name (in backticks): {missing}"
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them."""
+    slugs = set()
+    for title in re.findall(r"^#{1,6} (.+)$", page.read_text(), re.M):
+        slugs.add(re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-"))
+    return slugs
+
+
 def test_the_readme_and_docs_link_only_inside_the_repository():
     for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
         text = page.read_text()
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"[a-z]+:", target):
-                continue  # an external site (an URL), not a path
+            assert not re.match(r"[a-z]+:", target), f"{page.name} links to a web page: {target}"
             path = target.split("#", 1)[0]
-            if not path:
-                continue
-            resolved = (page.parent / path).resolve()
+            resolved = (page.parent / path).resolve() if path else page
             assert resolved.is_relative_to(ROOT), f"{page.name} links outside: {target}"
             assert resolved.exists(), f"{page.name} links to a missing file: {target}"
+            if "#" in target and resolved.suffix == ".md":
+                anchor = target.split("#", 1)[1]
+                assert anchor in anchors(resolved), f"{page.name}: no heading for {target}"
         # The changelog is the lead's record of contract changes; the rest is for users.
         text = text.split("\n## Changelog", 1)[0]
         assert "SPEC" not in text, f"{page.name} refers to SPEC, which a clone does not have"
