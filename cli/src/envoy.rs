@@ -42,7 +42,13 @@ pub fn classify(text: &str) -> Result<Document, String> {
     }
     // Aliases are copied where they are used: a few lines of anchors can stand for billions of
     // nodes. The size is counted on the parser's events before anything is built.
-    let size = expanded_size(trimmed).map_err(|e| format!("not JSON and not valid YAML: {e}"))?;
+    // JSON that YAML refuses (a repeated key, which serde_json's map lets pass): the filter's
+    // parser says why, in its own words.
+    let size = match expanded_size(trimmed) {
+        Ok(size) => size,
+        Err(_) if looks_json => return Ok(Document::Tollgate),
+        Err(e) => return Err(format!("not JSON and not valid YAML: {e}")),
+    };
     if size > MAX_NODES {
         return Err(format!(
             "its aliases expand to more than {MAX_NODES} YAML nodes: not an Envoy configuration"
@@ -51,6 +57,7 @@ pub fn classify(text: &str) -> Result<Document, String> {
     let docs = match YamlLoader::load_from_str(trimmed) {
         Ok(docs) => docs,
         // Not YAML: for something that starts like JSON, the filter's parser says why.
+        Err(_) if looks_json => return Ok(Document::Tollgate),
         Err(e) => return Err(format!("not JSON and not valid YAML: {e}")),
     };
     let envoy_like = docs.iter().any(|d| {

@@ -65,6 +65,25 @@ fn check_leaves_every_other_key_env_message_as_the_filter_says_it() {
 }
 
 #[test]
+fn check_gives_the_filters_message_for_json_that_yaml_refuses() {
+    // serde_json lets a repeated key pass and YAML refuses it: the filter's words win.
+    for (doc, message) in [
+        (
+            r#"{"stage": "upstream", "stage": "downstream"}"#,
+            "stage: duplicate field",
+        ),
+        (
+            r#"{"admin": {"keys": ["a"], "keys": ["b"]}}"#,
+            "admin.keys: duplicate field",
+        ),
+    ] {
+        let out = run_with(&["check", "-"], doc, &[]);
+        assert_eq!(out.code, 1, "{doc}");
+        assert_eq!(out.stderr, format!("{message}\n"), "{doc}");
+    }
+}
+
+#[test]
 fn check_names_the_field_of_a_bad_value() {
     let bad = r#"{"limits": [{"tokens": 5, "per": "fortnight"}]}"#;
     let out = run_with(&["check", "-"], bad, &[]);

@@ -62,12 +62,13 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     /// Lowercased header name carrying a consumer name set by a trusted filter. It may be set
     /// together with consumer `keys`: a request presenting a known key is that key's consumer;
-    /// otherwise the header names the consumer (a name matching no consumer runs under the
-    /// default `limits`). Consumers without keys are only reachable through this header.
+    /// otherwise the header names the consumer (a name matching no consumer gets 403, or runs
+    /// as `anonymous` when that is configured). Consumers without keys are only reachable
+    /// through this header.
     pub consumer_header: Option<String>,
     /// `None`: a request with no known key gets 401.
     pub anonymous: Option<Anonymous>,
-    /// Default limits, for consumers that list none and for unlisted `consumer_header` names.
+    /// Default limits, for consumers that list none.
     pub limits: Vec<Limit>,
     pub accounts: Vec<Account>,
     pub selection: Selection,
