@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::codec;
 use crate::limits::Usage;
 use crate::store::{self, Decision, Store, StoreError, MAX_TRIES};
 
@@ -439,9 +440,9 @@ impl Totals {
     /// Decodes a stored value; anything malformed, truncated, out of bounds or of another
     /// version reads as fresh totals (the analytics start over rather than fail).
     pub fn decode(bytes: &[u8]) -> Totals {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         decode_totals(&mut r)
-            .filter(|_| r.b.is_empty())
+            .filter(|_| r.is_empty())
             .unwrap_or_default()
     }
 
@@ -452,36 +453,36 @@ impl Totals {
         w.push(VERSION);
         put_consumer(&mut w, &self.all);
         for v in [self.response_ms_sum, self.response_count, self.since_ms] {
-            put(&mut w, v);
+            codec::put_varint(&mut w, v);
         }
-        put(&mut w, self.consumers.len() as u64);
+        codec::put_varint(&mut w, self.consumers.len() as u64);
         for (k, v) in &self.consumers {
             put_name(&mut w, k);
             put_consumer(&mut w, v);
         }
         for map in [&self.accounts, &self.models] {
-            put(&mut w, map.len() as u64);
+            codec::put_varint(&mut w, map.len() as u64);
             for (k, v) in map {
                 put_name(&mut w, k);
                 for x in [v.requests, v.tokens, v.last_ms] {
-                    put(&mut w, x);
+                    codec::put_varint(&mut w, x);
                 }
             }
         }
         put_buckets(&mut w, &self.minutes);
         for map in [&self.rejections, &self.consumer_rejections] {
-            put(&mut w, map.len() as u64);
+            codec::put_varint(&mut w, map.len() as u64);
             for (k, v) in map {
                 put_name(&mut w, k);
-                put(&mut w, *v);
+                codec::put_varint(&mut w, *v);
             }
         }
         // Sparse: most buckets stay empty.
         let used = self.latency.iter().filter(|n| **n > 0).count();
-        put(&mut w, used as u64);
+        codec::put_varint(&mut w, used as u64);
         for (i, n) in self.latency.iter().enumerate().filter(|(_, n)| **n > 0) {
-            put(&mut w, i as u64);
-            put(&mut w, *n);
+            codec::put_varint(&mut w, i as u64);
+            codec::put_varint(&mut w, *n);
         }
         put_buckets(&mut w, &self.spans);
         w
@@ -544,32 +545,24 @@ fn ring_view(ring: &[Bucket], now_slot: u64, n: usize) -> Vec<Bucket> {
 /// Buckets (oldest first) with each slot as the step from the one before, and `rejected` only
 /// when not 0 (flagged in the low bit of `requests`): most minutes refuse nothing.
 fn put_buckets(w: &mut Vec<u8>, buckets: &[Bucket]) {
-    put(w, buckets.len() as u64);
+    codec::put_varint(w, buckets.len() as u64);
     let mut prev = 0;
     for b in buckets {
-        put(w, b.minute.saturating_sub(prev));
+        codec::put_varint(w, b.minute.saturating_sub(prev));
         prev = b.minute;
         let flagged = u64::from(b.rejected > 0);
-        put(w, b.requests.saturating_mul(2).saturating_add(flagged));
-        put(w, b.tokens);
-        put(w, b.cost_micros);
+        codec::put_varint(w, b.requests.saturating_mul(2).saturating_add(flagged));
+        codec::put_varint(w, b.tokens);
+        codec::put_varint(w, b.cost_micros);
         if b.rejected > 0 {
-            put(w, b.rejected);
+            codec::put_varint(w, b.rejected);
         }
     }
 }
 
-fn put(w: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        w.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    w.push(v as u8);
-}
-
 fn put_name(w: &mut Vec<u8>, name: &str) {
     let name = cut(name);
-    put(w, name.len() as u64);
+    codec::put_varint(w, name.len() as u64);
     w.extend_from_slice(name.as_bytes());
 }
 
@@ -583,31 +576,32 @@ fn put_consumer(w: &mut Vec<u8>, c: &ConsumerTotals) {
         c.cache_write,
         c.cost_micros,
     ] {
-        put(w, v);
+        codec::put_varint(w, v);
     }
 }
 
+/// The stored formats' reader: `codec::Reader`, with absent for any fault.
 struct Reader<'a> {
-    b: &'a [u8],
+    r: codec::Reader<'a>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader {
+            r: codec::Reader::new(bytes),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.r.is_empty()
+    }
+
     fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.b.split_first()?;
-        self.b = rest;
-        Some(first)
+        self.r.byte().ok()
     }
 
     fn num(&mut self) -> Option<u64> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
+        self.r.varint().ok()
     }
 
     /// A count of at most `max` entries.
@@ -617,9 +611,7 @@ impl Reader<'_> {
 
     fn name(&mut self) -> Option<String> {
         let n = self.len(NAME_CAP)?;
-        let (head, rest) = (self.b.get(..n)?, self.b.get(n..)?);
-        self.b = rest;
-        String::from_utf8(head.to_vec()).ok()
+        String::from_utf8(self.r.take(n).ok()?.to_vec()).ok()
     }
 
     fn consumer(&mut self) -> Option<ConsumerTotals> {
@@ -919,10 +911,10 @@ fn newest<'r>(
 fn encode_recent(entries: &[&Recent]) -> Vec<u8> {
     let mut w = Vec::with_capacity(8 + 48 * entries.len());
     w.push(RECENT_VERSION);
-    put(&mut w, entries.len() as u64);
+    codec::put_varint(&mut w, entries.len() as u64);
     for e in entries {
         for v in [e.at_ms, u64::from(e.status), e.tokens, e.latency_ms] {
-            put(&mut w, v);
+            codec::put_varint(&mut w, v);
         }
         for name in [&e.consumer, &e.model, &e.account, &e.decision] {
             put_name(&mut w, name);
@@ -933,7 +925,7 @@ fn encode_recent(entries: &[&Recent]) -> Vec<u8> {
 
 /// The stored ring; anything malformed reads as empty.
 fn decode_recent(bytes: &[u8]) -> Vec<Recent> {
-    let mut r = Reader { b: bytes };
+    let mut r = Reader::new(bytes);
     let mut read = || -> Option<Vec<Recent>> {
         if r.byte()? != RECENT_VERSION {
             return None;
@@ -952,7 +944,7 @@ fn decode_recent(bytes: &[u8]) -> Vec<Recent> {
                 decision: r.name()?,
             });
         }
-        r.b.is_empty().then_some(out)
+        r.is_empty().then_some(out)
     };
     read().unwrap_or_default()
 }
