@@ -278,3 +278,75 @@ fn a_server_that_drips_its_answer_is_cut_off_at_the_deadline() {
     let e = read_response(&big[..]).unwrap_err();
     assert_eq!(e.to_string(), "the response is too large");
 }
+
+/// Every control character a hostile usage API could send (ESC starts a terminal escape
+/// sequence, BEL ends an OSC one, U+009B is the one-character CSI), in every string and
+/// every object key the frame shows.
+#[test]
+fn a_hostile_usage_api_cannot_put_terminal_escapes_into_the_frame() {
+    let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31my";
+    let mut u = usage_document();
+    u["accounts"][1]["disabled_reason"] = Value::from(evil);
+    u["accounts"][0]["headroom"] = serde_json::json!({ evil: 5 });
+    u["latency_ms"] = serde_json::json!({ evil: 1 });
+    u["rejections"] = serde_json::json!({ evil: 2 });
+    u["top_models"][0]["model"] = Value::from(evil);
+    u["recent"] = serde_json::json!([{ "consumer": evil, evil: 1 }]);
+    let f = render(&u, "u");
+    let bad: Vec<char> = f.chars().filter(|c| c.is_control() && *c != '\n').collect();
+    assert!(bad.is_empty(), "{bad:?} in {f}");
+    assert!(f.contains("x]0;owned[2J31my"), "{f}");
+}
+
+#[test]
+fn a_hostile_usage_api_cannot_overflow_the_frame_sums() {
+    let mut u = usage_document();
+    u["rejections"] = serde_json::json!({"auth": u64::MAX, "tokens": 1});
+    u["totals"]["requests"] = Value::from(u64::MAX);
+    u["totals"]["errors"] = Value::from(u64::MAX);
+    let f = render(&u, "u");
+    assert!(f.contains("rejections  "), "{f}");
+}
+
+#[test]
+fn an_error_answer_shows_neither_terminal_escapes_nor_part_of_the_key() {
+    let key = "tg-FAKE-admin-key-777";
+    // An error body with escapes: shown without them.
+    let (t, h) = serve(b"HTTP/1.1 500 Oops\r\ncontent-length: 12\r\n\r\nx\x1b[2J\x1b]0;t\x07y");
+    let e = fetch(&t, Some(key)).unwrap_err();
+    h.join().unwrap();
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    assert!(e.ends_with("HTTP 500: x[2J]0;ty"), "{e:?}");
+    // The key echoed where the 200-byte excerpt ends: not even its first characters shown.
+    const ECHO: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 211\r\n\r\n\
+        aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\
+        aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\
+        tg-FAKE-admin-key-777";
+    let (t, h) = serve(ECHO);
+    let e = fetch(&t, Some(key)).unwrap_err();
+    h.join().unwrap();
+    assert!(!e.contains("tg-FAKE"), "{e}");
+}
+
+#[test]
+fn a_usage_document_that_echoes_the_key_is_shown_without_it() {
+    let key = "tg-FAKE-admin-key-777";
+    let (t, h) = serve(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 47\r\n\r\n{\"accounts\":[{\"name\":\"tg-FAKE-admin-key-777\"}]}",
+    );
+    let v = fetch(&t, Some(key)).unwrap();
+    h.join().unwrap();
+    let f = render(&v, "u");
+    assert!(!f.contains(key), "{f}");
+}
+
+#[test]
+fn a_chunk_size_near_the_largest_number_is_refused_not_a_crash() {
+    let (t, h) = serve(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+          1\r\n{\r\nffffffffffffffff\r\n}\r\n0\r\n\r\n",
+    );
+    let e = fetch(&t, None).unwrap_err();
+    h.join().unwrap();
+    assert!(e.ends_with("the response is too large"), "{e}");
+}

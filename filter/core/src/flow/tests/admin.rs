@@ -207,3 +207,28 @@ fn a_downstream_stage_without_accounts_reports_and_resets_the_published_pool() {
     tg.send("POST", "/tollgate/accounts/anthropic-9/reset", &admin, "");
     assert_eq!(tg.host.reply().status, 404);
 }
+
+/// A page of another site that frames the dashboard (which the browser fills with its Basic
+/// credentials) could trick a click on pause or reset: the page's own same-origin request
+/// passes the cross-site check. The dashboard refuses to be framed.
+#[test]
+fn the_dashboard_refuses_to_be_framed_by_another_page() {
+    for accept in ["gzip", "identity"] {
+        let mut tg = Tg::new(&config());
+        get(
+            &mut tg,
+            "/tollgate/",
+            &[
+                ("authorization", "Basic YWRtaW46RkFLRS1hZG1pbi1rZXk="),
+                ("accept-encoding", accept),
+            ],
+        );
+        let reply = tg.host.reply();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+        assert_eq!(
+            reply.header("content-security-policy"),
+            Some("frame-ancestors 'none'")
+        );
+    }
+}
