@@ -130,8 +130,13 @@ pub fn fetch(t: &Target, key: Option<&str>) -> Result<Value, String> {
     s.write_all(req.as_bytes())
         .map_err(|e| format!("{}: {e}", t.display()))?;
     let (status, body) = read_response(s).map_err(|e| format!("{}: {e}", t.display()))?;
+    // A server or proxy that echoes the request: the key is masked before anything is read.
+    let body = match key {
+        Some(k) if !k.is_empty() => String::from_utf8_lossy(&body).replace(k, "*****"),
+        _ => String::from_utf8_lossy(&body).into_owned(),
+    };
     match status {
-        200 => serde_json::from_slice(&body)
+        200 => serde_json::from_str(&body)
             .map_err(|e| format!("{}: the answer is not JSON: {e}", t.display())),
         401 | 403 => Err(format!(
             "{}: {status}: the admin key was {} (--key or TOLLGATE_ADMIN_KEY)",
@@ -139,11 +144,7 @@ pub fn fetch(t: &Target, key: Option<&str>) -> Result<Value, String> {
             if key.is_some() { "refused" } else { "missing" }
         )),
         _ => {
-            let text = String::from_utf8_lossy(body.get(..200).unwrap_or(&body)).to_string();
-            let text = match key {
-                Some(k) if !k.is_empty() => text.replace(k, "*****"),
-                _ => text,
-            };
+            let text: String = body.chars().take(200).filter(|c| !c.is_control()).collect();
             Err(format!("{}: HTTP {status}: {}", t.display(), text.trim()))
         }
     }
@@ -213,7 +214,7 @@ fn read_response_until(s: impl Read, until: Instant) -> io::Result<(u16, Vec<u8>
             if size == 0 {
                 break;
             }
-            if body.len() + size > MAX_BODY {
+            if body.len().saturating_add(size) > MAX_BODY {
                 return Err(bad("the response is too large"));
             }
             let start = body.len();
@@ -381,6 +382,9 @@ pub fn render(u: &Value, shown_url: &str) -> String {
         out.push_str("\nRECENT REQUESTS\n");
         out.push_str(&recent_table(recent));
     }
+    // Names, reasons and object keys come from the server: no control character reaches
+    // the terminal (an escape sequence could retitle, clear or rewrite it).
+    out.retain(|c| c == '\n' || !c.is_control());
     out
 }
 
@@ -480,7 +484,7 @@ fn rejections(r: &Value) -> Option<String> {
     if pairs.is_empty() {
         return Some("none".to_string());
     }
-    let total: u64 = pairs.iter().map(|(_, n)| n).sum();
+    let total = pairs.iter().fold(0u64, |t, (_, n)| t.saturating_add(*n));
     let list: Vec<String> = pairs.iter().map(|(k, n)| format!("{k} {n}")).collect();
     Some(format!("{total} ({})", list.join(", ")))
 }

@@ -73,10 +73,14 @@ impl Flow {
                 let path = self.cfg().admin.as_ref().map_or("", |a| a.path.as_str());
                 let request = h.request_headers();
                 let page = admin::dashboard(path, request.get("accept-encoding"));
+                // Framed by another site's page, its buttons could be clicked by a trick:
+                // their same-origin requests pass the cross-site check.
                 let mut headers = vec![
                     ("content-type", "text/html; charset=utf-8"),
                     NO_STORE,
                     ("vary", "accept-encoding"),
+                    ("x-frame-options", "DENY"),
+                    ("content-security-policy", "frame-ancestors 'none'"),
                 ];
                 if page.gzip {
                     headers.push(("content-encoding", "gzip"));
