@@ -120,3 +120,19 @@ def test_another_pages_request_riding_on_basic_auth_pauses_nothing(review, heade
         assert states(review)["anthropic-2"] == "ok"
     finally:
         resume(review)
+
+
+def test_a_key_sent_as_the_model_is_not_a_label_nor_in_the_recent_ring(review, mock):
+    """A careless client sends its key as the model; team-b's `claude-haiku-*` admits the
+    name, but it is counted as `other` everywhere the console shows names."""
+    from test_metrics import scrape
+
+    mock.script("*", usage=USAGE)
+    leaked = "claude-haiku-sk-ant-api03-FAKEreviewFAKEreview"
+    ask(review, model=leaked, key=KEY_B)
+    time.sleep(1.5)
+    u = usage(review)
+    _, _, text = scrape(review)
+    assert "FAKEreview" not in str(u) and "FAKEreview" not in text
+    assert u["recent"][0]["model"] == "other", u["recent"][0]
+    mock.reset(only="scripts")

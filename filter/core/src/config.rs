@@ -26,6 +26,7 @@ mod newtypes;
 mod node;
 mod parse;
 
+pub(crate) use newtypes::KNOWN_KEY_PREFIXES;
 pub use newtypes::{Duration, Glob, KeyMatcher, Secret};
 
 /// `max_body_bytes` when the configuration sets none: 32 MiB.

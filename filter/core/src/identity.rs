@@ -184,6 +184,12 @@ pub fn identify(cfg: &Config, key: Option<&str>, trusted_name: Option<&str>) -> 
     }
 }
 
+/// Whether `s` is a configured consumer or admin key.
+pub fn is_configured_key(cfg: &Config, s: &str) -> bool {
+    let admin = cfg.admin.as_ref().map_or(&[][..], |a| a.keys.as_slice());
+    consumer_of(cfg, s).is_some() || is_admin_key(admin, s)
+}
+
 /// Whether `key` is one of the admin keys.
 pub fn is_admin_key(keys: &[KeyMatcher], key: &str) -> bool {
     let digest = KeyMatcher::digest(key);

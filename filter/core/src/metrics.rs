@@ -83,10 +83,22 @@ pub const MODEL_NAME_CAP: usize = 128;
 
 /// Whether `model` may be a label value of its own: it matches the caller's allow-list or a
 /// pricing entry (configured or built in). Anything else is `other`, so random names mint
-/// nothing.
+/// nothing. A key sent as the model (a configured consumer or admin key, or a name with a
+/// provider key's prefix) is `other` too: labels show in Prometheus, `top_models` and the
+/// recent ring.
 pub fn eligible(cfg: &Config, allow: Option<&[Glob]>, model: &str) -> bool {
-    allow.is_some_and(|globs| globs.iter().any(|g| g.matches(model)))
-        || cfg.pricing_index(model).is_some()
+    (allow.is_some_and(|globs| globs.iter().any(|g| g.matches(model)))
+        || cfg.pricing_index(model).is_some())
+        && !key_like(cfg, model)
+}
+
+/// A provider key's prefix at the start (`sk-…`), or one longer than `sk-` anywhere
+/// (`claude-sk-ant-…`), or a configured key.
+fn key_like(cfg: &Config, model: &str) -> bool {
+    config::KNOWN_KEY_PREFIXES
+        .iter()
+        .any(|p| model.starts_with(p) || (p.len() > 3 && model.contains(p)))
+        || crate::identity::is_configured_key(cfg, model)
 }
 
 /// A name that can go into the `\n`-separated list: not empty, not too long, no control

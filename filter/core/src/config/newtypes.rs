@@ -160,7 +160,7 @@ pub struct Secret(String);
 
 /// Public key prefixes of the providers, longest first; shown in masks because they only say
 /// which kind of key it is.
-const KNOWN_KEY_PREFIXES: &[&str] = &["sk-ant-", "sk-proj-", "sk-", "AIza"];
+pub(crate) const KNOWN_KEY_PREFIXES: &[&str] = &["sk-ant-", "sk-proj-", "sk-", "AIza"];
 
 impl Secret {
     pub fn new(key: impl Into<String>) -> Secret {

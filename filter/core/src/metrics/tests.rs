@@ -293,3 +293,34 @@ fn series_stay_bounded_for_a_huge_configuration() {
         .iter()
         .any(|x| x.name == "tollgate_rejections_total.consumer.c0.reason.auth"));
 }
+
+/// A careless client that sends a key as its model (a swapped variable), under an allow-list
+/// or price glob that admits anything: the key would be a Prometheus label, a `top_models`
+/// name and a row of the recent ring. A name that is a configured consumer or admin key, or
+/// has a provider key's prefix, is never a label of its own.
+#[test]
+fn a_key_sent_as_the_model_is_never_a_label() {
+    let c = cfg(r#"{"admin":{"path":"/tollgate","keys":["tg-FAKE-admin-9"]},
+            "consumers":[{"name":"team-b","keys":["tg-FAKE-team-b-1"],"models":["*"]}],
+            "pricing":{"*":{"input":1,"output":1}}}"#);
+    let allow = c.consumers[0].models.as_deref();
+    for key in [
+        "tg-FAKE-team-b-1",
+        "tg-FAKE-admin-9",
+        "sk-ant-api03-FAKEFAKEFAKEFAKE",
+        "sk-proj-FAKEFAKEFAKEFAKE",
+        "claude-sk-ant-api03-FAKEFAKEFAKE",
+        "AIzaSyFAKEFAKEFAKEFAKE",
+    ] {
+        assert!(!eligible(&c, allow, key), "{key}");
+        assert!(!eligible(&c, None, key), "{key}");
+    }
+    for model in [
+        "claude-haiku-4-5",
+        "gpt-4o-mini",
+        "task-model-7b",
+        "gemini-2.0-flash",
+    ] {
+        assert!(eligible(&c, allow, model), "{model}");
+    }
+}
