@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::config::{Affinity, Config, Duration, Selection, Strategy};
 use crate::key_evidence::samples;

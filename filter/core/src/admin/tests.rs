@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::accounts::{AccountState, Dim, DisableReason};
 use crate::analytics::{Accumulator, Fact};
@@ -247,7 +248,7 @@ fn usage_json_before_any_traffic_has_zeros_and_no_start_time() {
 #[test]
 fn usage_json_never_contains_a_configured_key() {
     let secrets = [
-        "sk-ant-test03-inline-account-key-AAAA",
+        "sk-ant-FAKE00-inline-account-key-AAAA",
         "sk-proj-inline-key-BBBB",
         "plain-consumer-key-CCCC",
         "admin-key-DDDD",

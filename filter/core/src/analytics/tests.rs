@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::store::MemStore;
 use std::cell::Cell;

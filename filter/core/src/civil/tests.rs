@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 
 /// (date, days since 1970-01-01), from `date -u -d <date> +%s` / 86400.

@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 
 /// (value, its varint bytes): the protobuf encoding, computed by hand.

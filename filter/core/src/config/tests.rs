@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::newtypes::ct_eq;
 use super::*;
 use crate::api::Api;
@@ -25,8 +26,8 @@ const K1_SHA: &str = "6ab9f1eb8f7d3388f4f9d586f66e99fd54080df2c446f0e58668b09c08
 
 fn test_env(name: &str) -> Option<String> {
     match name {
-        "ANTHROPIC_KEY_1" => Some("sk-ant-test03-AAAAAAAAAAAAAAAAAAAAx7Qa\n".to_string()),
-        "ANTHROPIC_KEY_2" => Some("sk-ant-test03-BBBBBBBBBBBBBBBBBBBBzzzz".to_string()),
+        "ANTHROPIC_KEY_1" => Some("sk-ant-FAKE00-AAAAAAAAAAAAAAAAAAAAx7Qa\n".to_string()),
+        "ANTHROPIC_KEY_2" => Some("sk-ant-FAKE00-BBBBBBBBBBBBBBBBBBBBzzzz".to_string()),
         "EMPTY_KEY" => Some("  \n".to_string()),
         "SPACED_KEY" => Some("sk-ant bad key".to_string()),
         _ => None,
@@ -127,7 +128,7 @@ fn parses_the_spec_sample() {
         panic!("three accounts")
     };
     assert_eq!(org1.provider, Api::Anthropic);
-    assert_eq!(org1.key.expose(), "sk-ant-test03-AAAAAAAAAAAAAAAAAAAAx7Qa");
+    assert_eq!(org1.key.expose(), "sk-ant-FAKE00-AAAAAAAAAAAAAAAAAAAAx7Qa");
     assert_eq!((org1.weight, org1.limits.len()), (1, 0));
     assert_eq!(org2.weight, 2);
     assert_eq!(
@@ -613,10 +614,10 @@ proptest! {
 #[test]
 fn masks_secrets() {
     let table = [
-        ("sk-ant-test03-abcdefghijklmnopx7Qa", "sk-ant-…x7Qa"),
-        ("sk-proj-abcdefghijklmnWXYZ", "sk-proj-…WXYZ"),
-        ("sk-abcdefghijklmnop1234", "sk-…1234"),
-        ("AIzaSyabcdefghijklmnop9876", "AIza…9876"),
+        ("sk-ant-FAKE00-abcdefghijklmnopx7Qa", "sk-ant-…x7Qa"),
+        ("sk-proj-FAKE-fghijklmnWXYZ", "sk-proj-…WXYZ"),
+        ("sk-FAKE-fghijklmnop1234", "sk-…1234"),
+        ("AIza-FAKE-efghijklmnop9876", "AIza…9876"),
         ("token-abc", "…"),
         ("sk-ant-short", "sk-ant-…"),
         ("0123456789abcdefWXYZ", "…WXYZ"),

@@ -1,4 +1,5 @@
 //! Throughput of the estimator alone (run with `--release -- --ignored --nocapture`).
+#![cfg(test)]
 
 use super::*;
 use std::path::PathBuf;

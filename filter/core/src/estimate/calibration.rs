@@ -1,4 +1,5 @@
 //! Measures the estimate against exact tokenizers (tiktoken-rs) on tests/corpus.
+#![cfg(test)]
 
 use super::*;
 use std::fmt::Write as _;

@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::chars::{COMMON, COMMON_LEN, COMMON_WORDS};
 use super::*;
 use proptest::prelude::*;

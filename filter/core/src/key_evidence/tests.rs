@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::samples::*;
 use super::*;
 use proptest::prelude::{any, proptest};

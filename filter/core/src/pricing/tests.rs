@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::config::parse;
 use crate::limits::{Per, WindowKind};

@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::api::{error_body, Reason};
 use proptest::prelude::{proptest, ProptestConfig};

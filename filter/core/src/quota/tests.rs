@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::civil::{civil_from_days, days_from_civil, DAY_MS};
 use crate::store::MemStore;

@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 
 fn amounts(tokens: u64, cost_micros: u64) -> Amounts {

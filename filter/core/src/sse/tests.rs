@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 
 /// Captured streams (trimmed), used here and by `usage`'s tests.

@@ -1,3 +1,4 @@
+#![cfg(test)]
 use super::*;
 use crate::api::Api;
 use crate::estimate::Estimator;

@@ -1,4 +1,5 @@
 //! Tests of key evidence, probes of disabled accounts and reset.
+#![cfg(test)]
 
 use super::*;
 

@@ -1,4 +1,5 @@
 //! Tests of the header value formats.
+#![cfg(test)]
 
 use super::*;
 

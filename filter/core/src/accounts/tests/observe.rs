@@ -1,4 +1,5 @@
 //! Tests of observations and of the health they lead to (transitions, encoding).
+#![cfg(test)]
 
 use super::*;
 

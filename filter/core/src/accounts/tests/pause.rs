@@ -1,4 +1,5 @@
 //! Tests of pausing and resuming an account (the admin API's account actions).
+#![cfg(test)]
 
 use super::evidence::lone;
 use super::select::names_of;

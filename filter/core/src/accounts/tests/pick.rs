@@ -1,4 +1,5 @@
 //! Tests of the pure selection under each strategy.
+#![cfg(test)]
 
 use super::*;
 

@@ -1,4 +1,5 @@
 //! Property tests: parsers, observations, decoding and pick never panic or misbehave.
+#![cfg(test)]
 
 use super::*;
 

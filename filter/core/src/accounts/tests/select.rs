@@ -1,4 +1,5 @@
 //! Tests of the shared-data loops: preparation, roster, select, affinity, account limits.
+#![cfg(test)]
 
 use super::*;
 

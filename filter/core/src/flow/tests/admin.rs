@@ -1,5 +1,6 @@
 //! The filter's own endpoints: health, the admin key (header or basic auth, never the
 //! query), usage, the dashboard, an account's reset.
+#![cfg(test)]
 
 use super::upstream::one_account;
 use super::*;

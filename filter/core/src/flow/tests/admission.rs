@@ -1,5 +1,6 @@
 //! Local admission: each limit kind refusing with its reason, `retry-after` and the
 //! caller's `x-ratelimit-*` headers; those headers on an admitted answer.
+#![cfg(test)]
 
 use super::*;
 use crate::flow::Action;

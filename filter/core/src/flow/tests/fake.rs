@@ -2,6 +2,7 @@
 //! that Envoy would keep while a callback pauses, filter state, local replies, metrics,
 //! gRPC calls, a settable clock, logs, and a `MemStore` for shared data. `Tg` drives a
 //! configured root and its requests through the callbacks in Envoy's order.
+#![cfg(test)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};

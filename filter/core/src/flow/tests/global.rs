@@ -1,6 +1,7 @@
 //! Global limits: the admission call to the rate-limit service and each of its answers
 //! (admit, over the limit, an error, a timeout, a failed dispatch) under both failure
 //! modes; the charge the root sends after the response.
+#![cfg(test)]
 
 use super::*;
 use crate::facts;

@@ -1,4 +1,5 @@
 //! The host's serialised header map: what the flow reads of it, malformed maps included.
+#![cfg(test)]
 
 use crate::flow::Headers;
 

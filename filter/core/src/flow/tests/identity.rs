@@ -1,5 +1,6 @@
 //! Identity and routing: keys, trusted names and claims, anonymous callers, and every
 //! refusal that comes before admission.
+#![cfg(test)]
 
 use super::*;
 use crate::facts;

@@ -1,6 +1,7 @@
 //! A request's end: aborts before and after the upstream answered, reconciliation of the
 //! reservation, concurrency leases, learning, an upstream attempt's end; and the root's
 //! configuration and tick.
+#![cfg(test)]
 
 use super::*;
 use crate::facts;

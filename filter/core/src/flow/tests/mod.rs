@@ -1,6 +1,7 @@
 //! Native flow tests: every branch of a request's life over a recording fake host
 //! (`fake`), grouped by phase. Each asserts the figures a client or operator would see:
 //! statuses, header values, token counts, metric values, filter state.
+#![cfg(test)]
 
 mod admin;
 mod admission;

@@ -1,5 +1,6 @@
 //! The answer: error heads held and cleared of the pooled key, the account's health from
 //! the answer, and the metering per API (JSON, SSE, gzip, undecodable, absurd, refused).
+#![cfg(test)]
 
 use super::upstream::{one_account, ANT_1};
 use super::*;

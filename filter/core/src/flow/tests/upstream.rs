@@ -1,5 +1,6 @@
 //! The account and its credential: the pick, the swap, the headers that must not travel
 //! with a pooled key, refusals when no account can serve, and the upstream stage's attempts.
+#![cfg(test)]
 
 use super::*;
 use crate::facts;

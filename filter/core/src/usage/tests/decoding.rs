@@ -1,6 +1,7 @@
 //! Decoding to the end (SPEC "Decoding runs to the end in bounded memory"): usage at the end
 //! of huge gzip bodies and streams, content-encoding decisions, undecodable bodies, the
 //! estimates charged for what was not reported, and property tests that nothing panics.
+#![cfg(test)]
 
 use super::*;
 

@@ -1,5 +1,6 @@
 //! Usage sanity (SPEC "Usage numbers are sane"): insane counts make the usage invalid in
 //! every API, in whole bodies, streams and the tails of oversized ones.
+#![cfg(test)]
 
 use super::*;
 
