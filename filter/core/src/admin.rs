@@ -30,13 +30,8 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let mut bits = 0;
     for &b in s.as_bytes() {
         let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
             b'=' => break,
-            _ => return None,
+            _ => crate::codec::base64_sextet(b)?,
         };
         acc = (acc << 6) | u32::from(v);
         bits += 6;

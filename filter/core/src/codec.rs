@@ -13,6 +13,20 @@ pub enum CodecError {
 
 /// Appends `v` as a varint: 7 bits a byte, least significant first, the high bit set on every
 /// byte but the last (1 to 10 bytes).
+/// The value of one base64 character, standard or URL-safe alphabet; `None` for any other
+/// byte (padding included).
+#[inline]
+pub fn base64_sextet(b: u8) -> Option<u8> {
+    match b {
+        b'A'..=b'Z' => Some(b - b'A'),
+        b'a'..=b'z' => Some(b - b'a' + 26),
+        b'0'..=b'9' => Some(b - b'0' + 52),
+        b'+' | b'-' => Some(62),
+        b'/' | b'_' => Some(63),
+        _ => None,
+    }
+}
+
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);

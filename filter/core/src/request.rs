@@ -1157,17 +1157,13 @@ impl MediaReader {
             return;
         }
         for (i, &c) in piece.as_bytes().iter().enumerate() {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' | b'-' => 62,
-                b'/' | b'_' => 63,
-                b'=' => {
+            let v = match (c, crate::codec::base64_sextet(c)) {
+                (_, Some(v)) => v,
+                (b'=', _) => {
                     self.pad += 1;
                     continue;
                 }
-                b'\n' | b'\r' => continue,
+                (b'\n' | b'\r', _) => continue,
                 _ => {
                     // Not base64: what was read so far was text too. All bytes before i are
                     // ASCII, so i is a char boundary.

@@ -209,15 +209,7 @@ fn parse_passthrough(item: &Node, path: &str) -> Result<Passthrough, ConfigError
                 None => return Err(err(&ppath, "missing required field")),
             };
             let api = match obj.get("api") {
-                Some(n) => Some(one_of(
-                    n,
-                    &obj.path("api"),
-                    &[
-                        ("anthropic", Api::Anthropic),
-                        ("openai", Api::OpenAi),
-                        ("gemini", Api::Gemini),
-                    ],
-                )?),
+                Some(n) => Some(one_of(n, &obj.path("api"), API_NAMES)?),
                 None => None,
             };
             check_path_prefix(prefix).map_err(|r| err(&ppath, r))?;
@@ -394,15 +386,7 @@ fn parse_accounts(
 
         let provider_path = obj.path("provider");
         let provider = match obj.get("provider") {
-            Some(n) => one_of(
-                n,
-                &provider_path,
-                &[
-                    ("anthropic", Api::Anthropic),
-                    ("openai", Api::OpenAi),
-                    ("gemini", Api::Gemini),
-                ],
-            )?,
+            Some(n) => one_of(n, &provider_path, API_NAMES)?,
             None => return Err(err(&provider_path, "missing required field")),
         };
 
@@ -728,6 +712,13 @@ fn parse_admin(node: &Node, path: &str) -> Result<Admin, ConfigError> {
         keys,
     })
 }
+
+/// The APIs by their configuration names (`passthrough_paths[].api`, `accounts[].provider`).
+const API_NAMES: &[(&str, Api)] = &[
+    ("anthropic", Api::Anthropic),
+    ("openai", Api::OpenAi),
+    ("gemini", Api::Gemini),
+];
 
 const LIMIT_FIELDS: &[(&str, Option<LimitKind>)] = &[
     ("tokens", Some(LimitKind::Tokens)),

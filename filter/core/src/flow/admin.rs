@@ -1,7 +1,7 @@
 //! The filter's own endpoints under `admin.path`: health (open), and behind an admin key
 //! the dashboard, the usage report and an account's reset.
 
-use super::host::{Action, Host, Level};
+use super::host::{Action, Headers, Host, Level};
 use super::state::log;
 use super::{Flow, Phase};
 use crate::accounts::{self, Health};
@@ -23,8 +23,9 @@ impl Flow {
         method: &str,
         sub: &str,
         key: Option<&str>,
-        authorization: Option<&str>,
+        request: &Headers,
     ) -> Action {
+        let authorization = request.get("authorization");
         self.phase = Phase::Answered;
         if sub == "/health" {
             h.send_response(200, &[JSON], admin::health_json().as_bytes());
@@ -51,15 +52,13 @@ impl Flow {
         let now = h.now_ms();
         // A browser adds Basic credentials to any site's request by itself: an action riding
         // on them alone must come from the same site.
-        let cross_site = !key.is_some_and(|k| identity::is_admin_key(keys, k)) && {
-            let headers = h.request_headers();
-            admin::cross_site(
+        let cross_site = !key.is_some_and(|k| identity::is_admin_key(keys, k))
+            && admin::cross_site(
                 true,
-                headers.get("origin"),
-                headers.get(":authority"),
-                headers.get("sec-fetch-site"),
-            )
-        };
+                request.get("origin"),
+                request.get(":authority"),
+                request.get("sec-fetch-site"),
+            );
         if let Some(answer) = admin::account_action(h, &plugin.cfg, method, sub, cross_site, now) {
             self.account_answer(h, &answer);
             return Action::Pause;
@@ -71,7 +70,6 @@ impl Flow {
             }
             "" | "/" => {
                 let path = self.cfg().admin.as_ref().map_or("", |a| a.path.as_str());
-                let request = h.request_headers();
                 let page = admin::dashboard(path, request.get("accept-encoding"));
                 // Framed by another site's page, its buttons could be clicked by a trick:
                 // their same-origin requests pass the cross-site check.

@@ -23,12 +23,8 @@ pub enum Level {
     Critical,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+/// A kind of Envoy metric (one type for the flow and for the series `metrics` lists).
+pub use crate::metrics::Kind as MetricKind;
 
 /// A host buffer the flow reads (or replaces a part of).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

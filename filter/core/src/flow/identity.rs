@@ -43,7 +43,7 @@ impl Flow {
             Route::Admin(sub) => {
                 // The admin key is never taken from the URL (`?key=`).
                 let key = identity::presented_key(x_api_key, authorization, None, "");
-                return self.admin(h, method, &sub, key, authorization);
+                return self.admin(h, method, &sub, key, &headers);
             }
             Route::BadRequest { api, message } => {
                 self.api = api;

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use super::host::{Buffer, GrpcCall, Host, Level, MetricKind};
+use super::host::{Buffer, GrpcCall, Host, Level};
 use super::state::{log, Plugin};
 use super::Flow;
 use crate::config;
@@ -77,12 +77,7 @@ impl Root {
         }
         // Every series exists at 0 before its first event.
         for s in metrics::series(&plugin.cfg) {
-            let kind = match s.kind {
-                metrics::Kind::Counter => MetricKind::Counter,
-                metrics::Kind::Gauge => MetricKind::Gauge,
-                metrics::Kind::Histogram => MetricKind::Histogram,
-            };
-            h.define_metric(kind, &s.name);
+            h.define_metric(s.kind, &s.name);
         }
         self.plugin = Some(Rc::new(plugin));
         true
