@@ -152,7 +152,9 @@ fn an_over_limit_answer_is_429_global_naming_the_limit_and_its_reset() {
         tg.host.metric_value("tollgate_rejections_total", &labels),
         1
     );
-    // The local reservation went back: the next request sees the whole local limit.
+    // The local reservation went back: the next request sees the whole local limit (once
+    // the global window that refused has ended, or this worker answers it from memory).
+    tg.host.now += 30_000;
     let mut next = tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
     answer(
         &mut tg,
@@ -272,9 +274,10 @@ fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     assert_eq!(charge.method, "ShouldRateLimit");
     tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
     let sent = [("outcome", "sent")];
+    // One count per descriptor charged: team-a's tokens, and team-a's tokens on the model.
     assert_eq!(
         tg.host.metric_value("tollgate_global_charges_total", &sent),
-        1
+        2
     );
     // Nothing more to send.
     tg.root.on_tick(&mut tg.host);
@@ -291,7 +294,8 @@ fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
     assert_eq!(
         tg.host
             .metric_value("tollgate_global_charges_total", &dropped),
-        1
+        2,
+        "both descriptors of the call"
     );
 }
 
