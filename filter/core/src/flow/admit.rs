@@ -237,10 +237,11 @@ impl Flow {
         self.global_descriptors = descriptors;
         // A window the service already said is too full for this reservation stays so until
         // it ends: answered here as the service would, with no call.
-        let known = plugin
-            .refusals
-            .borrow_mut()
-            .check(&self.global_descriptors, &adm.checks, h.now_ms());
+        let known =
+            plugin
+                .refusals
+                .borrow_mut()
+                .check(&self.global_descriptors, &adm.checks, h.now_ms());
         if let Some(r) = known {
             return Some(self.global_refused(h, r));
         }
@@ -331,8 +332,13 @@ impl Flow {
             _ => format!("{account}global {unit} limit"),
         };
         let consumer = self.consumer_name();
-        let rejection =
-            Rejection::over_limit(Reason::Global, consumer, &what, r.retry_after_s, r.should_retry);
+        let rejection = Rejection::over_limit(
+            Reason::Global,
+            consumer,
+            &what,
+            r.retry_after_s,
+            r.should_retry,
+        );
         self.reject(h, rejection)
     }
 

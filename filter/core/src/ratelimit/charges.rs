@@ -104,7 +104,8 @@ impl ChargeBook {
         for (i, (key, _)) in self.pending.iter().enumerate() {
             self.index.insert(key.clone(), i);
         }
-        let mut body = Vec::with_capacity(32 + batch.iter().map(|(k, _)| k.len() + 16).sum::<usize>());
+        let mut body =
+            Vec::with_capacity(32 + batch.iter().map(|(k, _)| k.len() + 16).sum::<usize>());
         wire::put_bytes(&mut body, 1, domain.as_bytes());
         let mut desc = Vec::new();
         for (entries, sum) in &batch {

@@ -20,7 +20,10 @@ fn sent(body: &[u8]) -> Vec<(String, Option<String>, Option<u64>)> {
         .into_iter()
         .map(|(es, hits)| {
             let unit = es.last().unwrap().1.clone();
-            let model = es.iter().find(|(k, _)| k == "model").map(|(_, v)| v.clone());
+            let model = es
+                .iter()
+                .find(|(k, _)| k == "model")
+                .map(|(_, v)| v.clone());
             (unit, model, hits)
         })
         .collect()
@@ -55,8 +58,14 @@ fn descriptors_differing_in_one_entry_are_charged_apart() {
     let mut book = ChargeBook::new(16, 4);
     book.add(&team(Some("m1")), &amounts(10, 0));
     book.add(&team(Some("m2")), &amounts(20, 0));
-    book.add(&account_descriptors("acct", &[Unit::Tokens]), &amounts(5, 0));
-    book.add(&account_descriptors("acct", &[Unit::Tokens]), &amounts(6, 0));
+    book.add(
+        &account_descriptors("acct", &[Unit::Tokens]),
+        &amounts(5, 0),
+    );
+    book.add(
+        &account_descriptors("acct", &[Unit::Tokens]),
+        &amounts(6, 0),
+    );
     let call = book.take("tollgate").unwrap();
     let got = sent(&call.body);
     // team-a's own tokens (10 + 20), m1, m2, the account (5 + 6).
@@ -85,7 +94,10 @@ fn a_sum_saturates_and_is_sent_clamped_never_wrapped() {
     let mut book = ChargeBook::new(4, 1);
     book.add(&d, &amounts(u64::from(u32::MAX) - 1, 0));
     book.add(&d, &amounts(1, 0));
-    assert_eq!(sent(&book.take("tollgate").unwrap().body)[0].2, Some(u64::from(u32::MAX)));
+    assert_eq!(
+        sent(&book.take("tollgate").unwrap().body)[0].2,
+        Some(u64::from(u32::MAX))
+    );
 }
 
 #[test]
@@ -95,7 +107,11 @@ fn a_full_book_still_sums_known_descriptors_and_counts_new_ones_dropped() {
     assert_eq!(book.add(&d, &amounts(10, 0)), 0);
     // A client minting model names cannot push out what is already pending.
     let other = descriptors_for("team-a", Some("minted"), &[Unit::Tokens]);
-    assert_eq!(book.add(&other, &amounts(99, 0)), 1, "the minted model's descriptor");
+    assert_eq!(
+        book.add(&other, &amounts(99, 0)),
+        1,
+        "the minted model's descriptor"
+    );
     assert_eq!(book.add(&d, &amounts(5, 0)), 0);
     assert_eq!(book.dropped(), 1);
     let call = book.take("tollgate").unwrap();

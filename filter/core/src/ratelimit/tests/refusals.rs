@@ -16,14 +16,21 @@ fn request(tokens: u64) -> (Vec<Descriptor>, Vec<Check>) {
         &[Unit::Tokens, Unit::Requests],
         &amounts(tokens, 0),
     );
-    (descriptors_for("team-a", None, &[Unit::Tokens, Unit::Requests]), a.checks)
+    (
+        descriptors_for("team-a", None, &[Unit::Tokens, Unit::Requests]),
+        a.checks,
+    )
 }
 
 /// Learns the answer `statuses` to a request of `tokens` at `now`; returns the decision.
 fn answer(rf: &mut Refusals, tokens: u64, statuses: &[St], now: u64) -> Decision {
     let (d, checks) = request(tokens);
     let body = encode_response(
-        if statuses.iter().any(|s| s.code == OVER) { OVER } else { OK },
+        if statuses.iter().any(|s| s.code == OVER) {
+            OVER
+        } else {
+            OK
+        },
         statuses,
     );
     let (decision, seen) = read_answer(&body, &checks);
@@ -53,7 +60,10 @@ fn a_short_window_refuses_a_larger_reservation_locally_as_the_service_did() {
     };
     assert_eq!(rf.len(), 1, "only the refusing descriptor is remembered");
     let cached = check(&mut rf, 300, NOW).expect("refused without a call");
-    assert_eq!(cached, live, "the same refusal: unit, limit, window, remaining, retry");
+    assert_eq!(
+        cached, live,
+        "the same refusal: unit, limit, window, remaining, retry"
+    );
     // Ten seconds on, the retry is ten seconds shorter.
     let later = check(&mut rf, 300, NOW + 10_000).unwrap();
     assert_eq!(later.retry_after_s, 20);
@@ -90,11 +100,17 @@ fn an_absurd_duration_is_capped_at_the_window_and_trusted_a_minute_at_most() {
     let (d, checks) = request(300);
     let body = encode_response(
         OVER,
-        &[st(OVER, Some((1000, HOUR)), 0, 3000), st(OK, Some((50, HOUR)), 40, 3000)],
+        &[
+            st(OVER, Some((1000, HOUR)), 0, 3000),
+            st(OK, Some((50, HOUR)), 40, 3000),
+        ],
     );
     let (_, seen) = read_answer(&body, &checks);
     rf.learn(&d, &checks, &seen, NOW);
-    assert_eq!(rf.check(&d, &checks, NOW + 59_999).unwrap().retry_after_s, 2941);
+    assert_eq!(
+        rf.check(&d, &checks, NOW + 59_999).unwrap().retry_after_s,
+        2941
+    );
     assert_eq!(rf.check(&d, &checks, NOW + TRUST_MS), None);
 }
 
@@ -119,7 +135,10 @@ fn zero_negative_absent_or_unbounded_durations_are_not_remembered() {
         ),
         ("no limit said", st(OVER, None, 0, 30)),
         ("unknown window", st(OVER, Some((1000, 0)), 0, 30)),
-        ("window unit past the enum", st(OVER, Some((1000, 99)), 0, 30)),
+        (
+            "window unit past the enum",
+            st(OVER, Some((1000, 99)), 0, 30),
+        ),
     ];
     for (what, s) in cases {
         let mut rf = Refusals::default();
@@ -145,7 +164,10 @@ fn a_status_count_mismatch_or_an_error_remembers_nothing() {
     let (d, checks) = request(300);
     let short = encode_response(OVER, &[st(OVER, Some((1000, MINUTE)), 0, 30)]);
     let (decision, seen) = read_answer(&short, &checks);
-    assert!(matches!(decision, Decision::Reject(Rejection { index: None, .. })));
+    assert!(matches!(
+        decision,
+        Decision::Reject(Rejection { index: None, .. })
+    ));
     rf.learn(&d, &checks, &seen, NOW);
     assert!(rf.is_empty());
     let (decision, seen) = read_answer(&[0xff, 0xff], &checks);
@@ -174,7 +196,12 @@ fn the_latest_live_answer_wins_when_the_service_changes_its_mind() {
     assert_eq!(check(&mut rf2, 800, NOW + 1000), None);
     assert!(check(&mut rf2, 901, NOW + 1000).is_some());
     // It stops limiting the descriptor at all: forgotten.
-    answer(&mut rf2, 100, &[st(OK, None, 0, 0), st(OK, Some((50, MINUTE)), 40, 30)], NOW + 2000);
+    answer(
+        &mut rf2,
+        100,
+        &[st(OK, None, 0, 0), st(OK, Some((50, MINUTE)), 40, 30)],
+        NOW + 2000,
+    );
     assert!(rf2.is_empty());
     assert_eq!(check(&mut rf2, 5000, NOW + 2000), None);
 }
@@ -197,11 +224,19 @@ fn a_full_request_limit_refuses_the_next_request() {
     ];
     answer(&mut rf, 10, &statuses, NOW);
     let r = check(&mut rf, 10, NOW).unwrap();
-    assert_eq!((r.unit, r.index, r.limit), (Some(Unit::Requests), Some(1), Some(3)));
+    assert_eq!(
+        (r.unit, r.index, r.limit),
+        (Some(Unit::Requests), Some(1), Some(3))
+    );
     assert!(r.should_retry);
     // A requests limit of 0 cannot be waited out.
     let mut rf = Refusals::default();
-    answer(&mut rf, 10, &[statuses[0].clone(), st(OVER, Some((0, MINUTE)), 0, 30)], NOW);
+    answer(
+        &mut rf,
+        10,
+        &[statuses[0].clone(), st(OVER, Some((0, MINUTE)), 0, 30)],
+        NOW,
+    );
     assert!(!check(&mut rf, 10, NOW).unwrap().should_retry);
 }
 
