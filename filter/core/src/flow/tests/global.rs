@@ -75,9 +75,8 @@ fn waiting(tg: &mut Tg) -> Req {
     req
 }
 
-/// Team-a's request, admitted by the service (1000 per minute, 900 left) and answered
-/// with 20 + 4 tokens.
-fn served(tg: &mut Tg) {
+/// Team-a's request, admitted by the service (1000 per minute, 900 left).
+fn admitted_globally(tg: &mut Tg) -> Req {
     let mut req = waiting(tg);
     let n = descriptors(tg);
     answer(
@@ -86,6 +85,18 @@ fn served(tg: &mut Tg) {
         0,
         rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
     );
+    req
+}
+
+/// `tollgate_global_charges_total` with `outcome`.
+fn charges(tg: &Tg, outcome: &str) -> u64 {
+    tg.host
+        .metric_value("tollgate_global_charges_total", &[("outcome", outcome)])
+}
+
+/// Team-a's request, admitted by the service and answered with 20 + 4 tokens.
+fn served(tg: &mut Tg) {
+    let mut req = admitted_globally(tg);
     let json = [("content-type", "application/json")];
     tg.respond(&mut req, 200, &json, &[anthropic_answer(20, 4).as_bytes()]);
 }
@@ -266,6 +277,7 @@ fn an_answer_to_another_token_is_ignored() {
 fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     let mut tg = Tg::new(&config("allow"));
     served(&mut tg);
+    // One call on the request's path (admission): the response and its end made none.
     assert_eq!(tg.host.grpc.len(), 1);
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -273,12 +285,8 @@ fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     assert_eq!(charge.timeout_ms, 1000);
     assert_eq!(charge.method, "ShouldRateLimit");
     tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
-    let sent = [("outcome", "sent")];
     // One count per descriptor charged: team-a's tokens, and team-a's tokens on the model.
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_charges_total", &sent),
-        2
-    );
+    assert_eq!(charges(&tg, "sent"), 2);
     // Nothing more to send.
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -290,13 +298,7 @@ fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
     served(&mut tg);
     tg.host.grpc_refuses = Some(10);
     tg.root.on_tick(&mut tg.host);
-    let dropped = [("outcome", "dropped")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_global_charges_total", &dropped),
-        2,
-        "both descriptors of the call"
-    );
+    assert_eq!(charges(&tg, "dropped"), 2, "both descriptors of the call");
 }
 
 #[test]
@@ -336,16 +338,6 @@ fn charged(message: &[u8]) -> Vec<u64> {
 }
 
 #[test]
-fn a_request_makes_one_call_on_its_path_and_its_charge_waits_for_the_tick() {
-    let mut tg = Tg::new(&config("allow"));
-    served(&mut tg);
-    // Admission only: the response and its end made no call.
-    assert_eq!(tg.host.grpc.len(), 1);
-    tg.root.on_tick(&mut tg.host);
-    assert_eq!(tg.host.grpc.len(), 2);
-}
-
-#[test]
 fn responses_that_end_in_one_tick_are_charged_in_one_call_with_their_usage_summed() {
     let mut tg = Tg::new(&config("allow"));
     for _ in 0..5 {
@@ -358,20 +350,11 @@ fn responses_that_end_in_one_tick_are_charged_in_one_call_with_their_usage_summe
     // Each descriptor once, with the five responses' 20 + 4 tokens summed.
     assert_eq!(charged(&charge.message), vec![120, 120]);
     tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
-    let sent = [("outcome", "sent")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_charges_total", &sent),
-        2
-    );
+    assert_eq!(charges(&tg, "sent"), 2);
     // A reply to a token the root never sent counts nothing.
     tg.root
         .on_grpc_response(&mut tg.host, charge.token + 50, 14);
-    let dropped = [("outcome", "dropped")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_global_charges_total", &dropped),
-        0
-    );
+    assert_eq!(charges(&tg, "dropped"), 0);
 }
 
 #[test]
@@ -383,12 +366,7 @@ fn a_failed_charge_call_counts_every_descriptor_it_carried_as_dropped() {
     let charge = tg.host.grpc.last().unwrap().clone();
     // UNAVAILABLE: the service never counted them.
     tg.root.on_grpc_response(&mut tg.host, charge.token, 14);
-    let dropped = [("outcome", "dropped")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_global_charges_total", &dropped),
-        2
-    );
+    assert_eq!(charges(&tg, "dropped"), 2);
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 3, "nothing is sent twice");
 }
@@ -421,14 +399,7 @@ fn usage_that_ends_while_calls_are_in_flight_waits_and_is_summed_for_a_later_tic
 #[test]
 fn a_client_that_leaves_mid_stream_is_still_charged_from_the_tick() {
     let mut tg = Tg::new(&config("allow"));
-    let mut req = waiting(&mut tg);
-    let n = descriptors(&tg);
-    answer(
-        &mut tg,
-        &mut req,
-        0,
-        rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
-    );
+    let mut req = admitted_globally(&mut tg);
     let sse = [("content-type", "text/event-stream")];
     let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n";
     tg.respond_open(&mut req, 200, &sse, &[start.as_slice()], false);
@@ -542,14 +513,7 @@ fn a_remembered_refusal_gives_the_local_reservation_back() {
         3
     );
     tg.host.now += 30_000;
-    let mut req = waiting(&mut tg);
-    let n = descriptors(&tg);
-    answer(
-        &mut tg,
-        &mut req,
-        0,
-        rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
-    );
+    admitted_globally(&mut tg);
     assert_eq!(tg.host.resumed, 1, "the whole local limit was there");
 }
 
