@@ -237,11 +237,10 @@ impl Flow {
         self.global_descriptors = descriptors;
         // A window the service already said is too full for this reservation stays so until
         // it ends: answered here as the service would, with no call.
-        let known =
-            plugin
-                .refusals
-                .borrow_mut()
-                .check(&self.global_descriptors, &adm.checks, h.now_ms());
+        let (refusals, now) = (&plugin.refusals, h.now_ms());
+        let known = refusals
+            .borrow_mut()
+            .check(&self.global_descriptors, &adm.checks, now);
         if let Some(r) = known {
             return Some(self.global_refused(h, r));
         }
@@ -284,10 +283,10 @@ impl Flow {
         let decision = if status == 0 {
             let body = h.read(Buffer::GrpcReply, 0, size).unwrap_or_default();
             let (decision, statuses) = ratelimit::read_answer(&body, &checks);
-            let descriptors = &self.global_descriptors;
-            let now = h.now_ms();
-            let mut refusals = self.plugin.refusals.borrow_mut();
-            refusals.learn(descriptors, &checks, &statuses, now);
+            let (refusals, now) = (&self.plugin.refusals, h.now_ms());
+            refusals
+                .borrow_mut()
+                .learn(&self.global_descriptors, &checks, &statuses, now);
             decision
         } else {
             Decision::Error(RlsError::UnknownCode)
