@@ -73,6 +73,21 @@ def global_charges(envoy) -> dict[str, int]:
     return out
 
 
+def wait_charges_settled(envoys, timeout: float = 10.0) -> int:
+    """Waits until no charge is pending or in flight (the sent and dropped counts stay put
+    for several ticks) and returns the descriptor charges sent."""
+    deadline = time.time() + timeout
+    last, still = None, 0
+    while time.time() < deadline:
+        now = [tuple(sorted(global_charges(e).items())) for e in envoys]
+        still = still + 1 if now == last else 0
+        if still >= 5:
+            break
+        last = now
+        time.sleep(0.1)
+    return sum(global_charges(e).get("sent", 0) for e in envoys)
+
+
 def test_a_global_token_limit_holds_across_two_envoys(make_envoy, mock, rl):
     envoys = start_envoys(make_envoy, rl)
     mock.reset()
@@ -100,13 +115,9 @@ def test_a_global_token_limit_holds_across_two_envoys(make_envoy, mock, rl):
         assert e.body["error"]["type"] == "rate_limit_error"
         assert "global" in e.body["error"]["message"]
         assert int(e.response.headers["retry-after"]) >= 1
-    # Every admitted request's charge reaches the service (sent from the root context).
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        sent = sum(global_charges(e).get("sent", 0) for e in envoys)
-        if sent >= admitted:
-            break
-        time.sleep(0.2)
+    # Every admitted request's charge reaches the service (sent from the root context, the
+    # usage of each tick summed per descriptor: one count is one descriptor of one tick).
+    sent = wait_charges_settled(envoys)
     dropped = sum(global_charges(e).get("dropped", 0) for e in envoys)
     real = sum(r["usage"]["input"] + r["usage"]["output"] for r in mock.requests("/v1/messages") if r["usage"])
     remaining = rl.remaining([("consumer", "team-a"), ("unit", "tokens")])
@@ -117,7 +128,7 @@ def test_a_global_token_limit_holds_across_two_envoys(make_envoy, mock, rl):
     print(f"\nglobal limit {LIMIT}: admitted {admitted}/{len(results)}, real tokens {real}, "
           f"counted by the service {counted} (remaining {remaining}), charges sent {sent}, dropped {dropped}; "
           f"bound limit+{bound}")
-    assert sent == admitted and dropped == 0
+    assert 1 <= sent <= 2 * admitted and dropped == 0
     assert real == admitted * 200
     assert counted is None or counted == min(real, LIMIT) or remaining == 0
     assert real <= LIMIT + bound
@@ -173,14 +184,12 @@ def test_every_post_response_charge_is_counted_by_the_service(make_envoy, mock, 
     ratelimitctl.wait_for_fresh_window(margin_s=20)
     for i in range(10):
         assert call(envoys[i % 2], key=KEY_B)[0] == 200
-    deadline = time.time() + 10
-    sent = 0
-    while time.time() < deadline:
-        sent = sum(global_charges(e).get("sent", 0) for e in envoys)
-        if sent >= 10:
-            break
-        time.sleep(0.2)
+    sent = wait_charges_settled(envoys)
+    dropped = sum(global_charges(e).get("dropped", 0) for e in envoys)
     remaining = rl.remaining([("consumer", "team-b"), ("unit", "tokens")])
-    print(f"\ncharges sent {sent}; service counted {LIMIT - remaining} of 10 × 48 real tokens")
-    assert sent == 10
+    print(f"\ndescriptor charges sent {sent} (dropped {dropped}); service counted "
+          f"{LIMIT - remaining} of 10 × 48 real tokens")
+    # team-b's two token descriptors (own, and on the model) per tick that had usage: at
+    # most one count each per request, fewer when responses share a tick.
+    assert 2 <= sent <= 20 and sent % 2 == 0 and dropped == 0
     assert LIMIT - remaining == 10 * 48

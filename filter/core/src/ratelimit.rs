@@ -1,7 +1,8 @@
 //! The client side of `envoy.service.ratelimit.v3.RateLimitService` for global limits (SPEC
 //! "Global limits"): which descriptors a request sends, the check-only admission request and
-//! its decision, the usage charge sent when a response ends, and a bounded queue for charges
-//! the root context sends. The protobuf wire format of the few messages involved is written
+//! its decision, the usage charges the root context sends (summed per descriptor per tick,
+//! `charges`) and the over-limit answers a worker remembers until their window ends
+//! (`refusals`). The protobuf wire format of the few messages involved is written
 //! by hand here (field keys over the crate's varint codec, `codec`), so no codegen enters the
 //! binary.
 //!
@@ -30,7 +31,6 @@
 use crate::codec::CodecError;
 use crate::limits::{Limit, LimitKind, Per};
 use crate::quota::{self, Amounts, LimitStatus, RateHeaders};
-use std::collections::VecDeque;
 use std::fmt;
 
 /// The gRPC service and method the host dispatches to (`dispatch_grpc_call`). The message
@@ -339,43 +339,34 @@ pub enum Decision {
 /// every token and cost descriptor with a limit has `limit_remaining ≥ need`. A descriptor
 /// the service has no limit for comes back OK without `current_limit`: no constraint.
 pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
+    read_answer(response, checks).0
+}
+
+/// `decide`, and the statuses it read when they match `checks` one to one (empty
+/// otherwise), for `Refusals::learn`.
+pub fn read_answer(response: &[u8], checks: &[Check]) -> (Decision, Vec<DescriptorStatus>) {
     let resp = match decode_response(response) {
         Ok(r) => r,
-        Err(e) => return Decision::Error(RlsError::Decode(e)),
+        Err(e) => return (Decision::Error(RlsError::Decode(e)), Vec::new()),
     };
     if resp.overall == Code::Unknown {
-        return Decision::Error(RlsError::UnknownCode);
+        return (Decision::Error(RlsError::UnknownCode), Vec::new());
     }
     if resp.statuses.len() != checks.len() {
         if resp.overall == Code::OverLimit {
-            return Decision::Reject(Rejection {
-                unit: None,
-                retry_after_s: 1,
-                index: None,
-                limit: None,
-                per: None,
-                remaining: 0,
-                need: 0,
-                should_retry: true,
-            });
+            return (Decision::Reject(Binding::unnamed(1)), Vec::new());
         }
-        return Decision::Error(RlsError::StatusCount {
+        let e = RlsError::StatusCount {
             sent: checks.len(),
             got: resp.statuses.len(),
-        });
+        };
+        return (Decision::Error(e), Vec::new());
     }
     let mut admit = Vec::new();
-    let mut worst: Option<Rejection> = None;
-    let mut retry_after_s = 1;
-    let mut should_retry = true;
+    let mut binding = Binding::default();
     for (index, (st, ck)) in resp.statuses.iter().zip(checks).enumerate() {
         let reset_s = st.reset_s();
-        let limit = st.current_limit.map(|l| l.requests_per_unit);
-        let short = match (ck.unit, limit) {
-            (Unit::Requests, _) | (_, None) => false,
-            (_, Some(_)) => st.limit_remaining < ck.need,
-        };
-        if st.code != Code::OverLimit && !short {
+        if !refuses(st, ck) {
             if let Some(l) = st.current_limit {
                 admit.push(Headroom {
                     unit: ck.unit,
@@ -388,13 +379,8 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
             }
             continue;
         }
-        // A requests descriptor needs 1 and has already been counted.
-        let hopeless = match (ck.unit, limit) {
-            (Unit::Requests, Some(l)) => l == 0,
-            (_, Some(l)) => ck.need > l,
-            (_, None) => false,
-        };
-        let r = Rejection {
+        let limit = st.current_limit.map(|l| l.requests_per_unit);
+        binding.add(Rejection {
             unit: Some(ck.unit),
             retry_after_s: reset_s,
             index: Some(index),
@@ -402,30 +388,86 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
             per: st.current_limit.and_then(|l| l.unit.per()),
             remaining: st.limit_remaining,
             need: ck.need,
-            should_retry: !hopeless,
-        };
-        retry_after_s = retry_after_s.max(reset_s);
-        should_retry &= !hopeless;
-        // The binding refusal: one waiting cannot help, else the one that lasts longest.
-        let replace = match &worst {
+            should_retry: !hopeless(ck, limit),
+        });
+    }
+    let wait = binding.retry_after_s;
+    let decision = match binding.finish() {
+        Some(r) => Decision::Reject(r),
+        None if resp.overall == Code::OverLimit => Decision::Reject(Binding::unnamed(wait)),
+        None => Decision::Admit(admit),
+    };
+    (decision, resp.statuses)
+}
+
+/// Whether a descriptor's status refuses its check: OVER_LIMIT, or a limited token or cost
+/// descriptor with less remaining than the reservation (a requests descriptor needs 1 and
+/// has already been counted, so only OVER_LIMIT refuses it).
+fn refuses(st: &DescriptorStatus, ck: &Check) -> bool {
+    let short = match (ck.unit, st.current_limit) {
+        (Unit::Requests, _) | (_, None) => false,
+        (_, Some(_)) => st.limit_remaining < ck.need,
+    };
+    st.code == Code::OverLimit || short
+}
+
+/// Whether waiting cannot help: the reservation alone exceeds the limit (for requests, a
+/// limit of 0).
+fn hopeless(ck: &Check, limit: Option<u64>) -> bool {
+    match (ck.unit, limit) {
+        (Unit::Requests, Some(l)) => l == 0,
+        (_, Some(l)) => ck.need > l,
+        (_, None) => false,
+    }
+}
+
+/// The binding refusal among a request's refusing descriptors (one waiting cannot help,
+/// else the one that lasts longest), with the wait until every one of them has reset.
+#[derive(Debug)]
+struct Binding {
+    worst: Option<Rejection>,
+    retry_after_s: u64,
+    should_retry: bool,
+}
+
+impl Default for Binding {
+    fn default() -> Self {
+        Binding {
+            worst: None,
+            retry_after_s: 1,
+            should_retry: true,
+        }
+    }
+}
+
+impl Binding {
+    fn add(&mut self, r: Rejection) {
+        let hopeless = !r.should_retry;
+        self.retry_after_s = self.retry_after_s.max(r.retry_after_s);
+        self.should_retry &= !hopeless;
+        let replace = match &self.worst {
             None => true,
             // Same kind (both hopeless or both not): the longer wait binds.
             Some(w) => {
                 (w.should_retry && hopeless)
-                    || (w.should_retry != hopeless && reset_s > w.retry_after_s)
+                    || (w.should_retry != hopeless && r.retry_after_s > w.retry_after_s)
             }
         };
         if replace {
-            worst = Some(r);
+            self.worst = Some(r);
         }
     }
-    match worst {
-        Some(mut w) => {
-            w.retry_after_s = retry_after_s;
-            w.should_retry = should_retry;
-            Decision::Reject(w)
-        }
-        None if resp.overall == Code::OverLimit => Decision::Reject(Rejection {
+
+    fn finish(self) -> Option<Rejection> {
+        let mut w = self.worst?;
+        w.retry_after_s = self.retry_after_s;
+        w.should_retry = self.should_retry;
+        Some(w)
+    }
+
+    /// OVER_LIMIT from the service without saying which descriptor.
+    fn unnamed(retry_after_s: u64) -> Rejection {
+        Rejection {
             unit: None,
             retry_after_s,
             index: None,
@@ -434,8 +476,7 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
             remaining: 0,
             need: 0,
             should_retry: true,
-        }),
-        None => Decision::Admit(admit),
+        }
     }
 }
 
@@ -443,112 +484,11 @@ pub fn decide(response: &[u8], checks: &[Check]) -> Decision {
 // Charges
 // ---------------------------------------------------------------------------------------------
 
-/// The charge of real usage for `descriptors`, sent once when the response ends: token and
-/// cost descriptors count `actual` (requests were counted at admission and are left out, as
-/// are zero amounts). `None` when nothing is left to charge.
-pub fn charge(domain: &str, descriptors: Vec<Descriptor>, actual: &Amounts) -> Option<Vec<u8>> {
-    let charged: Vec<Descriptor> = descriptors
-        .into_iter()
-        .filter(|d| d.unit != Unit::Requests)
-        .filter_map(|mut d| {
-            d.hits_addend = d.unit.amount(actual);
-            (d.hits_addend > 0).then_some(d)
-        })
-        .collect();
-    if charged.is_empty() {
-        None
-    } else {
-        Some(encode_request(domain, &charged))
-    }
-}
+mod charges;
+mod refusals;
 
-/// `charge` for a consumer's descriptors (`descriptors_for`).
-pub fn charge_request(
-    domain: &str,
-    consumer: &str,
-    model: Option<&str>,
-    units: &[Unit],
-    actual: &Amounts,
-) -> Option<Vec<u8>> {
-    charge(domain, descriptors_for(consumer, model, units), actual)
-}
-
-/// Charges waiting to be sent from the root context: Envoy cancels a context's pending gRPC
-/// calls when the context is destroyed, so a request's charge must not be dispatched from
-/// the request. Bounded in length and in calls in flight; whatever cannot be sent is counted
-/// in `dropped` (for `tollgate_global_degraded_total` or a log line).
-#[derive(Debug, Clone)]
-pub struct ChargeQueue {
-    items: VecDeque<Vec<u8>>,
-    capacity: usize,
-    max_in_flight: usize,
-    in_flight: usize,
-    dropped: u64,
-}
-
-impl ChargeQueue {
-    pub fn new(capacity: usize, max_in_flight: usize) -> ChargeQueue {
-        ChargeQueue {
-            items: VecDeque::new(),
-            capacity,
-            max_in_flight: max_in_flight.max(1),
-            in_flight: 0,
-            dropped: 0,
-        }
-    }
-
-    /// Queues a charge; a full queue drops it (counted) and returns `false`.
-    pub fn push(&mut self, body: Vec<u8>) -> bool {
-        if self.items.len() >= self.capacity {
-            self.dropped = self.dropped.saturating_add(1);
-            return false;
-        }
-        self.items.push_back(body);
-        true
-    }
-
-    /// The next charge to dispatch, if one waits and fewer than `max_in_flight` are under way.
-    /// The caller reports each one back with `finished`, or `dispatch_failed` when the
-    /// dispatch itself failed.
-    pub fn next_to_send(&mut self) -> Option<Vec<u8>> {
-        if self.in_flight >= self.max_in_flight {
-            return None;
-        }
-        let body = self.items.pop_front()?;
-        self.in_flight += 1;
-        Some(body)
-    }
-
-    /// A dispatched charge ended: `ok` false (error status, timeout) counts it as dropped.
-    pub fn finished(&mut self, ok: bool) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if !ok {
-            self.dropped = self.dropped.saturating_add(1);
-        }
-    }
-
-    /// The dispatch of a charge taken from `next_to_send` failed at once.
-    pub fn dispatch_failed(&mut self) {
-        self.finished(false);
-    }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Charges lost so far (queue full, or the call failed).
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-}
+pub use charges::*;
+pub use refusals::*;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -648,25 +588,34 @@ pub fn encode_request(domain: &str, descriptors: &[Descriptor]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + descriptors.len() * 48);
     wire::put_bytes(&mut out, 1, domain.as_bytes());
     let mut desc = Vec::new();
-    let mut entry = Vec::new();
-    let mut hits = Vec::new();
     for d in descriptors {
         desc.clear();
-        for (k, v) in &d.entries {
-            entry.clear();
-            wire::put_bytes(&mut entry, 1, k.as_bytes());
-            wire::put_bytes(&mut entry, 2, v.as_bytes());
-            wire::put_bytes(&mut desc, 1, &entry);
-        }
-        hits.clear();
-        if d.hits_addend != 0 {
-            wire::put_varint_field(&mut hits, 1, d.hits_addend);
-        }
-        // Sent even when 0 (an empty UInt64Value): presence is what says "count 0".
-        wire::put_bytes(&mut desc, 3, &hits);
+        put_entries(&mut desc, &d.entries);
+        put_hits(&mut desc, d.hits_addend);
         wire::put_bytes(&mut out, 2, &desc);
     }
     out
+}
+
+/// A descriptor's `entries` fields.
+fn put_entries(desc: &mut Vec<u8>, entries: &[(String, String)]) {
+    let mut entry = Vec::new();
+    for (k, v) in entries {
+        entry.clear();
+        wire::put_bytes(&mut entry, 1, k.as_bytes());
+        wire::put_bytes(&mut entry, 2, v.as_bytes());
+        wire::put_bytes(desc, 1, &entry);
+    }
+}
+
+/// A descriptor's `hits_addend` field, sent even when 0 (an empty UInt64Value): presence is
+/// what says "count 0".
+fn put_hits(desc: &mut Vec<u8>, hits: u64) {
+    let mut value = Vec::new();
+    if hits != 0 {
+        wire::put_varint_field(&mut value, 1, hits);
+    }
+    wire::put_bytes(desc, 3, &value);
 }
 
 /// Decodes a `RateLimitResponse`; unknown fields are skipped, malformed input is an error.

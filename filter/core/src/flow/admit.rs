@@ -235,6 +235,15 @@ impl Flow {
         }
         let adm = ratelimit::admission(&global.domain, descriptors.clone(), &self.need());
         self.global_descriptors = descriptors;
+        // A window the service already said is too full for this reservation stays so until
+        // it ends: answered here as the service would, with no call.
+        let (refusals, now) = (&plugin.refusals, h.now_ms());
+        let known = refusals
+            .borrow_mut()
+            .check(&self.global_descriptors, &adm.checks, now);
+        if let Some(r) = known {
+            return Some(self.global_refused(h, r));
+        }
         let call = GrpcCall {
             cluster: &global.cluster,
             service: ratelimit::SERVICE,
@@ -273,7 +282,12 @@ impl Flow {
         }
         let decision = if status == 0 {
             let body = h.read(Buffer::GrpcReply, 0, size).unwrap_or_default();
-            ratelimit::decide(&body, &checks)
+            let (decision, statuses) = ratelimit::read_answer(&body, &checks);
+            let (refusals, now) = (&self.plugin.refusals, h.now_ms());
+            refusals
+                .borrow_mut()
+                .learn(&self.global_descriptors, &checks, &statuses, now);
+            decision
         } else {
             Decision::Error(RlsError::UnknownCode)
         };
@@ -285,31 +299,7 @@ impl Flow {
             }
             Decision::Reject(r) => {
                 self.plugin.set_degraded(h, self.id, false, "");
-                self.cancel_reservation(h);
-                // An account's limit is named as such: the consumer has no such limit.
-                let account = r
-                    .index
-                    .and_then(|i| self.global_descriptors.get(i))
-                    .and_then(|d| d.account())
-                    .map(|a| format!("account {a}: "))
-                    .unwrap_or_default();
-                self.global_descriptors.clear();
-                let unit = r.unit.map_or("tokens", |u| u.as_str());
-                let what = match (r.limit, r.per) {
-                    (Some(l), Some(p)) => {
-                        format!("{account}{l} {unit} per {} (global)", p.as_str())
-                    }
-                    _ => format!("{account}global {unit} limit"),
-                };
-                let consumer = self.consumer_name();
-                let rejection = Rejection::over_limit(
-                    Reason::Global,
-                    consumer,
-                    &what,
-                    r.retry_after_s,
-                    r.should_retry,
-                );
-                self.reject(h, rejection);
+                self.global_refused(h, r);
             }
             Decision::Error(e) => {
                 let why = if status == 0 {
@@ -320,6 +310,35 @@ impl Flow {
                 self.global_failed(h, &why, true);
             }
         }
+    }
+
+    /// Answers 429 for a refusal of the global limits (live, or remembered by `refusals`).
+    fn global_refused<H: Host>(&mut self, h: &mut H, r: ratelimit::Rejection) -> Action {
+        self.cancel_reservation(h);
+        // An account's limit is named as such: the consumer has no such limit.
+        let account = r
+            .index
+            .and_then(|i| self.global_descriptors.get(i))
+            .and_then(|d| d.account())
+            .map(|a| format!("account {a}: "))
+            .unwrap_or_default();
+        self.global_descriptors.clear();
+        let unit = r.unit.map_or("tokens", |u| u.as_str());
+        let what = match (r.limit, r.per) {
+            (Some(l), Some(p)) => {
+                format!("{account}{l} {unit} per {} (global)", p.as_str())
+            }
+            _ => format!("{account}global {unit} limit"),
+        };
+        let consumer = self.consumer_name();
+        let rejection = Rejection::over_limit(
+            Reason::Global,
+            consumer,
+            &what,
+            r.retry_after_s,
+            r.should_retry,
+        );
+        self.reject(h, rejection)
     }
 
     /// The global service did not answer usably: `failure_mode` decides.
@@ -346,24 +365,14 @@ impl Flow {
 
     /// Queues the real usage for the global service (sent by the root context).
     pub(crate) fn charge_global<H: Host>(&mut self, h: &mut H, usage: &Usage) {
-        let Some(global) = &self.plugin.cfg.global else {
-            return;
-        };
-        if self.global_descriptors.is_empty() {
+        if self.plugin.cfg.global.is_none() || self.global_descriptors.is_empty() {
             return;
         }
         let actual = Amounts::from_usage(usage, self.price().as_ref());
         let descriptors = std::mem::take(&mut self.global_descriptors);
-        let Some(body) = ratelimit::charge(&global.domain, descriptors, &actual) else {
-            return;
-        };
-        if !self.plugin.charges.borrow_mut().push(body) {
-            self.count(
-                h,
-                "tollgate_global_charges_total",
-                &[("outcome", "dropped")],
-                1,
-            );
+        let lost = self.plugin.charges.borrow_mut().add(&descriptors, &actual);
+        if lost > 0 {
+            super::root::count_charges(h, &self.plugin, "dropped", lost as usize);
         }
     }
 

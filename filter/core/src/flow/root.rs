@@ -92,44 +92,42 @@ impl Root {
         let Some(global) = &plugin.cfg.global else {
             return;
         };
+        // Each pending descriptor once, its usage of the tick summed, in as few calls as fit.
         loop {
-            let Some(body) = plugin.charges.borrow_mut().next_to_send() else {
+            let Some(batch) = plugin.charges.borrow_mut().take(&global.domain) else {
                 break;
             };
             let call = GrpcCall {
                 cluster: &global.cluster,
                 service: ratelimit::SERVICE,
                 method: ratelimit::METHOD,
-                message: &body,
+                message: &batch.body,
                 timeout_ms: global.timeout.millis().max(1000),
             };
-            if h.dispatch_grpc(&call).is_err() {
-                plugin.charges.borrow_mut().dispatch_failed();
-                let mut stats = plugin.stats.borrow_mut();
-                stats.count(
-                    h,
-                    "tollgate_global_charges_total",
-                    &[("outcome", "dropped")],
-                    1,
-                );
+            match h.dispatch_grpc(&call) {
+                Ok(token) => plugin
+                    .charges
+                    .borrow_mut()
+                    .dispatched(token, batch.descriptors),
+                Err(_) => {
+                    plugin
+                        .charges
+                        .borrow_mut()
+                        .dispatch_failed(batch.descriptors);
+                    count_charges(h, &plugin, "dropped", batch.descriptors);
+                }
             }
         }
     }
 
-    /// The reply to a charge sent from `on_tick`.
-    pub fn on_grpc_response<H: Host>(&mut self, h: &mut H, _token: u32, status: u32) {
+    /// The reply to a charge call sent from `on_tick`: each descriptor it carried counts once.
+    pub fn on_grpc_response<H: Host>(&mut self, h: &mut H, token: u32, status: u32) {
         let Some(plugin) = &self.plugin else {
             return;
         };
-        plugin.charges.borrow_mut().finished(status == 0);
+        let n = plugin.charges.borrow_mut().finished(token, status == 0);
         let outcome = if status == 0 { "sent" } else { "dropped" };
-        let mut stats = plugin.stats.borrow_mut();
-        stats.count(
-            h,
-            "tollgate_global_charges_total",
-            &[("outcome", outcome)],
-            1,
-        );
+        count_charges(h, plugin, outcome, n);
     }
 
     /// A new request's flow (none before a configuration loaded).
@@ -137,4 +135,12 @@ impl Root {
         let plugin = self.plugin.clone()?;
         Some(Flow::new(id, plugin, h.now_ms()))
     }
+}
+
+/// `tollgate_global_charges_total{outcome}`: one count is one descriptor's usage summed over
+/// one tick of one worker.
+pub(crate) fn count_charges<H: Host>(h: &mut H, plugin: &Plugin, outcome: &str, n: usize) {
+    let labels = [("outcome", outcome)];
+    let mut stats = plugin.stats.borrow_mut();
+    stats.count(h, "tollgate_global_charges_total", &labels, n as u64);
 }

@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::learn;
 use crate::metrics;
 use crate::quota::{self, OwnerKey, RateHeaders};
-use crate::ratelimit::ChargeQueue;
+use crate::ratelimit::{ChargeBook, Refusals};
 use crate::store::{self, FnvMap, SlotTable, Store, StoreError};
 
 /// A log line: the context id first (Envoy's prefix already names the plugin and root id).
@@ -49,8 +49,11 @@ pub struct Plugin {
     pub(crate) learned: SlotTable,
     /// By the model's `store::owner_tag`.
     ratios: RefCell<FnvMap<u64, (f64, u64)>>,
-    /// Charges for the global rate-limit service, sent from the root context.
-    pub(crate) charges: RefCell<ChargeQueue>,
+    /// Charges for the global rate-limit service, summed per descriptor and sent from the
+    /// root tick.
+    pub(crate) charges: RefCell<ChargeBook>,
+    /// The global service's over-limit answers, until their windows end.
+    pub(crate) refusals: RefCell<Refusals>,
     /// Whether the global service is failing (for the log-once-per-transition rule).
     degraded: Cell<bool>,
     /// This worker's analytics facts, merged into shared data from the root tick.
@@ -78,7 +81,8 @@ impl Plugin {
             stats: RefCell::default(),
             learned: learn::table(),
             ratios: RefCell::default(),
-            charges: RefCell::new(ChargeQueue::new(4096, 16)),
+            charges: RefCell::new(ChargeBook::new(4096, 16)),
+            refusals: RefCell::default(),
             degraded: Cell::new(false),
             analytics: RefCell::default(),
             served: RefCell::default(),

@@ -75,9 +75,8 @@ fn waiting(tg: &mut Tg) -> Req {
     req
 }
 
-/// Team-a's request, admitted by the service (1000 per minute, 900 left) and answered
-/// with 20 + 4 tokens.
-fn served(tg: &mut Tg) {
+/// Team-a's request, admitted by the service (1000 per minute, 900 left).
+fn admitted_globally(tg: &mut Tg) -> Req {
     let mut req = waiting(tg);
     let n = descriptors(tg);
     answer(
@@ -86,6 +85,18 @@ fn served(tg: &mut Tg) {
         0,
         rls_reply(OK, &vec![(OK, 1000, 900, 30); n]),
     );
+    req
+}
+
+/// `tollgate_global_charges_total` with `outcome`.
+fn charges(tg: &Tg, outcome: &str) -> u64 {
+    tg.host
+        .metric_value("tollgate_global_charges_total", &[("outcome", outcome)])
+}
+
+/// Team-a's request, admitted by the service and answered with 20 + 4 tokens.
+fn served(tg: &mut Tg) {
+    let mut req = admitted_globally(tg);
     let json = [("content-type", "application/json")];
     tg.respond(&mut req, 200, &json, &[anthropic_answer(20, 4).as_bytes()]);
 }
@@ -152,7 +163,9 @@ fn an_over_limit_answer_is_429_global_naming_the_limit_and_its_reset() {
         tg.host.metric_value("tollgate_rejections_total", &labels),
         1
     );
-    // The local reservation went back: the next request sees the whole local limit.
+    // The local reservation went back: the next request sees the whole local limit (once
+    // the global window that refused has ended, or this worker answers it from memory).
+    tg.host.now += 30_000;
     let mut next = tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
     answer(
         &mut tg,
@@ -264,6 +277,7 @@ fn an_answer_to_another_token_is_ignored() {
 fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     let mut tg = Tg::new(&config("allow"));
     served(&mut tg);
+    // One call on the request's path (admission): the response and its end made none.
     assert_eq!(tg.host.grpc.len(), 1);
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -271,11 +285,8 @@ fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     assert_eq!(charge.timeout_ms, 1000);
     assert_eq!(charge.method, "ShouldRateLimit");
     tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
-    let sent = [("outcome", "sent")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_charges_total", &sent),
-        1
-    );
+    // One count per descriptor charged: team-a's tokens, and team-a's tokens on the model.
+    assert_eq!(charges(&tg, "sent"), 2);
     // Nothing more to send.
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -287,12 +298,7 @@ fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
     served(&mut tg);
     tg.host.grpc_refuses = Some(10);
     tg.root.on_tick(&mut tg.host);
-    let dropped = [("outcome", "dropped")];
-    assert_eq!(
-        tg.host
-            .metric_value("tollgate_global_charges_total", &dropped),
-        1
-    );
+    assert_eq!(charges(&tg, "dropped"), 2, "both descriptors of the call");
 }
 
 #[test]
@@ -302,4 +308,220 @@ fn a_client_that_leaves_while_the_service_decides_is_charged_nothing() {
     req.flow.on_log(&mut tg.host);
     assert_eq!(tg.host.fact(facts::USAGE), Some("none"));
     assert_eq!(tg.host.fact(facts::INPUT_TOKENS), Some("0"));
+}
+
+// ---- charges summed per tick ---------------------------------------------------------------
+
+/// (entries' last value, hits) of each descriptor of a charge call.
+fn charged(message: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut r = crate::codec::Reader::new(message);
+    while !r.is_empty() {
+        let key = r.varint().unwrap();
+        let b = r.bytes().unwrap();
+        if key >> 3 != 2 {
+            continue;
+        }
+        // A descriptor: entries (field 1), then hits_addend (field 3, a UInt64Value).
+        let mut d = crate::codec::Reader::new(b);
+        while !d.is_empty() {
+            let k = d.varint().unwrap();
+            let v = d.bytes().unwrap();
+            if k >> 3 == 3 {
+                let mut h = crate::codec::Reader::new(v);
+                let _ = h.varint().unwrap();
+                out.push(h.varint().unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn responses_that_end_in_one_tick_are_charged_in_one_call_with_their_usage_summed() {
+    let mut tg = Tg::new(&config("allow"));
+    for _ in 0..5 {
+        served(&mut tg);
+    }
+    assert_eq!(tg.host.grpc.len(), 5, "five admissions");
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(tg.host.grpc.len(), 6, "one charge call for the five");
+    let charge = tg.host.grpc.last().unwrap().clone();
+    // Each descriptor once, with the five responses' 20 + 4 tokens summed.
+    assert_eq!(charged(&charge.message), vec![120, 120]);
+    tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
+    assert_eq!(charges(&tg, "sent"), 2);
+    // A reply to a token the root never sent counts nothing.
+    tg.root
+        .on_grpc_response(&mut tg.host, charge.token + 50, 14);
+    assert_eq!(charges(&tg, "dropped"), 0);
+}
+
+#[test]
+fn a_failed_charge_call_counts_every_descriptor_it_carried_as_dropped() {
+    let mut tg = Tg::new(&config("allow"));
+    served(&mut tg);
+    served(&mut tg);
+    tg.root.on_tick(&mut tg.host);
+    let charge = tg.host.grpc.last().unwrap().clone();
+    // UNAVAILABLE: the service never counted them.
+    tg.root.on_grpc_response(&mut tg.host, charge.token, 14);
+    assert_eq!(charges(&tg, "dropped"), 2);
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(tg.host.grpc.len(), 3, "nothing is sent twice");
+}
+
+#[test]
+fn usage_that_ends_while_calls_are_in_flight_waits_and_is_summed_for_a_later_tick() {
+    let mut tg = Tg::new(&config("allow"));
+    // Sixteen charge calls in flight (a slow service), each from a tick of its own.
+    for _ in 0..16 {
+        served(&mut tg);
+        tg.root.on_tick(&mut tg.host);
+    }
+    let calls = tg.host.grpc.len();
+    served(&mut tg);
+    served(&mut tg);
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(
+        tg.host.grpc.len(),
+        calls + 2,
+        "two admissions, no charge call yet"
+    );
+    // One answer frees a place: the two responses go together.
+    let first_charge = tg.host.grpc[1].token;
+    tg.root.on_grpc_response(&mut tg.host, first_charge, 0);
+    tg.root.on_tick(&mut tg.host);
+    let last = tg.host.grpc.last().unwrap().clone();
+    assert_eq!(charged(&last.message), vec![48, 48]);
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_is_still_charged_from_the_tick() {
+    let mut tg = Tg::new(&config("allow"));
+    let mut req = admitted_globally(&mut tg);
+    let sse = [("content-type", "text/event-stream")];
+    let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n";
+    tg.respond_open(&mut req, 200, &sse, &[start.as_slice()], false);
+    // The client is gone: the access log runs, then the context is destroyed.
+    req.flow.on_log(&mut tg.host);
+    assert!(req.flow.on_done(&mut tg.host));
+    drop(req);
+    tg.root.on_tick(&mut tg.host);
+    let charge = tg.host.grpc.last().unwrap().clone();
+    assert_eq!(tg.host.grpc.len(), 2);
+    let hits = charged(&charge.message);
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits.iter().all(|&h| h >= 41),
+        "the prompt at least: {hits:?}"
+    );
+}
+
+// ---- over-limit answers remembered -----------------------------------------------------------
+
+/// Team-a's request refused by the service: its own tokens have `remaining` left of 1000,
+/// for `reset` more seconds. Returns the reply.
+fn refused_live(tg: &mut Tg, remaining: u64, reset: u64) -> super::fake::Reply {
+    let mut req = waiting(tg);
+    let n = descriptors(tg);
+    let mut statuses = vec![(OK, 1000, 900, reset); n];
+    statuses[0] = (
+        if remaining == 0 { OVER } else { OK },
+        1000,
+        remaining,
+        reset,
+    );
+    let overall = if remaining == 0 { OVER } else { OK };
+    answer(tg, &mut req, 0, rls_reply(overall, &statuses));
+    tg.host.reply().clone()
+}
+
+#[test]
+fn after_a_refusal_the_worker_refuses_the_same_need_without_a_call_until_the_window_ends() {
+    let mut tg = Tg::new(&config("allow"));
+    let live = refused_live(&mut tg, 0, 30);
+    assert_eq!(live.status, 429);
+    let calls = tg.host.grpc.len();
+    tg.host.now += 10_000;
+    let req = tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
+    assert_eq!(req.action, Action::Pause);
+    assert_eq!(tg.host.grpc.len(), calls, "answered from memory, no call");
+    let cached = tg.host.reply().clone();
+    assert_eq!(cached.status, 429);
+    assert_eq!(cached.header("retry-after"), Some("20"));
+    assert_eq!(
+        cached.json()["error"]["message"],
+        "team-a: 1000 tokens per minute (global); retry in 20s"
+    );
+    // Everything else as the live refusal said it.
+    let without_retry = |r: &super::fake::Reply| {
+        let mut h: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "retry-after")
+            .cloned()
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(without_retry(&cached), without_retry(&live));
+    assert_eq!(cached.json()["error"]["type"], live.json()["error"]["type"]);
+    let labels = [("consumer", "team-a"), ("reason", "global")];
+    assert_eq!(
+        tg.host.metric_value("tollgate_rejections_total", &labels),
+        2
+    );
+    assert_eq!(tg.host.resumed, 0);
+    // The window has ended: the service is asked again.
+    tg.host.now += 20_000;
+    waiting(&mut tg);
+    assert_eq!(tg.host.grpc.len(), calls + 1);
+}
+
+#[test]
+fn a_request_that_might_fit_what_was_left_still_asks_the_service() {
+    let mut tg = Tg::new(&config("allow"));
+    // 60 tokens left: the first request (a 100-token reserve) does not fit.
+    assert_eq!(refused_live(&mut tg, 60, 30).status, 429);
+    let calls = tg.host.grpc.len();
+    let small = claude(5);
+    let req = tg.post(MESSAGES, &anthropic("key-a"), &small);
+    assert_eq!(req.action, Action::Pause);
+    assert_eq!(tg.host.grpc.len(), calls + 1, "a smaller reservation asks");
+    assert!(tg.host.replies.is_empty());
+    // A larger one is refused without asking.
+    tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
+    assert_eq!(tg.host.grpc.len(), calls + 1);
+    assert_eq!(tg.host.reply().status, 429);
+}
+
+#[test]
+fn a_remembered_refusal_gives_the_local_reservation_back() {
+    let cfg = r#"{"consumers":[{"name":"team-a","keys":["key-a"],"limits":[{"tokens":250,"per":"minute"}]}],
+        "global":{"cluster":"ratelimit","domain":"tollgate","timeout":"50ms","failure_mode":"allow"}}"#;
+    let mut tg = Tg::new(cfg);
+    refused_live(&mut tg, 0, 30);
+    // Two more refused from memory: had they kept their local reservations (about 120
+    // tokens each), the local limit of 250 would now refuse for tokens, not global.
+    for _ in 0..2 {
+        tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
+    }
+    let labels = [("consumer", "team-a"), ("reason", "global")];
+    assert_eq!(
+        tg.host.metric_value("tollgate_rejections_total", &labels),
+        3
+    );
+    tg.host.now += 30_000;
+    admitted_globally(&mut tg);
+    assert_eq!(tg.host.resumed, 1, "the whole local limit was there");
+}
+
+#[test]
+fn a_service_answering_without_a_reset_time_is_asked_every_time() {
+    let mut tg = Tg::new(&config("allow"));
+    refused_live(&mut tg, 0, 0);
+    let calls = tg.host.grpc.len();
+    waiting(&mut tg);
+    assert_eq!(tg.host.grpc.len(), calls + 1);
 }
