@@ -16,7 +16,7 @@ import openai
 import pytest
 import requests
 
-from conftest import KEY_A, KEY_B
+from conftest import ACCOUNT_KEYS, KEY_A, KEY_B, access_log, base_config, tid, with_request_ids
 
 TYPES = ("input", "output", "cache_read", "cache_write")
 TOKENS = "wasmcustom.tollgate_tokens_total."
@@ -524,3 +524,42 @@ def test_a_model_the_allow_list_admits_is_its_own_label(envoy, mock):
     labels_seen = {labels(s)["model"] for s in meter.delta
                    if s.startswith(REQUESTS) and ".consumer.team-b." in s}
     assert labels_seen == set(names), meter.delta
+
+
+# ---------------------------------------------------------------- access_log_facts
+
+FACTS_LINE = re.compile(
+    r'"POST /v1/messages" (?P<code>\d+) consumer=(?P<consumer>\S*) model=(?P<model>\S*) '
+    r"account=(?P<account>\S*) estimate=(?P<estimate>\S*) input_tokens=(?P<input_tokens>\S*) "
+    r"output_tokens=(?P<output_tokens>\S*) usage=(?P<usage>\S*) decision=(?P<decision>\S*) "
+    r".*?id=(?P<id>\S*)\s*$")
+
+
+@pytest.mark.parametrize("facts", [None, True, False])
+def test_access_log_facts_false_leaves_the_facts_out_of_the_access_log(make_envoy, mock, facts):
+    """`access_log_facts: false` skips the per-request filter-state writes (SPEC "Benchmark
+    rules" v2); absent or true, every fact is in the line. Metering is the same either way."""
+    cfg = base_config() if facts is None else base_config(access_log_facts=facts)
+    e = make_envoy(cfg, patch=with_request_ids)
+    mock.reset()
+    mock.script("*", usage={"input": 21, "output": 5})
+    before = e.stats()
+    t = tid()
+    r = claude(e).messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=50, messages=PROMPT, extra_headers={"x-test-id": t})
+    assert r.status_code == 200
+    line = access_log(e, {t}, FACTS_LINE)[t]
+    fields = ("consumer", "model", "account", "estimate", "input_tokens", "output_tokens", "usage", "decision")
+    if facts is False:
+        assert {k: line[k] for k in fields} == {k: "-" for k in fields}, line
+    else:
+        assert line["consumer"] == "team-a" and line["model"] == "claude-haiku-4-5", line
+        assert line["account"] == "anthropic-1" and int(line["estimate"]) > 0, line
+        assert (line["input_tokens"], line["output_tokens"]) == ("21", "5"), line
+        assert (line["usage"], line["decision"]) == ("reported", "admitted"), line
+    # The upstream got the account's key either way, and the tokens were counted.
+    seen = mock.requests("/v1/messages")[-1]["headers"]
+    assert seen["x-api-key"] == ACCOUNT_KEYS["TOLLGATE_ANTHROPIC_KEY_1"]
+    counted = {labels(k)["type"]: v - before.get(k, 0) for k, v in e.stats().items()
+               if k.startswith(TOKENS) and labels(k)["consumer"] == "team-a" and v != before.get(k, 0)}
+    assert counted == {"input": 21, "output": 5}, counted

@@ -92,6 +92,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// `metrics.max_models`: distinct model label values per process before `other`.
     pub max_models: u32,
+    /// Whether the per-request filter-state facts that only an access log reads are written
+    /// (default true); false skips them (see `facts::logged_only`).
+    pub access_log_facts: bool,
 }
 
 /// A `passthrough_paths` entry: a path prefix and the API it belongs to.
@@ -155,6 +158,7 @@ impl Default for Config {
             consumer_claim: None,
             lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
             max_models: DEFAULT_MAX_MODELS,
+            access_log_facts: true,
         }
     }
 }

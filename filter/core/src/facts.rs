@@ -2,6 +2,8 @@
 //! other stage), each named once. Envoy's access log reads them as
 //! `%FILTER_STATE(wasm.<key>:PLAIN)%`: one path segment each, so no key holds a NUL.
 
+use crate::config::{Config, Stage};
+
 /// The caller's consumer name (`anonymous` for the anonymous caller).
 pub const CONSUMER: &str = "tollgate.consumer";
 /// The account whose credential went upstream.
@@ -39,6 +41,20 @@ pub const ALL: [&str; 11] = [
     OUTPUT_TOKENS,
     USAGE,
 ];
+
+/// Whether another tollgate stage reads `key` back (so it is written even with
+/// `access_log_facts: false`): a downstream stage without accounts publishes the caller, the
+/// estimate and the conversation for the upstream stage that picks the account; an upstream
+/// stage publishes the account (for the downstream stage's metering) and the accounts tried
+/// (for the next attempt). Every other fact is read only by an access log.
+pub fn read_by_other_stage(key: &str, cfg: &Config) -> bool {
+    match cfg.stage {
+        Stage::Downstream => {
+            cfg.accounts.is_empty() && [CONSUMER, ESTIMATE, FINGERPRINT, SESSION].contains(&key)
+        }
+        Stage::Upstream => key == ACCOUNT || key == TRIED,
+    }
+}
 
 /// Envoy's details of the response (`via_upstream` when the upstream answered).
 pub const RESPONSE_CODE_DETAILS: [&str; 2] = ["response", "code_details"];

@@ -38,6 +38,7 @@ pub(super) fn config(
             "consumer_claim",
             "lease_ttl",
             "metrics",
+            "access_log_facts",
         ],
     )?;
 
@@ -122,6 +123,9 @@ pub(super) fn config(
             ));
         }
         cfg.max_body_bytes = v;
+    }
+    if let Some(n) = top.get("access_log_facts") {
+        cfg.access_log_facts = as_bool(n, &top.path("access_log_facts"))?;
     }
     if let Some(n) = top.get("strip_request_headers") {
         let path = top.path("strip_request_headers");

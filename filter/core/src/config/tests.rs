@@ -340,7 +340,8 @@ fn accepts_each_good_configuration() {
 fn rejects_each_bad_configuration_naming_the_field() {
     let top_fields = "stage, consumers, consumer_header, anonymous, limits, accounts, \
                           selection, global, estimate, pricing, admin, passthrough_paths, \
-                          max_body_bytes, strip_request_headers, consumer_claim, lease_ttl, metrics";
+                          max_body_bytes, strip_request_headers, consumer_claim, lease_ttl, metrics, \
+                          access_log_facts";
     let acct = |extra: &str| {
         format!(r#"{{"accounts": [{{"name": "a", "provider": "openai", "key": "t"{extra}}}]}}"#)
     };
@@ -757,5 +758,42 @@ proptest! {
     ) {
         let v = f64::from_bits(u64::from(negative) << 63 | exponent << 52 | mantissa);
         prop_assert_eq!(super::node::display_f64(v), format!("{v}"));
+    }
+}
+
+#[test]
+fn access_log_facts_defaults_to_true_and_takes_only_a_boolean() {
+    assert!(parse_test("{}").unwrap().access_log_facts);
+    assert!(
+        parse_test(r#"{"access_log_facts": true}"#)
+            .unwrap()
+            .access_log_facts
+    );
+    // null means the default, as for every field.
+    assert!(
+        parse_test(r#"{"access_log_facts": null}"#)
+            .unwrap()
+            .access_log_facts
+    );
+    let off = parse_test(r#"{"access_log_facts": false}"#).unwrap();
+    assert!(!off.access_log_facts);
+    assert_eq!(
+        off,
+        Config {
+            access_log_facts: false,
+            ..Config::default()
+        }
+    );
+    for (json, kind) in [
+        (r#"{"access_log_facts": "false"}"#, "a string"),
+        (r#"{"access_log_facts": 0}"#, "a number"),
+        (r#"{"access_log_facts": []}"#, "an array"),
+    ] {
+        let e = parse_test(json).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("access_log_facts: expected true or false, got {kind}"),
+            "{json}"
+        );
     }
 }

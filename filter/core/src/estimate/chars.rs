@@ -130,19 +130,20 @@ pub(super) const COMMON_WORDS: &[&str] = &[
 ];
 
 pub(super) const COMMON_LEN: usize = COMMON_WORDS.len();
-pub(super) const COMMON_BITS: u32 = 10;
-/// A word sits at most this many slots past its hash's: lookups read that window whole.
-pub(super) const COMMON_WINDOW: usize = 4;
+pub(super) const COMMON_BITS: u32 = 11;
+/// A multiplier under which every common word has a slot of its own (the table's builder
+/// checks it): a lookup is one load and one compare. Found by trying random odd numbers; a
+/// change to the word list may need a new one (the build fails until then).
+const COMMON_MUL: u64 = 0xe539_6912_ba7c_f0a1;
 
 pub(super) const fn common_slot(packed: u64) -> usize {
-    (packed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - COMMON_BITS)) as usize
+    (packed.wrapping_mul(COMMON_MUL) >> (64 - COMMON_BITS)) as usize
 }
 
-/// The common words packed like `Estimator::packed` in an open-addressing hash table without
-/// wrap-around (built at compile time, a quarter full so that probes stay in the window).
-pub(super) const COMMON: [u64; (1 << COMMON_BITS) + COMMON_WINDOW] = {
-    assert!(4 * COMMON_LEN <= 1 << COMMON_BITS);
-    let mut table = [0u64; (1 << COMMON_BITS) + COMMON_WINDOW];
+/// The common words packed like `Estimator::packed`, each in its own slot (a perfect hash,
+/// built at compile time).
+pub(super) const COMMON: [u64; 1 << COMMON_BITS] = {
+    let mut table = [0u64; 1 << COMMON_BITS];
     let mut i = 0;
     while i < COMMON_LEN {
         let bytes = COMMON_WORDS[i].as_bytes();
@@ -152,14 +153,10 @@ pub(super) const COMMON: [u64; (1 << COMMON_BITS) + COMMON_WINDOW] = {
             w |= (bytes[j] as u64) << (8 * j);
             j += 1;
         }
-        let home = common_slot(w);
-        let mut slot = home;
-        while table[slot] != 0 && table[slot] != w {
-            slot += 1;
-        }
+        let slot = common_slot(w);
         assert!(
-            slot < home + COMMON_WINDOW,
-            "a common word is too far from its slot"
+            table[slot] == 0 || table[slot] == w,
+            "two common words share a slot: find a new COMMON_MUL"
         );
         table[slot] = w;
         i += 1;
@@ -170,8 +167,6 @@ pub(super) const COMMON: [u64; (1 << COMMON_BITS) + COMMON_WINDOW] = {
 /// Whether `packed` (0: no short ASCII word) is a common word; no branches.
 #[inline(always)]
 pub(super) fn is_common(packed: u64) -> bool {
-    let slot = common_slot(packed);
-    let window = COMMON.get(slot..slot + COMMON_WINDOW).unwrap_or_default();
-    let hit = window.iter().fold(false, |hit, &w| hit | (w == packed));
-    hit & (packed != 0)
+    let stored = COMMON.get(common_slot(packed)).copied().unwrap_or(0);
+    (stored == packed) & (packed != 0)
 }

@@ -116,13 +116,13 @@ impl Flow {
         let fingerprint = self.info.as_ref().and_then(|i| i.fingerprint);
         let session = crate::accounts::session_id(affinity, header, fingerprint);
         if let Some(s) = &session {
-            h.set_property(facts::SESSION, s);
+            self.fact(h, facts::SESSION, s);
         }
         if let Some(fp) = fingerprint {
             // For an upstream stage that keeps conversations on one account (with accounts
             // here, this stage chooses them and no upstream stage needs it).
             if cfg.accounts.is_empty() {
-                h.set_property(facts::FINGERPRINT, &format!("{fp:016x}"));
+                self.fact(h, facts::FINGERPRINT, &format!("{fp:016x}"));
             }
         }
         // Only codings the meter decodes may come back: metering cannot be switched off.
@@ -135,14 +135,18 @@ impl Flow {
             }
         }
         let mut buf = [0u8; 20];
-        h.set_property(facts::ESTIMATE, metrics::decimal(self.estimate, &mut buf));
+        self.fact(
+            h,
+            facts::ESTIMATE,
+            metrics::decimal(self.estimate, &mut buf),
+        );
         if let Err(answer) = self.choose_account(h, &path, true, session.as_deref(), &[]) {
             self.cancel_reservation(h);
             return answer;
         }
         if self.info.is_some() {
             self.splice_usage_option(h, body_size);
-            h.set_property(facts::MODEL, &model);
+            self.fact(h, facts::MODEL, &model);
         }
         self.phase = Phase::Proxied;
         self.admit_global(h).unwrap_or(Action::Continue)

@@ -110,7 +110,7 @@ impl Flow {
                 return self.refuse(h, Reason::UnknownConsumer, msg);
             }
         }
-        h.set_property(facts::CONSUMER, self.consumer_name());
+        self.fact(h, facts::CONSUMER, self.consumer_name());
         match route {
             Route::Metered { endpoint, model } => {
                 if end_of_stream {

@@ -201,7 +201,7 @@ impl Flow {
             None if self.phase == Phase::Idle => return,
             None => "admitted",
         };
-        h.set_property(crate::facts::DECISION, decision);
+        self.fact(h, crate::facts::DECISION, decision);
     }
 
     /// The context is done. Envoy runs no access log (`on_log`) for upstream filters: an
@@ -316,6 +316,15 @@ impl Flow {
     /// The chosen account, if any.
     fn account(&self) -> Option<&config::Account> {
         self.account.and_then(|i| self.plugin.cfg.accounts.get(i))
+    }
+
+    /// Sets filter-state fact `key` (one of `facts`), unless `access_log_facts: false` and no
+    /// other tollgate stage reads it.
+    pub(crate) fn fact<H: Host>(&self, h: &mut H, key: &'static str, value: &str) {
+        let cfg = self.cfg();
+        if cfg.access_log_facts || crate::facts::read_by_other_stage(key, cfg) {
+            h.set_property(key, value);
+        }
     }
 
     /// Counts `by` on a counter.

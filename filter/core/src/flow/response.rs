@@ -340,15 +340,17 @@ impl Flow {
         self.charge_global(h, &usage);
         self.settle_account(h, Some(&usage));
         let mut buf = [0u8; 20];
-        h.set_property(
+        self.fact(
+            h,
             facts::INPUT_TOKENS,
             metrics::decimal(usage.input_side(), &mut buf),
         );
-        h.set_property(
+        self.fact(
+            h,
             facts::OUTPUT_TOKENS,
             metrics::decimal(usage.output, &mut buf),
         );
-        h.set_property(facts::USAGE, source.as_str());
+        self.fact(h, facts::USAGE, source.as_str());
         let (consumer, model) = (self.consumer_name(), self.model_label(h));
         let account = self.account();
         // In a failover setup the upstream stage chose the account (a configured name, set

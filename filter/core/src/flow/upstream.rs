@@ -118,7 +118,7 @@ impl Flow {
             h.set_request_header("x-tollgate-route", route);
             h.clear_route_cache();
         }
-        h.set_property(facts::ACCOUNT, &account.name);
+        self.fact(h, facts::ACCOUNT, &account.name);
         Ok(())
     }
 
@@ -272,7 +272,7 @@ impl Flow {
             } else {
                 format!("{tried_s},{i}")
             };
-            h.set_property(facts::TRIED, &list);
+            self.fact(h, facts::TRIED, &list);
             if !tried.is_empty() {
                 if let Some(name) = self.account().map(|a| a.name.clone()) {
                     self.count(h, "tollgate_failovers_total", &[("account", &name)], 1);

@@ -244,3 +244,70 @@ fn every_filter_state_key_the_flow_writes_is_one_named_in_facts() {
         assert!(key.starts_with("tollgate.") && !key.contains('\0'), "{key}");
     }
 }
+
+/// `config` with `"access_log_facts": false` added at its top level.
+fn without_facts(config: &str) -> String {
+    let body = config.trim_start().strip_prefix('{').unwrap();
+    format!(r#"{{"access_log_facts": false, {body}"#)
+}
+
+#[test]
+fn with_access_log_facts_off_a_single_stage_writes_no_filter_state() {
+    let config = super::upstream::one_account();
+    let mut on = Tg::new(&config);
+    let mut req = on.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    on.answer(&mut req, 10, 2);
+    let all = [
+        facts::CONSUMER,
+        facts::ACCOUNT,
+        facts::ESTIMATE,
+        facts::MODEL,
+        facts::DECISION,
+        facts::INPUT_TOKENS,
+        facts::OUTPUT_TOKENS,
+        facts::USAGE,
+    ];
+    for key in all {
+        assert!(on.host.written.contains(key), "default: {key} written");
+    }
+    let mut off = Tg::new(&without_facts(&config));
+    let mut req = off.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    off.answer(&mut req, 10, 2);
+    assert_eq!(off.host.written, Default::default());
+    // The request itself is served and metered as before.
+    let model = "claude-3-5-haiku-20241022";
+    assert_eq!(admitted(&off, "team-a", model), 1);
+    assert_eq!(admitted(&on, "team-a", model), 1);
+    assert_eq!(
+        off.host.upstream_header("x-api-key"),
+        on.host.upstream_header("x-api-key")
+    );
+}
+
+#[test]
+fn with_access_log_facts_off_the_stages_still_hand_each_other_what_they_read() {
+    // A failover setup: the downstream stage publishes the caller, the estimate and the
+    // conversation; the upstream stage the account and the accounts tried.
+    let down = r#"{"consumers":[{"name":"team-a","keys":["key-a"]}],
+        "selection":{"affinity":{"conversation":true}}}"#;
+    let mut downstream = Tg::new(&without_facts(down));
+    let mut req = downstream.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    let mut upstream = Tg::new(&without_facts(&super::upstream::pool("upstream")));
+    upstream.host.properties = downstream.host.properties.clone();
+    let attempt = upstream.send("POST", MESSAGES, &[("anthropic-version", "2023-06-01")], "");
+    assert_eq!(attempt.action, Action::Continue);
+    assert!(upstream.host.upstream_header("x-api-key").is_some());
+    downstream.host.properties.extend(upstream.host.properties.clone());
+    downstream.answer(&mut req, 10, 2);
+    let written = |tg: &Tg| tg.host.written.iter().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        written(&downstream),
+        [
+            facts::CONSUMER,
+            facts::ESTIMATE,
+            facts::FINGERPRINT,
+            facts::SESSION
+        ]
+    );
+    assert_eq!(written(&upstream), [facts::ACCOUNT, facts::TRIED]);
+}
