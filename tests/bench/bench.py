@@ -980,11 +980,12 @@ def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
     g_c, g_b = rss_growth(mem.get("c", {})), rss_growth(mem.get("b", {}))
     if g_c is not None and g_b is not None:
         rounds = [x for x in mem.get("c", {}).get("rounds", []) if x is not None]
-        last = (rounds[-1] - rounds[-2]) / 1024 if len(rounds) >= 2 else 0.0
-        ok = g_c - g_b <= 5 and last <= 1
+        last = (rounds[-1] - rounds[-2]) / 1024 if len(rounds) >= 2 else None
+        ok = g_c - g_b <= 5 and (last is None or last <= 1)
         out.append(f"{verdict(ok)} RSS flat over the run (criterion: (c)'s growth from warm-up to "
                    f"end at most 5 MB over (b)'s growth, and at most 1 MB in the last round): "
-                   f"(c) {g_c:+.1f} MB, (b) {g_b:+.1f} MB, last round {last:+.1f} MB")
+                   f"(c) {g_c:+.1f} MB, (b) {g_b:+.1f} MB, last round "
+                   + ("not recorded" if last is None else f"{last:+.1f} MB"))
     out.append("Earlier aims, kept as they were:")
     if "n" in keys:
         for wl in wl_keys:
