@@ -657,6 +657,22 @@ def check_row(row: Row, srv: Server, wl: Workload) -> str | None:
     return None
 
 
+def check_rl_calls(row: Row, srv: Server, before: tuple[int, int] | None, n: int) -> str | None:
+    """A row with a `ratelimit` cluster must have called the service for its `n` check requests:
+    (r) exactly once each (one descriptor, one call), (d) at least once each (its admission
+    check; charges may follow from the tick). A row that never calls would measure nothing."""
+    if before is None:
+        return None
+    time.sleep(RL_TICK_S * 2)
+    after = rl_counters(srv)
+    calls = after[0] - before[0] if after else 0
+    if row.key == "r" and calls != n:
+        return f"r: {calls} ratelimit calls for {n} requests (one each expected)"
+    if calls < n:
+        return f"{row.key}: {calls} ratelimit calls for {n} requests (at least one each expected)"
+    return None
+
+
 # ------------------------------------------------------------------------- report
 
 
@@ -1104,7 +1120,9 @@ def main() -> int:
         rows = live
         # Correctness first: a row that answers wrongly would only look fast.
         for r in list(rows):
+            before = rl_counters(servers[r.key])
             errs = [e for e in (check_row(r, servers[r.key], wl) for wl in wls) if e]
+            errs += [e for e in [check_rl_calls(r, servers[r.key], before, len(wls))] if e]
             if errs:
                 problems.extend(errs)
                 print("bench: check failed:", *errs, sep="\n  ", file=sys.stderr, flush=True)
