@@ -847,7 +847,8 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
     L.append("## Memory (proxy RSS: Envoy `--concurrency 2`; LiteLLM 2 workers, process tree)\n")
     L.append("RSS after the warm-up, after each round (every row idle), and at the end. Growth over "
              "the run is the end less the warm-up; Envoy's own growth (connection buffers, "
-             "stats) shows in (b)'s.\n")
+             "stats) shows in (b)'s. What a row's RSS is made of (tcmalloc, Envoy's text pages, wasm "
+             "code, per worker or once): `tests/bench/rss.py`.\n")
     L.append("| row | RSS after warm-up MB | Δ vs (b) MB | after each round MB | RSS at end MB | growth MB | growth − (b)'s MB |")
     L.append("|---|---|---|---|---|---|---|")
     base = mem.get(BASELINE, {})
