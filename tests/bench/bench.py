@@ -349,11 +349,13 @@ def add_envoy_ratelimit(cfg: dict) -> None:
 RL_CALLS = "cluster.ratelimit.upstream_rq_total"
 DOWNSTREAM_RQ = "http.llm.downstream_rq_total"
 # What "at most one ratelimit round trip per request" allows on top of 1 (issue 20): charges
-# sent from the root tick, one call per descriptor per tick in each VM. The bench's (d) runs
-# a tick of 100 ms in each of Envoy's VMs (2 workers + the main thread) and the bench
-# consumer has 4 descriptors (tokens and requests, each alone and per model).
+# sent from the root tick, at most one call per descriptor per tick in each worker (the main
+# thread's root context serves no request, so it has nothing to charge). (d) ticks every 100 ms
+# with global limits, Envoy runs 2 workers, and the bench consumer has 4 descriptors (tokens
+# and requests, each alone and per model). tollgate sends all of a tick's descriptors in one
+# call (docs/scaling.md), a quarter of this allowance.
 RL_TICK_S = 0.1
-RL_VMS = 3
+RL_VMS = 2
 RL_DESCRIPTORS = 4
 
 
@@ -872,8 +874,8 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
         L.append("Envoy's own counters before each throughput run and after it (once the row is "
                  "idle and a tick has passed): gRPC calls on the `ratelimit` cluster "
                  f"(`{RL_CALLS}`) ÷ requests the listener took (`{DOWNSTREAM_RQ}`). Allowed: "
-                 "1 per request + the tick share, one call per descriptor per tick in each VM "
-                 f"({RL_DESCRIPTORS} descriptors × {RL_VMS} VMs every {RL_TICK_S * 1000:.0f} ms "
+                 "1 per request + the tick share, one call per descriptor per tick in each worker "
+                 f"({RL_DESCRIPTORS} descriptors × {RL_VMS} workers every {RL_TICK_S * 1000:.0f} ms "
                  "over the window, ÷ requests). Median over rounds (min–max).\n")
         L.append("| row | workload | calls/request | allowed (1 + tick share) | whole run |")
         L.append("|---|---|---|---|---|")
