@@ -112,7 +112,8 @@ def envoy_config(ctx: "Ctx", shipped: str = "envoy.yaml", tollgate: dict | None 
     return cfg
 
 
-FLOOR_WASM = envoyctl.WASM.with_name("tollgate_floor.wasm")
+# The floor is built here whichever tollgate.wasm the rows run (TOLLGATE_WASM may point elsewhere).
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate_floor.wasm"
 
 
 def use_wasm(path: Path | str) -> Callable[[dict], None]:
@@ -1070,7 +1071,8 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} missing: make setup installs it (apt wrk nghttp2-client)", file=sys.stderr)
             return 2
-    for p in (envoyctl.WASM, envoyctl.MOCK, FLOOR_WASM):
+    wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
+    for p in (envoyctl.WASM, envoyctl.MOCK) + ((FLOOR_WASM,) if "f" in wanted else ()):
         if not p.exists():
             print(f"{p} missing: run `make bench` (it builds the filter and the floor)",
                   file=sys.stderr)
