@@ -891,9 +891,10 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
         L.append("## Paired A/B: new build (c) against the old build (c-old)\n")
         L.append("Both in the same session with (c)'s configuration, alternating with every other "
                  "row; per round new ÷ old (throughput, CPU per request) and new − old (CPU µs per "
-                 "request, added p50), then median (min–max). Old build: "
-                 "`git worktree add /tmp/old <commit> && make -C /tmp/old build-filter`, then "
-                 "`bench.py --ab /tmp/old/target/wasm32-wasip1/release/tollgate.wasm`.\n")
+                 "request, added p50), then median (min–max). `make bench-ab OLD=<commit>` builds the "
+                 "old filter from `git archive <commit>` in target/ab-old (this Makefile's "
+                 "wasm-opt) and runs `bench.py --ab target/ab-old/tollgate-old.wasm`; any "
+                 "other build works with `--ab PATH`.\n")
         L.append("| workload | req/s new ÷ old | CPU/req new ÷ old | CPU µs/req new − old | p50 ms new − old |")
         L.append("|---|---|---|---|---|")
         for wl in wls:
