@@ -2,6 +2,8 @@
 //! out. It never needs the whole stream, never decodes text per chunk (so a UTF-8 character
 //! split across chunks is harmless) and keeps at most `cap` bytes of one event.
 
+use crate::simd::{self, V};
+
 /// Default largest event kept whole (data of one event).
 pub const DEFAULT_EVENT_CAP: usize = 1 << 20;
 /// Largest `event:` name kept; longer names are cut (they never matter for metering).
@@ -103,7 +105,7 @@ impl SseParser {
             if rest.is_empty() {
                 break;
             }
-            let Some(p) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(p) = line_end(rest) else {
                 self.push_partial(rest);
                 break;
             };
@@ -279,6 +281,24 @@ impl SseParser {
             self.data.extend_from_slice(bytes);
         }
     }
+}
+
+/// The first `\n` or `\r` in `bytes`, sixteen bytes at a time.
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    let (lf, cr) = (V::splat(b'\n'), V::splat(b'\r'));
+    let mut i = 0;
+    while let Some(c) = simd::chunk(bytes, i) {
+        let x = V::load(c);
+        let hits = x.eq(lf).or(x.eq(cr)).bitmask();
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    let tail = bytes.get(i..)?;
+    tail.iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .map(|p| i + p)
 }
 
 /// Splits `field: value` (one leading space of the value removed); a line without a colon

@@ -44,6 +44,41 @@ pub(super) struct Counter {
     oversized: u64,
 }
 
+/// The start of an Anthropic content delta event's data, as Anthropic sends it (compact).
+const DELTA_HEAD: &[u8] = b"{\"type\":\"content_block_delta\",\"index\":";
+/// What follows the index: each delta type with its text field, up to the string's quote.
+const DELTA_KINDS: [&[u8]; 3] = [
+    b",\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+    b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"",
+    b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"",
+];
+
+/// The text of a Messages content delta (`text_delta`, `thinking_delta`, `input_json_delta`)
+/// in exactly the compact shape Anthropic streams it, string without escapes, read without
+/// parsing the document. What it returns is what the full parse would push to the estimate
+/// for that document, and such a document carries nothing else the counter reads. Any other
+/// shape (spaces, other keys, escapes, invalid UTF-8, another endpoint) is `None`: the
+/// document is parsed.
+pub(super) fn anthropic_delta_text(endpoint: Endpoint, data: &[u8]) -> Option<&str> {
+    if endpoint != Endpoint::Messages {
+        return None;
+    }
+    let rest = data.strip_prefix(DELTA_HEAD)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && rest.first() == Some(&b'0')) {
+        return None;
+    }
+    let rest = rest.get(digits..)?;
+    let text = DELTA_KINDS.iter().find_map(|k| rest.strip_prefix(*k))?;
+    let end = text
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if text.get(end..)? != b"\"}}" {
+        return None;
+    }
+    std::str::from_utf8(text.get(..end)?).ok()
+}
+
 /// One response document, or why it does not parse. Not inlined: each document type's
 /// deserializer stays a function of its own, so `Counter::doc` does not grow huge (V8 compiles
 /// every function whole when the filter loads; see lib.rs).
@@ -73,6 +108,10 @@ impl Counter {
             self.tail(e.data);
             false
         } else if e.data.is_empty() || e.is_done() {
+            false
+        } else if let Some(t) = anthropic_delta_text(self.endpoint, e.data) {
+            // Almost every event of a Messages stream: its text read without a parse.
+            self.push_text(t);
             false
         } else {
             self.doc(e.data, false, last)
@@ -308,14 +347,15 @@ impl Counter {
     }
 
     fn text(&mut self, t: &Text<'_>) {
-        // The estimate is only for output that is never reported.
-        if self.final_seen {
-            return;
-        }
         if let Some(s) = t.get() {
-            if !s.is_empty() {
-                self.est.push_str(s);
-            }
+            self.push_text(s);
+        }
+    }
+
+    fn push_text(&mut self, s: &str) {
+        // The estimate is only for output that is never reported.
+        if !self.final_seen && !s.is_empty() {
+            self.est.push_str(s);
         }
     }
 

@@ -598,5 +598,67 @@ fn finish_twice_gives_the_same_answer() {
     assert_eq!(m.finish(), a);
 }
 
+#[test]
+fn the_delta_shortcut_reads_exactly_what_the_full_parse_reads() {
+    let delta = |t: &str| {
+        format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{t}\"}}}}")
+    };
+    let mut cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (delta("Hello").into_bytes(), Some("Hello")),
+        (delta(" h\u{e9}llo w\u{f6}rld").into_bytes(), Some(" h\u{e9}llo w\u{f6}rld")),
+        (delta("").into_bytes(), Some("")),
+        (br#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"x y"}}"#.to_vec(), Some("x y")),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#.to_vec(), Some("Let me think")),
+        (br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"[1, 2"}}"#.to_vec(), Some("[1, 2")),
+        // Escapes, odd shapes and smuggled fields go to the full parse.
+        (delta("say \\\"hi\\\"").into_bytes(), None),
+        (delta("two\\nlines").into_bytes(), None),
+        (delta("raw\ttab").into_bytes(), None),
+        (br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"usage":{"output_tokens":7}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}},"usage":{"output_tokens":7}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"a"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":,"delta":{"type":"text_delta","text":"a"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} "#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#.to_vec(), None),
+        (br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#.to_vec(), None),
+    ];
+    let mut broken = delta("ab").into_bytes();
+    let at = broken.len() - 5;
+    broken[at] = 0xff;
+    cases.push((broken, None));
+    for (data, shortcut) in &cases {
+        let what = String::from_utf8_lossy(data);
+        assert_eq!(
+            count::anthropic_delta_text(Endpoint::Messages, data),
+            *shortcut,
+            "{what}"
+        );
+        // Whatever the shortcut says, the counter ends where the full parse of the document
+        // ends: same usage, same estimated output, same model and error.
+        let mut fast = count::Counter::new(Endpoint::Messages);
+        let event = crate::sse::Event {
+            name: b"content_block_delta",
+            data,
+            truncated: false,
+        };
+        assert!(!fast.event(event, false), "{what}");
+        let mut full = count::Counter::new(Endpoint::Messages);
+        full.doc(data, false, false);
+        assert_eq!(fast.metering(), full.metering(), "{what}");
+    }
+    // Only Messages documents take it.
+    let data = delta("Hello").into_bytes();
+    for e in [
+        Endpoint::ChatCompletions,
+        Endpoint::Responses,
+        Endpoint::GenerateContent,
+    ] {
+        assert_eq!(count::anthropic_delta_text(e, &data), None);
+    }
+}
+
 mod decoding;
 mod sanity;
