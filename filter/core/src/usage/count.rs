@@ -41,7 +41,25 @@ pub(super) struct Counter {
     model: Option<String>,
     error: Option<StreamError>,
     est: Estimator,
+    /// Output text not yet given to `est`.
+    deferred: Deferred,
     oversized: u64,
+}
+
+/// Most text bytes deferred before they go to the estimator (a bound on the memory of one
+/// response's meter).
+const DEFER_CAP: usize = 8 << 10;
+
+/// Output text whose estimate may never be needed: the output is estimated only when no
+/// final usage comes, and in most streams it does come, last. The texts wait here as the
+/// pieces they came in and go to the estimator in that order, piece by piece (so its answer
+/// is the one it would have given had each been pushed at once), when the estimate is
+/// needed, before raw bytes go to it, or when `DEFER_CAP` bytes wait.
+#[derive(Default)]
+struct Deferred {
+    text: String,
+    /// Where each piece ends in `text`.
+    ends: Vec<u16>,
 }
 
 /// The start of an Anthropic content delta event's data, as Anthropic sends it (compact).
@@ -97,6 +115,7 @@ impl Counter {
             model: None,
             error: None,
             est: Estimator::new(endpoint.api()),
+            deferred: Deferred::default(),
             oversized: 0,
         }
     }
@@ -354,9 +373,33 @@ impl Counter {
 
     fn push_text(&mut self, s: &str) {
         // The estimate is only for output that is never reported.
-        if !self.final_seen && !s.is_empty() {
-            self.est.push_str(s);
+        if self.final_seen || s.is_empty() {
+            return;
         }
+        let d = &mut self.deferred;
+        if d.text.len().saturating_add(s.len()) > DEFER_CAP {
+            self.estimate_deferred();
+            if s.len() > DEFER_CAP {
+                self.est.push_str(s);
+                return;
+            }
+        }
+        let d = &mut self.deferred;
+        d.text.push_str(s);
+        d.ends.push(u16::try_from(d.text.len()).unwrap_or(u16::MAX));
+    }
+
+    /// Gives the deferred texts to the estimator, in order, as the pieces they came in.
+    fn estimate_deferred(&mut self) {
+        let d = &mut self.deferred;
+        let mut from = 0;
+        for &end in &d.ends {
+            let end = usize::from(end);
+            self.est.push_str(d.text.get(from..end).unwrap_or_default());
+            from = end;
+        }
+        d.text.clear();
+        d.ends.clear();
     }
 
     /// Raw bytes of an over-cap JSON body, the fallback estimate's only source.
@@ -364,6 +407,7 @@ impl Counter {
         if self.endpoint == Endpoint::Embeddings || self.final_seen {
             return;
         }
+        self.estimate_deferred();
         for c in bytes.utf8_chunks() {
             self.est.push_str(c.valid());
         }
@@ -387,6 +431,10 @@ impl Counter {
     }
 
     pub(super) fn metering(&mut self) -> Metering {
+        if !self.final_seen {
+            // Needed: no final usage came (an insane one never counts as final).
+            self.estimate_deferred();
+        }
         self.est.end_text();
         if self.insane {
             // As if the usage never came: the input is the host's estimate, the output the

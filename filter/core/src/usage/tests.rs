@@ -486,6 +486,62 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
 }
 
 #[test]
+fn a_long_stream_cut_short_estimates_its_text_as_pushed_piece_by_piece() {
+    // Pieces of every size, one longer than anything the meter defers, mixed scripts, and
+    // escaped ones (parsed): the estimate is the one of the deltas pushed one by one.
+    let words = [
+        "Hello",
+        " w\u{f6}rld",
+        " 東京",
+        " and",
+        " more",
+        "\n",
+        " 🌤️",
+        " x",
+    ];
+    let mut deltas: Vec<String> = Vec::new();
+    for i in 0..4000 {
+        let w = words[i % words.len()];
+        deltas.push(match i % 997 {
+            0 => w.repeat(3000),
+            1 => format!("{w} \"quoted\""),
+            n => w.repeat(n % 4 + 1),
+        });
+    }
+    let mut body = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+    for d in &deltas {
+        let data = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}});
+        body.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+    }
+    let pieces: Vec<&str> = deltas.iter().map(String::as_str).collect();
+    let want = estimate(Api::Anthropic, &pieces);
+    assert!(want > 10_000, "{want}");
+    for splits in [vec![], vec![body.len() / 3, body.len() / 2]] {
+        let m = run(
+            &Endpoint::Messages,
+            SSE,
+            "",
+            false,
+            body.as_bytes(),
+            &splits,
+        )
+        .1;
+        assert_eq!(
+            (m.usage.input, m.usage.output, m.output_estimated),
+            (9, want, true)
+        );
+    }
+    // With the final usage, the reported output counts.
+    body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":77}}\n\n");
+    let m = run(&Endpoint::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+    assert_eq!((m.usage.output, m.output_estimated), (77, false));
+    // An insane final usage makes the whole text count again, in order.
+    body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":-1}}\n\n");
+    let m = run(&Endpoint::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+    assert_eq!((m.usage.output, m.invalid_usage), (want, true));
+}
+
+#[test]
 fn reports_error_events_inside_streams() {
     let cases = [
             (Endpoint::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", StreamError::Overloaded),
