@@ -148,10 +148,7 @@ fn an_over_limit_answer_is_429_global_naming_the_limit_and_its_reset() {
     );
     assert_eq!(tg.host.resumed, 0);
     let labels = [("consumer", "team-a"), ("reason", "global")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 1);
     // The local reservation went back: the next request sees the whole local limit.
     let mut next = tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
     answer(
@@ -170,16 +167,10 @@ fn a_failing_service_under_allow_lets_the_request_through_and_logs_the_transitio
     answer(&mut tg, &mut req, 14, Vec::new());
     assert_eq!(tg.host.resumed, 1);
     assert!(tg.host.replies.is_empty());
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_degraded_total", &[]),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_global_degraded_total", &[]), 1);
     let mut again = waiting(&mut tg);
     answer(&mut tg, &mut again, 14, Vec::new());
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_degraded_total", &[]),
-        2
-    );
+    assert_eq!(tg.metric_value("tollgate_global_degraded_total", &[]), 2);
     let failing = tg
         .host
         .logged("global rate-limit service failing (gRPC status 14); failure_mode applies");
@@ -272,10 +263,7 @@ fn the_real_usage_is_charged_from_the_tick_and_counted_when_sent() {
     assert_eq!(charge.method, "ShouldRateLimit");
     tg.root.on_grpc_response(&mut tg.host, charge.token, 0);
     let sent = [("outcome", "sent")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_global_charges_total", &sent),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_global_charges_total", &sent), 1);
     // Nothing more to send.
     tg.root.on_tick(&mut tg.host);
     assert_eq!(tg.host.grpc.len(), 2);
@@ -289,8 +277,7 @@ fn a_charge_that_cannot_be_dispatched_is_counted_as_dropped() {
     tg.root.on_tick(&mut tg.host);
     let dropped = [("outcome", "dropped")];
     assert_eq!(
-        tg.host
-            .metric_value("tollgate_global_charges_total", &dropped),
+        tg.metric_value("tollgate_global_charges_total", &dropped),
         1
     );
 }
