@@ -417,14 +417,15 @@ fn a_disabled_account_is_probed_once_its_time_is_up_and_a_good_answer_restores_i
 #[test]
 fn counters_reach_the_host_summed_at_the_next_tick_and_only_once() {
     let mut tg = Tg::new(LABELLED);
+    let m = "claude-3-5-haiku-20241022";
     let labels = [
         ("consumer", "team-a"),
-        ("model", "claude-3-5-haiku-20241022"),
+        ("model", m),
         ("outcome", "admitted"),
     ];
     let tokens = [
         ("consumer", "team-a"),
-        ("model", "claude-3-5-haiku-20241022"),
+        ("model", m),
         ("account", "none"),
         ("type", "output"),
     ];
