@@ -310,3 +310,21 @@ fn the_line_end_search_finds_the_first_cr_or_lf_wherever_it_is() {
     ];
     assert_eq!(super::line_end(&near.repeat(5)), None);
 }
+
+#[test]
+fn fields_in_any_order_give_the_same_events_in_one_chunk_and_byte_by_byte() {
+    let stream = b"data: first\n\ndata:second\nevent: late name\n\ndata: a\ndata: b\n\n\
+        data: x\n: comment\nid: 7\n\nevent: e\ndata:  two spaces\r\n\r\ndata\n\ndata: end";
+    let want = vec![
+        (String::new(), "first".to_string()),
+        ("late name".into(), "second".into()),
+        (String::new(), "a\nb".into()),
+        (String::new(), "x".into()),
+        ("e".into(), " two spaces".into()),
+        (String::new(), String::new()),
+        (String::new(), "end".into()),
+    ];
+    assert_eq!(collect(stream, &[]).0, want);
+    let every: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(collect(stream, &every).0, want);
+}
