@@ -2,6 +2,8 @@
 //! out. It never needs the whole stream, never decodes text per chunk (so a UTF-8 character
 //! split across chunks is harmless) and keeps at most `cap` bytes of one event.
 
+use crate::simd::{self, V};
+
 /// Default largest event kept whole (data of one event).
 pub const DEFAULT_EVENT_CAP: usize = 1 << 20;
 /// Largest `event:` name kept; longer names are cut (they never matter for metering).
@@ -99,11 +101,16 @@ impl SseParser {
                 i = 1;
             }
         }
+        // The data of the event being read while it is one `data:` line of this chunk: left
+        // in the chunk (not copied) until the blank line delivers it, or copied into `data`
+        // as soon as anything else happens to the event or the chunk ends.
+        let mut borrowed: Option<(usize, usize)> = None;
         while let Some(rest) = chunk.get(i..) {
             if rest.is_empty() {
                 break;
             }
-            let Some(p) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(p) = line_end(rest) else {
+                self.keep_borrowed(chunk, borrowed.take());
                 self.push_partial(rest);
                 break;
             };
@@ -116,8 +123,42 @@ impl SseParser {
                 }
             }
             let segment = rest.get(..p).unwrap_or_default();
+            if self.mode == LineMode::Normal && self.line.is_empty() {
+                if let (false, Some(value)) = (self.has_data, segment.strip_prefix(b"data:")) {
+                    if segment.len() <= self.cap {
+                        let skip = usize::from(value.first() == Some(&b' '));
+                        let from = i.saturating_add(p).saturating_sub(value.len()) + skip;
+                        borrowed = Some((from, i.saturating_add(p)));
+                        self.has_data = true;
+                        i = next;
+                        continue;
+                    }
+                }
+                if let (true, Some((from, to))) = (segment.is_empty(), borrowed) {
+                    borrowed = None;
+                    let event = Event {
+                        name: &self.name,
+                        data: chunk.get(from..to).unwrap_or_default(),
+                        truncated: false,
+                    };
+                    on(next, Some(event));
+                    self.reset_event();
+                    i = next;
+                    continue;
+                }
+            }
+            self.keep_borrowed(chunk, borrowed.take());
             self.end_line(segment, next, &mut on);
             i = next;
+        }
+        self.keep_borrowed(chunk, borrowed);
+    }
+
+    /// Copies the data left in the chunk (see `feed`) into the event's data.
+    fn keep_borrowed(&mut self, chunk: &[u8], borrowed: Option<(usize, usize)>) {
+        if let Some((from, to)) = borrowed {
+            self.data
+                .extend_from_slice(chunk.get(from..to).unwrap_or_default());
         }
     }
 
@@ -279,6 +320,24 @@ impl SseParser {
             self.data.extend_from_slice(bytes);
         }
     }
+}
+
+/// The first `\n` or `\r` in `bytes`, sixteen bytes at a time.
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    let (lf, cr) = (V::splat(b'\n'), V::splat(b'\r'));
+    let mut i = 0;
+    while let Some(c) = simd::chunk(bytes, i) {
+        let x = V::load(c);
+        let hits = x.eq(lf).or(x.eq(cr)).bitmask();
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    let tail = bytes.get(i..)?;
+    tail.iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .map(|p| i + p)
 }
 
 /// Splits `field: value` (one leading space of the value removed); a line without a colon

@@ -89,6 +89,7 @@ impl Root {
         };
         let _ = plugin.analytics.borrow_mut().flush_if_due(h, h.now_ms());
         plugin.flush_pending(h);
+        plugin.stats.borrow_mut().flush(h);
         let Some(global) = &plugin.cfg.global else {
             return;
         };

@@ -279,3 +279,52 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_line_end_search_finds_the_first_cr_or_lf_wherever_it_is() {
+    let by_byte = |b: &[u8]| b.iter().position(|&c| c == b'\n' || c == b'\r');
+    for len in 0..50 {
+        let plain = vec![b'a'; len];
+        assert_eq!(super::line_end(&plain), None, "{len}");
+        for at in 0..len {
+            for (end, later) in [(b'\n', b'\r'), (b'\r', b'\n'), (b'\n', b'\n')] {
+                let mut line = plain.clone();
+                line[at] = end;
+                if at + 17 < len {
+                    line[at + 17] = later;
+                }
+                assert_eq!(super::line_end(&line), by_byte(&line), "{len} {at}");
+                assert_eq!(super::line_end(&line), Some(at));
+            }
+        }
+    }
+    // Bytes that differ from the line ends in one bit are not line ends.
+    let near = [
+        b'\n' ^ 0x80,
+        b'\r' ^ 0x80,
+        b'\n' ^ 1,
+        b'\r' ^ 1,
+        0x8a,
+        0x8d,
+        0,
+    ];
+    assert_eq!(super::line_end(&near.repeat(5)), None);
+}
+
+#[test]
+fn fields_in_any_order_give_the_same_events_in_one_chunk_and_byte_by_byte() {
+    let stream = b"data: first\n\ndata:second\nevent: late name\n\ndata: a\ndata: b\n\n\
+        data: x\n: comment\nid: 7\n\nevent: e\ndata:  two spaces\r\n\r\ndata\n\ndata: end";
+    let want = vec![
+        (String::new(), "first".to_string()),
+        ("late name".into(), "second".into()),
+        (String::new(), "a\nb".into()),
+        (String::new(), "x".into()),
+        ("e".into(), " two spaces".into()),
+        (String::new(), String::new()),
+        (String::new(), "end".into()),
+    ];
+    assert_eq!(collect(stream, &[]).0, want);
+    let every: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(collect(stream, &every).0, want);
+}

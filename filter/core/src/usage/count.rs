@@ -41,7 +41,60 @@ pub(super) struct Counter {
     model: Option<String>,
     error: Option<StreamError>,
     est: Estimator,
+    /// Output text not yet given to `est`.
+    deferred: Deferred,
     oversized: u64,
+}
+
+/// Most text bytes deferred before they go to the estimator (a bound on the memory of one
+/// response's meter).
+const DEFER_CAP: usize = 8 << 10;
+
+/// Output text whose estimate may never be needed: the output is estimated only when no
+/// final usage comes, and in most streams it does come, last. The texts wait here as the
+/// pieces they came in and go to the estimator in that order, piece by piece (so its answer
+/// is the one it would have given had each been pushed at once), when the estimate is
+/// needed, before raw bytes go to it, or when `DEFER_CAP` bytes wait.
+#[derive(Default)]
+struct Deferred {
+    text: String,
+    /// Where each piece ends in `text`.
+    ends: Vec<u16>,
+}
+
+/// The start of an Anthropic content delta event's data, as Anthropic sends it (compact).
+const DELTA_HEAD: &[u8] = b"{\"type\":\"content_block_delta\",\"index\":";
+/// What follows the index: each delta type with its text field, up to the string's quote.
+const DELTA_KINDS: [&[u8]; 3] = [
+    b",\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+    b",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"",
+    b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"",
+];
+
+/// The text of a Messages content delta (`text_delta`, `thinking_delta`, `input_json_delta`)
+/// in exactly the compact shape Anthropic streams it, string without escapes, read without
+/// parsing the document. What it returns is what the full parse would push to the estimate
+/// for that document, and such a document carries nothing else the counter reads. Any other
+/// shape (spaces, other keys, escapes, invalid UTF-8, another endpoint) is `None`: the
+/// document is parsed.
+pub(super) fn anthropic_delta_text(endpoint: Endpoint, data: &[u8]) -> Option<&str> {
+    if endpoint != Endpoint::Messages {
+        return None;
+    }
+    let rest = data.strip_prefix(DELTA_HEAD)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 || (digits > 1 && rest.first() == Some(&b'0')) {
+        return None;
+    }
+    let rest = rest.get(digits..)?;
+    let text = DELTA_KINDS.iter().find_map(|k| rest.strip_prefix(*k))?;
+    let end = text
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if text.get(end..)? != b"\"}}" {
+        return None;
+    }
+    std::str::from_utf8(text.get(..end)?).ok()
 }
 
 /// One response document, or why it does not parse. Not inlined: each document type's
@@ -62,6 +115,7 @@ impl Counter {
             model: None,
             error: None,
             est: Estimator::new(endpoint.api()),
+            deferred: Deferred::default(),
             oversized: 0,
         }
     }
@@ -73,6 +127,10 @@ impl Counter {
             self.tail(e.data);
             false
         } else if e.data.is_empty() || e.is_done() {
+            false
+        } else if let Some(t) = anthropic_delta_text(self.endpoint, e.data) {
+            // Almost every event of a Messages stream: its text read without a parse.
+            self.push_text(t);
             false
         } else {
             self.doc(e.data, false, last)
@@ -308,15 +366,40 @@ impl Counter {
     }
 
     fn text(&mut self, t: &Text<'_>) {
+        if let Some(s) = t.get() {
+            self.push_text(s);
+        }
+    }
+
+    fn push_text(&mut self, s: &str) {
         // The estimate is only for output that is never reported.
-        if self.final_seen {
+        if self.final_seen || s.is_empty() {
             return;
         }
-        if let Some(s) = t.get() {
-            if !s.is_empty() {
+        let d = &mut self.deferred;
+        if d.text.len().saturating_add(s.len()) > DEFER_CAP {
+            self.estimate_deferred();
+            if s.len() > DEFER_CAP {
                 self.est.push_str(s);
+                return;
             }
         }
+        let d = &mut self.deferred;
+        d.text.push_str(s);
+        d.ends.push(u16::try_from(d.text.len()).unwrap_or(u16::MAX));
+    }
+
+    /// Gives the deferred texts to the estimator, in order, as the pieces they came in.
+    fn estimate_deferred(&mut self) {
+        let d = &mut self.deferred;
+        let mut from = 0;
+        for &end in &d.ends {
+            let end = usize::from(end);
+            self.est.push_str(d.text.get(from..end).unwrap_or_default());
+            from = end;
+        }
+        d.text.clear();
+        d.ends.clear();
     }
 
     /// Raw bytes of an over-cap JSON body, the fallback estimate's only source.
@@ -324,6 +407,7 @@ impl Counter {
         if self.endpoint == Endpoint::Embeddings || self.final_seen {
             return;
         }
+        self.estimate_deferred();
         for c in bytes.utf8_chunks() {
             self.est.push_str(c.valid());
         }
@@ -347,6 +431,10 @@ impl Counter {
     }
 
     pub(super) fn metering(&mut self) -> Metering {
+        if !self.final_seen {
+            // Needed: no final usage came (an insane one never counts as final).
+            self.estimate_deferred();
+        }
         self.est.end_text();
         if self.insane {
             // As if the usage never came: the input is the host's estimate, the output the

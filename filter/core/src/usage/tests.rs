@@ -486,6 +486,62 @@ fn aborted_streams_estimate_output_from_the_streamed_text() {
 }
 
 #[test]
+fn a_long_stream_cut_short_estimates_its_text_as_pushed_piece_by_piece() {
+    // Pieces of every size, one longer than anything the meter defers, mixed scripts, and
+    // escaped ones (parsed): the estimate is the one of the deltas pushed one by one.
+    let words = [
+        "Hello",
+        " w\u{f6}rld",
+        " 東京",
+        " and",
+        " more",
+        "\n",
+        " 🌤️",
+        " x",
+    ];
+    let mut deltas: Vec<String> = Vec::new();
+    for i in 0..4000 {
+        let w = words[i % words.len()];
+        deltas.push(match i % 997 {
+            0 => w.repeat(3000),
+            1 => format!("{w} \"quoted\""),
+            n => w.repeat(n % 4 + 1),
+        });
+    }
+    let mut body = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+    for d in &deltas {
+        let data = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}});
+        body.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+    }
+    let pieces: Vec<&str> = deltas.iter().map(String::as_str).collect();
+    let want = estimate(Api::Anthropic, &pieces);
+    assert!(want > 10_000, "{want}");
+    for splits in [vec![], vec![body.len() / 3, body.len() / 2]] {
+        let m = run(
+            &Endpoint::Messages,
+            SSE,
+            "",
+            false,
+            body.as_bytes(),
+            &splits,
+        )
+        .1;
+        assert_eq!(
+            (m.usage.input, m.usage.output, m.output_estimated),
+            (9, want, true)
+        );
+    }
+    // With the final usage, the reported output counts.
+    body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":77}}\n\n");
+    let m = run(&Endpoint::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+    assert_eq!((m.usage.output, m.output_estimated), (77, false));
+    // An insane final usage makes the whole text count again, in order.
+    body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":-1}}\n\n");
+    let m = run(&Endpoint::Messages, SSE, "", false, body.as_bytes(), &[]).1;
+    assert_eq!((m.usage.output, m.invalid_usage), (want, true));
+}
+
+#[test]
 fn reports_error_events_inside_streams() {
     let cases = [
             (Endpoint::Messages, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", StreamError::Overloaded),
@@ -596,6 +652,68 @@ fn finish_twice_gives_the_same_answer() {
     assert_eq!(m.feed_last(ANTHROPIC_JSON.as_bytes()), None);
     let a = m.finish();
     assert_eq!(m.finish(), a);
+}
+
+#[test]
+fn the_delta_shortcut_reads_exactly_what_the_full_parse_reads() {
+    let delta = |t: &str| {
+        format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{t}\"}}}}")
+    };
+    let mut cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (delta("Hello").into_bytes(), Some("Hello")),
+        (delta(" h\u{e9}llo w\u{f6}rld").into_bytes(), Some(" h\u{e9}llo w\u{f6}rld")),
+        (delta("").into_bytes(), Some("")),
+        (br#"{"type":"content_block_delta","index":12,"delta":{"type":"text_delta","text":"x y"}}"#.to_vec(), Some("x y")),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#.to_vec(), Some("Let me think")),
+        (br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"[1, 2"}}"#.to_vec(), Some("[1, 2")),
+        // Escapes, odd shapes and smuggled fields go to the full parse.
+        (delta("say \\\"hi\\\"").into_bytes(), None),
+        (delta("two\\nlines").into_bytes(), None),
+        (delta("raw\ttab").into_bytes(), None),
+        (br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"usage":{"output_tokens":7}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}},"usage":{"output_tokens":7}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"a"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":,"delta":{"type":"text_delta","text":"a"}}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} "#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}"#.to_vec(), None),
+        (br#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"abc"}}"#.to_vec(), None),
+        (br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#.to_vec(), None),
+    ];
+    let mut broken = delta("ab").into_bytes();
+    let at = broken.len() - 5;
+    broken[at] = 0xff;
+    cases.push((broken, None));
+    for (data, shortcut) in &cases {
+        let what = String::from_utf8_lossy(data);
+        assert_eq!(
+            count::anthropic_delta_text(Endpoint::Messages, data),
+            *shortcut,
+            "{what}"
+        );
+        // Whatever the shortcut says, the counter ends where the full parse of the document
+        // ends: same usage, same estimated output, same model and error.
+        let mut fast = count::Counter::new(Endpoint::Messages);
+        let event = crate::sse::Event {
+            name: b"content_block_delta",
+            data,
+            truncated: false,
+        };
+        assert!(!fast.event(event, false), "{what}");
+        let mut full = count::Counter::new(Endpoint::Messages);
+        full.doc(data, false, false);
+        assert_eq!(fast.metering(), full.metering(), "{what}");
+    }
+    // Only Messages documents take it.
+    let data = delta("Hello").into_bytes();
+    for e in [
+        Endpoint::ChatCompletions,
+        Endpoint::Responses,
+        Endpoint::GenerateContent,
+    ] {
+        assert_eq!(count::anthropic_delta_text(e, &data), None);
+    }
 }
 
 mod decoding;

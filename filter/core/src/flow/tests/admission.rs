@@ -7,7 +7,7 @@ use crate::flow::Action;
 
 fn rejections(tg: &Tg, reason: &str) -> u64 {
     let labels = [("consumer", "team-a"), ("reason", reason)];
-    tg.host.metric_value("tollgate_rejections_total", &labels)
+    tg.metric_value("tollgate_rejections_total", &labels)
 }
 
 #[test]

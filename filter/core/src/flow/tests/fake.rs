@@ -377,6 +377,16 @@ impl Tg {
         )
     }
 
+    /// The value of metric `metric` with `labels` as the host shows it after the next root
+    /// tick (counters reach the host from the tick).
+    pub fn metric_value(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
+        let unflushed = self
+            .root
+            .plugin()
+            .map_or(0, |p| p.stats.borrow().unflushed(metric, labels));
+        self.host.metric_value(metric, labels) + unflushed
+    }
+
     /// A fresh request context.
     pub fn flow(&mut self) -> Flow {
         let id = self.next_id;

@@ -90,7 +90,7 @@ fn admitted_globally(tg: &mut Tg) -> Req {
 
 /// `tollgate_global_charges_total` with `outcome`.
 fn charges(tg: &Tg, outcome: &str) -> u64 {
-    tg.host
+    tg
         .metric_value("tollgate_global_charges_total", &[("outcome", outcome)])
 }
 
@@ -160,7 +160,7 @@ fn an_over_limit_answer_is_429_global_naming_the_limit_and_its_reset() {
     assert_eq!(tg.host.resumed, 0);
     let labels = [("consumer", "team-a"), ("reason", "global")];
     assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
+        tg.metric_value("tollgate_rejections_total", &labels),
         1
     );
     // The local reservation went back: the next request sees the whole local limit (once
@@ -184,13 +184,13 @@ fn a_failing_service_under_allow_lets_the_request_through_and_logs_the_transitio
     assert_eq!(tg.host.resumed, 1);
     assert!(tg.host.replies.is_empty());
     assert_eq!(
-        tg.host.metric_value("tollgate_global_degraded_total", &[]),
+        tg.metric_value("tollgate_global_degraded_total", &[]),
         1
     );
     let mut again = waiting(&mut tg);
     answer(&mut tg, &mut again, 14, Vec::new());
     assert_eq!(
-        tg.host.metric_value("tollgate_global_degraded_total", &[]),
+        tg.metric_value("tollgate_global_degraded_total", &[]),
         2
     );
     let failing = tg
@@ -469,7 +469,7 @@ fn after_a_refusal_the_worker_refuses_the_same_need_without_a_call_until_the_win
     assert_eq!(cached.json()["error"]["type"], live.json()["error"]["type"]);
     let labels = [("consumer", "team-a"), ("reason", "global")];
     assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
+        tg.metric_value("tollgate_rejections_total", &labels),
         2
     );
     assert_eq!(tg.host.resumed, 0);
@@ -509,7 +509,7 @@ fn a_remembered_refusal_gives_the_local_reservation_back() {
     }
     let labels = [("consumer", "team-a"), ("reason", "global")];
     assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
+        tg.metric_value("tollgate_rejections_total", &labels),
         3
     );
     tg.host.now += 30_000;

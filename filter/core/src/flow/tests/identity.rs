@@ -12,7 +12,7 @@ const TWO_TEAMS: &str = r#"{"consumers":[
 
 fn rejections(tg: &Tg, consumer: &str, reason: &str) -> u64 {
     let labels = [("consumer", consumer), ("reason", reason)];
-    tg.host.metric_value("tollgate_rejections_total", &labels)
+    tg.metric_value("tollgate_rejections_total", &labels)
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn a_request_without_a_key_gets_401_in_the_anthropic_format() {
         ("model", "other"),
         ("outcome", "auth"),
     ];
-    assert_eq!(tg.host.metric_value("tollgate_requests_total", &labels), 1);
+    assert_eq!(tg.metric_value("tollgate_requests_total", &labels), 1);
 }
 
 #[test]

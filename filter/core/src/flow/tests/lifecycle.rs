@@ -115,10 +115,7 @@ fn a_flowing_response_renews_its_lease_and_keeps_its_slot() {
     tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
     assert_eq!(tg.host.reply().status, 429);
     let labels = [("consumer", "team-a"), ("reason", "concurrency")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 1);
 }
 
 #[test]
@@ -147,10 +144,7 @@ fn the_real_input_count_teaches_the_next_estimate() {
     );
     tg.answer(&mut req, 2 * raw, 3);
     // The estimate was half the real count: 50 % off.
-    assert_eq!(
-        tg.host.metric_value("tollgate_estimate_error_percent", &[]),
-        50
-    );
+    assert_eq!(tg.metric_value("tollgate_estimate_error_percent", &[]), 50);
     // The tick writes the observation; the worker's cached ratio is older than 2 s.
     tg.root.on_tick(&mut tg.host);
     tg.host.now = T0 + 2_500;

@@ -83,12 +83,11 @@ pub fn admitted(tg: &Tg, consumer: &str, model: &str) -> u64 {
         ("model", model),
         ("outcome", "admitted"),
     ];
-    tg.host.metric_value("tollgate_requests_total", &labels)
+    tg.metric_value("tollgate_requests_total", &labels)
 }
 
 /// `tollgate_upstream_responses_total` by account and status code.
 pub fn upstream_responses(tg: &Tg, account: &str, code: &str) -> u64 {
     let labels = [("account", account), ("code", code)];
-    tg.host
-        .metric_value("tollgate_upstream_responses_total", &labels)
+    tg.metric_value("tollgate_upstream_responses_total", &labels)
 }

@@ -31,7 +31,7 @@ fn tokens(tg: &Tg, model: &str, ty: &str) -> u64 {
         ("account", "none"),
         ("type", ty),
     ];
-    tg.host.metric_value("tollgate_tokens_total", &labels)
+    tg.metric_value("tollgate_tokens_total", &labels)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -139,8 +139,7 @@ fn anthropic_json_usage_is_reported_and_counted_by_model_label() {
     ];
     // Haiku 3.5: $0.80 in, $4 out per million tokens: 24.8 µ$ (rounded up) + 308 µ$.
     assert_eq!(
-        tg.host
-            .metric_value("tollgate_cost_usd_micros_total", &cost),
+        tg.metric_value("tollgate_cost_usd_micros_total", &cost),
         25 + 308
     );
 }
@@ -240,8 +239,7 @@ fn an_undecodable_answer_is_charged_its_estimate_and_reserved_output() {
     assert_eq!(source, Some("undecodable"));
     let reason = [("reason", "unsupported_encoding")];
     assert_eq!(
-        tg.host
-            .metric_value("tollgate_usage_fallbacks_total", &reason),
+        tg.metric_value("tollgate_usage_fallbacks_total", &reason),
         1
     );
 }
@@ -260,8 +258,7 @@ fn absurd_reported_usage_is_replaced_by_the_estimate_and_flagged_invalid() {
     assert_eq!(source, Some("invalid"));
     let reason = [("reason", "invalid_usage")];
     assert_eq!(
-        tg.host
-            .metric_value("tollgate_usage_fallbacks_total", &reason),
+        tg.metric_value("tollgate_usage_fallbacks_total", &reason),
         1
     );
 }
@@ -415,4 +412,45 @@ fn a_disabled_account_is_probed_once_its_time_is_up_and_a_good_answer_restores_i
         1
     );
     assert_eq!(tg.host.account_state("anthropic-1"), 0);
+}
+
+#[test]
+fn counters_reach_the_host_summed_at_the_next_tick_and_only_once() {
+    let mut tg = Tg::new(LABELLED);
+    let m = "claude-3-5-haiku-20241022";
+    let labels = [
+        ("consumer", "team-a"),
+        ("model", m),
+        ("outcome", "admitted"),
+    ];
+    let tokens = [
+        ("consumer", "team-a"),
+        ("model", m),
+        ("account", "none"),
+        ("type", "output"),
+    ];
+    let shown = |tg: &Tg| {
+        (
+            tg.host.metric_value("tollgate_requests_total", &labels),
+            tg.host.metric_value("tollgate_tokens_total", &tokens),
+        )
+    };
+    for round in 1..=3u64 {
+        for _ in 0..2 {
+            let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+            let answer = anthropic_answer(30, 7);
+            tg.respond(&mut req, 200, &[JSON], &[answer.as_bytes()]);
+        }
+        // Counted in the worker, not yet sent: the host still shows the last tick's sums.
+        assert_eq!(shown(&tg), (2 * (round - 1), 14 * (round - 1)), "{round}");
+        assert_eq!(
+            tg.metric_value("tollgate_requests_total", &labels),
+            2 * round
+        );
+        tg.root.on_tick(&mut tg.host);
+        assert_eq!(shown(&tg), (2 * round, 14 * round), "{round}");
+    }
+    // A tick with nothing counted sends nothing.
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(shown(&tg), (6, 42));
 }

@@ -156,10 +156,7 @@ fn when_every_account_is_cooling_the_answer_is_429_with_its_end() {
     );
     // The reservation of the refused request went back: nothing is left in flight.
     let labels = [("consumer", "team-a"), ("reason", "accounts_cooling")];
-    assert_eq!(
-        tg.host.metric_value("tollgate_rejections_total", &labels),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 1);
 }
 
 #[test]
@@ -219,7 +216,7 @@ fn each_upstream_attempt_takes_an_account_no_earlier_attempt_used() {
         Some(if tried == "0" { "0,1" } else { "1,0" })
     );
     let labels = [("account", other.as_str())];
-    assert_eq!(tg.host.metric_value("tollgate_failovers_total", &labels), 1);
+    assert_eq!(tg.metric_value("tollgate_failovers_total", &labels), 1);
     assert_eq!(upstream_responses(&tg, &picked, "503"), 1);
 }
 
@@ -245,10 +242,7 @@ fn a_session_header_keeps_a_conversation_on_its_account() {
         tg.post(MESSAGES, &headers, &claude(10));
         assert_eq!(tg.host.fact(facts::ACCOUNT), Some(first.as_str()));
     }
-    let outcome = |o: &str| {
-        tg.host
-            .metric_value("tollgate_affinity_total", &[("outcome", o)])
-    };
+    let outcome = |o: &str| tg.metric_value("tollgate_affinity_total", &[("outcome", o)]);
     assert_eq!((outcome("miss"), outcome("hit")), (1, 3));
 }
 
