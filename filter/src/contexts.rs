@@ -28,6 +28,11 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
         self.0.on_grpc_response(&mut Envoy::new(), token, status);
     }
+
+    fn on_done(&mut self) -> bool {
+        self.0.on_done(&mut Envoy::new());
+        true
+    }
 }
 
 impl RootContext for Root {

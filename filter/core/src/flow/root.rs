@@ -58,6 +58,11 @@ impl Root {
                 "configured ({consumers} consumers, {accounts} accounts, stage {stage:?})"
             ),
         );
+        // Counts the previous configuration's requests made since the last tick reach the
+        // host before its plugin is replaced.
+        if let Some(old) = self.plugin.take() {
+            old.stats.borrow_mut().flush(h);
+        }
         let plugin = Plugin::new(cfg);
         // Charges after a response are sent from the tick, never from the request;
         // analytics are flushed from it about once a second.
@@ -81,6 +86,14 @@ impl Root {
         }
         self.plugin = Some(Rc::new(plugin));
         true
+    }
+
+    /// The root context is going away (its filter configuration was removed): counts made
+    /// since the last tick reach the host now.
+    pub fn on_done<H: Host>(&mut self, h: &mut H) {
+        if let Some(plugin) = &self.plugin {
+            plugin.stats.borrow_mut().flush(h);
+        }
     }
 
     pub fn on_tick<H: Host>(&mut self, h: &mut H) {

@@ -454,3 +454,33 @@ fn counters_reach_the_host_summed_at_the_next_tick_and_only_once() {
     tg.root.on_tick(&mut tg.host);
     assert_eq!(shown(&tg), (6, 42));
 }
+
+#[test]
+fn counts_since_the_last_tick_reach_the_host_on_a_new_configuration_and_when_the_root_ends() {
+    let mut tg = Tg::new(LABELLED);
+    let labels = [
+        ("consumer", "team-a"),
+        ("model", "claude-3-5-haiku-20241022"),
+        ("outcome", "admitted"),
+    ];
+    let shown = |tg: &Tg| tg.host.metric_value("tollgate_requests_total", &labels);
+    let mut one = |tg: &mut Tg| {
+        let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+        tg.respond(
+            &mut req,
+            200,
+            &[JSON],
+            &[anthropic_answer(30, 7).as_bytes()],
+        );
+    };
+    one(&mut tg);
+    assert_eq!(shown(&tg), 0);
+    // The same configuration loaded again: the old plugin's count is not lost with it.
+    let size = tg.host.config.len();
+    assert!(tg.root.configure(&mut tg.host, size));
+    assert_eq!(shown(&tg), 1);
+    one(&mut tg);
+    assert_eq!(shown(&tg), 1);
+    tg.root.on_done(&mut tg.host);
+    assert_eq!(shown(&tg), 2);
+}
