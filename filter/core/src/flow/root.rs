@@ -10,6 +10,10 @@ use crate::config;
 use crate::metrics;
 use crate::ratelimit;
 
+/// The root tick's period: how late a worker's counters, global charges and account totals
+/// can reach Envoy, the rate-limit service and the other workers.
+pub const TICK_MS: u64 = 100;
+
 /// One worker's root: the plugin for the current configuration.
 pub struct Root {
     id: u32,
@@ -64,14 +68,9 @@ impl Root {
             old.stats.borrow_mut().flush(h);
         }
         let plugin = Plugin::new(cfg);
-        // Charges after a response are sent from the tick, never from the request;
-        // analytics are flushed from it about once a second.
-        let tick = if plugin.cfg.global.is_some() {
-            100
-        } else {
-            1000
-        };
-        h.set_tick_period_ms(tick);
+        // Charges after a response are sent from the tick, never from the request; counters,
+        // account totals and learning reach the host from it, analytics about once a second.
+        h.set_tick_period_ms(TICK_MS);
         if let Err(e) = plugin.prepare_store(h) {
             log(
                 h,

@@ -198,7 +198,7 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
 }
 
 #[test]
-fn a_blank_configuration_loads_the_defaults_and_ticks_every_second() {
+fn a_blank_configuration_loads_the_defaults_and_ticks_every_100_ms() {
     let mut host = Fake::new();
     host.config = b"  \n".to_vec();
     let mut root = Root::new(7);
@@ -207,7 +207,7 @@ fn a_blank_configuration_loads_the_defaults_and_ticks_every_second() {
         host.logged("configured"),
         ["[7] configured (0 consumers, 0 accounts, stage Downstream)"]
     );
-    assert_eq!(host.tick_ms, Some(1000));
+    assert_eq!(host.tick_ms, Some(100));
     // Every key exists once the configuration loads: the analytics key among them.
     assert!(host.shared(crate::analytics::KEY).is_some());
 }
