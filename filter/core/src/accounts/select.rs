@@ -102,6 +102,7 @@ fn account_tag(name: &str) -> u32 {
 ///
 /// Cost: one `get` per key plus one `set` per key created; the session table is
 /// `max_sessions` keys (65536 by default).
+#[inline(never)]
 pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
     let mut created = 0;
     let mut fresh = Vec::with_capacity(32);
@@ -540,6 +541,7 @@ struct Found {
 /// Reads the session's two slots (the second only when the first is not the session's).
 /// Without a live pin, the slot to take is the session's own expired one, else a free or
 /// expired one, else the one whose pin expires first (the least recently used).
+#[inline(never)]
 fn lookup_pin(
     store: &dyn Store,
     table: &SlotTable,
@@ -588,6 +590,7 @@ fn lookup_pin(
 
 /// Fetch-and-increment of the API's round-robin counter; on a store error or lost races,
 /// the value read (two requests then share a turn).
+#[inline(never)]
 fn next_counter(store: &dyn Store, api: Api) -> u64 {
     let key = rr_key(api);
     let mut last = 0;

@@ -94,6 +94,15 @@ pub(super) fn config(
     if let Some(n) = top.get("global") {
         cfg.global = Some(parse_global(n, &top.path("global"))?);
     }
+    parse_rest(&top, &mut cfg)?;
+    Ok(cfg)
+}
+
+/// The sections after the callers, accounts and limits: estimate, pricing, admin, paths,
+/// body size, headers to strip, the consumer claim, leases and metrics (in that order, so
+/// the first fault read is the one reported).
+#[inline(never)]
+fn parse_rest(top: &Obj<'_>, cfg: &mut Config) -> Result<(), ConfigError> {
     if let Some(n) = top.get("estimate") {
         cfg.estimate.output_reserve =
             parse_estimate(n, &top.path("estimate"))?.unwrap_or(cfg.estimate.output_reserve);
@@ -132,7 +141,7 @@ pub(super) fn config(
             cfg.max_models = v;
         }
     }
-    Ok(cfg)
+    Ok(())
 }
 
 /// `estimate`: its `output_reserve`, if set.
