@@ -63,7 +63,7 @@ impl Root {
 
     /// The plugin of a loaded configuration, its tick, quota keys and metric series set up.
     #[inline(never)]
-    fn start<H: Host>(&self, h: &mut H, cfg: config::Config) -> Plugin {
+    fn start<H: Host>(&mut self, h: &mut H, cfg: config::Config) -> Plugin {
         let (consumers, accounts, stage) = (cfg.consumers.len(), cfg.accounts.len(), cfg.stage);
         log(
             h,
