@@ -404,6 +404,7 @@ impl Flow {
     }
 
     /// Queues the real usage for the global service (sent by the root context).
+    #[inline(never)]
     pub(crate) fn charge_global<H: Host>(&mut self, h: &mut H, usage: &Usage) {
         if self.plugin.cfg.global.is_none() || self.global_descriptors.is_empty() {
             return;
@@ -417,6 +418,7 @@ impl Flow {
     }
 
     /// Replaces the reservation with real usage (or refunds it all when nothing was used).
+    #[inline(never)]
     pub(crate) fn reconcile<H: Host>(&mut self, h: &mut H, usage: &Usage) {
         let actual = Amounts::from_usage(usage, self.price().as_ref());
         self.settle_quota(h, &actual);

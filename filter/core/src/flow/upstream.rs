@@ -321,6 +321,7 @@ impl Flow {
     /// Settles what the account's own limits charged: real usage when known, the
     /// reservation for a served attempt whose usage is counted downstream, nothing for a
     /// failed one; and adds the tokens to the account's totals.
+    #[inline(never)]
     pub(crate) fn settle_account<H: Host>(&mut self, h: &mut H, usage: Option<&Usage>) {
         let plugin = self.plugin.clone();
         let (Some(i), Some(account)) = (
