@@ -397,97 +397,14 @@ fn rate(part: u64, whole: u64) -> f64 {
 }
 
 /// The body of `GET {path}/usage`. Field meanings are in the README ("Admin endpoints").
+#[inline(never)]
 pub fn usage_json(report: &UsageReport<'_>) -> String {
     let now = report.now_ms;
     let t = report.totals;
-    let hour = t.last_hour(now);
     let hour_sum = t.last_hour_sum(now);
-    let empty = ConsumerTotals::default();
-    let rejected_by = |name: &str| crate::analytics::count_of(&t.consumer_rejections, name);
-
-    let mut consumers: Vec<ConsumerOut<'_>> = report
-        .consumers
-        .iter()
-        .map(|c| ConsumerOut {
-            name: c.name,
-            windows: c.usage.windows.iter().map(WindowOut::from).collect(),
-            concurrency: ConcurrencyOut {
-                in_use: c.usage.concurrent_in_use,
-                limit: c.usage.concurrent_limit,
-            },
-            totals: TotalsOut::from(t.consumers.get(c.name).unwrap_or(&empty)),
-            rejected: rejected_by(c.name),
-        })
-        .collect();
-    // Consumers that were counted but are not configured (names from `consumer_header`,
-    // `unknown` callers, `other`): their totals, without windows.
-    let counted = t
-        .consumers
-        .keys()
-        .chain(t.consumer_rejections.iter().map(|(k, _)| k));
-    for name in counted {
-        if !consumers.iter().any(|c| c.name == name.as_str()) {
-            consumers.push(ConsumerOut {
-                name,
-                windows: Vec::new(),
-                concurrency: ConcurrencyOut {
-                    in_use: 0,
-                    limit: None,
-                },
-                totals: TotalsOut::from(t.consumers.get(name).unwrap_or(&empty)),
-                rejected: rejected_by(name),
-            });
-        }
-    }
-
-    let accounts: Vec<AccountOut<'_>> = report
-        .accounts
-        .iter()
-        .map(|a| AccountOut {
-            name: a.name,
-            provider: a.provider,
-            state: a.state.as_str(),
-            cooling_until: a.cooling_until_ms.map(|ms| ms.div_ceil(1000)),
-            disabled_reason: a.disabled.map(|d| d.reason),
-            disabled_status: a.disabled.map(|d| d.status),
-            disabled_since: a.disabled.map(|d| d.since_ms / 1000),
-            probe_after: a.disabled.map(|d| d.probe_after_ms.div_ceil(1000)),
-            headroom: a.headroom,
-            requests: a.requests,
-            tokens: a.tokens,
-        })
-        .collect();
     let count_state = |s: StateKind| report.accounts.iter().filter(|a| a.state == s).count();
     let rejected = t.rejected();
     let total = t.all.requests.saturating_add(rejected);
-    let mut rejections: Vec<RejectionOut<'_>> = t
-        .rejections
-        .iter()
-        .map(|(reason, n)| RejectionOut {
-            reason,
-            requests: *n,
-        })
-        .collect();
-    // Most first, then by name: an insertion sort of a handful of reasons.
-    for i in 1..rejections.len() {
-        let mut j = i;
-        while j > 0 {
-            let (Some(a), Some(b)) = (rejections.get(j - 1), rejections.get(j)) else {
-                break;
-            };
-            if (b.requests, a.reason) > (a.requests, b.reason) {
-                rejections.swap(j - 1, j);
-                j -= 1;
-            } else {
-                break;
-            }
-        }
-    }
-    let day = t.last_day(now);
-    let day_sum = day.iter().fold(Bucket::default(), |mut s, b| {
-        s.add(b);
-        s
-    });
 
     let out = UsageOut {
         now_s: now / 1000,
@@ -498,7 +415,7 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
         success_rate: rate(t.all.requests.saturating_sub(t.all.errors), total),
         error_rate: rate(t.all.errors, total),
         rejection_rate: rate(rejected, total),
-        rejections,
+        rejections: rejections_out(t),
         latency_ms: LatencyOut {
             p50: t.latency_quantile(0.50),
             p95: t.latency_quantile(0.95),
@@ -524,44 +441,169 @@ pub fn usage_json(report: &UsageReport<'_>) -> String {
             })
             .collect(),
         totals: TotalsOut::from(&t.all),
-        last_hour: Apart(LastHourOut {
-            requests: hour_sum.requests,
-            tokens: hour_sum.tokens,
-            cost_usd: usd(hour_sum.cost_micros),
-            rejected: hour_sum.rejected,
-            minutes: hour.iter().map(|b| MinuteOut::new(b, 60)).collect(),
-        }),
-        last_day: Apart(LastDayOut {
-            span_s: crate::analytics::SPAN_MS / 1000,
-            requests: day_sum.requests,
-            tokens: day_sum.tokens,
-            cost_usd: usd(day_sum.cost_micros),
-            rejected: day_sum.rejected,
-            spans: day
-                .iter()
-                .map(|b| MinuteOut::new(b, crate::analytics::SPAN_MS / 1000))
-                .collect(),
-        }),
-        recent: Apart(
-            report
-                .recent
-                .iter()
-                .map(|r| RecentOut {
-                    at_ms: r.at_ms,
-                    consumer: &r.consumer,
-                    model: &r.model,
-                    account: (!r.account.is_empty()).then_some(r.account.as_str()),
-                    status: r.status,
-                    tokens: r.tokens,
-                    latency_ms: r.latency_ms,
-                    decision: &r.decision,
-                })
-                .collect(),
-        ),
-        consumers: Apart(consumers),
-        accounts: Apart(accounts),
+        last_hour: Apart(last_hour_out(t, now)),
+        last_day: Apart(last_day_out(t, now)),
+        recent: Apart(recent_out(report.recent)),
+        consumers: Apart(consumers_out(report)),
+        accounts: Apart(accounts_out(report)),
     };
-    serde_json::to_string(&out).unwrap_or_else(|_| String::from("{}"))
+    usage_text(&out)
+}
+
+/// The serialized usage body (`{}` if serialization fails, which it cannot for these types).
+#[inline(never)]
+fn usage_text(out: &UsageOut<'_>) -> String {
+    serde_json::to_string(out).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Rejections by reason, most first, then by name.
+#[inline(never)]
+fn rejections_out(t: &Totals) -> Vec<RejectionOut<'_>> {
+    let mut rejections: Vec<RejectionOut<'_>> = t
+        .rejections
+        .iter()
+        .map(|(reason, n)| RejectionOut {
+            reason,
+            requests: *n,
+        })
+        .collect();
+    // Most first, then by name: an insertion sort of a handful of reasons.
+    for i in 1..rejections.len() {
+        let mut j = i;
+        while j > 0 {
+            let (Some(a), Some(b)) = (rejections.get(j - 1), rejections.get(j)) else {
+                break;
+            };
+            if (b.requests, a.reason) > (a.requests, b.reason) {
+                rejections.swap(j - 1, j);
+                j -= 1;
+            } else {
+                break;
+            }
+        }
+    }
+    rejections
+}
+
+/// The last hour, minute by minute.
+#[inline(never)]
+fn last_hour_out(t: &Totals, now: u64) -> LastHourOut {
+    let hour_sum = t.last_hour_sum(now);
+    LastHourOut {
+        requests: hour_sum.requests,
+        tokens: hour_sum.tokens,
+        cost_usd: usd(hour_sum.cost_micros),
+        rejected: hour_sum.rejected,
+        minutes: t
+            .last_hour(now)
+            .iter()
+            .map(|b| MinuteOut::new(b, 60))
+            .collect(),
+    }
+}
+
+/// The last day, span by span.
+#[inline(never)]
+fn last_day_out(t: &Totals, now: u64) -> LastDayOut {
+    let day = t.last_day(now);
+    let day_sum = day.iter().fold(Bucket::default(), |mut s, b| {
+        s.add(b);
+        s
+    });
+    LastDayOut {
+        span_s: crate::analytics::SPAN_MS / 1000,
+        requests: day_sum.requests,
+        tokens: day_sum.tokens,
+        cost_usd: usd(day_sum.cost_micros),
+        rejected: day_sum.rejected,
+        spans: day
+            .iter()
+            .map(|b| MinuteOut::new(b, crate::analytics::SPAN_MS / 1000))
+            .collect(),
+    }
+}
+
+/// The newest requests, as given.
+#[inline(never)]
+fn recent_out(recent: &[Recent]) -> Vec<RecentOut<'_>> {
+    recent
+        .iter()
+        .map(|r| RecentOut {
+            at_ms: r.at_ms,
+            consumer: &r.consumer,
+            model: &r.model,
+            account: (!r.account.is_empty()).then_some(r.account.as_str()),
+            status: r.status,
+            tokens: r.tokens,
+            latency_ms: r.latency_ms,
+            decision: &r.decision,
+        })
+        .collect()
+}
+
+/// Configured consumers with their windows, then the ones only counted (names from
+/// `consumer_header`, `unknown` callers, `other`) with their totals and no windows.
+#[inline(never)]
+fn consumers_out<'r>(report: &'r UsageReport<'_>) -> Vec<ConsumerOut<'r>> {
+    let t = report.totals;
+    let empty = ConsumerTotals::default();
+    let rejected_by = |name: &str| crate::analytics::count_of(&t.consumer_rejections, name);
+
+    let mut consumers: Vec<ConsumerOut<'_>> = report
+        .consumers
+        .iter()
+        .map(|c| ConsumerOut {
+            name: c.name,
+            windows: c.usage.windows.iter().map(WindowOut::from).collect(),
+            concurrency: ConcurrencyOut {
+                in_use: c.usage.concurrent_in_use,
+                limit: c.usage.concurrent_limit,
+            },
+            totals: TotalsOut::from(t.consumers.get(c.name).unwrap_or(&empty)),
+            rejected: rejected_by(c.name),
+        })
+        .collect();
+    let counted = t
+        .consumers
+        .keys()
+        .chain(t.consumer_rejections.iter().map(|(k, _)| k));
+    for name in counted {
+        if !consumers.iter().any(|c| c.name == name.as_str()) {
+            consumers.push(ConsumerOut {
+                name,
+                windows: Vec::new(),
+                concurrency: ConcurrencyOut {
+                    in_use: 0,
+                    limit: None,
+                },
+                totals: TotalsOut::from(t.consumers.get(name).unwrap_or(&empty)),
+                rejected: rejected_by(name),
+            });
+        }
+    }
+    consumers
+}
+
+/// Configured accounts with their state and counts.
+#[inline(never)]
+fn accounts_out<'r>(report: &'r UsageReport<'_>) -> Vec<AccountOut<'r>> {
+    report
+        .accounts
+        .iter()
+        .map(|a| AccountOut {
+            name: a.name,
+            provider: a.provider,
+            state: a.state.as_str(),
+            cooling_until: a.cooling_until_ms.map(|ms| ms.div_ceil(1000)),
+            disabled_reason: a.disabled.map(|d| d.reason),
+            disabled_status: a.disabled.map(|d| d.status),
+            disabled_since: a.disabled.map(|d| d.since_ms / 1000),
+            probe_after: a.disabled.map(|d| d.probe_after_ms.div_ceil(1000)),
+            headroom: a.headroom,
+            requests: a.requests,
+            tokens: a.tokens,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -399,6 +399,7 @@ impl Totals {
     }
 
     /// Adds `delta` into these totals.
+    #[inline(never)]
     fn merge(&mut self, delta: &Totals) {
         self.all.add(&delta.all);
         self.response_ms_sum = self.response_ms_sum.saturating_add(delta.response_ms_sum);
@@ -448,6 +449,7 @@ impl Totals {
 
     /// A compact binary encoding: a version byte, then LEB128 numbers and length-prefixed
     /// names (about 20 bytes per consumer; hand-written because serde costs ~40 KB of wasm).
+    #[inline(never)]
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::with_capacity(64 + 24 * (self.consumers.len() + self.models.len()));
         w.push(VERSION);
@@ -881,6 +883,7 @@ pub fn load_recent(store: &dyn Store) -> Vec<Recent> {
 
 /// Creates the analytics keys (totals, recent ring) and the model-label list, so the key set
 /// is complete once the configuration loads.
+#[inline(never)]
 pub fn prepare(store: &dyn Store, cfg: &crate::config::Config) -> Result<(), StoreError> {
     crate::store::ensure(store, KEY, b"-")?;
     crate::store::ensure(store, RECENT_KEY, b"-")?;

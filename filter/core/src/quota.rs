@@ -138,6 +138,7 @@ pub fn dynamic_slots(size: u32) -> SlotTable {
 
 /// Creates `keys` (fixed owner keys and every key of the slot table) with an empty state
 /// unless they exist; run when the configuration loads. Returns how many it created.
+#[inline(never)]
 pub fn prepare(
     store: &dyn Store,
     keys: impl IntoIterator<Item = impl AsRef<str>>,
@@ -817,6 +818,8 @@ pub fn binding(statuses: impl IntoIterator<Item = LimitStatus>) -> RateHeaders {
     h
 }
 
+/// The rate-limit headers of an owner's state: its binding limit's.
+#[inline(never)]
 fn headers(state: &State, limits: &[Limit], now_ms: u64) -> RateHeaders {
     binding(statuses(state, limits, now_ms))
 }

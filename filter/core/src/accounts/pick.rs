@@ -37,6 +37,7 @@ pub enum Choice {
 ///
 /// `states` is indexed like `accounts` (a missing entry reads as fresh).
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 pub fn pick(
     accounts: &[Account],
     api: Api,

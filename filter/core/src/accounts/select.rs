@@ -102,6 +102,7 @@ fn account_tag(name: &str) -> u32 {
 ///
 /// Cost: one `get` per key plus one `set` per key created; the session table is
 /// `max_sessions` keys (65536 by default).
+#[inline(never)]
 pub fn prepare(store: &dyn Store, cfg: &Config) -> Result<usize, StoreError> {
     let mut created = 0;
     let mut fresh = Vec::with_capacity(32);
@@ -253,23 +254,7 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
             let found = lookup_pin(store, &table, session, now);
             (aff, table, tag, found)
         });
-    let mut states = vec![Health::default(); accounts.len()];
-    let mut cas: Vec<Option<u32>> = vec![None; accounts.len()];
-    for (i, a) in accounts.iter().enumerate() {
-        if a.provider != req.api {
-            continue;
-        }
-        if let Ok((value, c)) = store.get(&health_key(&a.name)) {
-            if let Some(s) = states.get_mut(i) {
-                *s = value
-                    .as_deref()
-                    .map_or_else(|| Health::fresh(a), Health::decode);
-            }
-            if let Some(slot) = cas.get_mut(i) {
-                *slot = Some(c);
-            }
-        }
-    }
+    let (mut states, cas) = read_healths(store, accounts, req.api);
     let pinned = affinity
         .as_ref()
         .and_then(|(_, _, _, f)| f.as_ref().ok()?.pin)
@@ -319,23 +304,10 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
             return Outcome::NoAccount;
         };
         if states.get(account).is_some_and(|h| !h.usable(now)) {
-            match claim_probe(store, a, req.need, now) {
-                Ok((_, true)) => probe = true,
-                // Made ok since it was read (a probe succeeded, or a reset): an ordinary pick.
-                Ok((stored, false)) if stored.usable(now) => {}
-                lost => {
-                    // Another worker's probe is out (or shared state failed us): it drops out.
-                    if let Some(h) = states.get_mut(account) {
-                        match lost {
-                            Ok((stored, _)) => *h = stored,
-                            Err(_) => {
-                                if let AccountState::Disabled { probe_after_ms, .. } = &mut h.state
-                                {
-                                    *probe_after_ms = u64::MAX;
-                                }
-                            }
-                        }
-                    }
+            match probe_or_drop(store, a, req.need, now, states.get_mut(account)) {
+                Some(true) => probe = true,
+                Some(false) => {}
+                None => {
                     use_pin = false;
                     continue;
                 }
@@ -345,16 +317,13 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
             chosen = Some((account, None));
             break;
         }
-        let owner = OwnerKey::account(&a.name);
-        let refused_for_s =
-            match quota::admit(store, &owner, &a.limits, req.need, now, cfg.lease_ttl) {
-                Ok(Admission::Admitted { ticket, .. }) => {
-                    chosen = Some((account, Some(ticket)));
-                    break;
-                }
-                Ok(Admission::Rejected { rejection, .. }) => rejection.retry_after_s,
-                Err(_) => 1,
-            };
+        let refused_for_s = match admit_account(store, a, req.need, now, cfg) {
+            Ok(ticket) => {
+                chosen = Some((account, Some(ticket)));
+                break;
+            }
+            Err(seconds) => seconds,
+        };
         // Refused by its own limits: for this request the account rests until they have
         // room, so it drops out and counts towards `AllCooling`'s earliest recovery (a probe
         // it claimed lapses after `PROBE_RETRY_MS`).
@@ -382,23 +351,134 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
     // Charge the chosen account: one `set` over the value read above, re-read only if
     // another worker wrote it since.
     if let Some(a) = accounts.get(account).filter(|_| counted && !probe) {
-        let mut first = states
+        let read = states
             .get(account)
             .copied()
             .zip(cas.get(account).copied().flatten());
-        let written = first.as_mut().is_some_and(|(h, c)| {
-            h.charge(req.need, now);
-            let mut buf = Vec::with_capacity(64);
-            h.encode(&mut buf);
-            store
-                .set(&health_key(&a.name), &buf, store::write_cas(*c))
-                .is_ok()
-        });
-        if !written {
-            let _ = update_health(store, a, |h| h.charge(req.need, now));
+        charge_chosen(store, a, read, req.need, now);
+    }
+    let affinity_use = finish_affinity(store, accounts, affinity, pinned, use_pin, account, now);
+    Outcome::Picked(Picked {
+        account,
+        ticket,
+        affinity: affinity_use,
+        counted,
+        probe,
+    })
+}
+
+/// The health of every account of `api` as stored (fresh when unset) and the cas to write
+/// it back with; other APIs' accounts (and unreadable ones) stay default, without a cas.
+fn read_healths(
+    store: &dyn Store,
+    accounts: &[Account],
+    api: Api,
+) -> (Vec<Health>, Vec<Option<u32>>) {
+    let mut states = vec![Health::default(); accounts.len()];
+    let mut cas: Vec<Option<u32>> = vec![None; accounts.len()];
+    for (i, a) in accounts.iter().enumerate() {
+        if a.provider != api {
+            continue;
+        }
+        if let Ok((value, c)) = store.get(&health_key(&a.name)) {
+            if let Some(s) = states.get_mut(i) {
+                *s = value
+                    .as_deref()
+                    .map_or_else(|| Health::fresh(a), Health::decode);
+            }
+            if let Some(slot) = cas.get_mut(i) {
+                *slot = Some(c);
+            }
         }
     }
-    let affinity_use = match affinity {
+    (states, cas)
+}
+
+/// A picked account that is not usable (disabled): claims its probe. `Some(true)`: this
+/// attempt probes; `Some(false)`: made ok since it was read (a probe succeeded, or a reset),
+/// an ordinary pick; `None`: another worker's probe is out (or shared state failed us), and
+/// the account drops out (`health` updated so that the next pick passes it by).
+#[inline(never)]
+fn probe_or_drop(
+    store: &dyn Store,
+    a: &Account,
+    need: &Amounts,
+    now: u64,
+    health: Option<&mut Health>,
+) -> Option<bool> {
+    match claim_probe(store, a, need, now) {
+        Ok((_, true)) => Some(true),
+        Ok((stored, false)) if stored.usable(now) => Some(false),
+        lost => {
+            if let Some(h) = health {
+                match lost {
+                    Ok((stored, _)) => *h = stored,
+                    Err(_) => {
+                        if let AccountState::Disabled { probe_after_ms, .. } = &mut h.state {
+                            *probe_after_ms = u64::MAX;
+                        }
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// An account with its own `limits`: its ticket when they admit the request, else the
+/// seconds until they have room (1 when the store failed).
+#[inline(never)]
+fn admit_account(
+    store: &dyn Store,
+    a: &Account,
+    need: &Amounts,
+    now: u64,
+    cfg: &Config,
+) -> Result<Ticket, u64> {
+    let owner = OwnerKey::account(&a.name);
+    match quota::admit(store, &owner, &a.limits, need, now, cfg.lease_ttl) {
+        Ok(Admission::Admitted { ticket, .. }) => Ok(ticket),
+        Ok(Admission::Rejected { rejection, .. }) => Err(rejection.retry_after_s),
+        Err(_) => Err(1),
+    }
+}
+
+/// Charges the chosen account: one `set` over the value `read` (with its cas), re-read only
+/// if another worker wrote it since (or it was not read).
+fn charge_chosen(
+    store: &dyn Store,
+    a: &Account,
+    read: Option<(Health, u32)>,
+    need: &Amounts,
+    now: u64,
+) {
+    let mut first = read;
+    let written = first.as_mut().is_some_and(|(h, c)| {
+        h.charge(need, now);
+        let mut buf = Vec::with_capacity(64);
+        h.encode(&mut buf);
+        store
+            .set(&health_key(&a.name), &buf, store::write_cas(*c))
+            .is_ok()
+    });
+    if !written {
+        let _ = update_health(store, a, |h| h.charge(need, now));
+    }
+}
+
+/// How the session's pin was used, and the pin (re)written where due: a new or moved pin at
+/// once, a kept one once an eighth of its `ttl` has passed.
+#[inline(never)]
+fn finish_affinity(
+    store: &dyn Store,
+    accounts: &[Account],
+    affinity: Option<(&Affinity, SlotTable, u64, Result<Found, StoreError>)>,
+    pinned: Option<Option<usize>>,
+    use_pin: bool,
+    account: usize,
+    now: u64,
+) -> AffinityUse {
+    match affinity {
         None => AffinityUse::Off,
         Some((aff, table, tag, found)) => {
             let ttl = aff.ttl.millis();
@@ -425,14 +505,7 @@ pub fn select(store: &dyn Store, cfg: &Config, req: &Attempt<'_>) -> Outcome {
             }
             used
         }
-    };
-    Outcome::Picked(Picked {
-        account,
-        ticket,
-        affinity: affinity_use,
-        counted,
-        probe,
-    })
+    }
 }
 
 /// Claims a disabled account's probe: moves `probe_after_ms` `PROBE_RETRY_MS` ahead and
@@ -468,6 +541,7 @@ struct Found {
 /// Reads the session's two slots (the second only when the first is not the session's).
 /// Without a live pin, the slot to take is the session's own expired one, else a free or
 /// expired one, else the one whose pin expires first (the least recently used).
+#[inline(never)]
 fn lookup_pin(
     store: &dyn Store,
     table: &SlotTable,
@@ -516,6 +590,7 @@ fn lookup_pin(
 
 /// Fetch-and-increment of the API's round-robin counter; on a store error or lost races,
 /// the value read (two requests then share a turn).
+#[inline(never)]
 fn next_counter(store: &dyn Store, api: Api) -> u64 {
     let key = rr_key(api);
     let mut last = 0;

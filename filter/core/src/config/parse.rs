@@ -13,6 +13,7 @@ use crate::limits::{LimitKind, Per, WindowKind};
 use crate::provider;
 
 /// The whole configuration from the document's root object.
+#[inline(never)]
 pub(super) fn config(
     root: &Node,
     env: &dyn Fn(&str) -> Option<String>,
@@ -93,11 +94,18 @@ pub(super) fn config(
     if let Some(n) = top.get("global") {
         cfg.global = Some(parse_global(n, &top.path("global"))?);
     }
+    parse_rest(&top, &mut cfg)?;
+    Ok(cfg)
+}
+
+/// The sections after the callers, accounts and limits: estimate, pricing, admin, paths,
+/// body size, headers to strip, the consumer claim, leases and metrics (in that order, so
+/// the first fault read is the one reported).
+#[inline(never)]
+fn parse_rest(top: &Obj<'_>, cfg: &mut Config) -> Result<(), ConfigError> {
     if let Some(n) = top.get("estimate") {
-        let obj = Obj::new(n, &top.path("estimate"), &["output_reserve"])?;
-        if let Some(n) = obj.get("output_reserve") {
-            cfg.estimate.output_reserve = as_uint(n, &obj.path("output_reserve"))?;
-        }
+        cfg.estimate.output_reserve =
+            parse_estimate(n, &top.path("estimate"))?.unwrap_or(cfg.estimate.output_reserve);
     }
     if let Some(n) = top.get("pricing") {
         cfg.pricing = crate::pricing::with_builtins(parse_pricing(n, &top.path("pricing"))?);
@@ -106,99 +114,154 @@ pub(super) fn config(
         cfg.admin = Some(parse_admin(n, &top.path("admin"))?);
     }
     if let Some(n) = top.get("passthrough_paths") {
-        let path = top.path("passthrough_paths");
-        let mut out = Vec::new();
-        for (i, item) in as_array(n, &path)?.iter().enumerate() {
-            out.push(parse_passthrough(item, &index_path(&path, i))?);
-        }
-        cfg.passthrough_paths = out;
+        cfg.passthrough_paths = parse_passthrough_paths(n, &top.path("passthrough_paths"))?;
     }
     if let Some(n) = top.get("max_body_bytes") {
-        let path = top.path("max_body_bytes");
-        let v = as_uint(n, &path)?;
-        if !(1..=MAX_BODY_BYTES_LIMIT).contains(&v) {
-            return Err(err(
-                &path,
-                format!("must be between 1 and {MAX_BODY_BYTES_LIMIT} (1 GiB), got {v}"),
-            ));
-        }
-        cfg.max_body_bytes = v;
+        cfg.max_body_bytes = parse_max_body_bytes(n, &top.path("max_body_bytes"))?;
     }
     if let Some(n) = top.get("access_log_facts") {
         cfg.access_log_facts = as_bool(n, &top.path("access_log_facts"))?;
     }
     if let Some(n) = top.get("strip_request_headers") {
-        let path = top.path("strip_request_headers");
-        let mut out: Vec<String> = Vec::new();
-        for (i, item) in as_array(n, &path)?.iter().enumerate() {
-            let ipath = index_path(&path, i);
-            let h = header_name(as_str(item, &ipath)?).map_err(|r| err(&ipath, r))?;
-            if h.starts_with(':') || RESERVED_ACCOUNT_HEADERS.contains(&h.as_str()) {
-                return Err(err(&ipath, "this header cannot be stripped"));
-            }
-            if !out.contains(&h) {
-                out.push(h);
-            }
-        }
-        cfg.strip_request_headers = out;
+        cfg.strip_request_headers =
+            parse_strip_request_headers(n, &top.path("strip_request_headers"))?;
     }
     if let Some(n) = top.get("consumer_claim") {
-        let path = top.path("consumer_claim");
-        let obj = Obj::new(n, &path, &["metadata", "claim"])?;
-        let field = |name: &str, default: Option<&str>| -> Result<String, ConfigError> {
-            let fpath = obj.path(name);
-            let v = match (obj.get(name), default) {
-                (Some(n), _) => as_str(n, &fpath)?,
-                (None, Some(d)) => d,
-                (None, None) => return Err(err(&fpath, "missing required field")),
-            };
-            if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(err(
-                    &fpath,
-                    format!(
-                        "expected 1 to 128 printable ASCII characters, got {}",
-                        quote(v)
-                    ),
-                ));
-            }
-            Ok(v.to_string())
-        };
-        let claim = ConsumerClaim {
-            metadata: field("metadata", None)?,
-            claim: field("claim", Some("sub"))?,
-        };
-        if cfg.consumer_header.is_some() {
-            return Err(err(
-                &path,
-                "set only one of consumer_claim and consumer_header",
-            ));
-        }
-        cfg.consumer_claim = Some(claim);
+        cfg.consumer_claim = Some(parse_consumer_claim(
+            n,
+            &top.path("consumer_claim"),
+            cfg.consumer_header.is_some(),
+        )?);
     }
     if let Some(n) = top.get("lease_ttl") {
-        let path = top.path("lease_ttl");
-        let d = as_duration(n, &path)?;
-        // A lease renews at a third of its life: shorter would write on every chunk.
-        if d.millis() < 1_000 {
-            return Err(err(&path, "must be at least 1s"));
-        }
-        cfg.lease_ttl = d;
+        cfg.lease_ttl = parse_lease_ttl(n, &top.path("lease_ttl"))?;
     }
     if let Some(n) = top.get("metrics") {
-        let obj = Obj::new(n, &top.path("metrics"), &["max_models"])?;
-        if let Some(n) = obj.get("max_models") {
-            let path = obj.path("max_models");
-            let v = as_uint(n, &path)?;
-            if v > MAX_MODELS_LIMIT {
-                return Err(err(
-                    &path,
-                    format!("must be at most {MAX_MODELS_LIMIT}, got {v}"),
-                ));
-            }
-            cfg.max_models = v as u32;
+        if let Some(v) = parse_metrics(n, &top.path("metrics"))? {
+            cfg.max_models = v;
         }
     }
-    Ok(cfg)
+    Ok(())
+}
+
+/// `estimate`: its `output_reserve`, if set.
+#[inline(never)]
+fn parse_estimate(node: &Node, path: &str) -> Result<Option<u64>, ConfigError> {
+    let obj = Obj::new(node, path, &["output_reserve"])?;
+    match obj.get("output_reserve") {
+        Some(n) => Ok(Some(as_uint(n, &obj.path("output_reserve"))?)),
+        None => Ok(None),
+    }
+}
+
+/// `passthrough_paths`: an array of [`parse_passthrough`] entries.
+#[inline(never)]
+fn parse_passthrough_paths(node: &Node, path: &str) -> Result<Vec<Passthrough>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, item) in as_array(node, path)?.iter().enumerate() {
+        out.push(parse_passthrough(item, &index_path(path, i))?);
+    }
+    Ok(out)
+}
+
+/// `max_body_bytes`: 1 byte to 1 GiB.
+#[inline(never)]
+fn parse_max_body_bytes(node: &Node, path: &str) -> Result<u64, ConfigError> {
+    let v = as_uint(node, path)?;
+    if !(1..=MAX_BODY_BYTES_LIMIT).contains(&v) {
+        return Err(err(
+            path,
+            format!("must be between 1 and {MAX_BODY_BYTES_LIMIT} (1 GiB), got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// `strip_request_headers`: header names, deduplicated, none of them pseudo-headers or the
+/// headers tollgate sets on the upstream request.
+#[inline(never)]
+fn parse_strip_request_headers(node: &Node, path: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in as_array(node, path)?.iter().enumerate() {
+        let ipath = index_path(path, i);
+        let h = header_name(as_str(item, &ipath)?).map_err(|r| err(&ipath, r))?;
+        if h.starts_with(':') || RESERVED_ACCOUNT_HEADERS.contains(&h.as_str()) {
+            return Err(err(&ipath, "this header cannot be stripped"));
+        }
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// `consumer_claim`: where the consumer's name is read from the JWT filter's metadata; refused
+/// next to `consumer_header`.
+#[inline(never)]
+fn parse_consumer_claim(
+    node: &Node,
+    path: &str,
+    has_consumer_header: bool,
+) -> Result<ConsumerClaim, ConfigError> {
+    let obj = Obj::new(node, path, &["metadata", "claim"])?;
+    let field = |name: &str, default: Option<&str>| -> Result<String, ConfigError> {
+        let fpath = obj.path(name);
+        let v = match (obj.get(name), default) {
+            (Some(n), _) => as_str(n, &fpath)?,
+            (None, Some(d)) => d,
+            (None, None) => return Err(err(&fpath, "missing required field")),
+        };
+        if v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                &fpath,
+                format!(
+                    "expected 1 to 128 printable ASCII characters, got {}",
+                    quote(v)
+                ),
+            ));
+        }
+        Ok(v.to_string())
+    };
+    let claim = ConsumerClaim {
+        metadata: field("metadata", None)?,
+        claim: field("claim", Some("sub"))?,
+    };
+    if has_consumer_header {
+        return Err(err(
+            path,
+            "set only one of consumer_claim and consumer_header",
+        ));
+    }
+    Ok(claim)
+}
+
+/// `lease_ttl`: at least 1s.
+#[inline(never)]
+fn parse_lease_ttl(node: &Node, path: &str) -> Result<Duration, ConfigError> {
+    let d = as_duration(node, path)?;
+    // A lease renews at a third of its life: shorter would write on every chunk.
+    if d.millis() < 1_000 {
+        return Err(err(path, "must be at least 1s"));
+    }
+    Ok(d)
+}
+
+/// `metrics`: its `max_models`, if set.
+#[inline(never)]
+fn parse_metrics(node: &Node, path: &str) -> Result<Option<u32>, ConfigError> {
+    let obj = Obj::new(node, path, &["max_models"])?;
+    let Some(n) = obj.get("max_models") else {
+        return Ok(None);
+    };
+    let mpath = obj.path("max_models");
+    let v = as_uint(n, &mpath)?;
+    if v > MAX_MODELS_LIMIT {
+        return Err(err(
+            &mpath,
+            format!("must be at most {MAX_MODELS_LIMIT}, got {v}"),
+        ));
+    }
+    Ok(Some(v as u32))
 }
 
 /// A `passthrough_paths` entry: a prefix (its API inferred from it) or
@@ -394,103 +457,14 @@ fn parse_accounts(
             None => return Err(err(&provider_path, "missing required field")),
         };
 
-        let key = match (obj.get("key"), obj.get("key_env")) {
-            (Some(_), Some(_)) => {
-                return Err(err(&apath, "set only one of key and key_env"));
-            }
-            (None, None) => return Err(err(&apath, "needs key or key_env")),
-            (Some(n), None) => {
-                let kpath = obj.path("key");
-                let key = as_str(n, &kpath)?;
-                check_key_text(key).map_err(|r| err(&kpath, r))?;
-                Secret::new(key)
-            }
-            (None, Some(n)) => {
-                let epath = obj.path("key_env");
-                let var = as_str(n, &epath)?;
-                if var.is_empty() || var.contains(['=', '\0']) {
-                    return Err(err(&epath, "expected an environment variable name"));
-                }
-                // A key file often ends in a newline; nothing else around a key is meaningful.
-                let value = env(var).map(|v| v.trim().to_string()).unwrap_or_default();
-                if value.is_empty() {
-                    return Err(err(
-                        &epath,
-                        format!(
-                            "environment variable {var} is not set in the VM \
-                             (vm_config.environment_variables.host_env_keys)"
-                        ),
-                    ));
-                }
-                check_key_text(&value)
-                    .map_err(|r| err(&epath, format!("environment variable {var}: {r}")))?;
-                Secret::new(value)
-            }
-        };
-
+        let key = parse_account_key(&obj, &apath, env)?;
         accounts.push(Account {
             name: name.to_string(),
             provider,
             key,
-            headers: {
-                let mut headers: Vec<(String, String)> = Vec::new();
-                if let Some(n) = obj.get("headers") {
-                    let hpath = obj.path("headers");
-                    let Node::Object(entries) = n else {
-                        return Err(err(&hpath, format!("expected an object, got {}", n.kind())));
-                    };
-                    for (raw_name, value) in entries {
-                        let vpath = key_path(&hpath, raw_name);
-                        let hname = header_name(raw_name).map_err(|r| err(&vpath, r))?;
-                        if RESERVED_ACCOUNT_HEADERS.contains(&hname.as_str())
-                            || hname == provider::of(provider).credential_header()
-                        {
-                            return Err(err(&vpath, "this header is set by tollgate itself"));
-                        }
-                        if headers.iter().any(|(h, _)| *h == hname) {
-                            return Err(err(&vpath, "duplicate header"));
-                        }
-                        let value = as_str(value, &vpath)?;
-                        check_header_value(value).map_err(|r| err(&vpath, r))?;
-                        headers.push((hname, value.to_string()));
-                    }
-                }
-                headers
-            },
-            route: match obj.get("route") {
-                Some(n) => {
-                    let rpath = obj.path("route");
-                    let route = as_str(n, &rpath)?;
-                    if stage == Stage::Upstream {
-                        return Err(err(
-                            &rpath,
-                            "not allowed with stage upstream (routing has already happened there)",
-                        ));
-                    }
-                    if route.is_empty() {
-                        return Err(err(&rpath, "must not be empty"));
-                    }
-                    check_header_value(route).map_err(|r| err(&rpath, r))?;
-                    Some(route.to_string())
-                }
-                None => None,
-            },
-            weight: match obj.get("weight") {
-                Some(n) => {
-                    let wpath = obj.path("weight");
-                    let w = as_uint(n, &wpath)?;
-                    match u32::try_from(w) {
-                        Ok(w) if (1..=1_000_000).contains(&w) => w,
-                        _ => {
-                            return Err(err(
-                                &wpath,
-                                format!("must be between 1 and 1000000, got {w}"),
-                            ))
-                        }
-                    }
-                }
-                None => 1,
-            },
+            headers: parse_account_headers(&obj, provider)?,
+            route: parse_account_route(&obj, stage)?,
+            weight: parse_account_weight(&obj)?,
             limits: match obj.get("limits") {
                 Some(n) => parse_limits(n, &obj.path("limits"))?,
                 None => Vec::new(),
@@ -502,6 +476,114 @@ fn parse_accounts(
         });
     }
     Ok(accounts)
+}
+
+/// An account's key: `key` itself or the environment variable `key_env` names (exactly one).
+#[inline(never)]
+fn parse_account_key(
+    obj: &Obj<'_>,
+    apath: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    match (obj.get("key"), obj.get("key_env")) {
+        (Some(_), Some(_)) => Err(err(apath, "set only one of key and key_env")),
+        (None, None) => Err(err(apath, "needs key or key_env")),
+        (Some(n), None) => {
+            let kpath = obj.path("key");
+            let key = as_str(n, &kpath)?;
+            check_key_text(key).map_err(|r| err(&kpath, r))?;
+            Ok(Secret::new(key))
+        }
+        (None, Some(n)) => {
+            let epath = obj.path("key_env");
+            let var = as_str(n, &epath)?;
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return Err(err(&epath, "expected an environment variable name"));
+            }
+            // A key file often ends in a newline; nothing else around a key is meaningful.
+            let value = env(var).map(|v| v.trim().to_string()).unwrap_or_default();
+            if value.is_empty() {
+                return Err(err(
+                    &epath,
+                    format!(
+                        "environment variable {var} is not set in the VM \
+                         (vm_config.environment_variables.host_env_keys)"
+                    ),
+                ));
+            }
+            check_key_text(&value)
+                .map_err(|r| err(&epath, format!("environment variable {var}: {r}")))?;
+            Ok(Secret::new(value))
+        }
+    }
+}
+
+/// An account's extra upstream `headers`: none of the ones tollgate sets, no duplicates.
+#[inline(never)]
+fn parse_account_headers(
+    obj: &Obj<'_>,
+    provider: Api,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(n) = obj.get("headers") {
+        let hpath = obj.path("headers");
+        let Node::Object(entries) = n else {
+            return Err(err(&hpath, format!("expected an object, got {}", n.kind())));
+        };
+        for (raw_name, value) in entries {
+            let vpath = key_path(&hpath, raw_name);
+            let hname = header_name(raw_name).map_err(|r| err(&vpath, r))?;
+            if RESERVED_ACCOUNT_HEADERS.contains(&hname.as_str())
+                || hname == provider::of(provider).credential_header()
+            {
+                return Err(err(&vpath, "this header is set by tollgate itself"));
+            }
+            if headers.iter().any(|(h, _)| *h == hname) {
+                return Err(err(&vpath, "duplicate header"));
+            }
+            let value = as_str(value, &vpath)?;
+            check_header_value(value).map_err(|r| err(&vpath, r))?;
+            headers.push((hname, value.to_string()));
+        }
+    }
+    Ok(headers)
+}
+
+/// An account's `route` (downstream stage only).
+#[inline(never)]
+fn parse_account_route(obj: &Obj<'_>, stage: Stage) -> Result<Option<String>, ConfigError> {
+    let Some(n) = obj.get("route") else {
+        return Ok(None);
+    };
+    let rpath = obj.path("route");
+    let route = as_str(n, &rpath)?;
+    if stage == Stage::Upstream {
+        return Err(err(
+            &rpath,
+            "not allowed with stage upstream (routing has already happened there)",
+        ));
+    }
+    if route.is_empty() {
+        return Err(err(&rpath, "must not be empty"));
+    }
+    check_header_value(route).map_err(|r| err(&rpath, r))?;
+    Ok(Some(route.to_string()))
+}
+
+/// An account's `weight`: 1 to 1,000,000, 1 by default.
+fn parse_account_weight(obj: &Obj<'_>) -> Result<u32, ConfigError> {
+    let Some(n) = obj.get("weight") else {
+        return Ok(1);
+    };
+    let wpath = obj.path("weight");
+    let w = as_uint(n, &wpath)?;
+    match u32::try_from(w) {
+        Ok(w) if (1..=1_000_000).contains(&w) => Ok(w),
+        _ => Err(err(
+            &wpath,
+            format!("must be between 1 and 1000000, got {w}"),
+        )),
+    }
 }
 
 /// Headers an account's `headers` may not set: framing and routing belong to Envoy and to

@@ -68,23 +68,7 @@ impl Flow {
                 let body = self.usage_report(h);
                 h.send_response(200, &[JSON, NO_STORE], body.as_bytes());
             }
-            "" | "/" => {
-                let path = self.cfg().admin.as_ref().map_or("", |a| a.path.as_str());
-                let page = admin::dashboard(path, request.get("accept-encoding"));
-                // Framed by another site's page, its buttons could be clicked by a trick:
-                // their same-origin requests pass the cross-site check.
-                let mut headers = vec![
-                    ("content-type", "text/html; charset=utf-8"),
-                    NO_STORE,
-                    ("vary", "accept-encoding"),
-                    ("x-frame-options", "DENY"),
-                    ("content-security-policy", "frame-ancestors 'none'"),
-                ];
-                if page.gzip {
-                    headers.push(("content-encoding", "gzip"));
-                }
-                h.send_response(200, &headers, &page.body);
-            }
+            "" | "/" => self.dashboard(h, request),
             _ => h.send_response(404, &[JSON], br#"{"error":"not found"}"#),
         }
         Action::Pause
@@ -100,23 +84,7 @@ impl Flow {
         plugin.flush_pending(h);
         let totals = crate::analytics::load(h);
         let recent = crate::analytics::load_recent(h);
-        let snapshot = |name: &str, limits| {
-            quota::usage_snapshot(h, &OwnerKey::consumer(name), limits, now).unwrap_or_default()
-        };
-        let mut consumers: Vec<ConsumerView<'_>> = cfg
-            .consumers
-            .iter()
-            .map(|c| ConsumerView {
-                name: &c.name,
-                usage: snapshot(&c.name, &c.limits),
-            })
-            .collect();
-        if let Some(a) = &cfg.anonymous {
-            consumers.push(ConsumerView {
-                name: config::ANONYMOUS,
-                usage: snapshot(config::ANONYMOUS, &a.limits),
-            });
-        }
+        let consumers = consumer_views(h, cfg, now);
         // An instance without accounts (the downstream stage of a failover setup) shows the
         // pool its upstream stage published.
         let roster = if cfg.accounts.is_empty() {
@@ -150,6 +118,26 @@ impl Flow {
         })
     }
 
+    /// `GET {admin.path}/`: the dashboard page.
+    #[inline(never)]
+    fn dashboard<H: Host>(&self, h: &mut H, request: &Headers) {
+        let path = self.cfg().admin.as_ref().map_or("", |a| a.path.as_str());
+        let page = admin::dashboard(path, request.get("accept-encoding"));
+        // Framed by another site's page, its buttons could be clicked by a trick:
+        // their same-origin requests pass the cross-site check.
+        let mut headers = vec![
+            ("content-type", "text/html; charset=utf-8"),
+            NO_STORE,
+            ("vary", "accept-encoding"),
+            ("x-frame-options", "DENY"),
+            ("content-security-policy", "frame-ancestors 'none'"),
+        ];
+        if page.gzip {
+            headers.push(("content-encoding", "gzip"));
+        }
+        h.send_response(200, &headers, &page.body);
+    }
+
     /// Sends the answer of an account action (reset, pause, resume), and shows a change on
     /// the account's `tollgate_account_state` gauge and in the log.
     fn account_answer<H: Host>(&mut self, h: &mut H, answer: &ActionAnswer<'_>) {
@@ -180,4 +168,31 @@ impl Flow {
         }
         h.send_response(answer.status, &headers, answer.body.as_bytes());
     }
+}
+
+/// Every configured consumer's windows now (and `anonymous`'s when configured).
+#[inline(never)]
+fn consumer_views<'c, H: Host>(
+    h: &mut H,
+    cfg: &'c config::Config,
+    now: u64,
+) -> Vec<ConsumerView<'c>> {
+    let snapshot = |name: &str, limits| {
+        quota::usage_snapshot(h, &OwnerKey::consumer(name), limits, now).unwrap_or_default()
+    };
+    let mut consumers: Vec<ConsumerView<'_>> = cfg
+        .consumers
+        .iter()
+        .map(|c| ConsumerView {
+            name: &c.name,
+            usage: snapshot(&c.name, &c.limits),
+        })
+        .collect();
+    if let Some(a) = &cfg.anonymous {
+        consumers.push(ConsumerView {
+            name: config::ANONYMOUS,
+            usage: snapshot(config::ANONYMOUS, &a.limits),
+        });
+    }
+    consumers
 }

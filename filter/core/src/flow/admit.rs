@@ -11,10 +11,11 @@ use crate::config::FailureMode;
 use crate::facts;
 use crate::identity::Caller;
 use crate::learn;
-use crate::limits::Usage;
+use crate::limits::{Limit, Usage};
 use crate::metrics;
 use crate::quota::{self, Admission, Amounts, Settled};
 use crate::ratelimit::{self, Decision, RlsError};
+use crate::store::StoreError;
 
 impl Flow {
     pub(crate) fn request_body<H: Host>(
@@ -80,22 +81,8 @@ impl Flow {
             .as_ref()
             .and_then(|i| i.model.clone())
             .unwrap_or_default();
-        if let Some(Caller::Consumer(i)) = &self.caller {
-            if let Some(c) = self.plugin.cfg.consumers.get(*i) {
-                if let Some(globs) = &c.models {
-                    if !globs.iter().any(|g| g.matches(&model)) {
-                        let msg = format!("{}: model {model:?} is not allowed", c.name);
-                        return self.refuse(h, Reason::Model, msg);
-                    }
-                }
-            }
-        }
-        // A budget binds on every model: one with no price would cost nothing against it.
-        let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
-        let named = self.info.as_ref().and_then(|i| i.model.as_deref());
-        if self.plugin.cfg.refuses_unpriced(named, limits) {
-            let msg = crate::pricing::no_price_message(self.consumer_name(), named);
-            return self.refuse(h, Reason::Model, msg);
+        if let Some(answer) = self.refuse_model(h, &model) {
+            return answer;
         }
         let raw = self.info.as_ref().map_or(0, |i| i.input_estimate);
         self.estimate = if model.is_empty() {
@@ -107,32 +94,9 @@ impl Flow {
             return answer;
         }
         let path = self.headers.get(":path").unwrap_or_default().to_string();
-        let plugin = self.plugin.clone();
-        let cfg = &plugin.cfg;
-        let affinity = cfg.selection.affinity.as_ref();
-        let header = affinity
-            .and_then(|a| a.header.as_deref())
-            .and_then(|n| self.headers.get(n));
-        let fingerprint = self.info.as_ref().and_then(|i| i.fingerprint);
-        let session = crate::accounts::session_id(affinity, header, fingerprint);
-        if let Some(s) = &session {
-            self.fact(h, facts::SESSION, s);
-        }
-        if let Some(fp) = fingerprint {
-            // For an upstream stage that keeps conversations on one account (with accounts
-            // here, this stage chooses them and no upstream stage needs it).
-            if cfg.accounts.is_empty() {
-                self.fact(h, facts::FINGERPRINT, &format!("{fp:016x}"));
-            }
-        }
-        // Only codings the meter decodes may come back: metering cannot be switched off.
-        // (A pooled key asks for `identity` itself, in `choose_account`.)
-        if cfg.accounts.is_empty() {
-            let sent = self.headers.get("accept-encoding");
-            let encoding = crate::usage::decodable_accept_encoding(sent);
-            if sent != Some(encoding.as_str()) {
-                h.set_request_header("accept-encoding", &encoding);
-            }
+        let session = self.session(h);
+        if self.plugin.cfg.accounts.is_empty() {
+            self.without_accounts(h);
         }
         let mut buf = [0u8; 20];
         self.fact(
@@ -152,8 +116,64 @@ impl Flow {
         self.admit_global(h).unwrap_or(Action::Continue)
     }
 
+    /// The caller's refusal of the request's model, if any: a consumer's `models` that do
+    /// not match it, or a budget while the model has no price (a budget binds on every model:
+    /// one with no price would cost nothing against it).
+    #[inline(never)]
+    fn refuse_model<H: Host>(&mut self, h: &mut H, model: &str) -> Option<Action> {
+        if let Some(Caller::Consumer(i)) = &self.caller {
+            if let Some(c) = self.plugin.cfg.consumers.get(*i) {
+                if let Some(globs) = &c.models {
+                    if !globs.iter().any(|g| g.matches(model)) {
+                        let msg = format!("{}: model {model:?} is not allowed", c.name);
+                        return Some(self.refuse(h, Reason::Model, msg));
+                    }
+                }
+            }
+        }
+        let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
+        let named = self.info.as_ref().and_then(|i| i.model.as_deref());
+        if self.plugin.cfg.refuses_unpriced(named, limits) {
+            let msg = crate::pricing::no_price_message(self.consumer_name(), named);
+            return Some(self.refuse(h, Reason::Model, msg));
+        }
+        None
+    }
+
+    /// The request's session for account affinity (published as a fact), if any.
+    fn session<H: Host>(&mut self, h: &mut H) -> Option<String> {
+        let affinity = self.plugin.cfg.selection.affinity.as_ref();
+        let header = affinity
+            .and_then(|a| a.header.as_deref())
+            .and_then(|n| self.headers.get(n));
+        let fingerprint = self.info.as_ref().and_then(|i| i.fingerprint);
+        let session = crate::accounts::session_id(affinity, header, fingerprint);
+        if let Some(s) = &session {
+            self.fact(h, facts::SESSION, s);
+        }
+        session
+    }
+
+    /// Without accounts here: publishes the conversation fingerprint for an upstream stage
+    /// that keeps conversations on one account (with accounts, this stage chooses them and
+    /// no upstream stage needs it), and lets only codings the meter decodes come back, since
+    /// metering cannot be switched off (a pooled key asks for `identity` itself, in
+    /// `choose_account`).
+    #[inline(never)]
+    fn without_accounts<H: Host>(&mut self, h: &mut H) {
+        if let Some(fp) = self.info.as_ref().and_then(|i| i.fingerprint) {
+            self.fact(h, facts::FINGERPRINT, &format!("{fp:016x}"));
+        }
+        let sent = self.headers.get("accept-encoding");
+        let encoding = crate::usage::decodable_accept_encoding(sent);
+        if sent != Some(encoding.as_str()) {
+            h.set_request_header("accept-encoding", &encoding);
+        }
+    }
+
     /// Asks a streaming request for its usage (`stream_options.include_usage`) where the
     /// scanner found it missing; the usage-only chunk is then cut from the answer.
+    #[inline(never)]
     fn splice_usage_option<H: Host>(&mut self, h: &mut H, body_size: usize) {
         let Some(splice) = self.info.as_ref().and_then(|i| i.usage_splice.as_ref()) else {
             return;
@@ -196,34 +216,50 @@ impl Flow {
             }
             Ok(Admission::Rejected { rejection, headers }) => {
                 self.rate_headers = headers;
-                let what = limits
-                    .get(rejection.limit)
-                    .map_or_else(String::new, |l| l.to_string());
-                let mut r = Rejection::over_limit(
-                    limit_reason(rejection.kind),
-                    self.consumer_name(),
-                    &what,
-                    rejection.retry_after_s,
-                    rejection.should_retry,
-                );
-                r.rate_headers = true;
-                Err(self.reject(h, r))
+                Err(self.over_limit(h, limits, &rejection))
             }
-            Err(e) => {
-                log(
-                    h,
-                    Level::Warn,
-                    self.id,
-                    format_args!("quota store contended ({e:?}); answering 429"),
-                );
-                let msg = format!("{}: quota state is busy; retry in 1s", self.consumer_name());
-                Err(self.reject(h, Rejection::new(Reason::Tokens, msg).retry_after(1)))
-            }
+            Err(e) => Err(self.quota_busy(h, &e)),
         }
+    }
+
+    /// Answers 429 for a refusal by the caller's limits.
+    #[inline(never)]
+    fn over_limit<H: Host>(
+        &mut self,
+        h: &mut H,
+        limits: &[Limit],
+        rejection: &quota::Rejection,
+    ) -> Action {
+        let what = limits
+            .get(rejection.limit)
+            .map_or_else(String::new, |l| l.to_string());
+        let mut r = Rejection::over_limit(
+            limit_reason(rejection.kind),
+            self.consumer_name(),
+            &what,
+            rejection.retry_after_s,
+            rejection.should_retry,
+        );
+        r.rate_headers = true;
+        self.reject(h, r)
+    }
+
+    /// Answers 429 when the quota store stayed contended.
+    #[inline(never)]
+    fn quota_busy<H: Host>(&mut self, h: &mut H, e: &StoreError) -> Action {
+        log(
+            h,
+            Level::Warn,
+            self.id,
+            format_args!("quota store contended ({e:?}); answering 429"),
+        );
+        let msg = format!("{}: quota state is busy; retry in 1s", self.consumer_name());
+        self.reject(h, Rejection::new(Reason::Tokens, msg).retry_after(1))
     }
 
     /// Asks the global rate-limit service; `Some(action)` when the request waits for it or
     /// was answered, `None` to go on at once.
+    #[inline(never)]
     fn admit_global<H: Host>(&mut self, h: &mut H) -> Option<Action> {
         let plugin = self.plugin.clone();
         let global = plugin.cfg.global.as_ref()?;
@@ -368,6 +404,7 @@ impl Flow {
     }
 
     /// Queues the real usage for the global service (sent by the root context).
+    #[inline(never)]
     pub(crate) fn charge_global<H: Host>(&mut self, h: &mut H, usage: &Usage) {
         if self.plugin.cfg.global.is_none() || self.global_descriptors.is_empty() {
             return;
@@ -381,6 +418,7 @@ impl Flow {
     }
 
     /// Replaces the reservation with real usage (or refunds it all when nothing was used).
+    #[inline(never)]
     pub(crate) fn reconcile<H: Host>(&mut self, h: &mut H, usage: &Usage) {
         let actual = Amounts::from_usage(usage, self.price().as_ref());
         self.settle_quota(h, &actual);

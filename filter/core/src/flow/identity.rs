@@ -2,7 +2,7 @@
 //! refusals that need no body, and either holding the headers for the body (metered
 //! endpoints) or choosing the credential now (everything else).
 
-use super::host::{Action, Host};
+use super::host::{Action, Headers, Host};
 use super::state::KNOWN_KEYS;
 use super::{Flow, Phase};
 use crate::api::{self, Reason, Route};
@@ -49,66 +49,16 @@ impl Flow {
                 self.api = api;
                 return self.refuse(h, Reason::BadRequest, message);
             }
-            Route::NotFound(api) => {
-                self.api = api;
-                // Counted under the caller's consumer when its key is valid.
-                if let identity::Identity::Known(c, _) = identity::identify(cfg, key, None) {
-                    self.caller = Some(c);
-                }
-                // Never the query or `;` parameters: a client may have put a secret there.
-                let msg = format!("{method} {} is not served here", api::display_path(&path));
-                return self.refuse(h, Reason::NotFound, msg);
-            }
+            Route::NotFound(api) => return self.not_found(h, api, method, &path, key),
             Route::Identity(api) => self.api = api,
             Route::Metered { endpoint, .. } => self.api = endpoint.api(),
         }
-        // A name is trusted from a header only when a filter before this one set it, or from
-        // the payload of a JWT that `jwt_authn` verified (dynamic metadata no client can set).
-        let claimed = cfg.consumer_claim.as_ref().and_then(|c| {
-            let [a, b, c_] = facts::JWT_AUTHN;
-            h.property(&[a, b, c_, &c.metadata, &c.claim])
-        });
-        let trusted_name = match &claimed {
-            Some(name) => Some(name.as_str()),
-            None => cfg
-                .consumer_header
-                .as_deref()
-                .and_then(|n| headers.get(n))
-                .map(str::trim)
-                .filter(|n| !n.is_empty()),
-        };
-        let known = key.and_then(|k| plugin.known_keys.borrow().get(k).copied());
-        let identified = match known {
-            Some(i) => Identity::Known(Caller::Consumer(i), true),
-            None => {
-                let found = identity::identify(cfg, key, trusted_name);
-                if let (Some(k), Identity::Known(Caller::Consumer(i), true)) = (key, &found) {
-                    let mut known = plugin.known_keys.borrow_mut();
-                    if known.len() >= KNOWN_KEYS {
-                        known.clear();
-                    }
-                    known.insert(k.to_string(), *i);
-                }
-                found
-            }
-        };
-        match identified {
+        match self.identify(h, &headers, key) {
             Identity::Known(caller, by_key) => {
                 self.presented_tollgate_key = by_key;
                 self.caller = Some(caller);
             }
-            Identity::Unauthenticated => {
-                let msg = if key.is_some() {
-                    "invalid API key"
-                } else {
-                    "no API key: send it in x-api-key or Authorization: Bearer"
-                };
-                return self.refuse(h, Reason::Auth, msg);
-            }
-            Identity::UnknownName => {
-                let msg = "this consumer is not configured here";
-                return self.refuse(h, Reason::UnknownConsumer, msg);
-            }
+            unknown => return self.unidentified(h, &unknown, key.is_some()),
         }
         self.fact(h, facts::CONSUMER, self.consumer_name());
         match route {
@@ -148,6 +98,78 @@ impl Flow {
                 Action::Continue
             }
         }
+    }
+
+    /// Refuses a path not served here with 404, counted under the caller's consumer when its
+    /// key is valid.
+    #[inline(never)]
+    fn not_found<H: Host>(
+        &mut self,
+        h: &mut H,
+        api: api::Api,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+    ) -> Action {
+        self.api = api;
+        if let Identity::Known(c, _) = identity::identify(&self.plugin.cfg, key, None) {
+            self.caller = Some(c);
+        }
+        // Never the query or `;` parameters: a client may have put a secret there.
+        let msg = format!("{method} {} is not served here", api::display_path(path));
+        self.refuse(h, Reason::NotFound, msg)
+    }
+
+    /// Who is calling: a consumer's key (remembered per worker once checked), or a name
+    /// trusted from a header only when a filter before this one set it, or from the payload
+    /// of a JWT that `jwt_authn` verified (dynamic metadata no client can set).
+    fn identify<H: Host>(&self, h: &mut H, headers: &Headers, key: Option<&str>) -> Identity {
+        let plugin = &self.plugin;
+        let cfg = &plugin.cfg;
+        let claimed = cfg.consumer_claim.as_ref().and_then(|c| {
+            let [a, b, c_] = facts::JWT_AUTHN;
+            h.property(&[a, b, c_, &c.metadata, &c.claim])
+        });
+        let trusted_name = match &claimed {
+            Some(name) => Some(name.as_str()),
+            None => cfg
+                .consumer_header
+                .as_deref()
+                .and_then(|n| headers.get(n))
+                .map(str::trim)
+                .filter(|n| !n.is_empty()),
+        };
+        let known = key.and_then(|k| plugin.known_keys.borrow().get(k).copied());
+        match known {
+            Some(i) => Identity::Known(Caller::Consumer(i), true),
+            None => {
+                let found = identity::identify(cfg, key, trusted_name);
+                if let (Some(k), Identity::Known(Caller::Consumer(i), true)) = (key, &found) {
+                    let mut known = plugin.known_keys.borrow_mut();
+                    if known.len() >= KNOWN_KEYS {
+                        known.clear();
+                    }
+                    known.insert(k.to_string(), *i);
+                }
+                found
+            }
+        }
+    }
+
+    /// Refuses a caller that is not identified: 401 without a valid key, 403 for a trusted
+    /// name that is not configured.
+    #[inline(never)]
+    fn unidentified<H: Host>(&mut self, h: &mut H, identity: &Identity, has_key: bool) -> Action {
+        if matches!(identity, Identity::UnknownName) {
+            let msg = "this consumer is not configured here";
+            return self.refuse(h, Reason::UnknownConsumer, msg);
+        }
+        let msg = if has_key {
+            "invalid API key"
+        } else {
+            "no API key: send it in x-api-key or Authorization: Bearer"
+        };
+        self.refuse(h, Reason::Auth, msg)
     }
 
     pub(crate) fn too_large<H: Host>(&mut self, h: &mut H) -> Action {

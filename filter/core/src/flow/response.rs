@@ -3,11 +3,12 @@
 //! per API (JSON, SSE, compressed), and the request's end counted once: reconcile, global
 //! charge, account totals, learning, metrics and access-log facts.
 
-use super::host::{Action, Buffer, Host};
+use super::host::{Action, Buffer, Headers, Host};
 use super::state::{each_rate_header, UsageSource};
 use super::{ErrorHead, Flow, Phase, BODY_WINDOW, ERROR_HEAD, HELD_CHUNK};
 use crate::accounts;
 use crate::analytics::Fact;
+use crate::config::Account;
 use crate::facts;
 use crate::limits::Usage;
 use crate::metrics;
@@ -38,32 +39,17 @@ impl Flow {
         let account = self.account.and_then(|i| plugin.cfg.accounts.get(i));
         if status >= 400 && !local_reply {
             if let Some(account) = account {
-                // An upstream that echoes the pooled key never shows it to the client.
-                for (name, value) in all.iter() {
-                    if let Some(masked) = account.key.redact(value) {
-                        h.set_response_header(name, &String::from_utf8_lossy(&masked));
-                    }
-                }
-                self.error_head = ErrorHead::Holding;
+                self.hold_error_head(h, account, &all);
             }
         }
         if account.is_some() && !local_reply {
-            let headers: Vec<(&str, String)> = all
-                .iter()
-                .filter(|(k, _)| *k == "retry-after" || provider::is_rate_limit_header(k))
-                .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
-                .collect();
-            let obs = accounts::observe_response(status, &headers, h.now_ms());
-            self.observe_account(h, obs);
+            self.observe_upstream(h, status, &all);
         }
         if self.phase == Phase::Attempt {
             // Each attempt's answer is counted here, by the account that got it (a retried
             // 429 included); the downstream stage counts none for a staged account.
             if let (Some(a), false) = (account, local_reply) {
-                let mut buf = [0u8; 20];
-                let code = metrics::decimal(u64::from(status), &mut buf);
-                let labels = [("account", a.name.as_str()), ("code", code)];
-                self.count(h, "tollgate_upstream_responses_total", &labels, 1);
+                self.count_attempt(h, a, status);
             }
             // The downstream stage strips the provider's headers after it, too.
             return Action::Continue;
@@ -94,6 +80,39 @@ impl Flow {
             self.finish_response(h);
         }
         Action::Continue
+    }
+
+    /// An error answer from a pooled account: an upstream that echoes the pooled key never
+    /// shows it to the client (in a header here, in the body once its head is read).
+    #[inline(never)]
+    fn hold_error_head<H: Host>(&mut self, h: &mut H, account: &Account, all: &Headers) {
+        for (name, value) in all.iter() {
+            if let Some(masked) = account.key.redact(value) {
+                h.set_response_header(name, &String::from_utf8_lossy(&masked));
+            }
+        }
+        self.error_head = ErrorHead::Holding;
+    }
+
+    /// The account's health from the answer's status and rate-limit headers.
+    #[inline(never)]
+    fn observe_upstream<H: Host>(&mut self, h: &mut H, status: u32, all: &Headers) {
+        let headers: Vec<(&str, String)> = all
+            .iter()
+            .filter(|(k, _)| *k == "retry-after" || provider::is_rate_limit_header(k))
+            .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let obs = accounts::observe_response(status, &headers, h.now_ms());
+        self.observe_account(h, obs);
+    }
+
+    /// `tollgate_upstream_responses_total` for one attempt of the upstream stage.
+    #[inline(never)]
+    fn count_attempt<H: Host>(&mut self, h: &mut H, a: &Account, status: u32) {
+        let mut buf = [0u8; 20];
+        let code = metrics::decimal(u64::from(status), &mut buf);
+        let labels = [("account", a.name.as_str()), ("code", code)];
+        self.count(h, "tollgate_upstream_responses_total", &labels, 1);
     }
 
     pub(crate) fn response_body<H: Host>(

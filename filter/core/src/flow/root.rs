@@ -33,6 +33,16 @@ impl Root {
     /// Loads the configuration (`size` bytes of the plugin configuration buffer); `false`
     /// refuses it, and Envoy then refuses the filter.
     pub fn configure<H: Host>(&mut self, h: &mut H, size: usize) -> bool {
+        let Some(cfg) = self.read_config(h, size) else {
+            return false;
+        };
+        self.plugin = Some(Rc::new(self.start(h, cfg)));
+        true
+    }
+
+    /// The plugin configuration buffer, parsed; `None` (and an error logged) if refused.
+    #[inline(never)]
+    fn read_config<H: Host>(&self, h: &mut H, size: usize) -> Option<config::Config> {
         let raw = h
             .read(Buffer::PluginConfig, 0, size.max(1 << 20))
             .unwrap_or_default();
@@ -41,8 +51,8 @@ impl Root {
         } else {
             raw
         };
-        let cfg = match config::parse(&raw) {
-            Ok(cfg) => cfg,
+        match config::parse(&raw) {
+            Ok(cfg) => Some(cfg),
             Err(e) => {
                 log(
                     h,
@@ -50,9 +60,14 @@ impl Root {
                     self.id,
                     format_args!("invalid configuration: {e}"),
                 );
-                return false;
+                None
             }
-        };
+        }
+    }
+
+    /// The plugin of a loaded configuration, its tick, quota keys and metric series set up.
+    #[inline(never)]
+    fn start<H: Host>(&mut self, h: &mut H, cfg: config::Config) -> Plugin {
         let (consumers, accounts, stage) = (cfg.consumers.len(), cfg.accounts.len(), cfg.stage);
         log(
             h,
@@ -79,12 +94,8 @@ impl Root {
                 format_args!("preparing quota keys: {e:?}"),
             );
         }
-        // Every series exists at 0 before its first event.
-        for s in metrics::series(&plugin.cfg) {
-            h.define_metric(s.kind, &s.name);
-        }
-        self.plugin = Some(Rc::new(plugin));
-        true
+        define_series(h, &plugin.cfg);
+        plugin
     }
 
     /// The root context is going away (its filter configuration was removed): counts made
@@ -156,4 +167,13 @@ pub(crate) fn count_charges<H: Host>(h: &mut H, plugin: &Plugin, outcome: &str, 
     let labels = [("outcome", outcome)];
     let mut stats = plugin.stats.borrow_mut();
     stats.count(h, "tollgate_global_charges_total", &labels, n as u64);
+}
+
+/// Defines every metric series of a configuration, so that each exists at 0 before its first
+/// event.
+#[inline(never)]
+fn define_series<H: Host>(h: &mut H, cfg: &config::Config) {
+    for s in metrics::series(cfg) {
+        h.define_metric(s.kind, &s.name);
+    }
 }

@@ -74,6 +74,7 @@ pub struct Plugin {
 pub(crate) const KNOWN_KEYS: usize = 1024;
 
 impl Plugin {
+    #[inline(never)]
     pub fn new(cfg: Config) -> Plugin {
         Plugin {
             models: RefCell::new(metrics::ModelLabels::new(cfg.max_models)),
@@ -151,6 +152,7 @@ impl Plugin {
     }
 
     /// Creates every quota key now, so no two workers race to create one later.
+    #[inline(never)]
     pub(crate) fn prepare_store(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let cfg = &self.cfg;
         let mut keys: Vec<String> = Vec::new();

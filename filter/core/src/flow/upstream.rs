@@ -28,17 +28,8 @@ impl Flow {
     ) -> Result<(), Action> {
         let plugin = self.plugin.clone();
         let cfg = &plugin.cfg;
-        let by_key = self.presented_tollgate_key;
-        if cfg.accounts.is_empty() && !by_key {
-            // The caller's own credentials go upstream as sent; a tollgate key beside them never.
-            self.remove_tollgate_keys(h, path);
-            return Ok(());
-        }
         if cfg.accounts.is_empty() {
-            if let Some(stripped) = identity::strip_query_key(path) {
-                h.set_request_header(":path", &stripped);
-            }
-            self.remove_client_credentials(h, "");
+            self.without_pool(h, path);
             return Ok(());
         }
         // With a pooled key no query parameter may carry, re-target or mask a credential.
@@ -46,46 +37,12 @@ impl Flow {
             h.set_request_header(":path", &stripped);
         }
         let chosen = if metered {
-            let need = self.need();
-            let attempt = Attempt {
-                api: self.api,
-                need: &need,
-                session,
-                exclude,
-                now_ms: h.now_ms(),
-            };
-            match accounts::select(h, cfg, &attempt) {
-                Outcome::Picked(p) => {
-                    self.account_ticket = p.ticket;
-                    self.probe = p.probe;
-                    if !p.counted {
-                        plugin.queue_served(p.account, 1, 0);
-                    }
-                    if !matches!(p.affinity, AffinityUse::Off) {
-                        self.count(
-                            h,
-                            "tollgate_affinity_total",
-                            &[("outcome", p.affinity.as_str())],
-                            1,
-                        );
-                    }
-                    Some(p.account)
-                }
-                Outcome::AllCooling { retry_after_s } => {
-                    let retry = retry_after_s.max(1);
-                    let api = self.api.as_str();
-                    let msg = format!("every {api} account is cooling down; retry in {retry}s");
-                    let r = Rejection::new(Reason::AccountsCooling, msg).retry_after(retry);
-                    return Err(self.reject(h, r));
-                }
-                Outcome::NoAccount => None,
-            }
+            self.select_account(h, session, exclude)?
         } else {
             accounts::first_usable_for(h, &cfg.accounts, self.api, h.now_ms())
         };
         let Some(i) = chosen else {
-            let msg = format!("no usable {} account is configured", self.api.as_str());
-            return Err(self.refuse(h, Reason::NoAccount, msg));
+            return Err(self.no_account(h));
         };
         self.account = Some(i);
         let Some(account) = cfg.accounts.get(i) else {
@@ -120,6 +77,77 @@ impl Flow {
         }
         self.fact(h, facts::ACCOUNT, &account.name);
         Ok(())
+    }
+
+    /// Without accounts: the caller's own credentials go upstream as sent, a tollgate key
+    /// beside them never; a request that presented a tollgate key has its credentials (and
+    /// a key in the query) removed.
+    #[inline(never)]
+    fn without_pool<H: Host>(&mut self, h: &mut H, path: &str) {
+        if !self.presented_tollgate_key {
+            self.remove_tollgate_keys(h, path);
+            return;
+        }
+        if let Some(stripped) = identity::strip_query_key(path) {
+            h.set_request_header(":path", &stripped);
+        }
+        self.remove_client_credentials(h, "");
+    }
+
+    /// The account `selection` picks for a metered request (`None`: none is usable); `Err`
+    /// is the answer when every account of the API is cooling down.
+    fn select_account<H: Host>(
+        &mut self,
+        h: &mut H,
+        session: Option<&str>,
+        exclude: &[usize],
+    ) -> Result<Option<usize>, Action> {
+        let plugin = self.plugin.clone();
+        let need = self.need();
+        let attempt = Attempt {
+            api: self.api,
+            need: &need,
+            session,
+            exclude,
+            now_ms: h.now_ms(),
+        };
+        match accounts::select(h, &plugin.cfg, &attempt) {
+            Outcome::Picked(p) => {
+                self.account_ticket = p.ticket;
+                self.probe = p.probe;
+                if !p.counted {
+                    plugin.queue_served(p.account, 1, 0);
+                }
+                if !matches!(p.affinity, AffinityUse::Off) {
+                    self.count(
+                        h,
+                        "tollgate_affinity_total",
+                        &[("outcome", p.affinity.as_str())],
+                        1,
+                    );
+                }
+                Ok(Some(p.account))
+            }
+            Outcome::AllCooling { retry_after_s } => Err(self.all_cooling(h, retry_after_s)),
+            Outcome::NoAccount => Ok(None),
+        }
+    }
+
+    /// Answers 429 when every account of the API is cooling down.
+    #[inline(never)]
+    fn all_cooling<H: Host>(&mut self, h: &mut H, retry_after_s: u64) -> Action {
+        let retry = retry_after_s.max(1);
+        let api = self.api.as_str();
+        let msg = format!("every {api} account is cooling down; retry in {retry}s");
+        let r = Rejection::new(Reason::AccountsCooling, msg).retry_after(retry);
+        self.reject(h, r)
+    }
+
+    /// Refuses a request no account of its API can serve.
+    #[inline(never)]
+    fn no_account<H: Host>(&mut self, h: &mut H) -> Action {
+        let msg = format!("no usable {} account is configured", self.api.as_str());
+        self.refuse(h, Reason::NoAccount, msg)
     }
 
     /// Removes any tollgate key from a request that keeps the caller's own credentials.
@@ -293,6 +321,7 @@ impl Flow {
     /// Settles what the account's own limits charged: real usage when known, the
     /// reservation for a served attempt whose usage is counted downstream, nothing for a
     /// failed one; and adds the tokens to the account's totals.
+    #[inline(never)]
     pub(crate) fn settle_account<H: Host>(&mut self, h: &mut H, usage: Option<&Usage>) {
         let plugin = self.plugin.clone();
         let (Some(i), Some(account)) = (
