@@ -90,8 +90,7 @@ fn admitted_globally(tg: &mut Tg) -> Req {
 
 /// `tollgate_global_charges_total` with `outcome`.
 fn charges(tg: &Tg, outcome: &str) -> u64 {
-    tg
-        .metric_value("tollgate_global_charges_total", &[("outcome", outcome)])
+    tg.metric_value("tollgate_global_charges_total", &[("outcome", outcome)])
 }
 
 /// Team-a's request, admitted by the service and answered with 20 + 4 tokens.
@@ -159,10 +158,7 @@ fn an_over_limit_answer_is_429_global_naming_the_limit_and_its_reset() {
     );
     assert_eq!(tg.host.resumed, 0);
     let labels = [("consumer", "team-a"), ("reason", "global")];
-    assert_eq!(
-        tg.metric_value("tollgate_rejections_total", &labels),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 1);
     // The local reservation went back: the next request sees the whole local limit (once
     // the global window that refused has ended, or this worker answers it from memory).
     tg.host.now += 30_000;
@@ -183,16 +179,10 @@ fn a_failing_service_under_allow_lets_the_request_through_and_logs_the_transitio
     answer(&mut tg, &mut req, 14, Vec::new());
     assert_eq!(tg.host.resumed, 1);
     assert!(tg.host.replies.is_empty());
-    assert_eq!(
-        tg.metric_value("tollgate_global_degraded_total", &[]),
-        1
-    );
+    assert_eq!(tg.metric_value("tollgate_global_degraded_total", &[]), 1);
     let mut again = waiting(&mut tg);
     answer(&mut tg, &mut again, 14, Vec::new());
-    assert_eq!(
-        tg.metric_value("tollgate_global_degraded_total", &[]),
-        2
-    );
+    assert_eq!(tg.metric_value("tollgate_global_degraded_total", &[]), 2);
     let failing = tg
         .host
         .logged("global rate-limit service failing (gRPC status 14); failure_mode applies");
@@ -468,10 +458,7 @@ fn after_a_refusal_the_worker_refuses_the_same_need_without_a_call_until_the_win
     assert_eq!(without_retry(&cached), without_retry(&live));
     assert_eq!(cached.json()["error"]["type"], live.json()["error"]["type"]);
     let labels = [("consumer", "team-a"), ("reason", "global")];
-    assert_eq!(
-        tg.metric_value("tollgate_rejections_total", &labels),
-        2
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 2);
     assert_eq!(tg.host.resumed, 0);
     // The window has ended: the service is asked again.
     tg.host.now += 20_000;
@@ -508,10 +495,7 @@ fn a_remembered_refusal_gives_the_local_reservation_back() {
         tg.post(MESSAGES, &anthropic("key-a"), &claude(100));
     }
     let labels = [("consumer", "team-a"), ("reason", "global")];
-    assert_eq!(
-        tg.metric_value("tollgate_rejections_total", &labels),
-        3
-    );
+    assert_eq!(tg.metric_value("tollgate_rejections_total", &labels), 3);
     tg.host.now += 30_000;
     admitted_globally(&mut tg);
     assert_eq!(tg.host.resumed, 1, "the whole local limit was there");

@@ -291,7 +291,10 @@ fn with_access_log_facts_off_the_stages_still_hand_each_other_what_they_read() {
     let attempt = upstream.send("POST", MESSAGES, &[("anthropic-version", "2023-06-01")], "");
     assert_eq!(attempt.action, Action::Continue);
     assert!(upstream.host.upstream_header("x-api-key").is_some());
-    downstream.host.properties.extend(upstream.host.properties.clone());
+    downstream
+        .host
+        .properties
+        .extend(upstream.host.properties.clone());
     downstream.answer(&mut req, 10, 2);
     let written = |tg: &Tg| tg.host.written.iter().cloned().collect::<Vec<_>>();
     assert_eq!(

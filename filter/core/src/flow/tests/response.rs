@@ -464,7 +464,7 @@ fn counts_since_the_last_tick_reach_the_host_on_a_new_configuration_and_when_the
         ("outcome", "admitted"),
     ];
     let shown = |tg: &Tg| tg.host.metric_value("tollgate_requests_total", &labels);
-    let mut one = |tg: &mut Tg| {
+    let one = |tg: &mut Tg| {
         let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
         tg.respond(
             &mut req,
