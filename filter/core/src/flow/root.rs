@@ -18,11 +18,23 @@ pub const TICK_MS: u64 = 100;
 pub struct Root {
     id: u32,
     plugin: Option<Rc<Plugin>>,
+    /// Plugins of earlier configurations that requests still hold or that still have counts
+    /// or charges to send: each tick flushes them until nothing refers to them.
+    retired: Vec<Rc<Plugin>>,
 }
 
 impl Root {
     pub fn new(id: u32) -> Root {
-        Root { id, plugin: None }
+        Root {
+            id,
+            plugin: None,
+            retired: Vec::new(),
+        }
+    }
+
+    /// How many earlier configurations' plugins are still kept.
+    pub fn retired(&self) -> usize {
+        self.retired.len()
     }
 
     /// The plugin of the current configuration, once one loaded.
@@ -77,10 +89,11 @@ impl Root {
                 "configured ({consumers} consumers, {accounts} accounts, stage {stage:?})"
             ),
         );
-        // Counts the previous configuration's requests made since the last tick reach the
-        // host before its plugin is replaced.
+        // The previous configuration's plugin is kept, and flushed each tick, while requests
+        // hold it or its counts and charges are under way.
         if let Some(old) = self.plugin.take() {
             old.stats.borrow_mut().flush(h);
+            self.retired.push(old);
         }
         let plugin = Plugin::new(cfg);
         // Charges after a response are sent from the tick, never from the request; counters,
@@ -101,52 +114,26 @@ impl Root {
     /// The root context is going away (its filter configuration was removed): counts made
     /// since the last tick reach the host now.
     pub fn on_done<H: Host>(&mut self, h: &mut H) {
-        if let Some(plugin) = &self.plugin {
+        for plugin in self.plugin.iter().chain(&self.retired) {
             plugin.stats.borrow_mut().flush(h);
         }
     }
 
     pub fn on_tick<H: Host>(&mut self, h: &mut H) {
-        let Some(plugin) = self.plugin.clone() else {
-            return;
-        };
-        let _ = plugin.analytics.borrow_mut().flush_if_due(h, h.now_ms());
-        plugin.flush_pending(h);
-        plugin.stats.borrow_mut().flush(h);
-        let Some(global) = &plugin.cfg.global else {
-            return;
-        };
-        // Each pending descriptor once, its usage of the tick summed, in as few calls as fit.
-        loop {
-            let Some(batch) = plugin.charges.borrow_mut().take(&global.domain) else {
-                break;
-            };
-            let call = GrpcCall {
-                cluster: &global.cluster,
-                service: ratelimit::SERVICE,
-                method: ratelimit::METHOD,
-                message: &batch.body,
-                timeout_ms: global.timeout.millis().max(1000),
-            };
-            match h.dispatch_grpc(&call) {
-                Ok(token) => plugin
-                    .charges
-                    .borrow_mut()
-                    .dispatched(token, batch.descriptors),
-                Err(_) => {
-                    plugin
-                        .charges
-                        .borrow_mut()
-                        .dispatch_failed(batch.descriptors);
-                    count_charges(h, &plugin, "dropped", batch.descriptors);
-                }
-            }
+        for plugin in self.plugin.iter().chain(&self.retired) {
+            tick(h, plugin);
         }
+        // An earlier plugin goes once no request holds it and its charges are all answered.
+        self.retired.retain(|p| {
+            let charges = p.charges.borrow();
+            Rc::strong_count(p) > 1 || !charges.is_empty() || charges.in_flight() > 0
+        });
     }
 
     /// The reply to a charge call sent from `on_tick`: each descriptor it carried counts once.
     pub fn on_grpc_response<H: Host>(&mut self, h: &mut H, token: u32, status: u32) {
-        let Some(plugin) = &self.plugin else {
+        let mut plugins = self.plugin.iter().chain(&self.retired);
+        let Some(plugin) = plugins.find(|p| p.charges.borrow().issued(token)) else {
             return;
         };
         let n = plugin.charges.borrow_mut().finished(token, status == 0);
@@ -158,6 +145,43 @@ impl Root {
     pub fn new_request<H: Host>(&self, h: &H, id: u32) -> Option<Flow> {
         let plugin = self.plugin.clone()?;
         Some(Flow::new(id, plugin, h.now_ms()))
+    }
+}
+
+/// One plugin's share of a tick: its analytics when due, its queued account totals and
+/// learning, its counters, and its global charges.
+fn tick<H: Host>(h: &mut H, plugin: &Rc<Plugin>) {
+    let _ = plugin.analytics.borrow_mut().flush_if_due(h, h.now_ms());
+    plugin.flush_pending(h);
+    plugin.stats.borrow_mut().flush(h);
+    let Some(global) = &plugin.cfg.global else {
+        return;
+    };
+    // Each pending descriptor once, its usage of the tick summed, in as few calls as fit.
+    loop {
+        let Some(batch) = plugin.charges.borrow_mut().take(&global.domain) else {
+            break;
+        };
+        let call = GrpcCall {
+            cluster: &global.cluster,
+            service: ratelimit::SERVICE,
+            method: ratelimit::METHOD,
+            message: &batch.body,
+            timeout_ms: global.timeout.millis().max(1000),
+        };
+        match h.dispatch_grpc(&call) {
+            Ok(token) => plugin
+                .charges
+                .borrow_mut()
+                .dispatched(token, batch.descriptors),
+            Err(_) => {
+                plugin
+                    .charges
+                    .borrow_mut()
+                    .dispatch_failed(batch.descriptors);
+                count_charges(h, plugin, "dropped", batch.descriptors);
+            }
+        }
     }
 }
 

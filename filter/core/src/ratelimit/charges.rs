@@ -130,6 +130,11 @@ impl ChargeBook {
         self.dropped = self.dropped.saturating_add(descriptors as u64);
     }
 
+    /// Whether the call with `token` was dispatched from this book and is still under way.
+    pub fn issued(&self, token: u32) -> bool {
+        self.in_flight.iter().any(|(t, _)| *t == token)
+    }
+
     /// The call `token` ended (`ok` false: error status or timeout, its descriptors are
     /// lost). Returns how many descriptors it carried; 0 for a token this book never sent.
     pub fn finished(&mut self, token: u32, ok: bool) -> usize {

@@ -328,3 +328,29 @@ fn fields_in_any_order_give_the_same_events_in_one_chunk_and_byte_by_byte() {
     let every: Vec<usize> = (1..stream.len()).collect();
     assert_eq!(collect(stream, &every).0, want);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+    /// Streams built of whole SSE tokens (so `data:` lines complete inside one chunk
+    /// and take the borrowed path) parse as they do byte by byte (which never borrows).
+    #[test]
+    fn data_lines_read_from_the_chunk_parse_as_they_do_byte_by_byte(
+        toks in proptest::collection::vec(proptest::sample::select(vec![
+            "data:", "data: ", "data:  ", "event: x", "\r", "\n", "\r\n", ":c", "x", "{}",
+            "id: 1", "data",
+        ]), 0..40),
+        cap in 16usize..40,
+    ) {
+        let body: Vec<u8> = toks.concat().into_bytes();
+        let whole = parse_in_pieces(&body, &[], cap);
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        let bytes = parse_in_pieces(&body, &cuts, cap);
+        proptest::prop_assert_eq!(&whole.1, &bytes.1);
+        if whole.0.iter().any(|e| e.2) {
+            proptest::prop_assert_eq!(whole.0.len(), bytes.0.len());
+        } else {
+            proptest::prop_assert_eq!(whole.0, bytes.0);
+        }
+    }
+}

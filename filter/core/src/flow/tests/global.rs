@@ -509,3 +509,28 @@ fn a_service_answering_without_a_reset_time_is_asked_every_time() {
     waiting(&mut tg);
     assert_eq!(tg.host.grpc.len(), calls + 1);
 }
+
+#[test]
+fn a_charge_queued_under_the_previous_configuration_is_still_sent_and_its_answer_counted() {
+    let mut tg = Tg::new(&config("allow"));
+    served(&mut tg);
+    let before = tg.host.grpc.len();
+    let size = tg.host.config.len();
+    assert!(tg.root.configure(&mut tg.host, size));
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(
+        tg.host.grpc.len(),
+        before + 1,
+        "the usage of 20 + 4 tokens is charged"
+    );
+    let token = tg.host.grpc.last().unwrap().token;
+    tg.root.on_grpc_response(&mut tg.host, token, 0);
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(
+        tg.host
+            .metric_value("tollgate_global_charges_total", &[("outcome", "sent")]),
+        2
+    );
+    // Sent and answered, with no request left on it: the old plugin is let go.
+    assert_eq!(tg.root.retired(), 0);
+}

@@ -484,3 +484,33 @@ fn counts_since_the_last_tick_reach_the_host_on_a_new_configuration_and_when_the
     tg.root.on_done(&mut tg.host);
     assert_eq!(shown(&tg), 2);
 }
+
+#[test]
+fn counts_of_a_request_in_flight_across_a_new_configuration_reach_the_host() {
+    let mut tg = Tg::new(LABELLED);
+    let tokens = [
+        ("consumer", "team-a"),
+        ("model", "claude-3-5-haiku-20241022"),
+        ("account", "none"),
+        ("type", "output"),
+    ];
+    let mut req = tg.post(MESSAGES, &anthropic("key-a"), &claude(10));
+    // The configuration is pushed again while the request is upstream.
+    let size = tg.host.config.len();
+    assert!(tg.root.configure(&mut tg.host, size));
+    tg.respond(
+        &mut req,
+        200,
+        &[JSON],
+        &[anthropic_answer(30, 7).as_bytes()],
+    );
+    assert_eq!(
+        tg.root.retired(),
+        1,
+        "the request still holds the old plugin"
+    );
+    drop(req);
+    tg.root.on_tick(&mut tg.host);
+    assert_eq!(tg.host.metric_value("tollgate_tokens_total", &tokens), 7);
+    assert_eq!(tg.root.retired(), 0);
+}
