@@ -249,7 +249,7 @@ fn usage_json_before_any_traffic_has_zeros_and_no_start_time() {
 fn usage_json_never_contains_a_configured_key() {
     let secrets = [
         "sk-ant-FAKE00-inline-account-key-AAAA",
-        "sk-proj-inline-key-BBBB",
+        "sk-proj-FAKE-inline-key-BBBB",
         "plain-consumer-key-CCCC",
         "admin-key-DDDD",
     ];
@@ -431,7 +431,7 @@ fn reset_paths_name_one_account() {
 fn reset_answers_say_what_the_account_was_and_is() {
     let store = MemStore::new();
     let cfg = crate::config::parse(
-        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-reset-key-EEEE"}]}"#,
+        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-FAKE-reset-key-EEEE"}]}"#,
     )
     .unwrap();
     let a = &cfg.accounts[0];
@@ -594,8 +594,8 @@ fn usage_json_counts_refusals_with_rates_latency_the_day_and_recent_requests() {
 fn account_actions_pause_resume_and_reset_with_405_and_404() {
     let store = MemStore::new();
     let cfg = crate::config::parse(
-        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-action-key-FFFF"},
-                         {"name":"org-2","provider":"openai","key":"sk-proj-other-key-GGGG"}]}"#,
+        br#"{"accounts":[{"name":"org-1","provider":"openai","key":"sk-proj-FAKE-action-key-FFFF"},
+                         {"name":"org-2","provider":"openai","key":"sk-proj-FAKE-other-key-GGGG"}]}"#,
     )
     .unwrap();
     crate::accounts::prepare(&store, &cfg).unwrap();
