@@ -206,13 +206,9 @@ pub struct Admission {
 
 /// The admission request for `descriptors`: token and cost units are checked without being
 /// counted (`hits_addend: 0`), requests are counted at once (`hits_addend: 1`).
-pub fn admission(
-    domain: &str,
-    mut descriptors: Vec<Descriptor>,
-    reservation: &Amounts,
-) -> Admission {
+pub fn admission(domain: &str, descriptors: &mut [Descriptor], reservation: &Amounts) -> Admission {
     let mut checks = Vec::with_capacity(descriptors.len());
-    for d in &mut descriptors {
+    for d in descriptors.iter_mut() {
         let need = d.unit.amount(reservation);
         d.hits_addend = match d.unit {
             Unit::Requests => 1,
@@ -221,7 +217,7 @@ pub fn admission(
         checks.push(Check { unit: d.unit, need });
     }
     Admission {
-        body: encode_request(domain, &descriptors),
+        body: encode_request(domain, descriptors),
         checks,
     }
 }
@@ -234,7 +230,11 @@ pub fn admission_request(
     units: &[Unit],
     reservation: &Amounts,
 ) -> Admission {
-    admission(domain, descriptors_for(consumer, model, units), reservation)
+    admission(
+        domain,
+        &mut descriptors_for(consumer, model, units),
+        reservation,
+    )
 }
 
 /// How much room one limited descriptor has, for the binding-limit headers.

@@ -268,12 +268,12 @@ impl Flow {
         let account = self
             .account()
             .map(|a| (a.name.as_str(), a.limits.as_slice()));
-        let descriptors =
+        let mut descriptors =
             ratelimit::request_descriptors(self.consumer_name(), limits, model, account);
         if descriptors.is_empty() {
             return None;
         }
-        let adm = ratelimit::admission(&global.domain, descriptors.clone(), &self.need());
+        let adm = ratelimit::admission(&global.domain, &mut descriptors, &self.need());
         self.global_descriptors = descriptors;
         // A window the service already said is too full for this reservation stays so until
         // it ends: answered here as the service would, with no call.
@@ -284,13 +284,7 @@ impl Flow {
         if let Some(r) = known {
             return Some(self.global_refused(h, r));
         }
-        let call = GrpcCall {
-            cluster: &global.cluster,
-            service: ratelimit::SERVICE,
-            method: ratelimit::METHOD,
-            message: &adm.body,
-            timeout_ms: global.timeout.millis().max(1),
-        };
+        let call = GrpcCall::rate_limit(global, &adm.body, 1);
         match h.dispatch_grpc(&call) {
             Ok(token) => {
                 self.global_call = Some((token, adm.checks));

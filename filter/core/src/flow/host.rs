@@ -49,6 +49,24 @@ pub struct GrpcCall<'a> {
     pub timeout_ms: u64,
 }
 
+impl<'a> GrpcCall<'a> {
+    /// A `ShouldRateLimit` call to the global rate-limit service carrying `message`, with the
+    /// configured timeout but at least `min_timeout_ms`.
+    pub fn rate_limit(
+        global: &'a crate::config::Global,
+        message: &'a [u8],
+        min_timeout_ms: u64,
+    ) -> GrpcCall<'a> {
+        GrpcCall {
+            cluster: &global.cluster,
+            service: crate::ratelimit::SERVICE,
+            method: crate::ratelimit::METHOD,
+            message,
+            timeout_ms: global.timeout.millis().max(min_timeout_ms),
+        }
+    }
+}
+
 /// The host as the flow sees it. Shared data is the host's `Store`. Reads take `&self`,
 /// writes `&mut self`; no call can fail loudly: a host status the flow cannot use reads as
 /// absent (`None`, `false`) or is ignored, as a panic would kill the VM.

@@ -8,7 +8,6 @@ use super::state::{log, Plugin};
 use super::Flow;
 use crate::config;
 use crate::metrics;
-use crate::ratelimit;
 
 /// The root tick's period: how late a worker's counters, global charges and account totals
 /// can reach Envoy, the rate-limit service and the other workers.
@@ -162,13 +161,7 @@ fn tick<H: Host>(h: &mut H, plugin: &Rc<Plugin>) {
         let Some(batch) = plugin.charges.borrow_mut().take(&global.domain) else {
             break;
         };
-        let call = GrpcCall {
-            cluster: &global.cluster,
-            service: ratelimit::SERVICE,
-            method: ratelimit::METHOD,
-            message: &batch.body,
-            timeout_ms: global.timeout.millis().max(1000),
-        };
+        let call = GrpcCall::rate_limit(global, &batch.body, 1000);
         match h.dispatch_grpc(&call) {
             Ok(token) => plugin
                 .charges

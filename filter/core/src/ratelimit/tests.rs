@@ -296,7 +296,7 @@ fn a_request_sends_its_accounts_descriptors_checked_then_charged() {
         Some(("anthropic-1", &account)),
     );
     assert_eq!(d[0].account(), None);
-    let a = admission("tollgate", d.clone(), &amounts(120, 700));
+    let a = admission("tollgate", &mut d.clone(), &amounts(120, 700));
     let hits: Vec<_> = decode_request(&a.body).1.iter().map(|(_, h)| *h).collect();
     assert_eq!(hits, vec![Some(0), Some(0), Some(0), Some(0)]);
     assert_eq!(
