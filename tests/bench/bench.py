@@ -392,6 +392,13 @@ ROWS: list[Row] = [
         start_envoy_row("d", lambda c: envoy_config(c, "envoy-global.yaml", tollgate_global(),
                                                     patch=with_global)),
         TOLLGATE_KEY, tollgate=True),
+    Row("fd", "Envoy + floor with (d)'s ratelimit round trip: the floor making (d)'s admission call "
+              "per request and its tick charges, none of tollgate's work",
+        # (d)'s config with the floor in place of tollgate: what any body-reading wasm filter
+        # that asks the rate-limit service per request can keep of plain Envoy.
+        start_envoy_row("fd", lambda c: envoy_config(c, "envoy-global.yaml", tollgate_global(),
+                                                     patch=lambda g: (with_global(g),
+                                                                      use_wasm(FLOOR_WASM)(g))))),
     Row("r", "Envoy + Envoy's ratelimit filter (same ratelimit + Redis, one descriptor per request)",
         start_envoy_row("r", lambda c: envoy_config(c, "envoy-global.yaml", wasm=False,
                                                     patch=add_envoy_ratelimit))),
@@ -796,7 +803,11 @@ def write_report(path: Path, args, facts: dict, rows: list[Row], wls: list[Workl
   `tests/ratelimitctl.py`) whose limits never refuse. (r) is plain Envoy with
   `envoy.filters.http.ratelimit` before the router (domain `tollgate`, timeout 250 ms, failure
   mode allow, as (d)'s `global`) and one descriptor per request, `[consumer=bench,
-  unit=requests]` from two `generic_key` actions on the route.
+  unit=requests]` from two `generic_key` actions on the route. (fd) is (d)'s configuration
+  with the floor (tests/bench/floor) in place of tollgate: the floor's host calls plus (d)'s
+  admission call per request (the same `ShouldRateLimit` message, four descriptors, encoded
+  by tollgate-core; the request held until the answer) and its tick charges, none of
+  tollgate's work: what any body-reading wasm filter that asks per request can keep.
 - {params['rounds']} rounds; each round runs every workload on every row, the row order rotated
   by one each round. Figures: median over rounds (min–max). Ratios to (b) and added latency are
   computed per round (paired with (b) of the same round), then their median and spread.
@@ -986,6 +997,19 @@ def budget_verdicts(keys: list[str], res: dict, mem: dict) -> list[str]:
             da, ra = diff_per_round(res, "d", wl, "p50_us"), diff_per_round(res, "r", wl, "p50_us")
             out.append(f"{verdict(med(da) <= med(ra))} (d) added p50 ≤ (r)'s, {wl}: "
                        f"{med(da) / 1e3:.3f} vs {med(ra) / 1e3:.3f} ms")
+    if {"fd", "r"} <= set(keys):
+        # Not a verdict: (fd) is the floor of (d). Where (fd) keeps less than (r), (d) ≥ (r)
+        # is out of reach for any body-reading wasm filter that asks per request.
+        for wl in wl_keys:
+            if not (res["fd"].get(wl) and res["r"].get(wl)):
+                continue
+            fr = ratio_per_round(res, "fd", wl, "rps", "r")
+            dr = ratio_per_round(res, "d", wl, "rps", "fd") if "d" in keys else []
+            fa = diff_per_round(res, "fd", wl, "p50_us")
+            ra = diff_per_round(res, "r", wl, "p50_us")
+            out.append(f"floor with (d)'s round trip (fd), {wl}: (fd)/(r) throughput {spread(fr, digits=3)}, "
+                       f"added p50 {med(fa) / 1e3:.3f} vs (r) {med(ra) / 1e3:.3f} ms"
+                       + (f"; (d)/(fd) {spread(dr, digits=3)}" if dr else ""))
     if "d" in keys:
         for wl in wl_keys:
             per, allow = rl_per_round(res, "d", wl)
@@ -1073,7 +1097,7 @@ def main() -> int:
             print(f"{tool} missing: make setup installs it (apt wrk nghttp2-client)", file=sys.stderr)
             return 2
     wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
-    for p in (envoyctl.WASM, envoyctl.MOCK) + ((FLOOR_WASM,) if "f" in wanted else ()):
+    for p in (envoyctl.WASM, envoyctl.MOCK) + ((FLOOR_WASM,) if {"f", "fd"} & set(wanted) else ()):
         if not p.exists():
             print(f"{p} missing: run `make bench` (it builds the filter and the floor)",
                   file=sys.stderr)
