@@ -239,7 +239,7 @@ impl Flow {
             return i.and_then(|i| pricing.get(i));
         }
         let model = self.info.as_ref()?.model.as_deref();
-        let i = model.and_then(|m| self.plugin.cfg.pricing_index(m));
+        let i = model.and_then(|m| self.plugin.pricing_index(m));
         self.price_cache.set(Some(i));
         i.and_then(|i| pricing.get(i))
     }
