@@ -10,8 +10,10 @@ save CPU per request?":
       SIZES=1k,32k,256k ROUNDS=5 SECS=3 .venv/bin/python tests/bench/ab.py
 
 A variant may change (c)'s tollgate configuration with top-level `key=JSON` settings after its
-path, comma-separated, e.g. `nofacts=build.wasm,access_log_facts=false`. A path to the floor
-(tests/bench/floor, which ignores its configuration) gives (f) in the same rounds.
+path, comma-separated, e.g. `nofacts=build.wasm,access_log_facts=false`. A variant named `f`
+with the floor's wasm (tests/bench/floor, which ignores its configuration) gives (f) in the
+same rounds; every other variant then also shows its own work over (f), and its CPU over the
+first variant, paired by round.
 
 On a shared 2-core machine, differences under about 5 µs per request are noise. For the A/B in
 the bench of record (every row, latency too, a section in RESULTS.md) use
