@@ -134,12 +134,13 @@ for (let i = 0; i < 2000; i++) one(2 + i);
 for (const k in calls) delete calls[k];
 for (const k in abi) delete abi[k];
 for (const k in phase) delete phase[k];
+const mem0 = mem.buffer.byteLength;
 const t = process.hrtime.bigint(); const cpu0 = process.cpuUsage();
 for (let i = 0; i < N; i++) { one(10000 + i); if (i % 500 === 0) X.proxy_on_tick(1); }
 const dt = Number(process.hrtime.bigint() - t) / 1e3 / N;
 const cpu = process.cpuUsage(cpu0); const dc = (cpu.user + cpu.system) / N;
 // CPU time is the steadier figure on a busy machine (wall time also counts waiting for a core).
-console.log(`per request ${dt.toFixed(2)} us (cpu ${dc.toFixed(2)} us)`);
+console.log(`per request ${dt.toFixed(2)} us (cpu ${dc.toFixed(2)} us); linear memory ${mem0 >> 10} KB after warm-up, ${mem.buffer.byteLength >> 10} KB at the end`);
 console.log('facts of the last request: ' + Object.entries(facts).filter(([k]) => /tokens|usage/.test(k)).map(([k, v]) => `${k}=${v}`).join(' '));
 console.log(Object.entries(calls).map(([k, v]) => `${k}=${(v / N).toFixed(2)}`).join(' '));
 console.log('all: ' + Object.entries(abi).map(([k, v]) => `${k.replace(/^proxy_/, '')}=${(v / N).toFixed(2)}`).join(' '));
