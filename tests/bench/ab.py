@@ -9,11 +9,18 @@ save CPU per request?":
     VARIANTS="old=/tmp/old.wasm new=target/wasm32-wasip1/release/tollgate.wasm" NATIVE=1 \\
       SIZES=1k,32k,256k ROUNDS=5 SECS=3 .venv/bin/python tests/bench/ab.py
 
+A variant may change (c)'s tollgate configuration with top-level `key=JSON` settings after its
+path, comma-separated, e.g. `nofacts=build.wasm,access_log_facts=false`. A variant named `f`
+with the floor's wasm (tests/bench/floor, which ignores its configuration) gives (f) in the
+same rounds; every other variant then also shows its own work over (f), and its CPU over the
+first variant, paired by round.
+
 On a shared 2-core machine, differences under about 5 µs per request are noise. For the A/B in
 the bench of record (every row, latency too, a section in RESULTS.md) use
 `make bench-ab OLD=<commit>` or `bench.py --ab OLD.wasm` instead.
 """
 
+import json
 import os
 import statistics
 import sys
@@ -42,8 +49,13 @@ def main() -> int:
         w.file = work / f"body-{w.key}.json"
         w.file.write_bytes(w.body)
 
-    def with_wasm(path: str):
-        return lambda ctx: B.envoy_config(ctx, tollgate=B.tollgate_local(), patch=B.use_wasm(path))
+    def with_wasm(spec: str):
+        path, *sets = spec.split(",")
+        tollgate = B.tollgate_local()
+        for s in sets:
+            k, v = s.split("=", 1)
+            tollgate[k] = json.loads(v)
+        return lambda ctx: B.envoy_config(ctx, tollgate=tollgate, patch=B.use_wasm(path))
 
     rows = [("b", lambda ctx: B.envoy_config(ctx, wasm=False))]
     if os.environ.get("NATIVE"):
@@ -85,6 +97,7 @@ def main() -> int:
         for w in wls:
             print(f"== {w.key}")
             base = res["b"][w.key]
+            first = next((n for n, _ in variants if n != "f"), "")
             for name in names:
                 runs = res[name][w.key]
                 ratio = [a[0] / b[0] for a, b in zip(runs, base)]
@@ -93,6 +106,11 @@ def main() -> int:
                       f"x(b) {statistics.median(ratio):.3f} ({min(ratio):.3f}..{max(ratio):.3f})  "
                       f"CPU +{statistics.median(added):6.1f} µs/req "
                       f"({min(added):.1f}..{max(added):.1f})  errors {sum(a[2] for a in runs)}")
+                for ref, what in (("f", "own work over (f)"), (first, f"CPU over {first}")):
+                    if ref in res and name not in ("b", "f", ref):
+                        d = [a[1] - r[1] for a, r in zip(runs, res[ref][w.key])]
+                        print(f"{'':>10}  {what}, paired: {statistics.median(d):6.1f} µs/req "
+                              f"({min(d):.1f}..{max(d):.1f})")
         print("RSS after warm-up, MB over (b):",
               {name: round(v - rss["b"], 1) for name, v in rss.items()})
     finally:

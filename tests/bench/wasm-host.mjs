@@ -14,6 +14,12 @@
 // to the filter as one body callback; chunks cut events anywhere), the request body being
 // the bench's stream request (`B.workloads()[3].body`).
 //
+// Instructions per request, immune to a busy machine (valgrind counts them; the JIT's code
+// included): run under `valgrind --tool=cachegrind --cache-sim=no --smc-check=all-non-file
+// node --no-liftoff --single-threaded ...` with N = 500 and N = 1500 and divide the difference
+// of the `I refs` by 1000 (each run takes about 30 s). The floor's wasm runs here too (it
+// ignores the configuration): tollgate minus floor is tollgate's own work, as in (c) − (f).
+//
 // Add --prof (then `node --prof-process isolate*.log`) on a build with
 // CARGO_PROFILE_RELEASE_STRIP=false for time per wasm function. Envoy runs the same code
 // with colder caches: expect it about three times slower there.
@@ -62,7 +68,7 @@ function pairs(list) {
 }
 const count = (n) => { calls[n] = (calls[n] || 0) + 1; };
 const envImp = new Proxy({
-  proxy_log: (l, p, n) => { if (l >= 3) console.log('LOG', l, str(p, n)); return 0; },
+  proxy_log: (l, p, n) => { count('log' + l); if (l >= 3) console.log('LOG', l, str(p, n)); return 0; },
   proxy_get_buffer_bytes: (t, start, max, op, os) => { count('get_buffer');
     const src = t === 7 ? cfg : t === 0 ? cur.req : t === 1 ? respChunk : null; if (!src) return 1;
     give(src.subarray(start, Math.min(src.length, start + max)), op, os); return 0; },
@@ -88,36 +94,55 @@ const envImp = new Proxy({
   proxy_set_tick_period_milliseconds: () => 0,
   proxy_call_foreign_function: () => 1,
 }, { get: (t, k) => t[k] || (() => 0) });
+// Every import each request calls, by ABI name (`all:` line of the output).
+const abi = {};
+const envCounted = new Proxy(envImp, { get: (t, k) => { const f = t[k]; return (...a) => { abi[k] = (abi[k] || 0) + 1; return f(...a); }; } });
 const wasi = {
   environ_sizes_get: (cp, sp) => { dv().setUint32(cp, env.length, true); dv().setUint32(sp, env.reduce((a, e) => a + e.length + 1, 0), true); return 0; },
   environ_get: (ep, bp) => { for (const e of env) { dv().setUint32(ep, bp, true); ep += 4; u8().set(Buffer.from(e + '\0'), bp); bp += e.length + 1; } return 0; },
   fd_write: () => 0, proc_exit: () => { throw new Error('exit'); },
 };
 const mod = await WebAssembly.compile(readFileSync(wasmPath));
-inst = await WebAssembly.instantiate(mod, { env: envImp, wasi_snapshot_preview1: wasi }); mem = inst.exports.memory;
+inst = await WebAssembly.instantiate(mod, { env: envCounted, wasi_snapshot_preview1: wasi }); mem = inst.exports.memory;
 const X = inst.exports; if (X._initialize) X._initialize();
 X.proxy_on_context_create(1, 0); X.proxy_on_vm_start(1, 0);
 if (!X.proxy_on_configure(1, cfg.length)) throw new Error('configure failed');
 const rqb = pairs(reqHeaders), rsb = pairs(respHeaders);
+// With PHASES=1 in the environment: wall time per callback (µs per request) and what each
+// callback answered (0 continue, 1 pause), to compare with the floor phase by phase.
+const phased = !!process.env.PHASES; const phase = {}; const answers = {};
+function call(name, f, ...a) {
+  if (!phased) return f(...a);
+  const t0 = process.hrtime.bigint(); const r = f(...a);
+  phase[name] = (phase[name] || 0n) + process.hrtime.bigint() - t0;
+  if (r !== undefined) answers[name] = r;
+  return r;
+}
 function one(id) {
   cur = { req: reqBody, rqb, rsb };
-  X.proxy_on_context_create(id, 1);
-  const a = X.proxy_on_request_headers(id, reqHeaders.length, 0);
-  X.proxy_on_request_body(id, reqBody.length, 1);
-  X.proxy_on_response_headers(id, respHeaders.length, 0);
+  call('create', X.proxy_on_context_create, id, 1);
+  call('req_headers', X.proxy_on_request_headers, id, reqHeaders.length, 0);
+  call('req_body', X.proxy_on_request_body, id, reqBody.length, 1);
+  call('resp_headers', X.proxy_on_response_headers, id, respHeaders.length, 0);
   if (stream) {
-    for (let c = 0; c < chunks.length; c++) { respChunk = chunks[c]; X.proxy_on_response_body(id, respChunk.length, c === chunks.length - 1 ? 1 : 0); }
+    for (let c = 0; c < chunks.length; c++) { respChunk = chunks[c]; call('resp_body', X.proxy_on_response_body, id, respChunk.length, c === chunks.length - 1 ? 1 : 0); }
     respChunk = respBody;
-  } else X.proxy_on_response_body(id, respBody.length, 1);
-  X.proxy_on_log(id); X.proxy_on_done(id); X.proxy_on_delete(id);
+  } else call('resp_body', X.proxy_on_response_body, id, respBody.length, 1);
+  call('log', X.proxy_on_log, id); call('done', X.proxy_on_done, id); call('delete', X.proxy_on_delete, id);
 }
 for (let i = 0; i < 2000; i++) one(2 + i);
 for (const k in calls) delete calls[k];
+for (const k in abi) delete abi[k];
+for (const k in phase) delete phase[k];
+const mem0 = mem.buffer.byteLength;
 const t = process.hrtime.bigint(); const cpu0 = process.cpuUsage();
 for (let i = 0; i < N; i++) { one(10000 + i); if (i % 500 === 0) X.proxy_on_tick(1); }
 const dt = Number(process.hrtime.bigint() - t) / 1e3 / N;
 const cpu = process.cpuUsage(cpu0); const dc = (cpu.user + cpu.system) / N;
 // CPU time is the steadier figure on a busy machine (wall time also counts waiting for a core).
-console.log(`per request ${dt.toFixed(2)} us (cpu ${dc.toFixed(2)} us)`);
+console.log(`per request ${dt.toFixed(2)} us (cpu ${dc.toFixed(2)} us); linear memory ${mem0 >> 10} KB after warm-up, ${mem.buffer.byteLength >> 10} KB at the end`);
 console.log('facts of the last request: ' + Object.entries(facts).filter(([k]) => /tokens|usage/.test(k)).map(([k, v]) => `${k}=${v}`).join(' '));
 console.log(Object.entries(calls).map(([k, v]) => `${k}=${(v / N).toFixed(2)}`).join(' '));
+console.log('all: ' + Object.entries(abi).map(([k, v]) => `${k.replace(/^proxy_/, '')}=${(v / N).toFixed(2)}`).join(' '));
+if (phased) console.log('phases: ' + Object.entries(phase).map(([k, v]) => `${k}=${(Number(v) / 1e3 / N).toFixed(2)}`).join(' ')
+  + ' | answers: ' + Object.entries(answers).map(([k, v]) => `${k}=${v}`).join(' '));

@@ -131,7 +131,7 @@ impl Flow {
                 }
             }
         }
-        let (limits, _) = Self::caller_limits(&self.plugin, self.caller.as_ref());
+        let limits = Self::caller_limit_list(&self.plugin, self.caller.as_ref());
         let named = self.info.as_ref().and_then(|i| i.model.as_deref());
         if self.plugin.cfg.refuses_unpriced(named, limits) {
             let msg = crate::pricing::no_price_message(self.consumer_name(), named);
@@ -263,7 +263,7 @@ impl Flow {
     fn admit_global<H: Host>(&mut self, h: &mut H) -> Option<Action> {
         let plugin = self.plugin.clone();
         let global = plugin.cfg.global.as_ref()?;
-        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let limits = Self::caller_limit_list(&plugin, self.caller.as_ref());
         let model = self.info.as_ref().and_then(|i| i.model.as_deref());
         let account = self
             .account()
@@ -424,7 +424,7 @@ impl Flow {
             return;
         };
         let plugin = self.plugin.clone();
-        let (limits, _) = Self::caller_limits(&plugin, self.caller.as_ref());
+        let limits = Self::caller_limit_list(&plugin, self.caller.as_ref());
         let now = h.now_ms();
         match quota::reconcile(h, &owner, limits, &ticket, actual, now) {
             Ok(Settled::Dropped) | Err(_) => {

@@ -239,7 +239,7 @@ impl Flow {
             return i.and_then(|i| pricing.get(i));
         }
         let model = self.info.as_ref()?.model.as_deref();
-        let i = model.and_then(|m| self.plugin.cfg.pricing_index(m));
+        let i = model.and_then(|m| self.plugin.pricing_index(m));
         self.price_cache.set(Some(i));
         i.and_then(|i| pricing.get(i))
     }
@@ -286,17 +286,30 @@ impl Flow {
         plugin: &'a Plugin,
         caller: Option<&Caller>,
     ) -> (&'a [Limit], Option<OwnerKey>) {
+        let limits = Self::caller_limit_list(plugin, caller);
+        let owner = match caller {
+            Some(Caller::Consumer(i)) => plugin
+                .cfg
+                .consumers
+                .get(*i)
+                .map(|c| OwnerKey::consumer(&c.name)),
+            Some(Caller::Anonymous) => plugin
+                .cfg
+                .anonymous
+                .as_ref()
+                .map(|_| OwnerKey::consumer(config::ANONYMOUS)),
+            None => None,
+        };
+        (limits, owner)
+    }
+
+    /// The caller's limits alone (no state key formatted: most phases need only these).
+    fn caller_limit_list<'a>(plugin: &'a Plugin, caller: Option<&Caller>) -> &'a [Limit] {
         let cfg = &plugin.cfg;
         match caller {
-            Some(Caller::Consumer(i)) => match cfg.consumers.get(*i) {
-                Some(c) => (&c.limits, Some(OwnerKey::consumer(&c.name))),
-                None => (&[], None),
-            },
-            Some(Caller::Anonymous) => match &cfg.anonymous {
-                Some(a) => (&a.limits, Some(OwnerKey::consumer(config::ANONYMOUS))),
-                None => (&[], None),
-            },
-            None => (&[], None),
+            Some(Caller::Consumer(i)) => cfg.consumers.get(*i).map_or(&[], |c| &c.limits),
+            Some(Caller::Anonymous) => cfg.anonymous.as_ref().map_or(&[], |a| &a.limits),
+            None => &[],
         }
     }
 

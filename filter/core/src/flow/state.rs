@@ -49,6 +49,9 @@ pub struct Plugin {
     pub(crate) learned: SlotTable,
     /// By the model's `store::owner_tag`.
     ratios: RefCell<FnvMap<u64, (f64, u64)>>,
+    /// The pricing entry (`cfg.pricing_index`) of each model this worker has priced: one
+    /// hash lookup per request instead of a glob match per pricing entry.
+    prices: RefCell<FnvMap<String, Option<usize>>>,
     /// Charges for the global rate-limit service, summed per descriptor and sent from the
     /// root tick.
     pub(crate) charges: RefCell<ChargeBook>,
@@ -82,6 +85,7 @@ impl Plugin {
             stats: RefCell::default(),
             learned: learn::table(),
             ratios: RefCell::default(),
+            prices: RefCell::default(),
             charges: RefCell::new(ChargeBook::new(4096, 16)),
             refusals: RefCell::default(),
             degraded: Cell::new(false),
@@ -135,6 +139,22 @@ impl Plugin {
         }
         cache.insert(tag, (r, now));
         r
+    }
+
+    /// `cfg.pricing_index(model)`, remembered per worker (at most `CACHED` names: the model
+    /// is the client's choice).
+    pub(crate) fn pricing_index(&self, model: &str) -> Option<usize> {
+        const CACHED: usize = 512;
+        if let Some(i) = self.prices.borrow().get(model) {
+            return *i;
+        }
+        let i = self.cfg.pricing_index(model);
+        let mut cache = self.prices.borrow_mut();
+        if cache.len() >= CACHED {
+            cache.clear();
+        }
+        cache.insert(model.to_owned(), i);
+        i
     }
 
     /// Records whether the global service answered, logging each transition once.

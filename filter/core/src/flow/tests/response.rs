@@ -514,3 +514,42 @@ fn counts_of_a_request_in_flight_across_a_new_configuration_reach_the_host() {
     assert_eq!(tg.host.metric_value("tollgate_tokens_total", &tokens), 7);
     assert_eq!(tg.root.retired(), 0);
 }
+
+#[test]
+fn each_model_on_one_worker_is_charged_its_own_price_whatever_was_priced_before() {
+    // One worker keeps the pricing match of the models it has seen: a model must never be
+    // charged the price of the one before it, nor an unpriced one a price.
+    let config = r#"{"consumers":[{"name":"team-a","keys":["key-a"],"models":["m-*"]}],
+        "pricing":{"m-cheap*":{"input":1,"output":2},"m-dear*":{"input":10,"output":20}}}"#;
+    let mut tg = Tg::new(config);
+    let body = |model: &str| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    for model in [
+        "m-cheap-1",
+        "m-dear-1",
+        "m-cheap-1",
+        "m-free",
+        "m-dear-1",
+        "m-cheap-2",
+    ] {
+        let mut req = tg.post(MESSAGES, &anthropic("key-a"), &body(model));
+        tg.respond(
+            &mut req,
+            200,
+            &[JSON],
+            &[anthropic_answer(1_000_000, 1_000_000).as_bytes()],
+        );
+    }
+    let cost = |model: &str| {
+        let labels = [("consumer", "team-a"), ("model", model)];
+        tg.metric_value("tollgate_cost_usd_micros_total", &labels)
+    };
+    // $1 + $2 per cheap request, $10 + $20 per dear one; the unpriced model is `other`.
+    assert_eq!(cost("m-cheap-1"), 2 * 3_000_000);
+    assert_eq!(cost("m-cheap-2"), 3_000_000);
+    assert_eq!(cost("m-dear-1"), 2 * 30_000_000);
+    assert_eq!(cost("other"), 0);
+}
