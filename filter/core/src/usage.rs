@@ -2,6 +2,7 @@
 //! gzip/deflate, for every metered API, normalised per SPEC "Counting". Bounded memory, never
 //! holds the response back (except one partial event while stripping OpenAI's usage chunk).
 
+use crate::api::MODEL_CAP;
 use crate::json::Elements;
 use crate::limits::Usage;
 use crate::provider::{Endpoint, StreamError};
@@ -15,8 +16,6 @@ const TAIL_KEEP: usize = 64 << 10;
 const ELEMENT_CAP: usize = DEFAULT_EVENT_CAP;
 /// Largest partial event held back in strip mode before it is let through unstripped.
 const HOLD_CAP: usize = DEFAULT_EVENT_CAP;
-/// Longest model name kept.
-const MODEL_CAP: usize = 256;
 /// Inflate output window: a compressed body is decoded to its end through it, each window
 /// scanned and dropped (SPEC "Decoding runs to the end in bounded memory").
 const INFLATE_OUT: usize = 16 << 10;
