@@ -140,23 +140,16 @@ impl Counter {
     /// One JSON document: a whole body (`whole`), an SSE event's data or an array element;
     /// `may_be_cut` when the stream ended inside it. Returns true for a usage-only Chat chunk.
     pub(super) fn doc(&mut self, bytes: &[u8], whole: bool, may_be_cut: bool) -> bool {
+        // One step per API, each a function of its own (parse, count, drop the document):
+        // inlined here they made this the largest function of the module.
         let parsed = match self.endpoint {
-            Endpoint::Messages => parse_doc::<AnthropicDoc>(bytes).map(|d| {
-                self.anthropic(d);
-                false
-            }),
+            Endpoint::Messages => self.anthropic_doc(bytes),
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-                parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d))
+                self.openai_doc(bytes)
             }
-            Endpoint::Responses => parse_doc::<ResponsesDoc>(bytes).map(|d| {
-                self.responses(d);
-                false
-            }),
+            Endpoint::Responses => self.responses_doc(bytes),
             Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
-                parse_doc::<GeminiDoc>(bytes).map(|d| {
-                    self.gemini(d, whole);
-                    false
-                })
+                self.gemini_doc(bytes, whole)
             }
         };
         match parsed {
@@ -170,8 +163,39 @@ impl Counter {
         }
     }
 
+    #[inline(never)]
+    fn anthropic_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
+        parse_doc::<AnthropicDoc>(bytes).map(|d| {
+            self.anthropic(d);
+            false
+        })
+    }
+
+    #[inline(never)]
+    fn openai_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
+        parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d))
+    }
+
+    #[inline(never)]
+    fn responses_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
+        parse_doc::<ResponsesDoc>(bytes).map(|d| {
+            self.responses(d);
+            false
+        })
+    }
+
+    #[inline(never)]
+    fn gemini_doc(&mut self, bytes: &[u8], whole: bool) -> serde_json::Result<bool> {
+        parse_doc::<GeminiDoc>(bytes).map(|d| {
+            self.gemini(d, whole);
+            false
+        })
+    }
+
     /// A document that does not parse (cut short, or broken: `1e400` fails serde_json
     /// itself): read like the tail of an over-cap one, its raw bytes feeding the estimate.
+    #[cold]
+    #[inline(never)]
     fn unparsed(&mut self, bytes: &[u8]) {
         self.model_near_start(bytes);
         self.tail(bytes);
