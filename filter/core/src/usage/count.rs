@@ -143,13 +143,22 @@ impl Counter {
         // One step per API, each a function of its own (parse, count, drop the document):
         // inlined here they made this the largest function of the module.
         let parsed = match self.endpoint {
-            Endpoint::Messages => self.anthropic_doc(bytes),
+            Endpoint::Messages => self.parsed(bytes, |c, d: AnthropicDoc| {
+                c.anthropic(d);
+                false
+            }),
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-                self.openai_doc(bytes)
+                self.parsed(bytes, Self::openai)
             }
-            Endpoint::Responses => self.responses_doc(bytes),
+            Endpoint::Responses => self.parsed(bytes, |c, d: ResponsesDoc| {
+                c.responses(d);
+                false
+            }),
             Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
-                self.gemini_doc(bytes, whole)
+                self.parsed(bytes, |c, d: GeminiDoc| {
+                    c.gemini(d, whole);
+                    false
+                })
             }
         };
         match parsed {
@@ -163,33 +172,15 @@ impl Counter {
         }
     }
 
+    /// `bytes` parsed as a `T` and counted by `count` (its answer: usage-only). Not inlined:
+    /// each document type's step is a function of its own.
     #[inline(never)]
-    fn anthropic_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
-        parse_doc::<AnthropicDoc>(bytes).map(|d| {
-            self.anthropic(d);
-            false
-        })
-    }
-
-    #[inline(never)]
-    fn openai_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
-        parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d))
-    }
-
-    #[inline(never)]
-    fn responses_doc(&mut self, bytes: &[u8]) -> serde_json::Result<bool> {
-        parse_doc::<ResponsesDoc>(bytes).map(|d| {
-            self.responses(d);
-            false
-        })
-    }
-
-    #[inline(never)]
-    fn gemini_doc(&mut self, bytes: &[u8], whole: bool) -> serde_json::Result<bool> {
-        parse_doc::<GeminiDoc>(bytes).map(|d| {
-            self.gemini(d, whole);
-            false
-        })
+    fn parsed<'a, T: Deserialize<'a>>(
+        &mut self,
+        bytes: &'a [u8],
+        count: impl FnOnce(&mut Self, T) -> bool,
+    ) -> serde_json::Result<bool> {
+        parse_doc::<T>(bytes).map(|d| count(self, d))
     }
 
     /// A document that does not parse (cut short, or broken: `1e400` fails serde_json
