@@ -315,13 +315,7 @@ impl Flow {
             return;
         }
         let decision = if status == 0 {
-            let body = h.read(Buffer::GrpcReply, 0, size).unwrap_or_default();
-            let (decision, statuses) = ratelimit::read_answer(&body, &checks);
-            let (refusals, now) = (&self.plugin.refusals, h.now_ms());
-            refusals
-                .borrow_mut()
-                .learn(&self.global_descriptors, &checks, &statuses, now);
-            decision
+            self.global_answer(h, size, &checks)
         } else {
             Decision::Error(RlsError::UnknownCode)
         };
@@ -335,18 +329,44 @@ impl Flow {
                 self.plugin.set_degraded(h, self.id, false, "");
                 self.global_refused(h, r);
             }
-            Decision::Error(e) => {
-                let why = if status == 0 {
-                    e.to_string()
-                } else {
-                    format!("gRPC status {status}")
-                };
-                self.global_failed(h, &why, true);
-            }
+            Decision::Error(e) => self.global_reply_failed(h, status, e),
         }
     }
 
+    /// The decision in the service's answer (`size` bytes of gRPC reply); its refusals are
+    /// remembered. A step of its own, as are the reply's cold branches: V8 compiles every
+    /// function whole when the filter loads (see lib.rs), so no function grows large.
+    #[inline(never)]
+    fn global_answer<H: Host>(
+        &mut self,
+        h: &mut H,
+        size: usize,
+        checks: &[ratelimit::Check],
+    ) -> Decision {
+        let body = h.read(Buffer::GrpcReply, 0, size).unwrap_or_default();
+        let (decision, statuses) = ratelimit::read_answer(&body, checks);
+        let (refusals, now) = (&self.plugin.refusals, h.now_ms());
+        refusals
+            .borrow_mut()
+            .learn(&self.global_descriptors, checks, &statuses, now);
+        decision
+    }
+
+    /// The admission call failed (gRPC `status`, or an answer that does not read).
+    #[cold]
+    #[inline(never)]
+    fn global_reply_failed<H: Host>(&mut self, h: &mut H, status: u32, e: RlsError) {
+        let why = if status == 0 {
+            e.to_string()
+        } else {
+            format!("gRPC status {status}")
+        };
+        self.global_failed(h, &why, true);
+    }
+
     /// Answers 429 for a refusal of the global limits (live, or remembered by `refusals`).
+    #[cold]
+    #[inline(never)]
     fn global_refused<H: Host>(&mut self, h: &mut H, r: ratelimit::Rejection) -> Action {
         self.cancel_reservation(h);
         // An account's limit is named as such: the consumer has no such limit.
@@ -376,6 +396,8 @@ impl Flow {
     }
 
     /// The global service did not answer usably: `failure_mode` decides.
+    #[cold]
+    #[inline(never)]
     fn global_failed<H: Host>(&mut self, h: &mut H, why: &str, paused: bool) -> Action {
         self.plugin.set_degraded(h, self.id, true, why);
         let global = self.plugin.cfg.global.as_ref();

@@ -45,6 +45,8 @@ impl Refusals {
     /// window end, when the service said both its limit's window and a positive
     /// `duration_until_reset` (capped at that window); any other answer for a remembered
     /// descriptor replaces or forgets what was remembered (the latest live answer wins).
+    /// Not inlined into the reply's step (see `Flow::global_answer`).
+    #[inline(never)]
     pub fn learn(
         &mut self,
         descriptors: &[Descriptor],

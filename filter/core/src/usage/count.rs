@@ -140,21 +140,23 @@ impl Counter {
     /// One JSON document: a whole body (`whole`), an SSE event's data or an array element;
     /// `may_be_cut` when the stream ended inside it. Returns true for a usage-only Chat chunk.
     pub(super) fn doc(&mut self, bytes: &[u8], whole: bool, may_be_cut: bool) -> bool {
+        // One step per API, each a function of its own (parse, count, drop the document):
+        // inlined here they made this the largest function of the module.
         let parsed = match self.endpoint {
-            Endpoint::Messages => parse_doc::<AnthropicDoc>(bytes).map(|d| {
-                self.anthropic(d);
+            Endpoint::Messages => self.parsed(bytes, |c, d: AnthropicDoc| {
+                c.anthropic(d);
                 false
             }),
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-                parse_doc::<OpenAiDoc>(bytes).map(|d| self.openai(d))
+                self.parsed(bytes, Self::openai)
             }
-            Endpoint::Responses => parse_doc::<ResponsesDoc>(bytes).map(|d| {
-                self.responses(d);
+            Endpoint::Responses => self.parsed(bytes, |c, d: ResponsesDoc| {
+                c.responses(d);
                 false
             }),
             Endpoint::GenerateContent | Endpoint::StreamGenerateContent => {
-                parse_doc::<GeminiDoc>(bytes).map(|d| {
-                    self.gemini(d, whole);
+                self.parsed(bytes, |c, d: GeminiDoc| {
+                    c.gemini(d, whole);
                     false
                 })
             }
@@ -170,8 +172,21 @@ impl Counter {
         }
     }
 
+    /// `bytes` parsed as a `T` and counted by `count` (its answer: usage-only). Not inlined:
+    /// each document type's step is a function of its own.
+    #[inline(never)]
+    fn parsed<'a, T: Deserialize<'a>>(
+        &mut self,
+        bytes: &'a [u8],
+        count: impl FnOnce(&mut Self, T) -> bool,
+    ) -> serde_json::Result<bool> {
+        parse_doc::<T>(bytes).map(|d| count(self, d))
+    }
+
     /// A document that does not parse (cut short, or broken: `1e400` fails serde_json
     /// itself): read like the tail of an over-cap one, its raw bytes feeding the estimate.
+    #[cold]
+    #[inline(never)]
     fn unparsed(&mut self, bytes: &[u8]) {
         self.model_near_start(bytes);
         self.tail(bytes);
