@@ -132,6 +132,14 @@ def validate(cfg: dict, env: dict[str, str] | None = None) -> subprocess.Complet
         os.unlink(path)
 
 
+# Envoy's tcmalloc keeps per-CPU caches only when glibc leaves restartable sequences to it:
+# glibc 2.35+ registers rseq itself, tcmalloc then falls back to per-thread caches, and the
+# threads that ran V8's compile of the module keep what it freed (with tollgate about 3 MB
+# more RSS right after warm-up, 9 MB after five idle minutes; tests/bench/rss.py). Every
+# Envoy started here runs with per-CPU caches; an environment that sets GLIBC_TUNABLES wins.
+TCMALLOC_ENV = {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
+
+
 class Envoy:
     """One Envoy process. `log_text()` holds both Envoy's log and the access log."""
 
@@ -172,7 +180,7 @@ class Envoy:
              # The access log is flushed every 200 ms instead of 10 s, so tests read it sooner.
              "--file-flush-interval-msec", "200"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, **self.env}, start_new_session=True,
+            env={**TCMALLOC_ENV, **os.environ, **self.env}, start_new_session=True,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
