@@ -389,7 +389,10 @@ impl Estimator {
                         _ => (0, true),
                     },
                 };
-                self.align_left = if found {
+                // The reach spent with no boundary: the sample starts here, whatever comes
+                // in later pieces (a remainder left when a char straddles the reach's end
+                // would skip more at the next piece's start, so a cut would change the count).
+                self.align_left = if found || limit as u64 >= self.align_left {
                     0
                 } else {
                     self.align_left.saturating_sub(skip as u64)

@@ -343,3 +343,41 @@ proptest! {
         prop_assert_eq!(e.features(), features_of(&s));
     }
 }
+
+#[test]
+fn a_sampled_block_with_no_word_boundary_in_reach_counts_the_same_in_any_pieces() {
+    // A sampled block after a gap looks ALIGN_MAX bytes ahead for a word boundary to start
+    // on; here there is none, and a char straddles the end of its reach. A cut later in the
+    // block (before a letter, as after a JSON escape) must not change what is read.
+    let base = "word ".repeat(3000);
+    // Where sampled blocks after a gap start in `base`.
+    let mut starts = vec![];
+    let mut e = Estimator::new(Api::OpenAi);
+    for (q, c) in base.char_indices() {
+        let block = e.block_no;
+        e.push_char(c);
+        if e.block_no > block && e.block_sampled && !e.last_sampled && block > 0 {
+            starts.push(q);
+        }
+    }
+    assert!(starts.len() >= 4, "{starts:?}");
+    let unbroken = "abcdefghijklmnopqrstuvw\u{4eba}xyzabc";
+    for &p in &starts[..4] {
+        let text = format!("{}{unbroken}{}", &base[..p], &base[p..]);
+        let mut whole = Estimator::new(Api::OpenAi);
+        whole.push_str(&text);
+        whole.end_text();
+        for cut in [p + 27, p + 28, p + 60] {
+            let mut split = Estimator::new(Api::OpenAi);
+            split.push_str(&text[..cut]);
+            split.push_str(&text[cut..]);
+            split.end_text();
+            assert_eq!(
+                split.features(),
+                whole.features(),
+                "block at {p}, cut at {cut}"
+            );
+            assert_eq!(split.tokens(), whole.tokens(), "block at {p}, cut at {cut}");
+        }
+    }
+}
