@@ -1357,3 +1357,6 @@ mod tests;
 
 #[cfg(test)]
 mod bench;
+
+#[cfg(test)]
+mod sampling;
