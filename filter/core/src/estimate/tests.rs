@@ -71,23 +71,51 @@ fn long_strings_are_sampled_within_a_few_percent() {
 }
 
 #[test]
+fn a_32_kb_string_is_read_about_5_75_kb_and_a_256_kb_one_about_13_kb() {
+    // What the estimator reads of a long string is most of a large request's cost: 2 KB
+    // whole, then one 128-byte block in 8 up to 34 KB, one in 32 past that. Each read block
+    // after a gap may skip or read on up to ALIGN_MAX bytes to start and end on a word.
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/corpus");
+    let en = std::fs::read_to_string(format!("{corpus}/udhr/en.txt")).expect("corpus file");
+    for (size, blocks) in [(32 * 1024, 30..=30), (256 * 1024, 87..=88)] {
+        let mut text = String::new();
+        while text.len() < size {
+            text.push_str(&en);
+        }
+        text.truncate(char_prefix(&text, size));
+        let mut e = Estimator::new(Api::OpenAi);
+        e.push_str(&text);
+        e.end_text();
+        let read = text.len() as u64 - e.skipped;
+        let (lo, hi) = (*blocks.start(), *blocks.end());
+        let slack = hi * ALIGN_MAX;
+        assert!(
+            read + slack >= SAMPLE_FULL + lo * SAMPLE_BLOCK
+                && read <= SAMPLE_FULL + hi * SAMPLE_BLOCK + slack,
+            "{size}: read {read}"
+        );
+        eprintln!("{size}: read {read}");
+    }
+}
+
+#[test]
 fn one_block_is_read_in_each_group() {
-    for (from, to, every) in [(0, DENSE_BLOCKS, 4), (DENSE_BLOCKS, 5000, 32)] {
-        for group in (from..to).step_by(every) {
-            let read: Vec<u64> = (group..group + every as u64)
+    for (from, to, every) in [
+        (0, DENSE_BLOCKS, DENSE_EVERY),
+        (DENSE_BLOCKS, 10_000, SPARSE_EVERY),
+    ] {
+        for group in (from..to).step_by(every as usize) {
+            let read: Vec<u64> = (group..group + every)
                 .filter(|&n| sampled_block(n))
                 .collect();
             assert_eq!(read.len(), 1, "blocks {group}..");
             assert_eq!(next_sampled(group), read[0]);
-            assert_eq!(
-                next_sampled(read[0] + 1),
-                next_sampled(group + every as u64)
-            );
+            assert_eq!(next_sampled(read[0] + 1), next_sampled(group + every));
         }
     }
     // Not always the same place in the group.
     let places: std::collections::HashSet<u64> = (0..40)
-        .map(|g| next_sampled(DENSE_BLOCKS + 32 * g) % 32)
+        .map(|g| next_sampled(DENSE_BLOCKS + SPARSE_EVERY * g) % SPARSE_EVERY)
         .collect();
     assert!(places.len() > 10, "{places:?}");
 }
@@ -341,5 +369,43 @@ proptest! {
         e.push_str(&s[..cut]);
         e.push_str(&s[cut..]);
         prop_assert_eq!(e.features(), features_of(&s));
+    }
+}
+
+#[test]
+fn a_sampled_block_with_no_word_boundary_in_reach_counts_the_same_in_any_pieces() {
+    // A sampled block after a gap looks ALIGN_MAX bytes ahead for a word boundary to start
+    // on; here there is none, and a char straddles the end of its reach. A cut later in the
+    // block (before a letter, as after a JSON escape) must not change what is read.
+    let base = "word ".repeat(3000);
+    // Where sampled blocks after a gap start in `base`.
+    let mut starts = vec![];
+    let mut e = Estimator::new(Api::OpenAi);
+    for (q, c) in base.char_indices() {
+        let block = e.block_no;
+        e.push_char(c);
+        if e.block_no > block && e.block_sampled && !e.last_sampled && block > 0 {
+            starts.push(q);
+        }
+    }
+    assert!(starts.len() >= 4, "{starts:?}");
+    let unbroken = "abcdefghijklmnopqrstuvw\u{4eba}xyzabc";
+    for &p in &starts[..4] {
+        let text = format!("{}{unbroken}{}", &base[..p], &base[p..]);
+        let mut whole = Estimator::new(Api::OpenAi);
+        whole.push_str(&text);
+        whole.end_text();
+        for cut in [p + 27, p + 28, p + 60] {
+            let mut split = Estimator::new(Api::OpenAi);
+            split.push_str(&text[..cut]);
+            split.push_str(&text[cut..]);
+            split.end_text();
+            assert_eq!(
+                split.features(),
+                whole.features(),
+                "block at {p}, cut at {cut}"
+            );
+            assert_eq!(split.tokens(), whole.tokens(), "block at {p}, cut at {cut}");
+        }
     }
 }
