@@ -213,6 +213,11 @@ const HEAD_SNAPSHOT: u64 = 256;
 const ALIGN_MAX: u64 = 24;
 /// Milli-tokens per byte for skipped text before any block was sampled (4 bytes a token).
 const DEFAULT_MILLI_PER_BYTE: u64 = 250;
+/// The least skipped text counts, whatever the sampled blocks' rate: which blocks are read is
+/// public, so a client could fill them with cheap text (spaces) and the skipped ones with
+/// dear text (digits) to be under-reserved. Real text runs 0.2-0.4 tokens a byte (code and
+/// prose), so only whitespace-heavy text is counted higher, on the safe side.
+const MIN_MILLI_PER_BYTE: u64 = 100;
 
 /// `n * w` without overflow and without a 128-bit multiply (which wasm32 lacks): counts past
 /// 2^32 (a 4 GB text) saturate first.
@@ -523,7 +528,7 @@ impl Estimator {
     }
 
     /// Milli-tokens of the skipped bytes, at the sampled blocks' rate (the heads' before any
-    /// block was sampled).
+    /// block was sampled), and at least `MIN_MILLI_PER_BYTE`.
     fn skipped_milli(&self) -> u64 {
         if self.skipped == 0 {
             return 0;
@@ -534,10 +539,11 @@ impl Estimator {
         ]
         .into_iter()
         .find(|&(_, b)| b > 0);
-        match rate {
+        let at_rate = match rate {
             Some((m, b)) => (u128::from(self.skipped) * u128::from(m) / u128::from(b)) as u64,
             None => self.skipped.saturating_mul(DEFAULT_MILLI_PER_BYTE),
-        }
+        };
+        at_rate.max(self.skipped.saturating_mul(MIN_MILLI_PER_BYTE))
     }
 
     /// ASCII goes through `ascii_block` 64 bytes at a time (short stretches a run at a time
