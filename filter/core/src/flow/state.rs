@@ -48,10 +48,10 @@ pub struct Plugin {
     /// Learned real/estimate input ratios per model, and this worker's cache of them.
     pub(crate) learned: SlotTable,
     /// By the model's `store::owner_tag`.
-    ratios: RefCell<FnvMap<u64, (f64, u64)>>,
+    ratios: Memo<u64, (f64, u64)>,
     /// The pricing entry (`cfg.pricing_index`) of each model this worker has priced: one
     /// hash lookup per request instead of a glob match per pricing entry.
-    prices: RefCell<FnvMap<String, Option<usize>>>,
+    prices: Memo<String, Option<usize>>,
     /// Charges for the global rate-limit service, summed per descriptor and sent from the
     /// root tick.
     pub(crate) charges: RefCell<ChargeBook>,
@@ -76,6 +76,37 @@ pub struct Plugin {
 /// Size of `Plugin::known_keys` (cleared when full).
 pub(crate) const KNOWN_KEYS: usize = 1024;
 
+/// A worker's memo of values derived per model name: at most `MEMO_CAP` entries, emptied when
+/// full, since the names are the clients' choice.
+#[derive(Debug)]
+pub(crate) struct Memo<K, V>(RefCell<FnvMap<K, V>>);
+
+const MEMO_CAP: usize = 512;
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo(RefCell::new(FnvMap::default()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Copy> Memo<K, V> {
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.borrow().get(key).copied()
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut map = self.0.borrow_mut();
+        if map.len() >= MEMO_CAP {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+}
+
 impl Plugin {
     #[inline(never)]
     pub fn new(cfg: Config) -> Plugin {
@@ -84,8 +115,8 @@ impl Plugin {
             cfg,
             stats: RefCell::default(),
             learned: learn::table(),
-            ratios: RefCell::default(),
-            prices: RefCell::default(),
+            ratios: Memo::default(),
+            prices: Memo::default(),
             charges: RefCell::new(ChargeBook::new(4096, 16)),
             refusals: RefCell::default(),
             degraded: Cell::new(false),
@@ -125,35 +156,25 @@ impl Plugin {
     /// The learned ratio for `model`, from this worker's cache (refreshed every 2 s).
     pub(crate) fn ratio(&self, store: &dyn Store, model: &str, now: u64) -> f64 {
         const FRESH_MS: u64 = 2_000;
-        const CACHED: usize = 512;
         let tag = store::owner_tag(model);
-        if let Some((r, at)) = self.ratios.borrow().get(&tag) {
-            if now.saturating_sub(*at) < FRESH_MS {
-                return *r;
+        if let Some((r, at)) = self.ratios.get(&tag) {
+            if now.saturating_sub(at) < FRESH_MS {
+                return r;
             }
         }
         let r = learn::lookup(store, &self.learned, model).unwrap_or(1.0);
-        let mut cache = self.ratios.borrow_mut();
-        if cache.len() >= CACHED {
-            cache.clear();
-        }
-        cache.insert(tag, (r, now));
+        self.ratios.put(tag, (r, now));
         r
     }
 
-    /// `cfg.pricing_index(model)`, remembered per worker (at most `CACHED` names: the model
-    /// is the client's choice).
+    /// `cfg.pricing_index(model)`, remembered per worker (the model is the client's choice:
+    /// a `Memo`).
     pub(crate) fn pricing_index(&self, model: &str) -> Option<usize> {
-        const CACHED: usize = 512;
-        if let Some(i) = self.prices.borrow().get(model) {
-            return *i;
+        if let Some(i) = self.prices.get(model) {
+            return i;
         }
         let i = self.cfg.pricing_index(model);
-        let mut cache = self.prices.borrow_mut();
-        if cache.len() >= CACHED {
-            cache.clear();
-        }
-        cache.insert(model.to_owned(), i);
+        self.prices.put(model.to_owned(), i);
         i
     }
 
