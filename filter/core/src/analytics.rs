@@ -5,7 +5,7 @@
 //! and about once a second merges them into two shared-data keys with a compare-and-swap; the
 //! admin API reads them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::codec;
 use crate::limits::Usage;
@@ -346,11 +346,17 @@ impl Totals {
         if self.since_ms == 0 || f.now_ms < self.since_ms {
             self.since_ms = f.now_ms;
         }
-        entry(&mut self.consumers, f.consumer).add(&one);
-        if let Some(a) = f.account {
-            entry(&mut self.accounts, a).add(&counts);
+        if let Some(e) = entry(&mut self.consumers, f.consumer) {
+            e.add(&one);
         }
-        entry(&mut self.models, f.model_label).add(&counts);
+        if let Some(a) = f.account {
+            if let Some(e) = entry(&mut self.accounts, a) {
+                e.add(&counts);
+            }
+        }
+        if let Some(e) = entry(&mut self.models, f.model_label) {
+            e.add(&counts);
+        }
         if self.latency.len() != LATENCY_BUCKETS {
             self.latency = vec![0; LATENCY_BUCKETS];
         }
@@ -408,13 +414,19 @@ impl Totals {
             self.since_ms = delta.since_ms;
         }
         for (k, v) in &delta.consumers {
-            entry(&mut self.consumers, k).add(v);
+            if let Some(e) = entry(&mut self.consumers, k) {
+                e.add(v);
+            }
         }
         for (k, v) in &delta.accounts {
-            entry(&mut self.accounts, k).add(v);
+            if let Some(e) = entry(&mut self.accounts, k) {
+                e.add(v);
+            }
         }
         for (k, v) in &delta.models {
-            entry(&mut self.models, k).add(v);
+            if let Some(e) = entry(&mut self.models, k) {
+                e.add(v);
+            }
         }
         for b in &delta.minutes {
             self.add_bucket(b);
@@ -503,6 +515,11 @@ fn span_of(m: &Bucket) -> Bucket {
 /// what no longer fits: the slots that fell out, or `b` itself when it is older than them.
 fn add_to_ring(ring: &mut Vec<Bucket>, b: &Bucket, keep: usize) -> Vec<Bucket> {
     if b.minute == 0 {
+        return Vec::new();
+    }
+    // The common case, another request in the newest minute: nothing moves.
+    if let Some(last) = ring.last_mut().filter(|l| l.minute == b.minute) {
+        last.add(b);
         return Vec::new();
     }
     let keep = keep as u64;
@@ -722,14 +739,24 @@ fn bump(list: &mut Vec<(String, u64)>, name: &str, n: u64) {
 }
 
 /// The entry for `name` (cut to `NAME_CAP` bytes), or `other` once the map is full.
-fn entry<'m, V: Default>(map: &'m mut BTreeMap<String, V>, name: &str) -> &'m mut V {
+fn entry<'m, V: Default>(map: &'m mut BTreeMap<String, V>, name: &str) -> Option<&'m mut V> {
     let name = cut(name);
     let key = if map.len() < MAP_CAP || map.contains_key(name) {
         name
     } else {
         OTHER
     };
-    map.entry(key.to_owned()).or_default()
+    // A name met before (nearly every request) costs no allocation.
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key)
+}
+
+/// `to` becomes `name` (cut to `NAME_CAP`), in the buffer it already has.
+fn set(to: &mut String, name: &str) {
+    to.clear();
+    to.push_str(cut(name));
 }
 
 fn cut(name: &str) -> &str {
@@ -748,7 +775,7 @@ fn cut(name: &str) -> &str {
 pub struct Accumulator {
     delta: Totals,
     /// The newest requests since the last flush, oldest first (at most [`RECENT`]).
-    recent: Vec<Recent>,
+    recent: VecDeque<Recent>,
     last_flush_ms: u64,
 }
 
@@ -768,38 +795,43 @@ impl Accumulator {
     /// [`record`]: Self::record
     pub fn served(&mut self, fact: &Fact<'_>, status: u16) {
         self.record(fact);
-        self.remember(Recent {
-            at_ms: fact.now_ms,
-            consumer: cut(fact.consumer).to_owned(),
-            model: cut(fact.model_label).to_owned(),
-            account: cut(fact.account.unwrap_or("")).to_owned(),
-            status,
-            tokens: fact.usage.total(),
-            latency_ms: fact.response_ms,
-            decision: "admitted".to_owned(),
+        self.remember(|e| {
+            e.at_ms = fact.now_ms;
+            set(&mut e.consumer, fact.consumer);
+            set(&mut e.model, fact.model_label);
+            set(&mut e.account, fact.account.unwrap_or(""));
+            e.status = status;
+            e.tokens = fact.usage.total();
+            e.latency_ms = fact.response_ms;
+            set(&mut e.decision, "admitted");
         });
     }
 
     /// A request tollgate refused itself: counted by reason and consumer, and remembered.
     pub fn rejected(&mut self, r: &Rejection<'_>) {
         self.delta.reject(r);
-        self.remember(Recent {
-            at_ms: r.now_ms,
-            consumer: cut(r.consumer).to_owned(),
-            model: cut(r.model_label).to_owned(),
-            account: String::new(),
-            status: r.status,
-            tokens: 0,
-            latency_ms: r.response_ms,
-            decision: cut(r.reason).to_owned(),
+        self.remember(|e| {
+            e.at_ms = r.now_ms;
+            set(&mut e.consumer, r.consumer);
+            set(&mut e.model, r.model_label);
+            set(&mut e.account, "");
+            e.status = r.status;
+            e.tokens = 0;
+            e.latency_ms = r.response_ms;
+            set(&mut e.decision, r.reason);
         });
     }
 
-    fn remember(&mut self, entry: Recent) {
-        if self.recent.len() >= RECENT {
-            self.recent.remove(0);
-        }
-        self.recent.push(entry);
+    /// Adds the newest entry to the ring, `fill`ed in. A full ring drops its oldest entry
+    /// and reuses its strings, so it allocates nothing.
+    fn remember(&mut self, fill: impl FnOnce(&mut Recent)) {
+        let mut entry = if self.recent.len() >= RECENT {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Recent::default()
+        };
+        fill(&mut entry);
+        self.recent.push_back(entry);
     }
 
     /// Nothing recorded since the last flush.

@@ -94,11 +94,11 @@ pub enum OwnerKey {
 
 impl OwnerKey {
     pub fn consumer(name: &str) -> OwnerKey {
-        OwnerKey::Fixed(format!("tollgate:q:c:{name}"))
+        OwnerKey::Fixed(store::joined("tollgate:q:c:", name))
     }
 
     pub fn account(name: &str) -> OwnerKey {
-        OwnerKey::Fixed(format!("tollgate:q:a:{name}"))
+        OwnerKey::Fixed(store::joined("tollgate:q:a:", name))
     }
 
     /// The state of `name` in `table` (see `dynamic_slots`).

@@ -202,6 +202,15 @@ impl SlotTable {
     }
 }
 
+/// `prefix` followed by `name`: a shared-data key built on the request path without the
+/// formatting machinery.
+pub fn joined(prefix: &str, name: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + name.len());
+    key.push_str(prefix);
+    key.push_str(name);
+    key
+}
+
 /// The owner tag stored in a slot for `name`: a 64-bit hash, never 0 (0 marks a free slot).
 pub fn owner_tag(name: &str) -> u64 {
     fnv1a64(name.as_bytes()).max(1)

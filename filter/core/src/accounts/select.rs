@@ -9,7 +9,7 @@ use crate::store::{self, Decision, SlotTable, Store, StoreError, MAX_TRIES};
 
 /// The health key of an account (names are `[A-Za-z0-9_.-]`, so no two keys collide).
 pub fn health_key(name: &str) -> String {
-    format!("tollgate:acct:{name}")
+    store::joined("tollgate:acct:", name)
 }
 
 /// The shared round-robin counter of one API (a little-endian u64).

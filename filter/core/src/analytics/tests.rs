@@ -563,6 +563,60 @@ fn the_recent_ring_holds_the_newest_requests_of_every_worker_newest_first() {
 }
 
 #[test]
+fn a_full_ring_reuses_its_oldest_entries_and_keeps_nothing_of_them() {
+    // Served entries with long names, then refusals with short ones into the same slots: a
+    // reused entry must carry only its new request (no tail of an older, longer name, no
+    // account or tokens of a served one).
+    let store = MemStore::new();
+    let mut w = Accumulator::new();
+    let long = "consumer-with-a-long-name-".repeat(4);
+    for i in 0..RECENT as u64 {
+        w.served(&fact(&long, &long, Some(&long), NOW + i), 200);
+    }
+    for i in 0..(RECENT as u64 + 3) {
+        w.rejected(&rejection("b", "auth", NOW + 100 + i));
+    }
+    w.flush(&store, NOW + 1000).unwrap();
+    let recent = load_recent(&store);
+    assert_eq!(recent.len(), RECENT);
+    assert_eq!(recent[0].at_ms, NOW + 100 + RECENT as u64 + 2);
+    assert_eq!(recent[RECENT - 1].at_ms, NOW + 103);
+    for r in &recent {
+        assert_eq!(
+            (r.consumer.as_str(), r.model.as_str(), r.account.as_str()),
+            ("b", "other", "")
+        );
+        assert_eq!((r.status, r.tokens, r.decision.as_str()), (429, 0, "auth"));
+    }
+    // And the other way: short names first, then served entries that reuse them.
+    let mut w = Accumulator::new();
+    for i in 0..(2 * RECENT as u64) {
+        w.rejected(&rejection("b", "auth", NOW + i));
+    }
+    for i in 0..RECENT as u64 {
+        w.served(
+            &fact("team-a", "claude-haiku-4-5", Some("org-1"), NOW + 500 + i),
+            200,
+        );
+    }
+    w.flush(&store, NOW + 2000).unwrap();
+    let newest = load_recent(&store);
+    assert_eq!(
+        newest[0],
+        Recent {
+            at_ms: NOW + 500 + RECENT as u64 - 1,
+            consumer: "team-a".into(),
+            model: "claude-haiku-4-5".into(),
+            account: "org-1".into(),
+            status: 200,
+            tokens: 135,
+            latency_ms: 40,
+            decision: "admitted".into(),
+        }
+    );
+}
+
+#[test]
 fn the_recent_ring_reads_garbage_as_empty_and_cuts_long_names() {
     let store = MemStore::new();
     assert!(load_recent(&store).is_empty());

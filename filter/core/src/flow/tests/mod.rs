@@ -10,6 +10,7 @@ mod global;
 mod headers;
 mod identity;
 mod lifecycle;
+mod profile;
 mod response;
 mod upstream;
 
