@@ -14,13 +14,14 @@ GOBIN    := $(shell go env GOPATH 2>/dev/null | cut -d: -f1)/bin
 FUNCE_VERSION := v1.6.0
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help setup build build-filter unit e2e test run lint fmt clean bench bench-ab soak fuzz
+.PHONY: help setup build build-filter unit e2e test run lint fmt clean bench bench-ab bench-knockout floor soak fuzz
 
 help:
 	@echo "make run    build, start the mock LLM upstream and Envoy+tollgate on 127.0.0.1:10000"
 	@echo "make test   setup, native unit tests, then the e2e suite against real Envoy"
 	@echo "make bench  side-by-side benchmark (tests/bench/RESULTS.md)"
 	@echo "make bench-ab OLD=<commit>  the same with row (c-old): the filter built from OLD, paired A/B"
+	@echo "make bench-knockout  what each large piece of tollgate's work costs in Envoy (docs/performance.md)"
 	@echo "make soak   steady mixed SDK traffic through real Envoy (SOAK_SECONDS=180, SOAK_RPS=20)"
 	@echo "make fuzz   every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make setup | build | unit | e2e | lint | clean"
@@ -97,10 +98,19 @@ clean:
 BENCH_VENV      := .bench-venv
 LITELLM_VERSION := 1.106.2
 
-bench: setup build $(BENCH_VENV)/.done
+# The floor (tests/bench/floor): a wasm filter of tollgate's shape doing none of its work.
+floor:
 	cargo build --release --target wasm32-wasip1 -p tollgate-floor
 	$(call optimise,tollgate_floor)
+
+bench: setup build floor $(BENCH_VENV)/.done
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
+# `make bench-knockout`: what each large piece of tollgate's own work costs in Envoy, by
+# builds with it switched off (tests/bench/knockout.py; KO, SIZES and ROUNDS choose; see
+# docs/performance.md).
+bench-knockout: setup build floor
+	$(PY) tests/bench/knockout.py
 
 # `make bench-ab OLD=<commit>`: `make bench` plus row (c-old), the filter built from OLD (its
 # sources from `git archive`, its own target dir, optimised with this Makefile's wasm-opt), and

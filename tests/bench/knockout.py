@@ -8,6 +8,7 @@ switches on. The builds go to target/ko/<variant>.wasm, optimised as `make build
 `tests/bench/ab.py` then runs them in Envoy next to plain Envoy, the native filter, the floor
 and the unchanged build, paired round by round:
 
+    make bench-knockout        # or, with the floor built (`make floor`):
     KO="est usage rec est+usage+rec" SIZES=1k,32k,256k ROUNDS=10 \\
       .venv/bin/python tests/bench/knockout.py
 
@@ -99,10 +100,14 @@ def main() -> int:
     built = [(v.replace("+", "-"), build(src, v)) for v in variants]
     floor = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate_floor.wasm"
     if not floor.exists():
-        sys.exit("build the floor first: make bench builds it (or cargo build -p tollgate-floor)")
+        sys.exit("build the floor first: make floor")
     spec = " ".join([f"{built[0][0]}={built[0][1]}", f"f={floor}"]
                     + [f"{n}={p}" for n, p in built[1:]])
-    env = dict(os.environ, VARIANTS=spec, NATIVE=os.environ.get("NATIVE", "1"))
+    env = dict(os.environ, VARIANTS=spec)
+    # ab.py adds the native filter's row for any value: here it is on unless NATIVE=0.
+    env.pop("NATIVE", None)
+    if os.environ.get("NATIVE", "1") != "0":
+        env["NATIVE"] = "1"
     return subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / "ab.py")],
                           env=env).returncode
 
