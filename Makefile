@@ -22,6 +22,7 @@ help:
 	@echo "make bench  side-by-side benchmark (tests/bench/RESULTS.md)"
 	@echo "make bench-ab OLD=<commit>  the same with row (c-old): the filter built from OLD, paired A/B"
 	@echo "make bench-knockout  what each large piece of tollgate's work costs in Envoy (docs/performance.md)"
+	@echo "make floor  the floor filter of the bench (tests/bench/floor)"
 	@echo "make soak   steady mixed SDK traffic through real Envoy (SOAK_SECONDS=180, SOAK_RPS=20)"
 	@echo "make fuzz   every cargo-fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make setup | build | unit | e2e | lint | clean"
@@ -107,8 +108,8 @@ bench: setup build floor $(BENCH_VENV)/.done
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 # `make bench-knockout`: what each large piece of tollgate's own work costs in Envoy, by
-# builds with it switched off (tests/bench/knockout.py; KO, SIZES and ROUNDS choose; see
-# docs/performance.md).
+# builds with it switched off (tests/bench/knockout.py says which variables choose what;
+# docs/performance.md has the figures). `build` brings the mock upstream.
 bench-knockout: setup build floor
 	$(PY) tests/bench/knockout.py
 

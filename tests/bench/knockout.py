@@ -12,16 +12,23 @@ and the unchanged build, paired round by round:
     KO="est usage rec est+usage+rec" SIZES=1k,32k,256k ROUNDS=10 \\
       .venv/bin/python tests/bench/knockout.py
 
+Variables: `KO`, the variants (default `est usage rec est+usage+rec`; `+` joins knock-outs in
+one build; the unchanged build always runs first); `NATIVE`, the native filter's row (default 1,
+0 leaves it out); and ab.py's `SIZES` (workloads, default `1k`; also `32k`, `256k`, `sse`),
+`ROUNDS` (alternating rounds, default 5) and `SECS` (seconds per run, default 4).
+
 Knock-outs:
 - `est`: the request's text is not read by the estimator (every byte counted as skipped, at
   the default rate): the estimator's cost.
-- `usage`: the response is not parsed for its usage (a fixed usage is reported): the
-  metering parse's cost (the body is still read and framed).
+- `usage`: a JSON answer is not parsed for its usage (a fixed usage is reported): the
+  metering parse's cost (the body is still read and framed). Stream events are parsed as they
+  pass, so on the `sse` workload it removes little.
 - `rec`: a finished request publishes its access-log facts but records no metrics, analytics
   or price: the bookkeeping's cost.
 
-What remains with all three out (key check, admission, account choice, credential and
-rate-limit headers, reconciliation) is the part no knock-out here removes. An edit whose
+What remains with all three out (the request body's JSON scan and validation, the key check,
+admission, account choice, credential and rate-limit headers, the response's buffering,
+learning, reconciliation and the account's settlement) is the part no knock-out here removes. An edit whose
 anchor no longer matches exactly once stops the script: update the anchor with the code.
 """
 
@@ -68,7 +75,8 @@ def sources() -> Path:
     src.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True,
                              capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    # `-m`: files dated now, so cargo never takes a build of other sources for this one.
+    subprocess.run(["tar", "-x", "-m", "-C", str(src)], input=archive, check=True)
     for name, (file, anchor, insert, after) in EDITS.items():
         path = src / file
         text = path.read_text()
@@ -83,8 +91,6 @@ def build(src: Path, variant: str) -> Path:
     switches = variant.split("+") if variant != "none" else []
     env = {k: v for k, v in os.environ.items() if not k.startswith("TG_KO_")}
     for s in switches:
-        if s not in EDITS:
-            sys.exit(f"unknown knock-out {s!r}; known: {', '.join(EDITS)}")
         env[f"TG_KO_{s.upper()}"] = "1"
     subprocess.run(["cargo", "build", "-q", "--release", "--target", "wasm32-wasip1", "-p",
                     "tollgate", "--target-dir", str(WORK / "target")], cwd=src, env=env, check=True)
@@ -95,12 +101,19 @@ def build(src: Path, variant: str) -> Path:
 
 
 def main() -> int:
-    variants = ["none"] + os.environ.get("KO", "est usage rec est+usage+rec").split()
-    src = sources()
-    built = [(v.replace("+", "-"), build(src, v)) for v in variants]
+    asked = os.environ.get("KO", "est usage rec est+usage+rec").split()
+    for v in asked:
+        unknown = [s for s in v.split("+") if s not in EDITS]
+        if unknown:
+            sys.exit(f"unknown knock-out {unknown[0]!r} in {v!r}; known: {', '.join(EDITS)}")
+    if len(set(asked)) != len(asked):
+        sys.exit("a variant is named twice in KO")
     floor = ROOT / "target" / "wasm32-wasip1" / "release" / "tollgate_floor.wasm"
     if not floor.exists():
         sys.exit("build the floor first: make floor")
+    variants = ["none"] + asked
+    src = sources()
+    built = [(v.replace("+", "-"), build(src, v)) for v in variants]
     spec = " ".join([f"{built[0][0]}={built[0][1]}", f"f={floor}"]
                     + [f"{n}={p}" for n, p in built[1:]])
     env = dict(os.environ, VARIANTS=spec)

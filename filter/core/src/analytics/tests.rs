@@ -507,6 +507,20 @@ fn the_day_keeps_288_five_minute_spans() {
     );
 }
 
+/// The ring entry of `fact("team-a", "claude-haiku-4-5", Some("org-1"), at_ms)` served 200.
+fn served_by_org_1(at_ms: u64) -> Recent {
+    Recent {
+        at_ms,
+        consumer: "team-a".into(),
+        model: "claude-haiku-4-5".into(),
+        account: "org-1".into(),
+        status: 200,
+        tokens: 135,
+        latency_ms: 40,
+        decision: "admitted".into(),
+    }
+}
+
 #[test]
 fn the_recent_ring_holds_the_newest_requests_of_every_worker_newest_first() {
     let store = MemStore::new();
@@ -538,19 +552,7 @@ fn the_recent_ring_holds_the_newest_requests_of_every_worker_newest_first() {
             decision: "requests".into(),
         }
     );
-    assert_eq!(
-        recent[1],
-        Recent {
-            at_ms: NOW + 78,
-            consumer: "team-a".into(),
-            model: "claude-haiku-4-5".into(),
-            account: "org-1".into(),
-            status: 200,
-            tokens: 135,
-            latency_ms: 40,
-            decision: "admitted".into(),
-        }
-    );
+    assert_eq!(recent[1], served_by_org_1(NOW + 78));
     // A worker's own ring is bounded between flushes too.
     let mut w = Accumulator::new();
     for i in 0..1000 {
@@ -569,13 +571,17 @@ fn a_full_ring_reuses_its_oldest_entries_and_keeps_nothing_of_them() {
     // account or tokens of a served one).
     let store = MemStore::new();
     let mut w = Accumulator::new();
-    let long = "consumer-with-a-long-name-".repeat(4);
+    // Multibyte and over `NAME_CAP`: a reused entry holds the cut name, then a short one.
+    let long = "é-consumer-".repeat(20);
     for i in 0..RECENT as u64 {
         w.served(&fact(&long, &long, Some(&long), NOW + i), 200);
     }
+    assert!(w.recent.iter().all(|r| r.consumer.len() <= NAME_CAP));
     for i in 0..(RECENT as u64 + 3) {
         w.rejected(&rejection("b", "auth", NOW + 100 + i));
     }
+    // The worker's own ring stays bounded between flushes.
+    assert_eq!(w.recent.len(), RECENT);
     w.flush(&store, NOW + 1000).unwrap();
     let recent = load_recent(&store);
     assert_eq!(recent.len(), RECENT);
@@ -601,19 +607,7 @@ fn a_full_ring_reuses_its_oldest_entries_and_keeps_nothing_of_them() {
     }
     w.flush(&store, NOW + 2000).unwrap();
     let newest = load_recent(&store);
-    assert_eq!(
-        newest[0],
-        Recent {
-            at_ms: NOW + 500 + RECENT as u64 - 1,
-            consumer: "team-a".into(),
-            model: "claude-haiku-4-5".into(),
-            account: "org-1".into(),
-            status: 200,
-            tokens: 135,
-            latency_ms: 40,
-            decision: "admitted".into(),
-        }
-    );
+    assert_eq!(newest[0], served_by_org_1(NOW + 500 + RECENT as u64 - 1));
 }
 
 #[test]
