@@ -346,17 +346,11 @@ impl Totals {
         if self.since_ms == 0 || f.now_ms < self.since_ms {
             self.since_ms = f.now_ms;
         }
-        if let Some(e) = entry(&mut self.consumers, f.consumer) {
-            e.add(&one);
-        }
+        with_entry(&mut self.consumers, f.consumer, |e| e.add(&one));
         if let Some(a) = f.account {
-            if let Some(e) = entry(&mut self.accounts, a) {
-                e.add(&counts);
-            }
+            with_entry(&mut self.accounts, a, |e| e.add(&counts));
         }
-        if let Some(e) = entry(&mut self.models, f.model_label) {
-            e.add(&counts);
-        }
+        with_entry(&mut self.models, f.model_label, |e| e.add(&counts));
         if self.latency.len() != LATENCY_BUCKETS {
             self.latency = vec![0; LATENCY_BUCKETS];
         }
@@ -414,19 +408,13 @@ impl Totals {
             self.since_ms = delta.since_ms;
         }
         for (k, v) in &delta.consumers {
-            if let Some(e) = entry(&mut self.consumers, k) {
-                e.add(v);
-            }
+            with_entry(&mut self.consumers, k, |e| e.add(v));
         }
         for (k, v) in &delta.accounts {
-            if let Some(e) = entry(&mut self.accounts, k) {
-                e.add(v);
-            }
+            with_entry(&mut self.accounts, k, |e| e.add(v));
         }
         for (k, v) in &delta.models {
-            if let Some(e) = entry(&mut self.models, k) {
-                e.add(v);
-            }
+            with_entry(&mut self.models, k, |e| e.add(v));
         }
         for b in &delta.minutes {
             self.add_bucket(b);
@@ -738,19 +726,19 @@ fn bump(list: &mut Vec<(String, u64)>, name: &str, n: u64) {
     }
 }
 
-/// The entry for `name` (cut to `NAME_CAP` bytes), or `other` once the map is full.
-fn entry<'m, V: Default>(map: &'m mut BTreeMap<String, V>, name: &str) -> Option<&'m mut V> {
+/// Applies `f` to the entry for `name` (cut to `NAME_CAP` bytes), or `other` once the map is
+/// full. A name already in the map (nearly every request) costs no allocation.
+fn with_entry<V: Default>(map: &mut BTreeMap<String, V>, name: &str, f: impl FnOnce(&mut V)) {
     let name = cut(name);
     let key = if map.len() < MAP_CAP || map.contains_key(name) {
         name
     } else {
         OTHER
     };
-    // A name met before (nearly every request) costs no allocation.
-    if !map.contains_key(key) {
-        map.insert(key.to_owned(), V::default());
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => f(map.entry(key.to_owned()).or_default()),
     }
-    map.get_mut(key)
 }
 
 /// `to` becomes `name` (cut to `NAME_CAP`), in the buffer it already has.
